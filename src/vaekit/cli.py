@@ -1,0 +1,283 @@
+"""The command line: a thin layer over the Python API.
+
+Nothing heavy is imported at module level, so ``vaekit --help`` starts without torch.
+Every user error ends as one line on stderr (``error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vaekit.errors import VaekitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Variational Autoencoders on PyTorch: train, evaluate, sample, reconstruct, encode, plot.",
+)
+
+Opt = typer.Option
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet")
+RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
+
+
+@app.command()
+def train(
+    data: Annotated[str | None, Opt(help="Dataset: 'digits' (built in) or a .npy/.npz file.")] = None,
+    out: Annotated[Path | None, Opt("--out", "-o", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
+    config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's files.")] = None,
+    binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
+    validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.")] = None,
+    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder).")] = None,
+    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model).")] = None,
+    hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).")] = None,
+    activation: Annotated[str | None, Opt(help="relu | tanh | elu | softplus | gelu | silu | leaky_relu | sigmoid.")] = None,
+    latent_dim: Annotated[int | None, Opt(help="Latent dimensions d.")] = None,
+    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian.")] = None,
+    sigma: Annotated[str | None, Opt(help="Gaussian σ_G: fixed:VALUE | shared | per-dim.")] = None,
+    sigma_min: Annotated[float | None, Opt(help="Floor on a learned σ_G.")] = None,
+    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M per data point.")] = None,
+    kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.")] = None,
+    beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).")] = None,
+    epochs: Annotated[int | None, Opt(help="Passes over the training data.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Examples per minibatch.")] = None,
+    lr: Annotated[float | None, Opt(help="Adam learning rate.")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Adam weight decay.")] = None,
+    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: torch's default).")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
+    figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
+) -> None:
+    """Train a VAE (or AE) and write a run directory with weights, metrics and figures."""
+    flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
+    from vaekit.config import Config
+    from vaekit.train import train as run_training
+
+    base = Config.from_file(config) if config else Config()
+    resolved = base.override(flags)
+    if out is None:
+        import time
+
+        name = Path(resolved.data).stem or "data"
+        out = Path("runs") / f"{name}-{resolved.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_training(resolved, out, overwrite=overwrite, quiet=quiet, figures=figures)
+
+
+@app.command()
+def evaluate(
+    run_dir: RunDir,
+    data: Annotated[str | None, Opt(help="Other data to score (default: the run's own).")] = None,
+    split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
+    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M for the ELBO (default: the run's).")] = None,
+    batch_size: Annotated[int, Opt(help="Examples per evaluation batch.")] = 1000,
+    seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a trained model: per-example mean ELBO, reconstruction and KL, in nats."""
+    import torch
+
+    from vaekit.evaluate import evaluate as run_evaluation
+
+    model, config, dataset, split = _model_and_data(run_dir, data, split)
+    _positive("--batch-size", batch_size)
+    if samples is not None:
+        _positive("--samples", samples)
+    torch.manual_seed(seed)
+    result = run_evaluation(model, dataset.x, samples=samples or config.samples, kl=config.kl,
+                            batch_size=batch_size)
+    result = {"split": split, **result}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {shown}")
+
+
+@app.command()
+def sample(
+    run_dir: RunDir,
+    n: Annotated[int, Opt("-n", "--n", help="How many samples.")] = 64,
+    output: Annotated[Path, Opt("--output", "-o", help="FILE.png (a grid) or FILE.npy (the array).")] = Path("samples.png"),
+    seed: Annotated[int, Opt(help="Seed for the prior draws.")] = 0,
+    draw: Annotated[bool, Opt(help="Draw x ~ p(x|z) instead of showing the mean E[x|z].")] = False,
+) -> None:
+    """Draw samples from the prior and decode them."""
+    import torch
+
+    from vaekit.runs import load
+
+    _positive("-n", n)
+    _check_output(output, (".png", ".npy"))
+    model = load(run_dir)
+    torch.manual_seed(seed)
+    images = model.sample(n, mean=not draw)
+    _write_images(images, output, f"{n} samples from {run_dir}")
+
+
+@app.command()
+def reconstruct(
+    run_dir: RunDir,
+    data: Annotated[str | None, Opt(help="Data to reconstruct (default: the run's own).")] = None,
+    split: Annotated[str | None, Opt(help="train | validation | test | all.")] = None,
+    n: Annotated[int, Opt("-n", "--n", help="How many examples (the first n of the split).")] = 10,
+    output: Annotated[Path, Opt("--output", "-o", help="FILE.png (originals above reconstructions) or FILE.npy.")] = Path("reconstructions.png"),
+) -> None:
+    """Reconstruct examples through the posterior mean: E[x | z = μ(x)]."""
+    import torch
+
+    _positive("-n", n)
+    _check_output(output, (".png", ".npy"))
+    model, _, dataset, _ = _model_and_data(run_dir, data, split)
+    with torch.no_grad():
+        originals = dataset.x[:n]
+        recon = model.decode_mean(model.encode(originals).mean)
+    if output.suffix.lower() == ".npy":
+        _write_images(recon, output, "")
+    else:
+        from vaekit import plots
+
+        plots.reconstructions_figure(model, originals, output, n=len(originals))
+        print(f"wrote {output}")
+
+
+@app.command()
+def encode(
+    run_dir: RunDir,
+    data: Annotated[str | None, Opt(help="Data to encode (default: the run's own).")] = None,
+    split: Annotated[str | None, Opt(help="train | validation | test | all (default: all).")] = None,
+    output: Annotated[Path, Opt("--output", "-o", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv.")] = Path("latents.npy"),
+    batch_size: Annotated[int, Opt(help="Examples per batch.")] = 1000,
+) -> None:
+    """Write every example's posterior mean μ(x) and log-variance log σ²(x)."""
+    import numpy as np
+    import torch
+
+    _positive("--batch-size", batch_size)
+    _check_output(output, (".npy", ".npz", ".csv"))
+    model, _, dataset, _ = _model_and_data(run_dir, data, split or "all")
+    mus, logvars = [], []
+    with torch.no_grad():
+        for i in range(0, len(dataset), batch_size):
+            q = model.encode(dataset.x[i : i + batch_size])
+            mus.append(q.mean)
+            logvars.append(torch.log(q.variance))
+    mu = torch.cat(mus).numpy()
+    logvar = torch.cat(logvars).numpy()
+    labels = None if dataset.labels is None else dataset.labels.numpy()
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
+        np.save(output, mu)
+        np.save(output.with_suffix(".logvar.npy"), logvar)
+    elif suffix == ".npz":
+        arrays = {"mu": mu, "logvar": logvar}
+        if labels is not None:
+            arrays["labels"] = labels
+        np.savez(output, **arrays)
+    else:
+        d = mu.shape[1]
+        header = [f"mu_{i + 1}" for i in range(d)] + [f"logvar_{i + 1}" for i in range(d)]
+        columns = [mu, logvar]
+        if labels is not None:
+            header.append("label")
+            columns.append(labels[:, None])
+        table = np.concatenate([c.astype(np.float64) for c in columns], axis=1)
+        fmt = ["%.8g"] * (2 * d) + (["%d"] if labels is not None else [])
+        np.savetxt(output, table, delimiter=",", header=",".join(header), comments="", fmt=fmt)
+    print(f"wrote {len(mu)} posterior means ({mu.shape[1]}-D) to {output}")
+
+
+@app.command()
+def plot(run_dir: RunDir) -> None:
+    """(Re)draw a run's figures from its weights and metrics."""
+    from vaekit import plots
+    from vaekit.data import run_splits
+    from vaekit.runs import load_run, read_metrics
+
+    model, config = load_run(run_dir)
+    paths = plots.draw_all(run_dir, model, run_splits(config), read_metrics(run_dir))
+    for path in paths:
+        print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------- helpers
+def _model_and_data(run_dir: Path, data: str | None, split: str | None):
+    from vaekit.data import default_split, select_split
+    from vaekit.runs import load_run
+
+    model, config = load_run(run_dir)
+    if split is None:
+        split = "all" if data is not None and data != config.data else default_split(config)
+    dataset = select_split(config, split, data)
+    if dataset.event_shape != model.event_shape:
+        raise VaekitError(
+            f"data shaped {list(dataset.event_shape)} per example, but the model in {run_dir} "
+            f"was trained on {list(model.event_shape)}"
+        )
+    return model, config, dataset, split
+
+
+def _write_images(images, output: Path, title: str) -> None:
+    import numpy as np
+
+    if output.suffix.lower() == ".npy":
+        np.save(output, images.numpy())
+    else:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from vaekit.plots import _save, _show_tiles
+
+        cols = int(np.ceil(np.sqrt(len(images))))
+        fig, ax = plt.subplots(figsize=(7, 7))
+        _show_tiles(ax, images, -(-len(images) // cols), cols)
+        ax.set(title=title)
+        ax.set_axis_off()
+        _save(fig, output)
+    print(f"wrote {output}")
+
+
+def _check_output(output: Path, suffixes: tuple[str, ...]) -> None:
+    if output.suffix.lower() not in suffixes:
+        raise VaekitError(f"output {output} must end in {' or '.join(suffixes)}")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise VaekitError(f"output folder {parent} does not exist")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise VaekitError(f"{name} must be at least 1, got {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 success, 2 user error, 130 interrupted)."""
+    try:
+        app(args=argv, prog_name="vaekit")
+    except SystemExit as done:  # typer's normal way out, including usage errors
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except VaekitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

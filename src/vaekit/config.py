@@ -1,0 +1,238 @@
+"""The one configuration dataclass: defaults < TOML/JSON file < command-line flags.
+
+Every run directory stores the resolved config as ``config.json``; :func:`Config.from_dict`
+is the only way a config is read back, and it checks names, types and ranges, so a file
+someone sent you cannot smuggle anything in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from vaekit.errors import VaekitError
+
+MODELS = ("vae", "ae")
+ARCHITECTURES = ("mlp", "linear")
+LIKELIHOODS = ("bernoulli", "gaussian")
+ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", "sigmoid")
+KL_ESTIMATORS = ("analytic", "mc")
+OBJECTIVES = ("elbo",)
+BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run. Field names are the TOML keys and, with ``-`` for
+    ``_``, the command-line flags."""
+
+    # data
+    data: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "none"
+    validation_fraction: float = 0.1
+    # model
+    model: str = "vae"
+    architecture: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    latent_dim: int = 2
+    likelihood: str = "bernoulli"
+    sigma: str = "shared"
+    sigma_min: float = 1e-3
+    # objective
+    objective: str = "elbo"
+    samples: int = 1
+    kl: str = "analytic"
+    beta: float = 1.0
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    seed: int = 0
+    threads: int = 0
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> Config:
+        """Raise :class:`VaekitError` naming the first bad value; return self when fine."""
+        _choice("model", self.model, MODELS)
+        _choice("architecture", self.architecture, ARCHITECTURES)
+        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("kl", self.kl, KL_ESTIMATORS)
+        _choice("objective", self.objective, OBJECTIVES)
+        parse_binarize(self.binarize)
+        parse_sigma(self.sigma)
+        if not self.data:
+            raise VaekitError("data must name a dataset or a file, got an empty string")
+        if not self.hidden and self.architecture == "mlp":
+            raise VaekitError("hidden must list at least one layer size for the mlp architecture")
+        for h in self.hidden:
+            _positive("hidden", h)
+        _positive("latent_dim", self.latent_dim)
+        _positive("samples", self.samples)
+        _positive("epochs", self.epochs, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+        _positive("lr", self.lr)
+        _positive("sigma_min", self.sigma_min)
+        _positive("beta", self.beta, allow_zero=True)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("grad_clip", self.grad_clip, allow_zero=True)
+        _positive("threads", self.threads, allow_zero=True)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise VaekitError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        return self
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        """Build a config from plain values, checking every key and type."""
+        if not isinstance(values, dict):
+            raise VaekitError(f"{source}: expected a table of settings, got {type(values).__name__}")
+        return cls().override(values, source=source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Config:
+        return cls.from_dict(read_config_file(path), source=str(path))
+
+    def override(self, values: dict[str, Any], source: str = "command line") -> Config:
+        """A copy with ``values`` applied (``None`` values are skipped), type-checked."""
+        known = {f.name: f for f in fields(self)}
+        updates: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            name = key.replace("-", "_")
+            if name not in known:
+                hint = difflib.get_close_matches(name, list(known), n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise VaekitError(f"{source}: unknown setting '{key}'{extra}")
+            updates[name] = _coerce(name, value, known[name].type, source)
+        return dataclasses.replace(self, **updates).validate()
+
+    def diff(self, other: Config) -> list[str]:
+        """Human-readable differences, one line per setting."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------- parsing helpers
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise VaekitError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise VaekitError(f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: {err}") from None
+
+
+def parse_hidden(text: str) -> list[int]:
+    """``"400"`` or ``"400,200"`` (also ``"400 200"``) -> ``[400, 200]``; ``""`` -> ``[]``."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise VaekitError(f"hidden must be layer sizes like '400' or '400,200', got '{text}'") from None
+
+
+def parse_sigma(text: str) -> tuple[str, float | None]:
+    """``fixed:0.1`` -> ("fixed", 0.1); ``shared`` / ``per-dim`` -> (mode, None)."""
+    if text in ("shared", "per-dim"):
+        return text, None
+    if text.startswith("fixed:"):
+        try:
+            value = float(text.split(":", 1)[1])
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise VaekitError(f"sigma 'fixed:VALUE' needs a positive number, got '{text}'")
+        return "fixed", value
+    raise VaekitError(f"sigma must be 'fixed:VALUE', 'shared' or 'per-dim', got '{text}'")
+
+
+def parse_binarize(text: str) -> tuple[str, float | None]:
+    """``none`` | ``dynamic`` | ``static`` | ``threshold:0.5``."""
+    if text in ("none", "dynamic", "static"):
+        return text, None
+    if text.startswith("threshold"):
+        _, _, value = text.partition(":")
+        try:
+            level = float(value) if value else 0.5
+        except ValueError:
+            level = float("nan")
+        if not 0.0 <= level <= 1.0:
+            raise VaekitError(f"binarize 'threshold:LEVEL' needs LEVEL in [0, 1], got '{text}'")
+        return "threshold", level
+    raise VaekitError(
+        f"binarize must be one of none, dynamic, static, threshold:LEVEL; got '{text}'"
+    )
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise VaekitError(f"{name} must be one of {', '.join(allowed)}; got '{value}'{extra}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value == float("inf"):
+        need = "non-negative" if allow_zero else "positive"
+        raise VaekitError(f"{name} must be {need} and finite, got {value}")
+
+
+def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                return parse_hidden(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return [value]
+            if isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                return list(value)
+            raise TypeError
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise TypeError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError
+            return float(value)
+        if kind.startswith("str"):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise VaekitError(f"{source}: setting '{name}' expects {kind}, got {value!r}")

@@ -1,0 +1,88 @@
+"""Arrays the user already has: ``.npy`` (``[N, D]`` or ``[N, C, H, W]``) and ``.npz``
+(array ``x``, optionally ``labels``). Values are used as given: no hidden rescaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit.data import Dataset, DataSplits
+from vaekit.errors import VaekitError
+
+
+def load_file(path: Path) -> DataSplits:
+    if not path.is_file():
+        raise VaekitError(f"data file not found: {path}")
+    return LOADERS[path.suffix.lower()](path)
+
+
+def _load_npy(path: Path) -> DataSplits:
+    x = _read(path, lambda f: np.load(f, allow_pickle=False))
+    return DataSplits(train=Dataset(as_features(x, str(path)), None, path.stem))
+
+
+def _load_npz(path: Path) -> DataSplits:
+    def read(f):
+        with np.load(f, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+
+    arrays = _read(path, read)
+    if "x" not in arrays:
+        names = ", ".join(sorted(arrays)) or "nothing"
+        raise VaekitError(f"{path}: a .npz file must hold an array named 'x' (it holds {names})")
+    x = as_features(arrays["x"], str(path))
+    labels = None
+    if "labels" in arrays:
+        labels = as_labels(arrays["labels"], len(x), str(path))
+    return DataSplits(train=Dataset(x, labels, path.stem))
+
+
+def _read(path: Path, reader):
+    try:
+        return reader(path)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise VaekitError(
+                f"{path}: holds Python objects (pickled data), which vaekit never loads; "
+                "save a numeric array instead"
+            ) from None
+        raise VaekitError(f"{path}: not a readable numpy file ({err})") from None
+    except (OSError, EOFError) as err:
+        raise VaekitError(f"{path}: not a readable numpy file ({err})") from None
+
+
+def as_features(array: np.ndarray, source: str) -> torch.Tensor:
+    """Check and convert user data to float32 ``[N, D]`` or ``[N, C, H, W]``."""
+    if array.dtype.kind not in "biuf":
+        raise VaekitError(f"{source}: data must be numeric, got dtype {array.dtype}")
+    if array.ndim == 3:  # [N, H, W]: greyscale images without a channel axis
+        array = array[:, None]
+    if array.ndim not in (2, 4):
+        raise VaekitError(
+            f"{source}: data must be shaped [N, D] or [N, C, H, W] (or [N, H, W]), "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.shape[0] == 0 or array[0].size == 0:
+        raise VaekitError(f"{source}: the dataset is empty (shape {tuple(array.shape)})")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        row = int(bad.reshape(len(x), -1).any(1).nonzero()[0])
+        count = int(bad.sum())
+        raise VaekitError(f"{source}: {count} value(s) are NaN or infinite (first in row {row})")
+    return x
+
+
+def as_labels(array: np.ndarray, n: int, source: str) -> torch.Tensor:
+    if array.ndim != 1 or len(array) != n:
+        raise VaekitError(f"{source}: labels must be a 1-D array of length {n}, got {array.shape}")
+    if array.dtype.kind not in "biu" and not (
+        array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array))
+    ):
+        raise VaekitError(f"{source}: labels must be integers, got dtype {array.dtype}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+LOADERS = {".npy": _load_npy, ".npz": _load_npz}

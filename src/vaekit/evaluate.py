@@ -1,0 +1,40 @@
+"""Evaluation: per-example scores of a trained model on a dataset, and their summaries.
+
+All values are per-example, in nats; summaries average over examples and carry the
+standard error of that average.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vaekit.model import AE
+from vaekit.objectives import elbo_terms
+
+
+@torch.no_grad()
+def per_example(
+    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic", batch_size: int = 1000
+) -> dict[str, torch.Tensor]:
+    """``elbo``, ``reconstruction`` and ``kl`` for every row of ``x``, each shaped [N]."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(x), batch_size):
+        terms = elbo_terms(model, x[start : start + batch_size], samples, kl)
+        for key, value in terms.items():
+            parts.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def evaluate(
+    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic", batch_size: int = 1000
+) -> dict:
+    """Summary of :func:`per_example`: ``n`` and the per-example mean of each term."""
+    scores = per_example(model, x, samples, kl, batch_size)
+    result: dict = {"n": len(x)}
+    for key, value in scores.items():
+        result[key] = float(value.double().mean())
+    if isinstance(model, AE):
+        # An autoencoder has no ELBO: its reconstruction term is all there is.
+        result.update({"elbo": None, "kl": None})
+    return result

@@ -1,0 +1,46 @@
+"""Shared test helpers: tiny configs, a trained tiny run, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+# Two test processes on two cores spin against each other; one thread each is faster.
+torch.set_num_threads(1)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m vaekit ARGS`` in a fresh process, with this checkout's sources."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "vaekit", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def tiny_config():
+    from vaekit.config import Config
+
+    return Config(data="digits", hidden=[32], latent_dim=2, epochs=2, batch_size=64,
+                  binarize="dynamic", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A small VAE trained on digits once per test session (read-only for tests)."""
+    from vaekit.config import Config
+    from vaekit.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = Config(data="digits", hidden=[64], latent_dim=2, epochs=5, batch_size=64,
+                    binarize="dynamic", seed=0)
+    return train(config, out, quiet=True)
