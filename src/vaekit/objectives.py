@@ -8,6 +8,8 @@ weight: β is explicit and defaults to 1.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _analytic_kl
@@ -62,3 +64,22 @@ def training_loss(
     terms = elbo_terms(model, x, config.samples, config.kl)
     objective = terms["reconstruction"] - config.beta * terms["kl"]
     return -objective.mean(), terms
+
+
+def log_importance_weights(model, x: torch.Tensor, k: int) -> torch.Tensor:
+    """log w_k = log p(x, z_k) − log q(z_k|x) for k draws z_k ~ q(z|x); shape [k, B].
+
+    Generic over models: it needs only ``encode``, ``decode`` and ``prior`` whose
+    ``log_prob`` gives one value per example, so hierarchical models plug in by returning
+    joint distributions over their stacked latents.
+    """
+    q = model.encode(x)
+    z = q.rsample((k,))
+    return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
+
+
+def iwae_bound(model, x: torch.Tensor, k: int) -> torch.Tensor:
+    """The importance-weighted bound L_k = E[log (1/k) Σ_k w_k] (Burda et al. 2016), one
+    sample of it per example, shape [B]. L_1 is the ELBO; L_k rises towards log p(x)."""
+    log_w = log_importance_weights(model, x, k)
+    return torch.logsumexp(log_w, dim=0) - math.log(k)
