@@ -19,6 +19,7 @@ def load_file(path: Path) -> DataSplits:
 
 
 def _load_npy(path: Path) -> DataSplits:
+    _check_magic(path, b"\x93NUMPY", "a .npy file")
     x = _read(path, lambda f: np.load(f, allow_pickle=False))
     return DataSplits(train=Dataset(as_features(x, str(path)), None, path.stem))
 
@@ -28,6 +29,7 @@ def _load_npz(path: Path) -> DataSplits:
         with np.load(f, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
 
+    _check_magic(path, b"PK", "a .npz (zip) archive")
     arrays = _read(path, read)
     if "x" not in arrays:
         names = ", ".join(sorted(arrays)) or "nothing"
@@ -37,6 +39,13 @@ def _load_npz(path: Path) -> DataSplits:
     if "labels" in arrays:
         labels = as_labels(arrays["labels"], len(x), str(path))
     return DataSplits(train=Dataset(x, labels, path.stem))
+
+
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head != magic:
+        raise VaekitError(f"{path}: not a readable numpy file (it does not start like {what})")
 
 
 def _read(path: Path, reader):
