@@ -57,4 +57,4 @@ def test_learned_sigma_never_falls_below_its_floor():
     with torch.no_grad():
         lik.raw_sigma.fill_(-1e4)  # what unbounded learning would drive it to
     assert torch.all(lik.sigma() >= 0.05)
-    assert math.isfinite(float(lik(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3))))
+    assert math.isfinite(lik(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3)).item())

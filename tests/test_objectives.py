@@ -53,7 +53,8 @@ def _small_model(likelihood: str = "bernoulli", seed: int = 0):
 
 def test_elbo_with_m_samples_is_unbiased():
     model = _small_model()
-    x = torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64), generator=torch.Generator().manual_seed(3))
+    probabilities = torch.full((3, 6), 0.4, dtype=torch.float64)
+    x = torch.bernoulli(probabilities, generator=torch.Generator().manual_seed(3))
     torch.manual_seed(1)
     reference = elbo(model, x, samples=200_000).detach()
     # 4,000 independent M=5 estimates: their mean must agree with the high-sample value

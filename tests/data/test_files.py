@@ -15,10 +15,10 @@ def test_digits_are_built_in():
     splits = load_data("digits")
     assert splits.train.x.shape == (1797, 1, 8, 8)
     assert splits.train.x.dtype == torch.float32
-    assert 0 <= float(splits.train.x.min()) and float(splits.train.x.max()) <= 1
-    assert splits.train.labels.bincount().tolist() == np.bincount(
-        __import__("sklearn.datasets").datasets.load_digits().target
-    ).tolist()
+    assert float(splits.train.x.min()) >= 0 and float(splits.train.x.max()) <= 1
+    from sklearn.datasets import load_digits
+
+    assert splits.train.labels.bincount().tolist() == np.bincount(load_digits().target).tolist()
     assert splits.test is None
 
 
