@@ -78,31 +78,58 @@ def evaluate(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Other data to score (default: the run's own).")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
-    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M for the ELBO (default: the run's).")] = None,
-    batch_size: Annotated[int, Opt(help="Examples per evaluation batch.")] = 1000,
+    importance_samples: Annotated[int, Opt(help="Importance samples K per example for the log-likelihood (published MNIST numbers use 5000).")] = 1000,
+    iwae_k: Annotated[int | None, Opt(help="k of the reported IWAE bound L_k (default 50, or K if smaller).")] = None,
+    batch_size: Annotated[int, Opt(help="Examples per evaluation batch (memory does not grow with K).")] = 1000,
     seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
+    per_example: Annotated[Path | None, Opt(help="Write every example's ELBO and log-likelihood (anomaly scores) to FILE.csv or FILE.npy.")] = None,
+    gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by fitting a Gaussian to each example (slower).")] = False,
+    local_steps: Annotated[int, Opt(help="Adam steps per example's Gaussian for --gap-decomposition.")] = 200,
+    curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
+    save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json in the run directory (the run's own data only).")] = True,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score a trained model: per-example mean ELBO, reconstruction and KL, in nats."""
+    """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
+    and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
     import torch
 
-    from vaekit.evaluate import evaluate as run_evaluation
+    from vaekit import evaluate as ev
 
     model, config, dataset, split = _model_and_data(run_dir, data, split)
     _positive("--batch-size", batch_size)
-    if samples is not None:
-        _positive("--samples", samples)
+    _positive("--local-steps", local_steps)
+    k, iwae_k = ev.check_samples(importance_samples, iwae_k)
+    if per_example is not None:
+        _check_output(per_example, (".csv", ".npy"))
     torch.manual_seed(seed)
-    result = run_evaluation(model, dataset.x, samples=samples or config.samples, kl=config.kl,
-                            batch_size=batch_size)
-    result = {"split": split, **result}
+    from vaekit.train import _progress
+
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"evaluating (K = {k})", total=len(dataset))
+        scores = ev.per_example(
+            model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+            curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+            on_progress=lambda n: progress.update(task, advance=n),
+        )
+    result = {"split": split, "seed": seed, **ev.summarise(
+        model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size)}
+    notes = []
+    if per_example is not None:
+        ev.write_per_example(scores, per_example, dataset.labels)
+        notes.append(f"wrote per-example scores to {per_example}")
+    if curve and result.get("curve"):
+        from vaekit import plots
+
+        notes.append(f"wrote {plots.likelihood_curve_figure(result, run_dir / 'likelihood_curve.png')}")
+    if save and (data is None or data == config.data):
+        notes.append(_save_evaluation(run_dir / f"evaluation-{split}.json", result))
     if as_json:
         print(json.dumps(result))
     else:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            print(f"{key:<{width}}  {shown}")
+        print(ev.format_table(result))
+    for note in notes:
+        print(note, file=sys.stderr)
 
 
 @app.command()
@@ -226,6 +253,16 @@ def _model_and_data(run_dir: Path, data: str | None, split: str | None):
             f"was trained on {list(model.event_shape)}"
         )
     return model, config, dataset, split
+
+
+def _save_evaluation(path: Path, result: dict) -> str:
+    from vaekit.runs import write_json
+
+    try:
+        write_json(path, result)
+    except OSError as err:  # a read-only run someone sent: the printed result is what counts
+        return f"warning: could not store the result in {path} ({err.strerror or err})"
+    return f"stored the result in {path}"
 
 
 def _write_images(images, output: Path, title: str) -> None:

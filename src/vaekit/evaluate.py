@@ -1,40 +1,570 @@
-"""Evaluation: per-example scores of a trained model on a dataset, and their summaries.
+"""Evaluation: per-example scores of a trained model on fixed data, and their summaries.
 
-All values are per-example, in nats; summaries average over examples and carry the
-standard error of that average.
+Every figure is per example, in nats; a summary is the mean over the N examples together
+with its standard error *due to Monte-Carlo sampling for this fixed data* (``*_se``), so
+two runs' numbers can be compared honestly.
+
+Estimators, all from the same K draws z_k ~ q(z|x) per example (taken in chunks):
+
+* ``elbo`` = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)): the reconstruction term averaged over the
+  K draws, the KL in closed form where it exists (else the mean of log q − log p).
+* ``log_likelihood`` = log (1/K) Σ_k p(x, z_k)/q(z_k|x) (importance sampling; a streaming
+  logsumexp over chunks). Its expectation is the IWAE bound L_K ≤ log p(x): it rises with
+  K towards log p(x) and is slightly low for finite K.
+* ``iwae_bound``: L_k for a smaller k, the mean of the K // k values from disjoint groups.
+* ``gap`` = log_likelihood − elbo: the estimated KL(q(z|x) ‖ p(z|x)).
+* With ``gap_decomposition``: ``elbo_local``, the ELBO of a Gaussian q*(z) optimised for
+  each example (Cremer, Li & Duvenaud 2018), ``amortisation_gap`` = elbo_local − elbo and
+  ``approximation_gap`` = log_likelihood − elbo_local.
+
+Memory: draws are taken ``chunk_size(batch)`` at a time (about ``ROWS`` decoder rows per
+chunk) and folded into streaming accumulators, so memory depends on the batch size and
+never on K.
+
+Standard errors. Draws are independent across examples, so the Monte-Carlo variance of a
+mean over examples is Σ_i Var(estimate_i) / N²; each example's variance is estimated from
+its own draws, as follows.
+
+* A mean of draws (reconstruction, ELBO, a Monte-Carlo KL): sample variance / K.
+* A mean over G ≥ 2 disjoint groups (``iwae_bound``, the curve's points): the sample
+  variance of the G group values / G (no approximation).
+* The single K-sample estimate (``log_likelihood``): the delta method,
+  Var[log ŵ] ≈ Var(w) / (K E[w]²), estimated by (K r − 1) / (K − 1) with
+  r = Σ w² / (Σ w)² = 1/ESS; undefined for K = 1 (reported as null). It relies on the
+  weights having a finite variance: when a proposal is poor (heavy-tailed weights, an ESS
+  of a few) it underestimates; a large ``gap`` is the warning sign.
+* ``gap``: Var(ll) + Var(elbo) − 2 Cov(ll, elbo), the covariance of the shared draws by the
+  delta method: Cov(log ŵ, f̄) ≈ (Σ w̃_k f_k − f̄) / K, w̃ the self-normalised weights and f
+  the ELBO's per-draw integrand.
+* Mutual information: the sample standard deviation of its per-draw terms / √n.
+
+``tests/test_evaluate.py`` checks these against the scatter of repeated runs with other seeds.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
+import torch
+from torch.distributions import Distribution, Independent, Normal
+
+from vaekit.errors import VaekitError
 from vaekit.model import AE
-from vaekit.objectives import elbo_terms
+from vaekit.objectives import kl_divergence
+
+DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
+DEFAULT_IWAE_K = 50
+TRAINING_K = 100  # the modest K of the evaluation a training run stores in evaluation.json
+ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[u]) > 0.01
+MI_EXAMPLES = 1000  # draws for the mutual information (one each from this many examples)
+LOCAL_STEPS = 200  # Adam steps of the per-example Gaussian in the gap decomposition
+LOCAL_LR = 0.01
+LOCAL_SAMPLES = 8  # reparameterised draws per step of that optimisation
+ROWS = 8192  # decoder rows (examples × draws) per chunk: bounds memory whatever K is
+_PAIRS = 1 << 22  # latent values per chunk of the aggregate-posterior computation
+
+# Keys that only exist for a model with a likelihood (null for the autoencoder).
+LIKELIHOOD_KEYS = (
+    "log_likelihood", "gap", "iwae_bound", "nll", "bits_per_dim", "active_units",
+    "mutual_information", "marginal_kl",
+)
+# Per-example scores written by ``--per-example``, in this order where present.
+PER_EXAMPLE_COLUMNS = (
+    "elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound", "elbo_local",
+)
+
+
+# ---------------------------------------------------------------------- per example
+def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor):
+    """(log p(x|z), log p(z) − log q(z|x)) for draws ``z`` [k, B, ...]: each [k, B].
+
+    Their sum is :func:`vaekit.objectives.log_importance_weights`; only ``decode``, ``prior``
+    and ``q.log_prob`` are used, so models with stacked latents plug in unchanged."""
+    return model.decode(z).log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
+
+
+def chunk_size(batch: int) -> int:
+    """Draws per chunk for ``batch`` examples: about ``ROWS`` decoder rows at a time."""
+    return max(1, ROWS // max(1, batch))
+
+
+def curve_points(k_max: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, … below ``k_max``, then ``k_max``: the K of the likelihood curve."""
+    points, decade = [], 1
+    while decade < k_max:
+        points += [k for k in (decade, 2 * decade, 5 * decade) if k < k_max]
+        decade *= 10
+    return points + [k_max]
 
 
 @torch.no_grad()
 def per_example(
-    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic", batch_size: int = 1000
+    model,
+    x: torch.Tensor,
+    *,
+    importance_samples: int = DEFAULT_K,
+    iwae_k: int | None = None,
+    batch_size: int = 1000,
+    kl: str = "analytic",
+    curve: bool = False,
+    gap_decomposition: bool = False,
+    local_steps: int = LOCAL_STEPS,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``elbo``, ``reconstruction`` and ``kl`` for every row of ``x``, each shaped [N]."""
+    """Scores of every row of ``x``, each a float64 tensor [N]; Monte-Carlo figures come with
+    their per-example variance as ``<key>_var`` (see the module docstring).
+
+    Keys: ``elbo``, ``reconstruction``, ``kl``, ``log_likelihood`` (K = ``importance_samples``),
+    ``gap``, ``iwae_bound`` (k = ``iwae_k``, default min(50, K)); with ``curve`` also
+    ``iwae_k<k>`` for every k of :func:`curve_points`; with ``gap_decomposition`` also
+    ``elbo_local``, ``amortisation_gap`` and ``approximation_gap``. For the autoencoder only
+    ``reconstruction``, log p(x | z = f(x)), exists. ``on_progress`` is called with the number
+    of examples each finished batch held. Draws use torch's global generator: seed it.
+    """
+    k_total, iwae_k = check_samples(importance_samples, iwae_k)
+    if batch_size < 1:
+        raise VaekitError(f"batch size must be at least 1, got {batch_size}")
     model.eval()
+    ks = curve_points(k_total) if curve else []
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(x), batch_size):
-        terms = elbo_terms(model, x[start : start + batch_size], samples, kl)
-        for key, value in terms.items():
+        xb = x[start : start + batch_size]
+        q = model.encode(xb)
+        if isinstance(model, AE):
+            scores = {"reconstruction": model.decode(q.mean).log_prob(xb).double(),
+                      "reconstruction_var": torch.zeros(len(xb), dtype=torch.float64)}
+        else:
+            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl)
+            if gap_decomposition:
+                scores.update(_decompose(model, xb, q, scores, k_total, kl, local_steps))
+        for key, value in scores.items():
             parts.setdefault(key, []).append(value)
+        if on_progress is not None:
+            on_progress(len(xb))
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
-def evaluate(
-    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic", batch_size: int = 1000
-) -> dict:
-    """Summary of :func:`per_example`: ``n`` and the per-example mean of each term."""
-    scores = per_example(model, x, samples, kl, batch_size)
+def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int]:
+    """(K, k) after checking them; k defaults to min(50, K)."""
+    if importance_samples < 1:
+        raise VaekitError(f"importance samples K must be at least 1, got {importance_samples}")
+    if iwae_k is None:
+        iwae_k = min(DEFAULT_IWAE_K, importance_samples)
+    if not 1 <= iwae_k <= importance_samples:
+        raise VaekitError(
+            f"the IWAE bound's k must be between 1 and the importance samples K = "
+            f"{importance_samples}, got {iwae_k}"
+        )
+    return importance_samples, iwae_k
+
+
+def score_batch(
+    model, x: torch.Tensor, q: Distribution, k_total: int, iwae_k: int,
+    curve_ks: list[int] = (), kl: str = "analytic",
+) -> dict[str, torch.Tensor]:
+    """ELBO, IS log-likelihood, IWAE bound (and curve points) of one batch under proposal
+    ``q``, from ``k_total`` draws taken in chunks; per-example values and variances."""
+    closed_kl = _closed_form_kl(q, model.prior) if kl == "analytic" else None
+    reconstruction, kl_draws, log_weights = _Mean(), _Mean(), _Mean()
+    groups = {k: _Groups(k) for k in {k_total, iwae_k, *curve_ks}}
+    weighted = _WeightedMean()
+    step = chunk_size(len(x))
+    for done in range(0, k_total, step):
+        z = q.rsample((min(step, k_total - done),))
+        log_px, log_ratio = (t.double() for t in weight_terms(model, q, x, z))
+        log_w = log_px + log_ratio
+        reconstruction.add(log_px)
+        kl_draws.add(-log_ratio)
+        log_weights.add(log_w)
+        weighted.add(log_w, log_px if closed_kl is not None else log_w)
+        for group in groups.values():
+            group.add(log_w)
+
+    rec, rec_var = reconstruction.mean, reconstruction.variance_of_mean()
+    if closed_kl is not None:
+        # The KL is exact, so the ELBO's only Monte-Carlo part is the reconstruction term.
+        kl_value, kl_var = closed_kl.double(), torch.zeros_like(rec)
+        elbo, elbo_var, integrand = rec - kl_value, rec_var, rec
+    else:
+        kl_value, kl_var = kl_draws.mean, kl_draws.variance_of_mean()
+        elbo = rec - kl_value  # = the mean of log w: the per-draw integrand is log w itself
+        integrand, elbo_var = elbo, log_weights.variance_of_mean()
+    ll, ll_var = groups[k_total].finish()
+    covariance = (weighted.mean - integrand) / k_total
+    out = {
+        "elbo": elbo, "elbo_var": elbo_var,
+        "reconstruction": rec, "reconstruction_var": rec_var,
+        "kl": kl_value, "kl_var": kl_var,
+        "log_likelihood": ll, "log_likelihood_var": ll_var,
+        "gap": ll - elbo, "gap_var": (ll_var + elbo_var - 2 * covariance).clamp(min=0),
+    }
+    out["iwae_bound"], out["iwae_bound_var"] = groups[iwae_k].finish()
+    for k in curve_ks:
+        out[f"iwae_k{k}"], out[f"iwae_k{k}_var"] = groups[k].finish()
+    return out
+
+
+# ---------------------------------------------------------------------- gap decomposition
+def optimise_local(
+    model, x: torch.Tensor, q: Distribution, steps: int = LOCAL_STEPS, lr: float = LOCAL_LR,
+    samples: int = LOCAL_SAMPLES,
+) -> Distribution:
+    """q*(z) = N(μ, diag σ²) for each row of ``x``, fitted to that example's ELBO by Adam
+    from the encoder's output (``q``), batched: the summed loss gives every example its own
+    gradient and Adam's update is elementwise, so the optimisations are independent.
+
+    The step size decays linearly to 0 so the stochastic optimisation settles. The model's
+    parameters receive no gradient."""
+    mean, scale = _moments(q)
+    loc = mean.detach().clone().requires_grad_(True)
+    log_scale = scale.detach().log().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([loc, log_scale], lr=lr)
+    decay = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1 - t / steps)
+    with torch.enable_grad():
+        for _ in range(steps):
+            local = diagonal_gaussian(loc, log_scale)
+            z = local.rsample((samples,))
+            log_px, log_ratio = weight_terms(model, local, x, z)
+            closed_kl = _closed_form_kl(local, model.prior)
+            # The closed-form KL, where one exists, gives lower-variance gradients.
+            kl_term = -log_ratio.mean(0) if closed_kl is None else closed_kl
+            elbo = log_px.mean(0) - kl_term
+            loc.grad, log_scale.grad = torch.autograd.grad(-elbo.sum(), [loc, log_scale])
+            optimiser.step()
+            decay.step()
+    return diagonal_gaussian(loc.detach(), log_scale.detach())
+
+
+def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
+    return Independent(Normal(loc, log_scale.exp(), validate_args=False), 1)
+
+
+def _decompose(model, x, q, scores, k_total, kl, steps) -> dict[str, torch.Tensor]:
+    local = optimise_local(model, x, q, steps)
+    # Fresh draws under q*, independent of the amortised ones: the variances simply add.
+    fitted = score_batch(model, x, local, k_total, k_total, [], kl)
+    elbo_local, var = fitted["elbo"], fitted["elbo_var"]
+    return {
+        "elbo_local": elbo_local, "elbo_local_var": var,
+        "amortisation_gap": elbo_local - scores["elbo"],
+        "amortisation_gap_var": var + scores["elbo_var"],
+        "approximation_gap": scores["log_likelihood"] - elbo_local,
+        "approximation_gap_var": var + scores["log_likelihood_var"],
+    }
+
+
+# ---------------------------------------------------------------------- dataset-level
+@torch.no_grad()
+def active_units(
+    model, x: torch.Tensor, batch_size: int = 1000, threshold: float = ACTIVE_THRESHOLD
+) -> tuple[int, list[float]]:
+    """Burda et al.'s count: A_u = Cov_x(E_q[z_u|x]) over the rows of ``x``, active when
+    A_u > ``threshold``; returns (count, every A_u)."""
+    model.eval()
+    means = torch.cat([_moments(model.encode(x[i : i + batch_size]))[0].flatten(1)
+                       for i in range(0, len(x), batch_size)])
+    spread = means.double().var(0) if len(x) > 1 else torch.zeros(means.shape[1])
+    return int((spread > threshold).sum()), spread.tolist()
+
+
+@torch.no_grad()
+def mutual_information(
+    model, x: torch.Tensor, examples: int = MI_EXAMPLES, batch_size: int = 1000
+) -> tuple[float, float]:
+    """I_q(x; z) under the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) of the rows of
+    ``x`` (Hoffman & Johnson, "ELBO surgery"), and its standard error.
+
+    I_q = E_n E_{q(z|x_n)}[log q(z|x_n) − log q(z)]. q(z) is the exact N-component mixture;
+    the outer expectation takes one draw from each of ``examples`` examples chosen at random
+    (all of them when N ≤ examples; the SE then also counts the spread between examples, so
+    it errs on the large side). The estimate cannot exceed log N. The average KL splits as
+    KL = I_q + KL(q(z) ‖ p(z)), which gives the marginal KL.
+    """
+    model.eval()
+    n = len(x)
+    chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
+    draws, own = [], []
+    for i in range(0, len(chosen), batch_size):
+        q = model.encode(x[chosen[i : i + batch_size]])
+        z = q.rsample()
+        draws.append(z)
+        own.append(q.log_prob(z))
+    z, log_own = torch.cat(draws), torch.cat(own).double()
+    mixture = torch.full((len(z),), -math.inf, dtype=torch.float64)
+    size = z[0].numel()
+    for i in range(0, n, batch_size):
+        q = model.encode(x[i : i + batch_size])
+        step = max(1, _PAIRS // (size * min(batch_size, n - i)))
+        for j in range(0, len(z), step):
+            log_q = q.log_prob(z[j : j + step].unsqueeze(1)).double()  # [draws, examples]
+            mixture[j : j + step] = torch.logaddexp(mixture[j : j + step], log_q.logsumexp(1))
+    terms = log_own - (mixture - math.log(n))
+    se = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else None
+    return float(terms.mean()), se
+
+
+def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
+              importance_samples: int | None = None, iwae_k: int | None = None,
+              batch_size: int = 1000, mi_examples: int = MI_EXAMPLES) -> dict:
+    """The report: ``n``, each score's mean over examples with its ``_se``, ``nll``,
+    ``bits_per_dim``, active units, mutual information and the marginal KL. Likelihood-based
+    keys are null for the autoencoder."""
     result: dict = {"n": len(x)}
-    for key, value in scores.items():
-        result[key] = float(value.double().mean())
+    for key in ("elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound"):
+        result[key], result[f"{key}_se"] = _mean_and_se(scores, key)
+    result["iwae_k"] = iwae_k
     if isinstance(model, AE):
-        # An autoencoder has no ELBO: its reconstruction term is all there is.
-        result.update({"elbo": None, "kl": None})
+        # An autoencoder has no ELBO and no likelihood: its reconstruction term is all there is.
+        for key in ("elbo", "kl", *LIKELIHOOD_KEYS):
+            result[key] = None
+            if key != "active_units":
+                result[f"{key}_se"] = None
+        result.update({"iwae_k": None, "bits_per_dim_note": None, "active_units_per_dim": None,
+                       "importance_samples": None})
+        return result
+    d = math.prod(x.shape[1:])
+    nll, nll_se = -result["log_likelihood"], result["log_likelihood_se"]
+    bits, note = bits_per_dim(model, x, nll)
+    result.update({
+        "nll": nll, "nll_se": nll_se, "bits_per_dim": bits,
+        "bits_per_dim_se": None if bits is None or nll_se is None else nll_se / (d * math.log(2)),
+        "bits_per_dim_note": note,
+    })
+    result["active_units"], result["active_units_per_dim"] = active_units(model, x, batch_size)
+    mi, mi_se = mutual_information(model, x, mi_examples, batch_size)
+    result["mutual_information"], result["mutual_information_se"] = mi, mi_se
+    result["marginal_kl"] = result["kl"] - mi
+    result["marginal_kl_se"] = None if mi_se is None else math.hypot(mi_se, result["kl_se"] or 0.0)
+    result["importance_samples"] = importance_samples
+    if "elbo_local" in scores:
+        for key in ("elbo_local", "amortisation_gap", "approximation_gap"):
+            result[key], result[f"{key}_se"] = _mean_and_se(scores, key)
+    ks = sorted(int(key[6:]) for key in scores if key.startswith("iwae_k") and key[6:].isdigit())
+    if ks:
+        result["curve"] = [dict(zip(("k", "estimate", "se"), (k, *_mean_and_se(scores, f"iwae_k{k}")),
+                                    strict=True)) for k in ks]
     return result
+
+
+def evaluate(
+    model, x: torch.Tensor, *, importance_samples: int = DEFAULT_K, iwae_k: int | None = None,
+    batch_size: int = 1000, kl: str = "analytic", curve: bool = False,
+    gap_decomposition: bool = False, local_steps: int = LOCAL_STEPS,
+    mi_examples: int = MI_EXAMPLES, on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """:func:`per_example` on ``x`` followed by :func:`summarise`: the full report as a dict
+    of plain values (what ``vaekit evaluate --json`` prints, less ``split`` and ``seed``)."""
+    k_total, iwae_k = check_samples(importance_samples, iwae_k)
+    scores = per_example(
+        model, x, importance_samples=k_total, iwae_k=iwae_k, batch_size=batch_size, kl=kl,
+        curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+        on_progress=on_progress,
+    )
+    return summarise(model, x, scores, importance_samples=k_total, iwae_k=iwae_k,
+                     batch_size=batch_size, mi_examples=mi_examples)
+
+
+@torch.no_grad()
+def bits_per_dim(model, x: torch.Tensor, nll: float | None) -> tuple[float | None, str]:
+    """NLL / (D ln 2), and a note saying what that number is for this likelihood and data.
+
+    A discrete likelihood on data in its support gives bits of a probability; a continuous
+    density gives bits of a density of the data as given, with no dequantisation, which is
+    not comparable with discrete results; a discrete likelihood on data outside its support
+    (Bernoulli on grey levels) is not a normalised probability, so no number is given."""
+    d = math.prod(x.shape[1:])
+    if nll is None:
+        return None, "no log-likelihood"
+    support = model.decode(model.prior.sample((1,))).support
+    bits = nll / (d * math.log(2))
+    if not support.is_discrete:
+        return bits, (
+            "continuous density of the data as given (no dequantisation): bits per unit of the "
+            "data's scale; not comparable with bits/dim of discrete (e.g. 8-bit) data, which "
+            "would need uniform dequantisation first (for [0,1]-scaled 8-bit images add 8)"
+        )
+    inside = all(bool(support.check(x[i : i + 4096]).all()) for i in range(0, len(x), 4096))
+    if not inside:
+        return None, ("data outside the likelihood's discrete support (e.g. grey levels under "
+                      "a Bernoulli): not a normalised probability, so no bits/dim")
+    return bits, "discrete likelihood of the data as given: bits of a probability per dimension"
+
+
+# ---------------------------------------------------------------------- output
+def write_per_example(
+    scores: dict[str, torch.Tensor], path: str | Path, labels: torch.Tensor | None = None
+) -> Path:
+    """Per-example scores (anomaly scores: low log-likelihood = unusual) to ``.csv`` (a header
+    row) or ``.npy`` (a structured array with named fields; loads with allow_pickle=False)."""
+    path = Path(path)
+    columns = {"index": np.arange(len(next(iter(scores.values()))))}
+    if labels is not None:
+        columns["label"] = labels.numpy().astype(np.int64)
+    for key in PER_EXAMPLE_COLUMNS:
+        if key in scores:
+            columns[key] = scores[key].numpy()
+    if path.suffix.lower() == ".npy":
+        table = np.zeros(len(columns["index"]), dtype=[(k, v.dtype) for k, v in columns.items()])
+        for key, value in columns.items():
+            table[key] = value
+        np.save(path, table)
+    else:
+        fmt = ["%d" if v.dtype.kind in "iu" else "%.10g" for v in columns.values()]
+        stacked = np.column_stack([v.astype(np.float64) for v in columns.values()])
+        np.savetxt(path, stacked, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+    return path
+
+
+_ROWS = (
+    ("elbo", "ELBO"), ("reconstruction", "  reconstruction E_q log p(x|z)"),
+    ("kl", "  KL(q(z|x) ‖ p(z))"), ("mutual_information", "    mutual information I_q(x;z)"),
+    ("marginal_kl", "    marginal KL(q(z) ‖ p(z))"), ("log_likelihood", "log-likelihood (K = {K})"),
+    ("gap", "gap = log-likelihood − ELBO"), ("iwae_bound", "IWAE bound (k = {k})"),
+    ("nll", "NLL"), ("bits_per_dim", "bits/dim"), ("elbo_local", "ELBO with local q*"),
+    ("amortisation_gap", "amortisation gap"), ("approximation_gap", "approximation gap"),
+)
+
+
+def format_table(result: dict) -> str:
+    """The report as a short table: value ± standard error, per-example means in nats."""
+    head = f"{result.get('split', 'data')}: {result['n']} examples, per-example means in nats"
+    lines = [head]
+    labels = {key: label.format(K=result.get("importance_samples"), k=result.get("iwae_k"))
+              for key, label in _ROWS}
+    width = max(len(label) for label in labels.values())
+    for key, label in labels.items():
+        if key not in result:
+            continue
+        value, se = result[key], result.get(f"{key}_se")
+        shown = "—" if value is None else f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+        lines.append(f"{label:<{width}}  {shown}")
+    if result.get("active_units") is not None:
+        total = len(result["active_units_per_dim"])
+        lines.append(f"{'active units (A_u > 0.01)':<{width}}  {result['active_units']} of {total}")
+    if result.get("bits_per_dim_note"):
+        lines.append(f"(bits/dim: {result['bits_per_dim_note']})")
+    lines.append("(± is the standard error due to Monte-Carlo sampling for this fixed data)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- helpers
+def _closed_form_kl(q: Distribution, prior: Distribution) -> torch.Tensor | None:
+    try:
+        return kl_divergence(q, prior, "analytic")
+    except NotImplementedError:
+        return None
+
+
+def _moments(q: Distribution, draws: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, standard deviation) of q, by Monte Carlo where no closed form exists."""
+    try:
+        return q.mean, q.stddev
+    except NotImplementedError:
+        z = q.rsample((draws,))
+        return z.mean(0), z.std(0)
+
+
+def _mean_and_se(scores: dict[str, torch.Tensor], key: str) -> tuple[float | None, float | None]:
+    if key not in scores:
+        return None, None
+    value = scores[key]
+    mean = float(value.mean())
+    var = scores.get(f"{key}_var")
+    if var is None or not bool(torch.isfinite(var).all()):
+        return mean, None
+    return mean, float(var.sum().sqrt() / len(value))
+
+
+class _Mean:
+    """Running per-example mean and sample variance of draws arriving in chunks [c, B]
+    (the pairwise merge of Chan, Golub & LeVeque), in float64."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, values: torch.Tensor) -> None:
+        c = values.shape[0]
+        mean = values.mean(0)
+        m2 = ((values - mean) ** 2).sum(0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = c, mean, m2
+            return
+        total = self.n + c
+        delta = mean - self.mean
+        self.mean = self.mean + delta * c / total
+        self.m2 = self.m2 + m2 + delta**2 * self.n * c / total
+        self.n = total
+
+    def variance_of_mean(self) -> torch.Tensor:
+        if self.n < 2:
+            return torch.full_like(self.mean, math.nan)
+        return self.m2 / (self.n - 1) / self.n
+
+
+class _Groups:
+    """Streaming L_k: log (1/k) Σ w over disjoint groups of k consecutive draws, whatever the
+    chunk boundaries; an incomplete last group is dropped."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.values = _Mean()
+        self.filled = 0  # draws in the open group
+        self.open: tuple[torch.Tensor, torch.Tensor] | None = None  # its logsumexp of log w, 2 log w
+        self.delta: torch.Tensor | None = None  # delta-method variance of the first group
+
+    def add(self, log_w: torch.Tensor) -> None:
+        c, pos = log_w.shape[0], 0
+        if self.filled:
+            pos = min(self.k - self.filled, c)
+            self._extend(log_w[:pos])
+        full = (c - pos) // self.k
+        if full:
+            block = log_w[pos : pos + full * self.k].reshape(full, self.k, -1)
+            self._close(block.logsumexp(1), (2 * block).logsumexp(1))
+            pos += full * self.k
+        if pos < c:
+            self._extend(log_w[pos:])
+
+    def _extend(self, piece: torch.Tensor) -> None:
+        lse, lse2 = piece.logsumexp(0), (2 * piece).logsumexp(0)
+        if self.filled:
+            lse, lse2 = torch.logaddexp(self.open[0], lse), torch.logaddexp(self.open[1], lse2)
+        self.open, self.filled = (lse, lse2), self.filled + len(piece)
+        if self.filled == self.k:
+            self._close(lse[None], lse2[None])
+            self.open, self.filled = None, 0
+
+    def _close(self, lse: torch.Tensor, lse2: torch.Tensor) -> None:
+        if self.delta is None and self.k > 1:
+            # (k r − 1)/(k − 1), r = Σw²/(Σw)²: the delta-method Var of one group's value.
+            r = torch.exp(lse2[0] - 2 * lse[0])
+            self.delta = ((self.k * r - 1) / (self.k - 1)).clamp(min=0)
+        self.values.add(lse - math.log(self.k))
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(estimate, variance of the estimate) per example."""
+        if self.values.n == 1:
+            var = self.delta if self.delta is not None else torch.full_like(self.values.mean, math.nan)
+            return self.values.mean, var
+        return self.values.mean, self.values.variance_of_mean()
+
+
+class _WeightedMean:
+    """Σ_k w̃_k f_k with w̃ the self-normalised weights, streamed like an online softmax."""
+
+    def __init__(self):
+        self.lse: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+
+    def add(self, log_w: torch.Tensor, f: torch.Tensor) -> None:
+        lse = log_w.logsumexp(0)
+        mean = (torch.exp(log_w - lse) * f).sum(0)
+        if self.lse is None:
+            self.lse, self.mean = lse, mean
+            return
+        total = torch.logaddexp(self.lse, lse)
+        self.mean = self.mean * torch.exp(self.lse - total) + mean * torch.exp(lse - total)
+        self.lse = total

@@ -170,11 +170,12 @@ def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
 
 
 def _final_evaluation(model, splits: dict, config: Config) -> dict:
-    from vaekit.evaluate import evaluate
+    from vaekit.evaluate import TRAINING_K, evaluate
 
     for name in ("validation", "test", "train"):
         if splits.get(name) is not None:
-            result = evaluate(model, splits[name].x, samples=config.samples, kl=config.kl)
+            # A modest K keeps training quick; `vaekit evaluate` gives the full protocol.
+            result = evaluate(model, splits[name].x, importance_samples=TRAINING_K)
             return {"split": name, **result}
     return {}
 
