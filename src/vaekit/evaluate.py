@@ -61,7 +61,7 @@ TRAINING_K = 100  # the modest K of the evaluation a training run stores in eval
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[u]) > 0.01
 MI_EXAMPLES = 1000  # draws for the mutual information (one each from this many examples)
 LOCAL_STEPS = 200  # Adam steps of the per-example Gaussian in the gap decomposition
-LOCAL_LR = 0.01
+LOCAL_LR = 0.1  # in posterior standard deviations (see optimise_local)
 LOCAL_SAMPLES = 8  # reparameterised draws per step of that optimisation
 ROWS = 8192  # decoder rows (examples × draws) per chunk: bounds memory whatever K is
 _PAIRS = 1 << 22  # latent values per chunk of the aggregate-posterior computation
@@ -213,29 +213,30 @@ def optimise_local(
     samples: int = LOCAL_SAMPLES,
 ) -> Distribution:
     """q*(z) = N(μ, diag σ²) for each row of ``x``, fitted to that example's ELBO by Adam
-    from the encoder's output (``q``), batched: the summed loss gives every example its own
-    gradient and Adam's update is elementwise, so the optimisations are independent.
-
-    The step size decays linearly to 0 so the stochastic optimisation settles. The model's
-    parameters receive no gradient."""
-    mean, scale = _moments(q)
-    loc = mean.detach().clone().requires_grad_(True)
-    log_scale = scale.detach().log().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([loc, log_scale], lr=lr)
+    from the encoder's output q = N(μ₀, diag σ₀²), batched: the summed loss gives every
+    example its own gradient and Adam's update is elementwise, so the optimisations are
+    independent. The parameters are measured in the encoder's units, μ = μ₀ + σ₀ ⊙ δ and
+    log σ = log σ₀ + η, so ``lr`` is a fraction of a posterior standard deviation whatever
+    the latent scale; it decays linearly to 0 so the stochastic optimisation settles. The
+    model's parameters receive no gradient."""
+    mean, scale = (t.detach() for t in _moments(q))
+    shift = torch.zeros_like(mean, requires_grad=True)
+    stretch = torch.zeros_like(mean, requires_grad=True)
+    optimiser = torch.optim.Adam([shift, stretch], lr=lr)
     decay = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1 - t / steps)
     with torch.enable_grad():
         for _ in range(steps):
-            local = diagonal_gaussian(loc, log_scale)
+            local = diagonal_gaussian(mean + scale * shift, scale.log() + stretch)
             z = local.rsample((samples,))
             log_px, log_ratio = weight_terms(model, local, x, z)
             closed_kl = _closed_form_kl(local, model.prior)
             # The closed-form KL, where one exists, gives lower-variance gradients.
             kl_term = -log_ratio.mean(0) if closed_kl is None else closed_kl
             elbo = log_px.mean(0) - kl_term
-            loc.grad, log_scale.grad = torch.autograd.grad(-elbo.sum(), [loc, log_scale])
+            shift.grad, stretch.grad = torch.autograd.grad(-elbo.sum(), [shift, stretch])
             optimiser.step()
             decay.step()
-    return diagonal_gaussian(loc.detach(), log_scale.detach())
+    return diagonal_gaussian((mean + scale * shift).detach(), (scale.log() + stretch).detach())
 
 
 def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
