@@ -94,12 +94,13 @@ def evaluate(
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
     import torch
 
-    from vaekit import evaluate as ev
+    from vaekit.evaluate import check_samples, format_table, summarise, write_per_example
+    from vaekit.evaluate import per_example as score_examples
 
     model, config, dataset, split = _model_and_data(run_dir, data, split)
     _positive("--batch-size", batch_size)
     _positive("--local-steps", local_steps)
-    k, iwae_k = ev.check_samples(importance_samples, iwae_k)
+    k, iwae_k = check_samples(importance_samples, iwae_k)
     if per_example is not None:
         _check_output(per_example, (".csv", ".npy"))
     torch.manual_seed(seed)
@@ -107,16 +108,16 @@ def evaluate(
 
     with _progress(quiet) as progress:
         task = progress.add_task(f"evaluating (K = {k})", total=len(dataset))
-        scores = ev.per_example(
+        scores = score_examples(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
             on_progress=lambda n: progress.update(task, advance=n),
         )
-    result = {"split": split, "seed": seed, **ev.summarise(
+    result = {"split": split, "seed": seed, **summarise(
         model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size)}
     notes = []
     if per_example is not None:
-        ev.write_per_example(scores, per_example, dataset.labels)
+        write_per_example(scores, per_example, dataset.labels)
         notes.append(f"wrote per-example scores to {per_example}")
     if curve and result.get("curve"):
         from vaekit import plots
@@ -127,7 +128,7 @@ def evaluate(
     if as_json:
         print(json.dumps(result))
     else:
-        print(ev.format_table(result))
+        print(format_table(result))
     for note in notes:
         print(note, file=sys.stderr)
 

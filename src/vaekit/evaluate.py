@@ -420,34 +420,38 @@ def write_per_example(
 
 
 _ROWS = (
-    ("elbo", "ELBO"), ("reconstruction", "  reconstruction E_q log p(x|z)"),
-    ("kl", "  KL(q(z|x) ‖ p(z))"), ("mutual_information", "    mutual information I_q(x;z)"),
-    ("marginal_kl", "    marginal KL(q(z) ‖ p(z))"), ("log_likelihood", "log-likelihood (K = {K})"),
-    ("gap", "gap = log-likelihood − ELBO"), ("iwae_bound", "IWAE bound (k = {k})"),
-    ("nll", "NLL"), ("bits_per_dim", "bits/dim"), ("elbo_local", "ELBO with local q*"),
-    ("amortisation_gap", "amortisation gap"), ("approximation_gap", "approximation gap"),
+    ("elbo", "", "E_q log p(x|z) − KL"),
+    ("reconstruction", "  ", "E_q log p(x|z)"),
+    ("kl", "  ", "KL(q(z|x) ‖ p(z)), averaged over x"),
+    ("mutual_information", "    ", "I_q(x; z) under the aggregate posterior q(z)"),
+    ("marginal_kl", "    ", "KL(q(z) ‖ p(z))"),
+    ("log_likelihood", "", "importance-sampled, K = {K}"),
+    ("gap", "", "log_likelihood − elbo ≈ KL(q(z|x) ‖ p(z|x))"),
+    ("iwae_bound", "", "L_k, k = {k}"),
+    ("nll", "", "−log_likelihood"),
+    ("bits_per_dim", "", "nll / (D ln 2)"),
+    ("elbo_local", "", "ELBO of a Gaussian fitted to each example"),
+    ("amortisation_gap", "  ", "elbo_local − elbo"),
+    ("approximation_gap", "  ", "log_likelihood − elbo_local"),
 )
 
 
 def format_table(result: dict) -> str:
     """The report as a short table: value ± standard error, per-example means in nats."""
-    head = f"{result.get('split', 'data')}: {result['n']} examples, per-example means in nats"
-    lines = [head]
-    labels = {key: label.format(K=result.get("importance_samples"), k=result.get("iwae_k"))
-              for key, label in _ROWS}
-    width = max(len(label) for label in labels.values())
-    for key, label in labels.items():
+    lines = [f"{result.get('split', 'data')}: {result['n']} examples; per-example means in nats "
+             "± Monte-Carlo standard error (for this fixed data)"]
+    for key, indent, meaning in _ROWS:
         if key not in result:
             continue
         value, se = result[key], result.get(f"{key}_se")
-        shown = "—" if value is None else f"{value:.4f}" + (f" ± {se:.4f}" if se is not None else "")
-        lines.append(f"{label:<{width}}  {shown}")
+        shown = "—" if value is None else f"{value:11.4f}" + (f" ± {se:.4f}" if se is not None else "")
+        meaning = meaning.format(K=result.get("importance_samples"), k=result.get("iwae_k"))
+        lines.append(f"{indent + key:<22}{shown:<24}{meaning}")
     if result.get("active_units") is not None:
-        total = len(result["active_units_per_dim"])
-        lines.append(f"{'active units (A_u > 0.01)':<{width}}  {result['active_units']} of {total}")
+        shown = f"{result['active_units']:>6} of {len(result['active_units_per_dim'])}"
+        lines.append(f"{'active_units':<22}{shown:<24}A_u = Cov_x(E_q[z_u]) > {ACTIVE_THRESHOLD}")
     if result.get("bits_per_dim_note"):
-        lines.append(f"(bits/dim: {result['bits_per_dim_note']})")
-    lines.append("(± is the standard error due to Monte-Carlo sampling for this fixed data)")
+        lines.append(f"bits_per_dim: {result['bits_per_dim_note']}")
     return "\n".join(lines)
 
 
