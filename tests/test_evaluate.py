@@ -332,6 +332,7 @@ def test_mutual_information_limits_and_the_kl_split():
     model, x = one_dim_encoder([10.0 * i for i in range(20)], math.log(0.01))
     mi, _ = ev.mutual_information(model, x)
     assert mi == pytest.approx(math.log(20), abs=1e-6)
+    assert ev.evaluate(model, x, importance_samples=2)["mutual_information_max"] == math.log(20)
     result = ev.evaluate(model, x, importance_samples=10)
     assert result["mutual_information"] + result["marginal_kl"] == pytest.approx(result["kl"])
 
@@ -406,7 +407,7 @@ EXPECTED_KEYS = {
     "bits_per_dim", "bits_per_dim_note", "active_units", "active_units_per_dim",
     "mutual_information", "marginal_kl", "importance_samples", "iwae_k", "elbo_se",
     "reconstruction_se", "kl_se", "log_likelihood_se", "gap_se", "iwae_bound_se", "nll_se",
-    "bits_per_dim_se", "mutual_information_se", "marginal_kl_se", "seed",
+    "bits_per_dim_se", "mutual_information_se", "mutual_information_max", "marginal_kl_se", "seed",
 }
 
 

@@ -70,7 +70,7 @@ _PAIRS = 1 << 22  # latent values per chunk of the aggregate-posterior computati
 LIKELIHOOD_KEYS = (
     "log_likelihood", "gap", "iwae_bound", "nll", "bits_per_dim", "active_units",
     "mutual_information", "marginal_kl",
-)
+)  # (and their _se; also mutual_information_max, active_units_per_dim)
 # Per-example scores written by ``--per-example``, in this order where present.
 PER_EXAMPLE_COLUMNS = (
     "elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound", "elbo_local",
@@ -134,8 +134,8 @@ def per_example(
         xb = x[start : start + batch_size]
         q = model.encode(xb)
         if isinstance(model, AE):
-            scores = {"reconstruction": model.decode(q.mean).log_prob(xb).double(),
-                      "reconstruction_var": torch.zeros(len(xb), dtype=torch.float64)}
+            rec = model.decode(q.mean).log_prob(xb).double()
+            scores = {"reconstruction": rec, "reconstruction_var": torch.zeros_like(rec)}
         else:
             scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl)
             if gap_decomposition:
@@ -267,7 +267,7 @@ def active_units(
     model.eval()
     means = torch.cat([_moments(model.encode(x[i : i + batch_size]))[0].flatten(1)
                        for i in range(0, len(x), batch_size)])
-    spread = means.double().var(0) if len(x) > 1 else torch.zeros(means.shape[1])
+    spread = means.double().var(0) if len(x) > 1 else torch.zeros_like(means[0], dtype=torch.float64)
     return int((spread > threshold).sum()), spread.tolist()
 
 
@@ -287,6 +287,7 @@ def mutual_information(
     model.eval()
     n = len(x)
     chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
+    chosen = chosen.to(x.device)
     draws, own = [], []
     for i in range(0, len(chosen), batch_size):
         q = model.encode(x[chosen[i : i + batch_size]])
@@ -294,7 +295,7 @@ def mutual_information(
         draws.append(z)
         own.append(q.log_prob(z))
     z, log_own = torch.cat(draws), torch.cat(own).double()
-    mixture = torch.full((len(z),), -math.inf, dtype=torch.float64)
+    mixture = torch.full_like(log_own, -math.inf)
     size = z[0].numel()
     for i in range(0, n, batch_size):
         q = model.encode(x[i : i + batch_size])
@@ -324,7 +325,7 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
             if key != "active_units":
                 result[f"{key}_se"] = None
         result.update({"iwae_k": None, "bits_per_dim_note": None, "active_units_per_dim": None,
-                       "importance_samples": None})
+                       "mutual_information_max": None, "importance_samples": None})
         return result
     d = math.prod(x.shape[1:])
     nll, nll_se = -result["log_likelihood"], result["log_likelihood_se"]
@@ -337,6 +338,9 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
     result["active_units"], result["active_units_per_dim"] = active_units(model, x, batch_size)
     mi, mi_se = mutual_information(model, x, mi_examples, batch_size)
     result["mutual_information"], result["mutual_information_se"] = mi, mi_se
+    # The estimator cannot exceed log N: near it, the posteriors barely overlap and the true
+    # I_q may be larger (Hoffman & Johnson); the ceiling is reported so that shows.
+    result["mutual_information_max"] = math.log(len(x))
     result["marginal_kl"] = result["kl"] - mi
     result["marginal_kl_se"] = None if mi_se is None else math.hypot(mi_se, result["kl_se"] or 0.0)
     result["importance_samples"] = importance_samples
@@ -423,7 +427,7 @@ _ROWS = (
     ("elbo", "", "E_q log p(x|z) − KL"),
     ("reconstruction", "  ", "E_q log p(x|z)"),
     ("kl", "  ", "KL(q(z|x) ‖ p(z)), averaged over x"),
-    ("mutual_information", "    ", "I_q(x; z) under the aggregate posterior q(z)"),
+    ("mutual_information", "    ", "I_q(x; z) under the aggregate q(z), ≤ log N = {logn:.2f}"),
     ("marginal_kl", "    ", "KL(q(z) ‖ p(z))"),
     ("log_likelihood", "", "importance-sampled, K = {K}"),
     ("gap", "", "log_likelihood − elbo ≈ KL(q(z|x) ‖ p(z|x))"),
@@ -445,7 +449,8 @@ def format_table(result: dict) -> str:
             continue
         value, se = result[key], result.get(f"{key}_se")
         shown = "—" if value is None else f"{value:11.4f}" + (f" ± {se:.4f}" if se is not None else "")
-        meaning = meaning.format(K=result.get("importance_samples"), k=result.get("iwae_k"))
+        meaning = meaning.format(K=result.get("importance_samples"), k=result.get("iwae_k"),
+                                 logn=result.get("mutual_information_max") or math.nan)
         lines.append(f"{indent + key:<22}{shown:<24}{meaning}")
     if result.get("active_units") is not None:
         shown = f"{result['active_units']:>6} of {len(result['active_units_per_dim'])}"
