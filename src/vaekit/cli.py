@@ -107,7 +107,8 @@ def evaluate(
     from vaekit.train import _progress
 
     with _progress(quiet) as progress:
-        task = progress.add_task(f"evaluating (K = {k})", total=len(dataset))
+        total = len(dataset) * (2 if gap_decomposition else 1)
+        task = progress.add_task(f"evaluating (K = {k})", total=total)
         scores = score_examples(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,

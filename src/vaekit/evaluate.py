@@ -73,7 +73,8 @@ LIKELIHOOD_KEYS = (
 )  # (and their _se; also mutual_information_max, active_units_per_dim)
 # Per-example scores written by ``--per-example``, in this order where present.
 PER_EXAMPLE_COLUMNS = (
-    "elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound", "elbo_local",
+    "elbo", "reconstruction", "kl", "log_likelihood", "log_likelihood_se", "gap", "iwae_bound",
+    "elbo_local",
 )
 
 
@@ -121,8 +122,9 @@ def per_example(
     ``gap``, ``iwae_bound`` (k = ``iwae_k``, default min(50, K)); with ``curve`` also
     ``iwae_k<k>`` for every k of :func:`curve_points`; with ``gap_decomposition`` also
     ``elbo_local``, ``amortisation_gap`` and ``approximation_gap``. For the autoencoder only
-    ``reconstruction``, log p(x | z = f(x)), exists. ``on_progress`` is called with the number
-    of examples each finished batch held. Draws use torch's global generator: seed it.
+    ``reconstruction``, log p(x | z = f(x)), exists. ``on_progress`` is called after every
+    chunk with the work done in examples (fractions of a batch; a gap decomposition scores
+    every example twice). Draws use torch's global generator: seed it.
     """
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     if batch_size < 1:
@@ -136,14 +138,14 @@ def per_example(
         if isinstance(model, AE):
             rec = model.decode(q.mean).log_prob(xb).double()
             scores = {"reconstruction": rec, "reconstruction_var": torch.zeros_like(rec)}
+            if on_progress is not None:
+                on_progress(len(xb))
         else:
-            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl)
+            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl, on_progress)
             if gap_decomposition:
-                scores.update(_decompose(model, xb, q, scores, k_total, kl, local_steps))
+                scores.update(_decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress))
         for key, value in scores.items():
             parts.setdefault(key, []).append(value)
-        if on_progress is not None:
-            on_progress(len(xb))
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
@@ -163,7 +165,7 @@ def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int
 
 def score_batch(
     model, x: torch.Tensor, q: Distribution, k_total: int, iwae_k: int,
-    curve_ks: list[int] = (), kl: str = "analytic",
+    curve_ks: list[int] = (), kl: str = "analytic", on_progress: Callable | None = None,
 ) -> dict[str, torch.Tensor]:
     """ELBO, IS log-likelihood, IWAE bound (and curve points) of one batch under proposal
     ``q``, from ``k_total`` draws taken in chunks; per-example values and variances."""
@@ -182,6 +184,8 @@ def score_batch(
         weighted.add(log_w, log_px if closed_kl is not None else log_w)
         for group in groups.values():
             group.add(log_w)
+        if on_progress is not None:
+            on_progress(len(x) * len(z) / k_total)
 
     rec, rec_var = reconstruction.mean, reconstruction.variance_of_mean()
     if closed_kl is not None:
@@ -243,10 +247,10 @@ def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distributio
     return Independent(Normal(loc, log_scale.exp(), validate_args=False), 1)
 
 
-def _decompose(model, x, q, scores, k_total, kl, steps) -> dict[str, torch.Tensor]:
+def _decompose(model, x, q, scores, k_total, kl, steps, on_progress) -> dict[str, torch.Tensor]:
     local = optimise_local(model, x, q, steps)
     # Fresh draws under q*, independent of the amortised ones: the variances simply add.
-    fitted = score_batch(model, x, local, k_total, k_total, [], kl)
+    fitted = score_batch(model, x, local, k_total, k_total, [], kl, on_progress)
     elbo_local, var = fitted["elbo"], fitted["elbo_var"]
     return {
         "elbo_local": elbo_local, "elbo_local_var": var,
@@ -407,10 +411,13 @@ def write_per_example(
     path = Path(path)
     columns = {"index": np.arange(len(next(iter(scores.values()))))}
     if labels is not None:
-        columns["label"] = labels.numpy().astype(np.int64)
+        columns["label"] = labels.cpu().numpy().astype(np.int64)
+    scores = dict(scores)
+    if "log_likelihood_var" in scores:
+        scores["log_likelihood_se"] = scores["log_likelihood_var"].sqrt()
     for key in PER_EXAMPLE_COLUMNS:
         if key in scores:
-            columns[key] = scores[key].numpy()
+            columns[key] = scores[key].cpu().numpy()
     if path.suffix.lower() == ".npy":
         table = np.zeros(len(columns["index"]), dtype=[(k, v.dtype) for k, v in columns.items()])
         for key, value in columns.items():
