@@ -191,8 +191,9 @@ def test_importance_sampling_matches_quadrature(monkeypatch):
     truth = quadrature_log_likelihood(model, x)
     # The quadrature itself: probabilities of all 64 binary images sum to 1.
     assert abs(float(torch.logsumexp(truth, 0))) < 1e-6
-    # Chunks of 3 draws, groups of 5: every streaming path (partial groups across chunks) runs.
-    monkeypatch.setattr(ev, "ROWS", 3 * len(x))
+    # Batches of 16 examples, chunks of 3 draws: the batching paths all run.
+    monkeypatch.setattr(ev, "VALUES", 16 * 1000)
+    monkeypatch.setattr(ev, "ROWS", 3 * 16)
     torch.manual_seed(0)
     scores = ev.per_example(model, x, importance_samples=1000, iwae_k=5)
     z = (scores["log_likelihood"] - truth) / scores["log_likelihood_var"].sqrt()
@@ -233,18 +234,22 @@ def test_iwae_bound_agrees_with_objectives():
     assert abs(result["iwae_bound"] - ref_mean) < 4 * math.hypot(result["iwae_bound_se"], ref_se)
 
 
-def test_standard_errors_match_the_scatter_of_repeated_runs():
+@pytest.mark.parametrize("proposal", [(0.3, 1.5), (0.8, 0.4)])
+def test_standard_errors_match_the_scatter_of_repeated_runs(proposal):
     """The reported SEs describe the spread of the means over independent seeds: for 40
     seeds the sample SD has a relative error of about 11 %, so the ratio must lie in
-    [0.6, 1.5] (beyond 3.5 of those errors)."""
+    [0.6, 1.5] (beyond 3.5 of those errors). Two proposals: broad (light-tailed weights)
+    and narrow, off-centre q = N(0.8, 0.4²), whose weights p/q have an infinite variance."""
     model = tiny_bernoulli_model()
+    with torch.no_grad():
+        model.encoder[-1].bias.copy_(torch.tensor([proposal[0], math.log(proposal[1] ** 2)]))
     x = all_binary_images()
     keys = ("elbo", "log_likelihood", "gap", "iwae_bound")
     means = {k: [] for k in keys}
     ses = {k: [] for k in keys}
     for seed in range(40):
         torch.manual_seed(seed)
-        scores = ev.per_example(model, x, importance_samples=20, iwae_k=5)
+        scores = ev.per_example(model, x, importance_samples=100, iwae_k=10)
         for key in keys:
             mean, se = ev._mean_and_se(scores, key)
             means[key].append(mean)
@@ -254,27 +259,33 @@ def test_standard_errors_match_the_scatter_of_repeated_runs():
         assert 0.6 < ratio < 1.5, (key, ratio)
 
 
-# ---------------------------------------------------------------------- streaming
-def test_grouped_streaming_equals_the_direct_computation():
+# ---------------------------------------------------------------------- estimators
+def test_grouped_values_and_jackknife_against_brute_force():
     g = torch.Generator().manual_seed(0)
-    log_w = (torch.randn(1000, 3, generator=g) * 2).double()
-    groups = {k: ev._Groups(k) for k in (1, 7, 50, 1000)}
-    start = 0
-    for size in (3, 13, 1, 200, 90, 693):
-        for group in groups.values():
-            group.add(log_w[start : start + size])
-        start += size
-    assert start == 1000
-    for k, group in groups.items():
-        full = 1000 // k
-        values = log_w[: full * k].reshape(full, k, 3).logsumexp(1) - math.log(k)
-        estimate, var = group.finish()
+    log_w = (torch.randn(60, 3, generator=g) * 2).double()
+    for k in (1, 7, 20):
+        groups = 60 // k
+        values = log_w[: groups * k].reshape(groups, k, 3).logsumexp(1) - math.log(k)
+        estimate, var = ev._grouped(log_w, k)
         torch.testing.assert_close(estimate, values.mean(0))
-        if full > 1:
-            torch.testing.assert_close(var, values.var(0) / full)
-    w = log_w.exp()
-    ratio = (w**2).sum(0) / w.sum(0) ** 2
-    torch.testing.assert_close(groups[1000].finish()[1], (1000 * ratio - 1) / 999)
+        torch.testing.assert_close(var, values.var(0) / groups)
+    # One group: the jackknife, each draw left out in turn.
+    estimate, var = ev._grouped(log_w, 60)
+    left_out = torch.stack([torch.cat([log_w[:j], log_w[j + 1 :]]).logsumexp(0) - math.log(59)
+                            for j in range(60)])
+    torch.testing.assert_close(estimate, log_w.logsumexp(0) - math.log(60))
+    torch.testing.assert_close(var, 59 / 60 * ((left_out - left_out.mean(0)) ** 2).sum(0))
+    # One weight holding all the mass: a huge but finite variance, never NaN or infinity.
+    _, var = ev._grouped(torch.tensor([[0.0], [-2000.0], [-2000.0]], dtype=torch.float64), 3)
+    assert torch.isfinite(var).all() and float(var) > 1e5
+
+
+def test_examples_per_batch_keeps_memory_independent_of_k():
+    for k in (1, 50, 5000, ev.VALUES, 10 * ev.VALUES):
+        batch = ev.examples_per_batch(1000, k)
+        assert 1 <= batch <= 1000
+        assert batch * k <= ev.VALUES or batch == 1
+        assert batch * ev.chunk_size(batch) <= max(ev.ROWS, batch)
 
 
 # ---------------------------------------------------------------------- active units, MI
