@@ -65,6 +65,7 @@ LOCAL_LR = 0.1  # in posterior standard deviations (see optimise_local)
 LOCAL_SAMPLES = 8  # reparameterised draws per step of that optimisation
 ROWS = 8192  # decoder rows (examples × draws) per chunk
 VALUES = 1 << 21  # log-weights held at once (K × examples per batch): 2 × 16 MiB in float64
+_BLOCK = 32  # examples per block of the statistics computed from them
 _PAIRS = 1 << 22  # latent values per chunk of the aggregate-posterior computation
 
 # Keys that only exist for a model with a likelihood (null for the autoencoder).
@@ -137,8 +138,11 @@ def per_example(
         raise VaekitError(f"batch size must be at least 1, got {batch_size}")
     model.eval()
     ks = curve_points(k_total) if curve else []
-    parts: dict[str, list[torch.Tensor]] = {}
+    result: dict[str, torch.Tensor] = {}
     batch_size = examples_per_batch(batch_size, k_total)
+    # One buffer for every batch's log-weights, taken before the decoder's large temporaries:
+    # allocating it per batch let glibc's heap grow to gigabytes over a 10k-image run.
+    buffer = torch.empty(2, k_total, min(batch_size, len(x)), dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         q = model.encode(xb)
@@ -148,12 +152,15 @@ def per_example(
             if on_progress is not None:
                 on_progress(len(xb))
         else:
-            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl, on_progress)
+            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl, on_progress, buffer)
             if gap_decomposition:
-                scores.update(_decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress))
+                scores.update(
+                    _decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress, buffer))
         for key, value in scores.items():
-            parts.setdefault(key, []).append(value)
-    return {key: torch.cat(values) for key, values in parts.items()}
+            if key not in result:  # filled in place: many small tensors would pin the heap
+                result[key] = torch.empty(len(x), dtype=value.dtype, device=value.device)
+            result[key][start : start + len(xb)] = value
+    return result
 
 
 def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int]:
@@ -173,20 +180,34 @@ def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int
 def score_batch(
     model, x: torch.Tensor, q: Distribution, k_total: int, iwae_k: int,
     curve_ks: list[int] = (), kl: str = "analytic", on_progress: Callable | None = None,
+    buffer: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """ELBO, IS log-likelihood, IWAE bound (and curve points) of one batch under proposal
-    ``q``, from ``k_total`` draws taken in chunks; per-example values and variances."""
+    ``q``, from ``k_total`` draws taken in chunks; per-example values and variances.
+    ``buffer`` ([2, K, ≥ B] float64), if given, holds the log-weights."""
     closed_kl = _closed_form_kl(q, model.prior) if kl == "analytic" else None
-    log_px = torch.empty(k_total, len(x), dtype=torch.float64, device=x.device)
-    log_ratio = torch.empty_like(log_px)
+    if buffer is None:
+        buffer = torch.empty(2, k_total, len(x), dtype=torch.float64, device=x.device)
+    log_px, log_ratio = buffer[0, :, : len(x)], buffer[1, :, : len(x)]
     step = chunk_size(len(x))
     for done in range(0, k_total, step):
         z = q.rsample((min(step, k_total - done),))
         log_px[done : done + len(z)], log_ratio[done : done + len(z)] = weight_terms(model, q, x, z)
         if on_progress is not None:
             on_progress(len(x) * len(z) / k_total)
-    log_w = log_px + log_ratio
+    # Statistics a few examples at a time: small temporaries keep the heap from fragmenting.
+    blocks = [
+        _statistics(log_px[:, j : j + _BLOCK], log_ratio[:, j : j + _BLOCK],
+                    None if closed_kl is None else closed_kl[j : j + _BLOCK], iwae_k, curve_ks)
+        for j in range(0, len(x), _BLOCK)
+    ]
+    return {key: torch.cat([block[key] for block in blocks]) for key in blocks[0]}
 
+
+def _statistics(log_px, log_ratio, closed_kl, iwae_k, curve_ks) -> dict[str, torch.Tensor]:
+    """Per-example estimates and variances from the draws' log p(x|z) and log p(z)/q(z|x)."""
+    k_total = len(log_px)
+    log_w = log_px + log_ratio
     rec, rec_var = log_px.mean(0), _variance_of_mean(log_px)
     if closed_kl is not None:
         # The KL is exact, so the ELBO's only Monte-Carlo part is the reconstruction term.
@@ -248,10 +269,10 @@ def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distributio
     return Independent(Normal(loc, log_scale.exp(), validate_args=False), 1)
 
 
-def _decompose(model, x, q, scores, k_total, kl, steps, on_progress) -> dict[str, torch.Tensor]:
+def _decompose(model, x, q, scores, k_total, kl, steps, on_progress, buffer) -> dict[str, torch.Tensor]:
     local = optimise_local(model, x, q, steps)
     # Fresh draws under q*, independent of the amortised ones: the variances simply add.
-    fitted = score_batch(model, x, local, k_total, k_total, [], kl, on_progress)
+    fitted = score_batch(model, x, local, k_total, k_total, [], kl, on_progress, buffer)
     elbo_local, var = fitted["elbo"], fitted["elbo_var"]
     return {
         "elbo_local": elbo_local, "elbo_local_var": var,
