@@ -59,6 +59,11 @@ class Config:
     grad_clip: float = 0.0
     seed: int = 0
     threads: int = 0
+    # checkpoints and numerical faults (see vaekit.checkpoint and docs/reliability.md)
+    checkpoint_every: int = 1
+    checkpoint_minutes: float = 10.0
+    save_best: bool = True
+    max_bad_steps: int = 20
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
@@ -87,6 +92,12 @@ class Config:
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         _positive("threads", self.threads, allow_zero=True)
+        _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        _positive("checkpoint_minutes", self.checkpoint_minutes, allow_zero=True)
+        _positive("max_bad_steps", self.max_bad_steps)
+        if not 0 <= self.seed < 2**32:
+            # numpy's legacy generator, seeded from it too, takes 32-bit seeds only
+            raise VaekitError(f"seed must be an integer in [0, 2^32), got {self.seed}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise VaekitError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
@@ -137,13 +148,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise VaekitError(f"config file not found: {path}")
-    text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise VaekitError(f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: {err}") from None
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise VaekitError(f"config file {path} is not valid {kind}: {err}") from None
+    except OSError as err:
+        raise VaekitError(f"cannot read config file {path}: {err.strerror or err}") from None
 
 
 def parse_hidden(text: str) -> list[int]:
