@@ -180,7 +180,8 @@ def load(run_dir: str | Path) -> Checkpoint:
     if not path.is_file():
         raise VaekitError(
             f"{run_dir} has no {runs.CHECKPOINT} to resume from (the run stopped before its "
-            "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0)"
+            "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0); "
+            "start it again with --overwrite"
         )
     tensors, meta = runs.read_tensors(path, "the checkpoint")
     if "format" not in meta:

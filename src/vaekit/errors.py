@@ -14,3 +14,7 @@ class Interrupted(VaekitError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class WriteError(VaekitError):
+    """A file could not be written (full disk, no permission); what was there is unchanged."""

@@ -26,7 +26,7 @@ import torch
 
 from vaekit import __version__
 from vaekit.config import Config
-from vaekit.errors import VaekitError
+from vaekit.errors import VaekitError, WriteError
 
 FORMAT = 1
 CONFIG, INFO, WEIGHTS, METRICS, EVALUATION = (
@@ -59,7 +59,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         tmp = None
         _fsync_directory(path.parent)
     except OSError as err:
-        raise VaekitError(
+        raise WriteError(
             f"could not write {path}: {err.strerror or err}; the previous {path.name}, if any, "
             "is unchanged"
         ) from None
@@ -108,7 +108,7 @@ def check_writable(folder: str | Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise VaekitError(f"cannot write to {folder}: {err.strerror or err}") from None
+        raise WriteError(f"cannot write to {folder}: {err.strerror or err}") from None
 
 
 def write_output(path: str | Path, writer: Callable[[io.BytesIO], Any]) -> None:
@@ -321,4 +321,4 @@ def append_metrics(run_dir: str | Path, row: dict[str, Any]) -> None:
                 f.truncate(size)
                 raise
     except OSError as err:
-        raise VaekitError(f"could not write {path}: {err.strerror or err}") from None
+        raise WriteError(f"could not write {path}: {err.strerror or err}") from None

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from vaekit import checkpoint, runs
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.config import Config, parse_binarize
 from vaekit.data import Dataset, run_splits
-from vaekit.errors import Interrupted, VaekitError
+from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import build_model
 from vaekit.objectives import elbo_terms, training_loss
 
@@ -57,7 +58,8 @@ def train(
         for name in runs.RUN_FILES:  # no half-written run left to mistake for a real one
             (run_dir / name).unlink(missing_ok=True)
         raise
-    return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
+    with _resumable(run_dir):
+        return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
 
 
 def resume(
@@ -98,7 +100,8 @@ def resume(
     runs.write_metrics(run_dir, state.metrics)
     if not quiet:
         _say(f"resuming {run_dir} after {state.where()} of {config.epochs} epochs")
-    return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
+    with _resumable(run_dir):
+        return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
 
 
 def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_dir: Path,
@@ -137,7 +140,7 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
                 record.update({f"validation_{k}": v for k, v in val_stats.items()})
             sigma = getattr(model.likelihood, "sigma", None)
             if callable(sigma) and getattr(model.likelihood, "mode", "fixed") != "fixed":
-                record["sigma_g_min"] = float(sigma().min())  # how close σ_G came to its floor
+                record["sigma_g_min"] = float(sigma().detach().min())  # how close σ_G came to its floor
             record["seconds"] = seconds
             state.epoch, state.in_epoch, state.bad_in_a_row = epoch, None, current.bad_in_a_row
             state.metrics.append(record)
@@ -201,7 +204,9 @@ def run_epoch(
                 raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, config))
         if on_step is not None:
             on_step(loss.item())
-    means = (progress.totals / max(progress.examples, 1)).tolist()
+    # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
+    used = progress.examples if progress.examples else float("nan")
+    means = (progress.totals / used).tolist()
     return {
         **dict(zip(TERMS, means, strict=True)),
         "skipped_steps": progress.skipped,
@@ -324,6 +329,18 @@ def _track_best(model, state: TrainState, record: dict, config: Config, run_dir:
         state.best = {"metric": "validation_elbo", "value": value, "epoch": record["epoch"]}
         if config.save_best:
             runs.save_weights(model, run_dir / runs.BEST, epoch=record["epoch"], validation_elbo=value)
+
+
+@contextmanager
+def _resumable(run_dir: Path):
+    """A write that fails mid-run (full disk, ...) also says how to carry on once fixed."""
+    try:
+        yield
+    except WriteError as err:
+        if not (run_dir / runs.CHECKPOINT).is_file():
+            raise
+        hint = f"Once that is fixed, continue with: vaekit train --resume {run_dir}"
+        raise WriteError(f"{err}. {hint}") from None
 
 
 class _Checkpoints:
