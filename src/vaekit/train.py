@@ -76,11 +76,13 @@ def resume(
     config = checkpoint.resume_config(ckpt, runs.load_config(run_dir), changes or {})
     if tuple(runs.load_info(run_dir)["event_shape"]) != ckpt.event_shape:
         raise VaekitError(f"{run_dir}: run.json and the checkpoint disagree on the data's shape")
-    if config.epochs < ckpt.meta["epoch"]:
-        raise VaekitError(
-            f"{run_dir} has already trained {ckpt.meta['epoch']} epochs; --epochs "
-            f"{config.epochs} would end before that"
-        )
+    done = ckpt.meta["epoch"]
+    if ckpt.meta["in_epoch"] is not None:
+        done, what = done + 1, f"is part-way through epoch {done + 1}"
+    else:
+        what = f"has already trained {done} epochs"
+    if config.epochs < done:
+        raise VaekitError(f"{run_dir} {what}; --epochs {config.epochs} would end before that")
     if config.threads:
         torch.set_num_threads(config.threads)
     splits = run_splits(config)
@@ -302,6 +304,7 @@ def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
         raise VaekitError(f"cannot create {run_dir}: {err.strerror or err}") from None
     runs.check_writable(run_dir)
     if present:
+        runs.remove_temporary_files(run_dir)
         from vaekit.plots import FIGURES
 
         for name in (*runs.RUN_FILES, *FIGURES):
