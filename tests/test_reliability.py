@@ -121,6 +121,12 @@ def test_out_of_range_values(capsys, grey, tmp_path, flag, value, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_python_api_config_of_the_wrong_type(grey, tmp_path):
+    with pytest.raises(VaekitError, match="setting 'latent_dim' expects int, got '2'"):
+        train(Config(data=str(grey), latent_dim="2"), tmp_path / "o", quiet=True)
+    assert not (tmp_path / "o").exists()
+
+
 def test_evaluation_samples_below_one(capsys, run):
     assert "--samples must be at least 1" in fails(capsys, "evaluate", run, "--samples", "0")
 

@@ -68,6 +68,8 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Raise :class:`VaekitError` naming the first bad value; return self when fine."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), str(f.type))
         _choice("model", self.model, MODELS)
         _choice("architecture", self.architecture, ARCHITECTURES)
         _choice("likelihood", self.likelihood, LIKELIHOODS)
@@ -212,6 +214,23 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if not ok or value != value or value == float("inf"):
         need = "non-negative" if allow_zero else "positive"
         raise VaekitError(f"{name} must be {need} and finite, got {value}")
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    # Python callers build Config directly: a wrong type gets a message, not a TypeError later.
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    ok = {
+        "int": is_int(value),
+        "float": is_int(value) or isinstance(value, float),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "str | None": value is None or isinstance(value, str),
+        "list[int]": isinstance(value, list) and all(is_int(v) for v in value),
+    }.get(kind, True)
+    if not ok:
+        raise VaekitError(f"setting '{name}' expects {kind}, got {value!r}")
 
 
 def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
