@@ -45,7 +45,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     """Write via a temporary file in the same directory, fsync it, rename it over ``path``
     and fsync the directory: readers (and a restart after a crash) see the old file or the
     new one, never a torn one. A failed write (full disk, no permission) leaves ``path`` as
-    it was, removes the temporary file and raises :class:`VaekitError`."""
+    it was, removes the temporary file and raises :class:`~vaekit.errors.WriteError`."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     tmp = None
