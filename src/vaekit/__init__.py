@@ -22,6 +22,7 @@ _EXPORTS = {
     "elbo_terms": "vaekit.objectives",
     "kl_divergence": "vaekit.objectives",
     "train": "vaekit.train",
+    "resume": "vaekit.train",
     "load": "vaekit.runs",
     "save": "vaekit.runs",
     "load_data": "vaekit.data",

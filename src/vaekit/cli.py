@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from vaekit.errors import VaekitError
+from vaekit.errors import Interrupted, VaekitError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet")
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume")
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
 
@@ -54,15 +54,34 @@ def train(
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch (0: torch's default).")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).")] = None,
+    checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
+    save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
+    max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
+    resume: Annotated[Path | None, Opt(help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
 ) -> None:
     """Train a VAE (or AE) and write a run directory with weights, metrics and figures."""
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
-    from vaekit.config import Config
+    from vaekit.config import Config, read_config_file
     from vaekit.train import train as run_training
 
+    if resume is not None:
+        from vaekit.train import resume as resume_training
+
+        if out is not None and out.resolve() != resume.resolve():
+            raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
+        if overwrite:
+            raise VaekitError("--resume and --overwrite contradict each other: choose one")
+        changes: dict = {}
+        if config:
+            Config.from_file(config)  # checks the file on its own first
+            changes.update(read_config_file(config))
+        changes.update({k: v for k, v in flags.items() if v is not None})
+        resume_training(resume, changes, quiet=quiet, figures=figures)
+        return
     base = Config.from_file(config) if config else Config()
     resolved = base.override(flags)
     if out is None:
@@ -164,6 +183,8 @@ def encode(
     import numpy as np
     import torch
 
+    from vaekit.runs import write_output
+
     _positive("--batch-size", batch_size)
     _check_output(output, (".npy", ".npz", ".csv"))
     model, _, dataset, _ = _model_and_data(run_dir, data, split or "all")
@@ -178,13 +199,13 @@ def encode(
     labels = None if dataset.labels is None else dataset.labels.numpy()
     suffix = output.suffix.lower()
     if suffix == ".npy":
-        np.save(output, mu)
-        np.save(output.with_suffix(".logvar.npy"), logvar)
+        write_output(output, lambda f: np.save(f, mu))
+        write_output(output.with_suffix(".logvar.npy"), lambda f: np.save(f, logvar))
     elif suffix == ".npz":
         arrays = {"mu": mu, "logvar": logvar}
         if labels is not None:
             arrays["labels"] = labels
-        np.savez(output, **arrays)
+        write_output(output, lambda f: np.savez(f, **arrays))
     else:
         d = mu.shape[1]
         header = [f"mu_{i + 1}" for i in range(d)] + [f"logvar_{i + 1}" for i in range(d)]
@@ -194,7 +215,7 @@ def encode(
             columns.append(labels[:, None])
         table = np.concatenate([c.astype(np.float64) for c in columns], axis=1)
         fmt = ["%.8g"] * (2 * d) + (["%d"] if labels is not None else [])
-        np.savetxt(output, table, delimiter=",", header=",".join(header), comments="", fmt=fmt)
+        write_output(output, lambda f: np.savetxt(f, table, delimiter=",", header=",".join(header), comments="", fmt=fmt))
     print(f"wrote {len(mu)} posterior means ({mu.shape[1]}-D) to {output}")
 
 
@@ -232,7 +253,9 @@ def _write_images(images, output: Path, title: str) -> None:
     import numpy as np
 
     if output.suffix.lower() == ".npy":
-        np.save(output, images.numpy())
+        from vaekit.runs import write_output
+
+        write_output(output, lambda f: np.save(f, images.numpy()))
     else:
         import matplotlib
 
@@ -270,12 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # typer's normal way out, including usage errors
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
     except VaekitError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine's problem, not a bug: one line, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 
