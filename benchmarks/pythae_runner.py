@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import tempfile
 
+import common
 import torch
 from torch import nn
-
-import common
 
 
 def _pythae_vae(latent: int = 20):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from vaekit._callable import make_module_callable
 from vaekit.model import AE
 from vaekit.objectives import elbo_terms
 
@@ -38,3 +39,6 @@ def evaluate(
         # An autoencoder has no ELBO: its reconstruction term is all there is.
         result.update({"elbo": None, "kl": None})
     return result
+
+
+make_module_callable(__name__, evaluate)  # vaekit.evaluate(model, x) calls evaluate()

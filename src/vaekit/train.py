@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vaekit import checkpoint, runs
+from vaekit._callable import make_module_callable
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.config import Config, parse_binarize
 from vaekit.data import Dataset, run_splits
@@ -462,3 +463,6 @@ def _progress(quiet: bool):
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+make_module_callable(__name__, train)  # vaekit.train(config, out) calls train()
