@@ -15,7 +15,8 @@ import torch
 
 from vaekit import runs
 from vaekit.config import Config, parse_binarize
-from vaekit.data import Dataset, run_splits
+from vaekit.data import Dataset, run_splits, write_run_data
+from vaekit.data.lazy import value_range
 from vaekit.errors import VaekitError
 from vaekit.model import build_model
 from vaekit.objectives import elbo_terms, training_loss
@@ -35,7 +36,7 @@ def train(
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
-    splits = run_splits(config)
+    splits = run_splits(config, quiet=quiet)
     train_set, val_set = splits["train"], splits["validation"]
     check_data(train_set, config, quiet)
     run_dir = prepare_run_dir(out, overwrite)
@@ -46,6 +47,7 @@ def train(
     order = torch.Generator().manual_seed(config.seed)
     draws = torch.Generator().manual_seed(config.seed + 1)
     runs.save(model, config, run_dir)
+    write_run_data(run_dir, config, splits)
     (run_dir / runs.METRICS).write_text("")
 
     with _progress(quiet) as progress:
@@ -135,13 +137,12 @@ def check_data(data: Dataset, config: Config, quiet: bool = False) -> None:
         raise VaekitError("the training set is empty")
     if config.likelihood != "bernoulli":
         return
-    lo, hi = float(data.x.min()), float(data.x.max())
+    lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
     if lo < 0 or hi > 1:
         raise VaekitError(
             f"the bernoulli likelihood needs data in [0, 1], but {data.name} spans "
             f"[{lo:g}, {hi:g}]; use --likelihood gaussian or rescale the data"
         )
-    binary = bool(((data.x == 0) | (data.x == 1)).all())
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
     if not binary and not dynamic and not quiet:
         _say(
