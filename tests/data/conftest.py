@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .helpers import dead_url
+from .helpers import dead_url, gz, sha256, toy_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,18 @@ def http_server():
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch, http_server):
+    """'mnist' pinned to generated files served on 127.0.0.1 (the code path is the real one)."""
+    from vaekit.data import download as dl
+    from vaekit.data import mnist
+
+    parts = toy_mnist()
+    files = tuple(dl.RemoteFile(f"{name}.gz", sha256=sha256(body)) for name, body in parts.items())
+    monkeypatch.setitem(mnist.REMOTE, "mnist", dl.RemoteDataset("mnist", files, mirrors=(http_server.url,)))
+    for name, body in parts.items():
+        http_server.routes[f"/{name}.gz"] = ("ok", gz(body))
+    monkeypatch.delenv("VAEKIT_MIRROR")
+    return parts

@@ -9,6 +9,16 @@ import socket
 import numpy as np
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in this process (fast: torch is already imported); (status, out, err)."""
+    from vaekit.cli import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def dead_url() -> str:
     """A 127.0.0.1 URL nobody listens on (connection refused): an offline machine."""
     with socket.socket() as s:

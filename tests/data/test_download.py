@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from .helpers import dead_url, gz, idx_bytes, md5, sha256
 from vaekit.data import download as dl
 from vaekit.errors import VaekitError
+
+from .helpers import dead_url, gz, idx_bytes, md5, sha256
 
 IMAGES = idx_bytes(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
 LABELS = idx_bytes(np.array([4, 7], dtype=np.uint8))

@@ -182,8 +182,7 @@ def select_split(
                 f"--split {split} applies to the run's own data ({config.data}); "
                 "with other data use --split all"
             )
-        options = {k: v for k, v in data_options(config).items() if k in ("mirror", "image_mode")}
-        whole = _all(load_data(data, config.data_dir, **options), config)
+        whole = _all(load_data(data, config.data_dir, **_applicable(data, data_options(config))), config)
         return _apply_recorded(whole, config, record)
     if split == "all":
         whole = _all(load_data(config.data, config.data_dir, **data_options(config)), config)
@@ -271,6 +270,17 @@ def _all(loaded: DataSplits, config) -> Dataset:
     if parse_binarize(config.binarize)[0] == "dynamic":
         whole = binarize_once(whole, "dynamic", config.seed, split="all")
     return whole
+
+
+def _applicable(spec: str, options: dict) -> dict:
+    """The run's options that make sense for other data ``spec`` (a table's label column
+    for a table, the image size for a folder)."""
+    from vaekit.data import tabular
+
+    path = Path(spec)
+    return {**options,
+            "label_column": options["label_column"] if path.suffix.lower() in tabular.SUFFIXES else None,
+            "image_size": options["image_size"] if path.is_dir() else 0}
 
 
 def _apply_recorded(data: Dataset, config, record: dict) -> Dataset:

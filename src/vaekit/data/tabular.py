@@ -39,7 +39,7 @@ def load_table(path: Path, label_column: str | None = None) -> DataSplits:
         labels, classes = _labels(frame.pop(label_column), path, label_column)
         if frame.shape[1] == 0:
             raise VaekitError(f"{path}: no feature columns besides the label column '{label_column}'")
-    x = np.stack([_column(frame[c], path, str(c)) for c in frame.columns], axis=1)
+    x = np.stack([_column(frame[c], path, str(c)) for c in frame.columns], axis=1)  # a copy
     return DataSplits(train=Dataset(torch.from_numpy(x.astype(np.float32)), labels, path.stem,
                                     classes=classes))
 
@@ -102,14 +102,14 @@ def _labels(column, path: Path, name: str) -> tuple[torch.Tensor, list[str] | No
         i = int(np.flatnonzero(missing)[0])
         raise VaekitError(f"{path}: {_where(path, i)}, label column '{name}': a missing label")
     if pd.api.types.is_integer_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
-        return torch.from_numpy(column.to_numpy(np.int64)), None
+        return torch.from_numpy(column.to_numpy(np.int64, copy=True)), None
     if pd.api.types.is_float_dtype(column.dtype):
         values = column.to_numpy(np.float64)
         fractional = values != np.round(values)
         if fractional.any():
             i = int(np.flatnonzero(fractional)[0])
             raise VaekitError(
-                f"{path}: {_where(path, i)}, label column '{name}': {values[i]!r} is not an "
+                f"{path}: {_where(path, i)}, label column '{name}': {values[i]:g} is not an "
                 "integer or a class name"
             )
         return torch.from_numpy(values.astype(np.int64)), None
