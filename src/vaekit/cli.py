@@ -216,7 +216,7 @@ def plot(run_dir: RunDir) -> None:
     from vaekit.runs import load_run, read_metrics
 
     model, config = load_run(run_dir)
-    paths = plots.draw_all(run_dir, model, run_splits(config), read_metrics(run_dir))
+    paths = plots.draw_all(run_dir, model, run_splits(config, run_dir=run_dir), read_metrics(run_dir))
     for path in paths:
         print(f"wrote {path}")
 
