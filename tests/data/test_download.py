@@ -205,3 +205,12 @@ def test_stale_partial_files_are_cleaned_young_ones_kept(tmp_path, http_server):
 def test_a_dataset_without_checksums_cannot_be_declared():
     with pytest.raises(ValueError, match="needs a checksum"):
         dl.RemoteDataset("x", (dl.RemoteFile("f"),), mirrors=())
+
+
+def test_a_local_folder_can_serve_as_a_mirror(tmp_path, private_cache):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "images.gz").write_bytes(gz(IMAGES))
+    (served / "labels.gz").write_bytes(gz(LABELS))
+    got = dl.contents(toy(), mirror=served.as_uri(), quiet=True)
+    assert got == {"images.gz": IMAGES, "labels.gz": LABELS}

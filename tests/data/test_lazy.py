@@ -102,9 +102,12 @@ def test_training_from_the_memory_map_matches_training_in_memory(big_npy, tmp_pa
 
 def test_dynamic_training_batches_from_the_memory_map(big_npy, tmp_path, monkeypatch):
     path, _ = big_npy
-    monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", str(BUDGET))
     config = Config(data=str(path), binarize="dynamic", hidden=[8], latent_dim=2, epochs=1,
                     batch_size=100, seed=0)
+    eager_validation = run_splits(config)["validation"].x
+    monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", str(BUDGET))
+    lazy_validation = run_splits(config)["validation"].x
+    assert is_lazy(lazy_validation) and torch.equal(lazy_validation.to_tensor(), eager_validation)
     run = train(config, tmp_path / "dyn", quiet=True, figures=True)
     assert (run / "latent.png").is_file()
     metrics = json.loads((run / "metrics.jsonl").read_text())

@@ -122,16 +122,24 @@ def split_validation(
     data: Dataset, fraction: float, seed: int
 ) -> tuple[Dataset, Dataset | None]:
     """Seeded random split of ``data`` into (train, validation)."""
-    n_val = int(round(len(data) * fraction))
-    if n_val == 0:
+    index = _validation_index(len(data), fraction, seed)
+    if index is None:
         return data, None
-    if n_val >= len(data):
-        raise VaekitError(f"validation_fraction {fraction} leaves no training examples")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return (
-        data.subset(order[n_val:].sort().values, f"{data.name}/train"),
-        data.subset(order[:n_val].sort().values, f"{data.name}/validation"),
+        data.subset(index[0], f"{data.name}/train"),
+        data.subset(index[1], f"{data.name}/validation"),
     )
+
+
+def _validation_index(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Sorted (train, validation) positions of a seeded split, or ``None`` for no split."""
+    n_val = int(round(n * fraction))
+    if n_val == 0:
+        return None
+    if n_val >= n:
+        raise VaekitError(f"validation_fraction {fraction} leaves no training examples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
 
 
 def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -> dict[str, Dataset | None]:
@@ -148,16 +156,20 @@ def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -
                 f"validation_split = 'test', but {config.data} has no official test split; "
                 "use validation_split = 'fraction'"
             )
-        train, val = loaded.train, loaded.test
+        train, val, val_positions = loaded.train, loaded.test, None
     else:
         train, val = split_validation(loaded.train, config.validation_fraction, config.seed)
+        index = _validation_index(len(loaded.train), config.validation_fraction, config.seed)
+        val_positions = None if index is None else index[1].numpy()
     out = {"train": train, "validation": val, "test": loaded.test}
     if parse_binarize(config.binarize)[0] == "dynamic":
-        for key in ("validation", "test"):
-            if out[key] is not None:
-                out[key] = binarize_once(out[key], "dynamic", config.seed, split=key)
-        if val is loaded.test and out["test"] is not None:
-            out["validation"] = out["test"]  # one draw of the test set, used for both
+        # drawn per example position in the loaded set, as a lazily read split would be
+        if val is not None and val is not loaded.test:
+            out["validation"] = binarize_once(val, "dynamic", config.seed, "validation", val_positions)
+        if loaded.test is not None:
+            out["test"] = binarize_once(loaded.test, "dynamic", config.seed, "test")
+            if val is loaded.test:
+                out["validation"] = out["test"]  # one draw of the test set, used for both
     if getattr(config, "standardize", False):
         recorded = read_run_data(run_dir).get("standardization") if run_dir else None
         st = recorded or Standardization.fit(train.x)

@@ -29,13 +29,14 @@ _SPLIT = {"train": 0, "validation": 1, "test": 2, "all": 3}
 _BLOCK = 4096  # rows per block when drawing a whole tensor (bounds the uint64 temporaries)
 
 
-def binarize_once(data, mode: str, seed: int, split: str):
+def binarize_once(data, mode: str, seed: int, split: str, positions: np.ndarray | None = None):
     """``data`` with the protocol's fixed draw for ``split`` applied (input untouched).
 
     Static and threshold binarisation are applied to the loaded train/test sets *before*
     the validation split (``split`` is then ``"train"`` or ``"test"``), so an example keeps
     one binary image whichever split it lands in. Dynamic binarisation leaves the training
-    set alone and draws the evaluation sets once.
+    set alone and draws the evaluation sets once. ``positions``: the rows' positions in the
+    loaded set (default 0..N-1); data read lazily know their own.
     """
     from vaekit.data.lazy import is_lazy
 
@@ -54,10 +55,11 @@ def binarize_once(data, mode: str, seed: int, split: str):
         x = data.x.map(lambda positions, rows: bernoulli_draw(rows, positions, seed, stream))
     else:
         array = data.x.numpy()
+        where = np.arange(len(array)) if positions is None else np.asarray(positions)
         out = np.empty(array.shape, np.float32)
         for start in range(0, len(array), _BLOCK):
             rows = np.arange(start, min(start + _BLOCK, len(array)))
-            out[rows] = bernoulli_draw(array[rows], rows, seed, stream)
+            out[rows] = bernoulli_draw(array[rows], where[rows], seed, stream)
         x = torch.from_numpy(out)
     return dataclasses.replace(data, x=x)
 
