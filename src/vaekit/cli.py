@@ -30,12 +30,18 @@ RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit
 
 @app.command()
 def train(
-    data: Annotated[str | None, Opt(help="Dataset: 'digits' (built in) or a .npy/.npz file.")] = None,
+    data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's files.")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
     binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
     validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.")] = None,
+    mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download published datasets from as URL/<file name> (default: $VAEKIT_MIRROR, else the official hosts, then mirrors).")] = None,
+    image_size: Annotated[int | None, Opt(help="Image folders: resize every image to N x N (0: keep sizes, which must then all match).")] = None,
+    image_mode: Annotated[str | None, Opt(help="Image folders: auto | grey | rgb (auto: grey when every image is).")] = None,
+    label_column: Annotated[str | None, Opt(help="CSV/Parquet: the column holding labels (not used as a feature).")] = None,
+    standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.")] = None,
+    validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).")] = None,
     model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder).")] = None,
     architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model).")] = None,
     hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).")] = None,
@@ -101,13 +107,17 @@ def evaluate(
     batch_size: Annotated[int, Opt(help="Examples per evaluation batch.")] = 1000,
     seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
+    mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
 ) -> None:
     """Score a trained model: per-example mean ELBO, reconstruction and KL, in nats."""
     import torch
 
     from vaekit.evaluate import evaluate as run_evaluation
 
-    model, config, dataset, split = _model_and_data(run_dir, data, split)
+    overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
+    model, config, dataset, split = _model_and_data(run_dir, data, split, overrides)
     _positive("--batch-size", batch_size)
     if samples is not None:
         _positive("--samples", samples)
@@ -141,7 +151,7 @@ def sample(
     _check_output(output, (".png", ".npy"))
     model = load(run_dir)
     torch.manual_seed(seed)
-    images = model.sample(n, mean=not draw)
+    images = _original_units(model.sample(n, mean=not draw), run_dir)
     _write_images(images, output, f"{n} samples from {run_dir}")
 
 
@@ -163,7 +173,7 @@ def reconstruct(
         originals = dataset.x[:n]
         recon = model.decode_mean(model.encode(originals).mean)
     if output.suffix.lower() == ".npy":
-        _write_images(recon, output, "")
+        _write_images(_original_units(recon, run_dir), output, "")
     else:
         from vaekit import plots
 
@@ -227,26 +237,89 @@ def plot(run_dir: RunDir) -> None:
     from vaekit.runs import load_run, read_metrics
 
     model, config = load_run(run_dir)
-    paths = plots.draw_all(run_dir, model, run_splits(config), read_metrics(run_dir))
+    paths = plots.draw_all(run_dir, model, run_splits(config, run_dir=run_dir), read_metrics(run_dir))
     for path in paths:
         print(f"wrote {path}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Published datasets: what is known and cached; fetch ahead of time.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Show the known datasets, whether each is in the cache, and its size."""
+    from vaekit.data import download, mnist
+
+    rows = [("name", "cached", "size", "verified by"),
+            ("digits", "built in", "-", "(bundled with scikit-learn)")]
+    for ds in mnist.REMOTE.values():
+        present, size = download.status(ds)
+        total = len(ds.files)
+        cached = "yes" if present == total else "no" if present == 0 else f"partly ({present}/{total} files)"
+        rows.append((ds.name, cached, _size(size) if present else f"{ds.download_size} to download",
+                     ds.verified_by))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"cache: {download.cache_dir()} (set ${download.ENV_CACHE} to use another folder)")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="mnist | fashion-mnist | kmnist.")],
+    mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download from as URL/<file name>.")] = None,
+    data_dir: Annotated[Path | None, Opt(help="Download into this folder instead of the cache.")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
+) -> None:
+    """Download a published dataset ahead of time (and re-check files already there)."""
+    from vaekit.config import parse_mirrors
+    from vaekit.data import download, mnist
+
+    if name not in mnist.REMOTE:
+        known = ", ".join(mnist.REMOTE)
+        extra = " (digits is built in: nothing to fetch)" if name == "digits" else ""
+        raise VaekitError(f"unknown dataset '{name}'{extra}; known: {known}")
+    if mirror is not None:
+        parse_mirrors(mirror)
+    ds = mnist.REMOTE[name]
+    folder = download.fetch(ds, mirror=mirror, dest=data_dir, quiet=quiet, verify=True)
+    print(f"{name}: {len(ds.files)} files verified ({ds.verified_by}) in {folder}")
+
+
 # ---------------------------------------------------------------------- helpers
-def _model_and_data(run_dir: Path, data: str | None, split: str | None):
+def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None):
     from vaekit.data import default_split, select_split
     from vaekit.runs import load_run
 
     model, config = load_run(run_dir)
+    if overrides and any(v is not None for v in overrides.values()):
+        config = config.override(overrides, source="command line")
     if split is None:
         split = "all" if data is not None and data != config.data else default_split(config)
-    dataset = select_split(config, split, data)
+    dataset = select_split(config, split, data, run_dir=run_dir)
     if dataset.event_shape != model.event_shape:
         raise VaekitError(
             f"data shaped {list(dataset.event_shape)} per example, but the model in {run_dir} "
             f"was trained on {list(model.event_shape)}"
         )
     return model, config, dataset, split
+
+
+def _original_units(x, run_dir: Path):
+    """Model-space values back in the data's units where the run standardised its data."""
+    from vaekit.data import recorded_standardization
+
+    st = recorded_standardization(run_dir)
+    return x if st is None else st.invert(x)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 def _write_images(images, output: Path, title: str) -> None:

@@ -25,6 +25,8 @@ ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", 
 KL_ESTIMATORS = ("analytic", "mc")
 OBJECTIVES = ("elbo",)
 BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+IMAGE_MODES = ("auto", "grey", "rgb")
+VALIDATION_SPLITS = ("fraction", "test")
 
 
 @dataclass
@@ -37,6 +39,12 @@ class Config:
     data_dir: str | None = None
     binarize: str = "none"
     validation_fraction: float = 0.1
+    mirror: str | None = None
+    image_size: int = 0
+    image_mode: str = "auto"
+    label_column: str | None = None
+    standardize: bool = False
+    validation_split: str = "fraction"
     # model
     model: str = "vae"
     architecture: str = "mlp"
@@ -104,7 +112,22 @@ class Config:
             raise VaekitError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
+        self._validate_data_options()
         return self
+
+    def _validate_data_options(self) -> None:
+        _choice("image_mode", self.image_mode, IMAGE_MODES)
+        _choice("validation_split", self.validation_split, VALIDATION_SPLITS)
+        _positive("image_size", self.image_size, allow_zero=True)
+        if self.mirror is not None:
+            parse_mirrors(self.mirror)
+        if self.label_column == "":
+            raise VaekitError("label_column must name a column, got an empty string")
+        if self.standardize and self.binarize != "none":
+            raise VaekitError(
+                "standardize is for continuous data and cannot be combined with "
+                f"binarize = '{self.binarize}'; use one or the other"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +223,15 @@ def parse_binarize(text: str) -> tuple[str, float | None]:
     raise VaekitError(
         f"binarize must be one of none, dynamic, static, threshold:LEVEL; got '{text}'"
     )
+
+
+def parse_mirrors(text: str) -> list[str]:
+    """``"URL"`` or ``"URL1,URL2"`` -> base URLs (http, https or file), tried in order."""
+    urls = [u for u in text.replace(",", " ").split() if u]
+    for url in urls or [text]:
+        if not url.startswith(("http://", "https://", "file:")):
+            raise VaekitError(f"mirror must be http://, https:// or file: URLs, got '{url}'")
+    return urls
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

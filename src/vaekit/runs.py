@@ -37,8 +37,9 @@ CONFIG, INFO, WEIGHTS, METRICS, EVALUATION = (
     "evaluation.json",
 )
 CHECKPOINT, BEST = "checkpoint.safetensors", "best.safetensors"
+DATA = "data.json"  # how the data were binarised/standardised (vaekit.data.write_run_data)
 # The files a run writes besides its figures: what --overwrite replaces, and nothing else.
-RUN_FILES = (CONFIG, INFO, WEIGHTS, METRICS, EVALUATION, CHECKPOINT, BEST)
+RUN_FILES = (CONFIG, INFO, WEIGHTS, METRICS, EVALUATION, CHECKPOINT, BEST, DATA)
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:

@@ -23,7 +23,8 @@ from vaekit import checkpoint, runs
 from vaekit._callable import make_module_callable
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.config import Config, parse_binarize
-from vaekit.data import Dataset, run_splits
+from vaekit.data import Dataset, run_splits, write_run_data
+from vaekit.data.lazy import value_range
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import build_model
 from vaekit.objectives import elbo_terms, training_loss
@@ -43,7 +44,7 @@ def train(
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
-    splits = run_splits(config)
+    splits = run_splits(config, quiet=quiet)
     train_set = splits["train"]
     check_data(train_set, config, quiet)
     run_dir = prepare_run_dir(out, overwrite)
@@ -54,6 +55,7 @@ def train(
     state = TrainState.fresh(config.seed, _fingerprint(splits))
     try:
         runs.save(model, config, run_dir)
+        write_run_data(run_dir, config, splits)
         runs.write_metrics(run_dir, [])
     except VaekitError:
         for name in runs.RUN_FILES:  # no half-written run left to mistake for a real one
@@ -86,7 +88,7 @@ def resume(
         raise VaekitError(f"{run_dir} {what}; --epochs {config.epochs} would end before that")
     if config.threads:
         torch.set_num_threads(config.threads)
-    splits = run_splits(config)
+    splits = run_splits(config, quiet=quiet)
     check_data(splits["train"], config, quiet=True)
     if _fingerprint(splits) != ckpt.meta["data_fingerprint"]:
         raise VaekitError(
@@ -271,13 +273,12 @@ def check_data(data: Dataset, config: Config, quiet: bool = False) -> None:
         raise VaekitError("the training set is empty")
     if config.likelihood != "bernoulli":
         return
-    lo, hi = float(data.x.min()), float(data.x.max())
+    lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
     if lo < 0 or hi > 1:
         raise VaekitError(
             f"the bernoulli likelihood needs data in [0, 1], but {data.name} spans "
             f"[{lo:g}, {hi:g}]; use --likelihood gaussian or rescale the data"
         )
-    binary = bool(((data.x == 0) | (data.x == 1)).all())
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
     if not binary and not dynamic and not quiet:
         _say(
