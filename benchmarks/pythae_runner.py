@@ -7,11 +7,14 @@ importance-sampled log-likelihood the evaluation benchmark compares against.
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import common
 import torch
 from torch import nn
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pythae's per-batch progress bars would flood the table
 
 
 def _pythae_vae(latent: int = 20):
@@ -42,6 +45,7 @@ def _pythae_vae(latent: int = 20):
 
 
 def run_pythae(x: torch.Tensor, epochs: int) -> common.Measurement:
+    from pythae.data.datasets import BaseDataset
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
     torch.manual_seed(0)
@@ -49,7 +53,8 @@ def run_pythae(x: torch.Tensor, epochs: int) -> common.Measurement:
     with tempfile.TemporaryDirectory() as out:
         config = BaseTrainerConfig(output_dir=out, num_epochs=epochs + 1, learning_rate=1e-3,
                                    per_device_train_batch_size=128, optimizer_cls="Adam", no_cuda=True)
-        trainer = BaseTrainer(model, train_dataset=x.numpy(), training_config=config)
+        data = BaseDataset(x, torch.zeros(len(x)))  # pythae's own dataset type, as its docs use
+        trainer = BaseTrainer(model, train_dataset=data, training_config=config)
         trainer.prepare_training()
         counter = iter(range(1, 10_000))
         return common.repeat("pythae 0.1.2 trainer", lambda: trainer.train_step(next(counter)), epochs)
