@@ -7,14 +7,11 @@ importance-sampled log-likelihood the evaluation benchmark compares against.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import common
 import torch
 from torch import nn
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # pythae's per-batch progress bars would flood the table
 
 
 def _pythae_vae(latent: int = 20):
@@ -56,6 +53,10 @@ def run_pythae(x: torch.Tensor, epochs: int) -> common.Measurement:
         data = BaseDataset(x, torch.zeros(len(x)))  # pythae's own dataset type, as its docs use
         trainer = BaseTrainer(model, train_dataset=data, training_config=config)
         trainer.prepare_training()
+        # its per-batch progress bars and console printer would flood the benchmark's table
+        handler = trainer.callback_handler
+        handler.callbacks = [c for c in handler.callbacks if type(c).__name__ not in
+                             ("ProgressBarCallback", "MetricConsolePrinterCallback")]
         counter = iter(range(1, 10_000))
         return common.repeat("pythae 0.1.2 trainer", lambda: trainer.train_step(next(counter)), epochs)
 
