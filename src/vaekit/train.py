@@ -9,6 +9,7 @@ continues a run from its checkpoint and ends bit for bit where the uninterrupted
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -42,8 +43,7 @@ def train(
 ) -> Path:
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
     config.validate()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads, quiet)
     splits = run_splits(config, quiet=quiet)
     train_set = splits["train"]
     check_data(train_set, config, quiet)
@@ -86,8 +86,7 @@ def resume(
         what = f"has already trained {done} epochs"
     if config.epochs < done:
         raise VaekitError(f"{run_dir} {what}; --epochs {config.epochs} would end before that")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads, quiet)
     splits = run_splits(config, quiet=quiet)
     check_data(splits["train"], config, quiet=True)
     if _fingerprint(splits) != ckpt.meta["data_fingerprint"]:
@@ -166,6 +165,26 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
     if not quiet:
         print(f"run written to {run_dir}")
     return run_dir
+
+
+def set_threads(threads: int, quiet: bool = False) -> int:
+    """Use ``threads`` torch threads (0: torch's default, one per core) and warn once when
+    other processes already keep the cores busy: torch's threads then spin waiting for each
+    other and a step can be many times slower, not merely twice."""
+    if threads:
+        torch.set_num_threads(threads)
+    used = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on every platform; the warning is only advice
+        return used
+    cores = os.cpu_count() or 1
+    if not quiet and used > 1 and load + used > cores + 0.5:
+        _say(
+            f"warning: the machine is busy (load average {load:.1f} on {cores} cores) and torch "
+            f"uses {used} threads; if training is slow, try --threads 1"
+        )
+    return used
 
 
 def run_epoch(
