@@ -43,7 +43,7 @@ def train(
 ) -> Path:
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
     config.validate()
-    set_threads(config.threads, quiet)
+    set_threads(config.threads, quiet=True)  # the busy-machine advice comes once training starts
     splits = run_splits(config, quiet=quiet)
     train_set = splits["train"]
     check_data(train_set, config, quiet)
@@ -86,7 +86,7 @@ def resume(
         what = f"has already trained {done} epochs"
     if config.epochs < done:
         raise VaekitError(f"{run_dir} {what}; --epochs {config.epochs} would end before that")
-    set_threads(config.threads, quiet)
+    set_threads(config.threads, quiet=True)  # the busy-machine advice comes once training starts
     splits = run_splits(config, quiet=quiet)
     check_data(splits["train"], config, quiet=True)
     if _fingerprint(splits) != ckpt.meta["data_fingerprint"]:
@@ -112,6 +112,7 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
          *, quiet: bool, figures: bool) -> Path:
     """Train from ``state`` to ``config.epochs``, then evaluate and draw the figures."""
     train_set, val_set = splits["train"], splits["validation"]
+    set_threads(config.threads, quiet=quiet)
     saver = _Checkpoints(run_dir, model, optimizer, state, config)
     with _progress(quiet) as progress, _StopOnSignal() as stop:
         steps_per_epoch = -(-len(train_set) // config.batch_size)
