@@ -11,7 +11,9 @@ import pytest
 import torch
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+# ../shared/data/mnist from the checkout; $VAEKIT_TEST_MNIST points elsewhere (a worktree).
+MNIST_DIR = Path(os.environ.get("VAEKIT_TEST_MNIST")
+                 or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
 # Two test processes on two cores spin against each other; one thread each is faster.
 torch.set_num_threads(1)

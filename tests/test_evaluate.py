@@ -492,3 +492,16 @@ def test_autoencoder_has_no_likelihood(tiny_config, tmp_path):
     assert result["reconstruction"] is not None
     for key in ("elbo", "kl", *ev.LIKELIHOOD_KEYS):
         assert result[key] is None
+
+
+def test_lazily_read_data_give_the_same_report():
+    from vaekit.data.lazy import LazyArray, memmap_reader
+
+    model = tiny_bernoulli_model()
+    x = all_binary_images()
+    lazy = LazyArray(memmap_reader(x.numpy()), len(x), (6,))
+    reports = []
+    for data in (x, lazy):
+        torch.manual_seed(0)
+        reports.append(ev.evaluate(model, data, importance_samples=50, batch_size=20))
+    assert reports[0] == reports[1]

@@ -104,3 +104,22 @@ def test_an_existing_run_is_not_overwritten_by_accident(tiny_run, tmp_path):
     assert (run / "model.safetensors").read_bytes() == before
     train(config.override({"seed": 5}), run, quiet=True, figures=False, overwrite=True)
     assert (run / "model.safetensors").read_bytes() != before
+
+
+def test_threads_are_set_and_a_busy_machine_is_reported(monkeypatch, capsys):
+    import os
+
+    from vaekit.train import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+        assert set_threads(2) == 2
+        assert "load average 7.5" in capsys.readouterr().err
+        assert set_threads(2, quiet=True) == 2
+        assert capsys.readouterr().err == ""
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert set_threads(1) == 1  # one thread cannot spin against itself: no warning
+        assert capsys.readouterr().err == ""
+    finally:
+        torch.set_num_threads(before)

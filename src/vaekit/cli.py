@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from vaekit.errors import VaekitError
+from vaekit.errors import Interrupted, VaekitError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,18 +24,24 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet")
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume")
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
 
 @app.command()
 def train(
-    data: Annotated[str | None, Opt(help="Dataset: 'digits' (built in) or a .npy/.npz file.")] = None,
+    data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's files.")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
     binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
     validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.")] = None,
+    mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download published datasets from as URL/<file name> (default: $VAEKIT_MIRROR, else the official hosts, then mirrors).")] = None,
+    image_size: Annotated[int | None, Opt(help="Image folders: resize every image to N x N (0: keep sizes, which must then all match).")] = None,
+    image_mode: Annotated[str | None, Opt(help="Image folders: auto | grey | rgb (auto: grey when every image is).")] = None,
+    label_column: Annotated[str | None, Opt(help="CSV/Parquet: the column holding labels (not used as a feature).")] = None,
+    standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.")] = None,
+    validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).")] = None,
     model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder).")] = None,
     architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model).")] = None,
     hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).")] = None,
@@ -54,15 +60,34 @@ def train(
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch (0: torch's default).")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).")] = None,
+    checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
+    save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
+    max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
+    resume: Annotated[Path | None, Opt(help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
 ) -> None:
     """Train a VAE (or AE) and write a run directory with weights, metrics and figures."""
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
-    from vaekit.config import Config
+    from vaekit.config import Config, read_config_file
     from vaekit.train import train as run_training
 
+    if resume is not None:
+        from vaekit.train import resume as resume_training
+
+        if out is not None and out.resolve() != resume.resolve():
+            raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
+        if overwrite:
+            raise VaekitError("--resume and --overwrite contradict each other: choose one")
+        changes: dict = {}
+        if config:
+            Config.from_file(config)  # checks the file on its own first
+            changes.update(read_config_file(config))
+        changes.update({k: v for k, v in flags.items() if v is not None})
+        resume_training(resume, changes, quiet=quiet, figures=figures)
+        return
     base = Config.from_file(config) if config else Config()
     resolved = base.override(flags)
     if out is None:
@@ -89,6 +114,9 @@ def evaluate(
     save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json in the run directory (the run's own data only).")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
+    mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
@@ -97,7 +125,8 @@ def evaluate(
     from vaekit.evaluate import check_samples, format_table, summarise, write_per_example
     from vaekit.evaluate import per_example as score_examples
 
-    model, config, dataset, split = _model_and_data(run_dir, data, split)
+    overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
+    model, config, dataset, split = _model_and_data(run_dir, data, split, overrides)
     _positive("--batch-size", batch_size)
     _positive("--local-steps", local_steps)
     k, iwae_k = check_samples(importance_samples, iwae_k)
@@ -151,7 +180,7 @@ def sample(
     _check_output(output, (".png", ".npy"))
     model = load(run_dir)
     torch.manual_seed(seed)
-    images = model.sample(n, mean=not draw)
+    images = _original_units(model.sample(n, mean=not draw), run_dir)
     _write_images(images, output, f"{n} samples from {run_dir}")
 
 
@@ -173,7 +202,7 @@ def reconstruct(
         originals = dataset.x[:n]
         recon = model.decode_mean(model.encode(originals).mean)
     if output.suffix.lower() == ".npy":
-        _write_images(recon, output, "")
+        _write_images(_original_units(recon, run_dir), output, "")
     else:
         from vaekit import plots
 
@@ -193,6 +222,8 @@ def encode(
     import numpy as np
     import torch
 
+    from vaekit.runs import write_output
+
     _positive("--batch-size", batch_size)
     _check_output(output, (".npy", ".npz", ".csv"))
     model, _, dataset, _ = _model_and_data(run_dir, data, split or "all")
@@ -207,13 +238,13 @@ def encode(
     labels = None if dataset.labels is None else dataset.labels.numpy()
     suffix = output.suffix.lower()
     if suffix == ".npy":
-        np.save(output, mu)
-        np.save(output.with_suffix(".logvar.npy"), logvar)
+        write_output(output, lambda f: np.save(f, mu))
+        write_output(output.with_suffix(".logvar.npy"), lambda f: np.save(f, logvar))
     elif suffix == ".npz":
         arrays = {"mu": mu, "logvar": logvar}
         if labels is not None:
             arrays["labels"] = labels
-        np.savez(output, **arrays)
+        write_output(output, lambda f: np.savez(f, **arrays))
     else:
         d = mu.shape[1]
         header = [f"mu_{i + 1}" for i in range(d)] + [f"logvar_{i + 1}" for i in range(d)]
@@ -223,7 +254,7 @@ def encode(
             columns.append(labels[:, None])
         table = np.concatenate([c.astype(np.float64) for c in columns], axis=1)
         fmt = ["%.8g"] * (2 * d) + (["%d"] if labels is not None else [])
-        np.savetxt(output, table, delimiter=",", header=",".join(header), comments="", fmt=fmt)
+        write_output(output, lambda f: np.savetxt(f, table, delimiter=",", header=",".join(header), comments="", fmt=fmt))
     print(f"wrote {len(mu)} posterior means ({mu.shape[1]}-D) to {output}")
 
 
@@ -235,20 +266,67 @@ def plot(run_dir: RunDir) -> None:
     from vaekit.runs import load_run, read_metrics
 
     model, config = load_run(run_dir)
-    paths = plots.draw_all(run_dir, model, run_splits(config), read_metrics(run_dir))
+    paths = plots.draw_all(run_dir, model, run_splits(config, run_dir=run_dir), read_metrics(run_dir))
     for path in paths:
         print(f"wrote {path}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Published datasets: what is known and cached; fetch ahead of time.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Show the known datasets, whether each is in the cache, and its size."""
+    from vaekit.data import download, mnist
+
+    rows = [("name", "cached", "size", "verified by"),
+            ("digits", "built in", "-", "(bundled with scikit-learn)")]
+    for ds in mnist.REMOTE.values():
+        present, size = download.status(ds)
+        total = len(ds.files)
+        cached = "yes" if present == total else "no" if present == 0 else f"partly ({present}/{total} files)"
+        rows.append((ds.name, cached, _size(size) if present else f"{ds.download_size} to download",
+                     ds.verified_by))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"cache: {download.cache_dir()} (set ${download.ENV_CACHE} to use another folder)")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="mnist | fashion-mnist | kmnist.")],
+    mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download from as URL/<file name>.")] = None,
+    data_dir: Annotated[Path | None, Opt(help="Download into this folder instead of the cache.")] = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
+) -> None:
+    """Download a published dataset ahead of time (and re-check files already there)."""
+    from vaekit.config import parse_mirrors
+    from vaekit.data import download, mnist
+
+    if name not in mnist.REMOTE:
+        known = ", ".join(mnist.REMOTE)
+        extra = " (digits is built in: nothing to fetch)" if name == "digits" else ""
+        raise VaekitError(f"unknown dataset '{name}'{extra}; known: {known}")
+    if mirror is not None:
+        parse_mirrors(mirror)
+    ds = mnist.REMOTE[name]
+    folder = download.fetch(ds, mirror=mirror, dest=data_dir, quiet=quiet, verify=True)
+    print(f"{name}: {len(ds.files)} files verified ({ds.verified_by}) in {folder}")
+
+
 # ---------------------------------------------------------------------- helpers
-def _model_and_data(run_dir: Path, data: str | None, split: str | None):
+def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None):
     from vaekit.data import default_split, select_split
     from vaekit.runs import load_run
 
     model, config = load_run(run_dir)
+    if overrides and any(v is not None for v in overrides.values()):
+        config = config.override(overrides, source="command line")
     if split is None:
         split = "all" if data is not None and data != config.data else default_split(config)
-    dataset = select_split(config, split, data)
+    dataset = select_split(config, split, data, run_dir=run_dir)
     if dataset.event_shape != model.event_shape:
         raise VaekitError(
             f"data shaped {list(dataset.event_shape)} per example, but the model in {run_dir} "
@@ -267,11 +345,29 @@ def _save_evaluation(path: Path, result: dict) -> str:
     return f"stored the result in {path}"
 
 
+def _original_units(x, run_dir: Path):
+    """Model-space values back in the data's units where the run standardised its data."""
+    from vaekit.data import recorded_standardization
+
+    st = recorded_standardization(run_dir)
+    return x if st is None else st.invert(x)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 def _write_images(images, output: Path, title: str) -> None:
     import numpy as np
 
     if output.suffix.lower() == ".npy":
-        np.save(output, images.numpy())
+        from vaekit.runs import write_output
+
+        write_output(output, lambda f: np.save(f, images.numpy()))
     else:
         import matplotlib
 
@@ -309,12 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # typer's normal way out, including usage errors
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
     except VaekitError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine's problem, not a bug: one line, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 

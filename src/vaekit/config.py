@@ -25,6 +25,8 @@ ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", 
 KL_ESTIMATORS = ("analytic", "mc")
 OBJECTIVES = ("elbo",)
 BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+IMAGE_MODES = ("auto", "grey", "rgb")
+VALIDATION_SPLITS = ("fraction", "test")
 
 
 @dataclass
@@ -37,6 +39,12 @@ class Config:
     data_dir: str | None = None
     binarize: str = "none"
     validation_fraction: float = 0.1
+    mirror: str | None = None
+    image_size: int = 0
+    image_mode: str = "auto"
+    label_column: str | None = None
+    standardize: bool = False
+    validation_split: str = "fraction"
     # model
     model: str = "vae"
     architecture: str = "mlp"
@@ -59,10 +67,17 @@ class Config:
     grad_clip: float = 0.0
     seed: int = 0
     threads: int = 0
+    # checkpoints and numerical faults (see vaekit.checkpoint and docs/reliability.md)
+    checkpoint_every: int = 1
+    checkpoint_minutes: float = 10.0
+    save_best: bool = True
+    max_bad_steps: int = 20
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
         """Raise :class:`VaekitError` naming the first bad value; return self when fine."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), str(f.type))
         _choice("model", self.model, MODELS)
         _choice("architecture", self.architecture, ARCHITECTURES)
         _choice("likelihood", self.likelihood, LIKELIHOODS)
@@ -87,11 +102,32 @@ class Config:
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         _positive("threads", self.threads, allow_zero=True)
+        _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        _positive("checkpoint_minutes", self.checkpoint_minutes, allow_zero=True)
+        _positive("max_bad_steps", self.max_bad_steps)
+        if not 0 <= self.seed < 2**32:
+            # numpy's legacy generator, seeded from it too, takes 32-bit seeds only
+            raise VaekitError(f"seed must be an integer in [0, 2^32), got {self.seed}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise VaekitError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
+        self._validate_data_options()
         return self
+
+    def _validate_data_options(self) -> None:
+        _choice("image_mode", self.image_mode, IMAGE_MODES)
+        _choice("validation_split", self.validation_split, VALIDATION_SPLITS)
+        _positive("image_size", self.image_size, allow_zero=True)
+        if self.mirror is not None:
+            parse_mirrors(self.mirror)
+        if self.label_column == "":
+            raise VaekitError("label_column must name a column, got an empty string")
+        if self.standardize and self.binarize != "none":
+            raise VaekitError(
+                "standardize is for continuous data and cannot be combined with "
+                f"binarize = '{self.binarize}'; use one or the other"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -137,13 +173,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise VaekitError(f"config file not found: {path}")
-    text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise VaekitError(f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: {err}") from None
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise VaekitError(f"config file {path} is not valid {kind}: {err}") from None
+    except OSError as err:
+        raise VaekitError(f"cannot read config file {path}: {err.strerror or err}") from None
 
 
 def parse_hidden(text: str) -> list[int]:
@@ -188,6 +225,15 @@ def parse_binarize(text: str) -> tuple[str, float | None]:
     )
 
 
+def parse_mirrors(text: str) -> list[str]:
+    """``"URL"`` or ``"URL1,URL2"`` -> base URLs (http, https or file), tried in order."""
+    urls = [u for u in text.replace(",", " ").split() if u]
+    for url in urls or [text]:
+        if not url.startswith(("http://", "https://", "file:")):
+            raise VaekitError(f"mirror must be http://, https:// or file: URLs, got '{url}'")
+    return urls
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
@@ -200,6 +246,23 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if not ok or value != value or value == float("inf"):
         need = "non-negative" if allow_zero else "positive"
         raise VaekitError(f"{name} must be {need} and finite, got {value}")
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    # Python callers build Config directly: a wrong type gets a message, not a TypeError later.
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    ok = {
+        "int": is_int(value),
+        "float": is_int(value) or isinstance(value, float),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "str | None": value is None or isinstance(value, str),
+        "list[int]": isinstance(value, list) and all(is_int(v) for v in value),
+    }.get(kind, True)
+    if not ok:
+        raise VaekitError(f"setting '{name}' expects {kind}, got {value!r}")
 
 
 def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution, Independent, Normal
 
+from vaekit._callable import make_module_callable
 from vaekit.errors import VaekitError
 from vaekit.model import AE
 from vaekit.objectives import kl_divergence
@@ -142,9 +143,11 @@ def per_example(
     batch_size = examples_per_batch(batch_size, k_total)
     # One buffer for every batch's log-weights, taken before the decoder's large temporaries:
     # allocating it per batch let glibc's heap grow to gigabytes over a 10k-image run.
-    buffer = torch.empty(2, k_total, min(batch_size, len(x)), dtype=torch.float64, device=x.device)
+    buffer = None
     for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
+        xb = x[start : start + batch_size]  # a tensor (x may be a lazily read array)
+        if buffer is None:
+            buffer = torch.empty(2, k_total, len(xb), dtype=torch.float64, device=xb.device)
         q = model.encode(xb)
         if isinstance(model, AE):
             rec = model.decode(q.mean).log_prob(xb).double()
@@ -313,7 +316,6 @@ def mutual_information(
     model.eval()
     n = len(x)
     chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
-    chosen = chosen.to(x.device)
     draws, own = [], []
     for i in range(0, len(chosen), batch_size):
         q = model.encode(x[chosen[i : i + batch_size]])
@@ -554,3 +556,6 @@ def _grouped(log_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return estimate, _jackknife(deviations, estimate)
     values = log_w[: groups * k].reshape(groups, k, -1).logsumexp(1) - math.log(k)
     return values.mean(0), _variance_of_mean(values)
+
+
+make_module_callable(__name__, evaluate)  # vaekit.evaluate(model, x) calls evaluate()

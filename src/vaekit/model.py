@@ -17,7 +17,9 @@ from vaekit import nets
 from vaekit.likelihoods import make_likelihood
 
 # exp(0.5 * logvar) stays within [4.5e-5, 2.2e4]: far beyond any useful posterior scale,
-# but it keeps exp() from overflowing or underflowing to an exact zero scale.
+# but it keeps exp() from overflowing or underflowing to an exact zero scale. Hitting the
+# bounds is not hidden: ``encode`` counts the clamped entries (``clamped``) and training
+# reports them per epoch (``train_logvar_clamped`` in metrics.jsonl).
 LOGVAR_MIN, LOGVAR_MAX = -20.0, 20.0
 
 
@@ -40,6 +42,7 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.likelihood = likelihood
         self.register_buffer("_zero", torch.zeros(latent_dim), persistent=False)
+        self.clamped = torch.zeros((), dtype=torch.long)  # entries clamped by the last encode
 
     @property
     def data_dim(self) -> int:
@@ -49,6 +52,7 @@ class VAE(nn.Module):
         """q(z|x, φ) with batch shape [B] and event shape [latent_dim]."""
         h = self.encoder(x.reshape(x.shape[0], -1))
         mu, logvar = h.chunk(2, dim=-1)
+        self.clamped = ((logvar < LOGVAR_MIN) | (logvar > LOGVAR_MAX)).sum()
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
 

@@ -198,8 +198,12 @@ def _show_tiles(ax, images: torch.Tensor, rows: int, cols: int, extent=None) -> 
 
 
 def _save(fig, path: Path) -> Path:
+    from vaekit.runs import write_output
+
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # rendered in memory, then renamed into place: never a half-written PNG
+        write_output(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -2,21 +2,31 @@
 
 Data live in memory as one tensor and are batched by index (no per-item Python work);
 every epoch appends a line to ``metrics.jsonl`` and rewrites ``model.safetensors``.
+Checkpoints (:mod:`vaekit.checkpoint`) are written every ``checkpoint_every`` epochs and
+every ``checkpoint_minutes`` (between steps), and on SIGINT/SIGTERM; :func:`resume`
+continues a run from its checkpoint and ends bit for bit where the uninterrupted run would.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vaekit import runs
+from vaekit import checkpoint, runs
+from vaekit._callable import make_module_callable
+from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.config import Config, parse_binarize
-from vaekit.data import Dataset, run_splits
-from vaekit.errors import VaekitError
+from vaekit.data import Dataset, run_splits, write_run_data
+from vaekit.data.lazy import value_range
+from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import build_model
 from vaekit.objectives import elbo_terms, training_loss
 
@@ -33,42 +43,118 @@ def train(
 ) -> Path:
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
     config.validate()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    splits = run_splits(config)
-    train_set, val_set = splits["train"], splits["validation"]
+    set_threads(config.threads, quiet=True)  # the busy-machine advice comes once training starts
+    splits = run_splits(config, quiet=quiet)
+    train_set = splits["train"]
     check_data(train_set, config, quiet)
     run_dir = prepare_run_dir(out, overwrite)
 
-    torch.manual_seed(config.seed)
+    checkpoint.seed_everything(config.seed)
     model = build_model(config, train_set.event_shape)
     optimizer = make_optimizer(model, config)
-    order = torch.Generator().manual_seed(config.seed)
-    draws = torch.Generator().manual_seed(config.seed + 1)
-    runs.save(model, config, run_dir)
-    (run_dir / runs.METRICS).write_text("")
+    state = TrainState.fresh(config.seed, _fingerprint(splits))
+    try:
+        runs.save(model, config, run_dir)
+        write_run_data(run_dir, config, splits)
+        runs.write_metrics(run_dir, [])
+    except VaekitError:
+        for name in runs.RUN_FILES:  # no half-written run left to mistake for a real one
+            (run_dir / name).unlink(missing_ok=True)
+        raise
+    with _resumable(run_dir):
+        return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
 
-    with _progress(quiet) as progress:
+
+def resume(
+    run_dir: str | Path,
+    changes: dict[str, Any] | None = None,
+    *,
+    quiet: bool = False,
+    figures: bool = True,
+) -> Path:
+    """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
+    settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``)."""
+    run_dir = Path(run_dir)
+    ckpt = checkpoint.load(run_dir)
+    config = checkpoint.resume_config(ckpt, runs.load_config(run_dir), changes or {})
+    if tuple(runs.load_info(run_dir)["event_shape"]) != ckpt.event_shape:
+        raise VaekitError(f"{run_dir}: run.json and the checkpoint disagree on the data's shape")
+    done = ckpt.meta["epoch"]
+    if ckpt.meta["in_epoch"] is not None:
+        done, what = done + 1, f"is part-way through epoch {done + 1}"
+    else:
+        what = f"has already trained {done} epochs"
+    if config.epochs < done:
+        raise VaekitError(f"{run_dir} {what}; --epochs {config.epochs} would end before that")
+    set_threads(config.threads, quiet=True)  # the busy-machine advice comes once training starts
+    splits = run_splits(config, quiet=quiet)
+    check_data(splits["train"], config, quiet=True)
+    if _fingerprint(splits) != ckpt.meta["data_fingerprint"]:
+        raise VaekitError(
+            f"the data ({config.data}) are not the data {run_dir} was trained on: "
+            "resuming on other data would not continue the same run"
+        )
+    if splits["train"].event_shape != ckpt.event_shape:
+        raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
+    model = build_model(config, ckpt.event_shape)
+    optimizer = make_optimizer(model, config)
+    state = checkpoint.restore(ckpt, model, optimizer)
+    runs.remove_temporary_files(run_dir)
+    runs.write_json(run_dir / runs.CONFIG, config.to_dict())
+    runs.write_metrics(run_dir, state.metrics)
+    if not quiet:
+        _say(f"resuming {run_dir} after {state.where()} of {config.epochs} epochs")
+    with _resumable(run_dir):
+        return _fit(model, optimizer, state, splits, config, run_dir, quiet=quiet, figures=figures)
+
+
+def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_dir: Path,
+         *, quiet: bool, figures: bool) -> Path:
+    """Train from ``state`` to ``config.epochs``, then evaluate and draw the figures."""
+    train_set, val_set = splits["train"], splits["validation"]
+    set_threads(config.threads, quiet=quiet)
+    saver = _Checkpoints(run_dir, model, optimizer, state, config)
+    with _progress(quiet) as progress, _StopOnSignal() as stop:
         steps_per_epoch = -(-len(train_set) // config.batch_size)
-        task = progress.add_task("training", total=config.epochs * steps_per_epoch)
-        for epoch in range(1, config.epochs + 1):
-            start = time.perf_counter()
+        done = state.epoch * steps_per_epoch + (state.in_epoch.step if state.in_epoch else 0)
+        task = progress.add_task("training", total=config.epochs * steps_per_epoch, completed=done)
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            if state.in_epoch is None:
+                state.in_epoch = EpochProgress.begin(state.order, state.bad_in_a_row)
+            current = state.in_epoch
+            saver.epoch_started()
+
+            def on_step(loss: float, e: int = epoch) -> None:
+                progress.update(task, advance=1, description=f"epoch {e}/{config.epochs}  -ELBO {loss:.2f}")
+                if stop.signum is not None or saver.time_due():
+                    saver.save()
+                stop.check(state, run_dir)
+
             model.train()
-            train_stats = run_epoch(
-                model, optimizer, train_set.x, config, order, draws,
-                on_step=lambda loss, e=epoch: progress.update(
-                    task, advance=1, description=f"epoch {e}/{config.epochs}  -ELBO {loss:.2f}"
-                ),
-            )
-            seconds = time.perf_counter() - start
+            try:
+                train_stats = run_epoch(
+                    model, optimizer, train_set.x, config, state.order, state.draws,
+                    on_step=on_step, progress=current,
+                )
+            except NonFiniteTraining as err:
+                raise VaekitError(f"{err} {saver.kept()}") from None
+            seconds = saver.epoch_seconds()
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
             if val_set is not None:
                 val_stats = evaluate_terms(model, val_set.x, config)
                 record.update({f"validation_{k}": v for k, v in val_stats.items()})
+            sigma = getattr(model.likelihood, "sigma", None)
+            if callable(sigma) and getattr(model.likelihood, "mode", "fixed") != "fixed":
+                record["sigma_g_min"] = float(sigma().detach().min())  # how close σ_G came to its floor
             record["seconds"] = seconds
-            with open(run_dir / runs.METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            state.epoch, state.in_epoch, state.bad_in_a_row = epoch, None, current.bad_in_a_row
+            state.metrics.append(record)
+            runs.append_metrics(run_dir, record)
             runs.save_weights(model, run_dir / runs.WEIGHTS)
+            _track_best(model, state, record, config, run_dir)
+            if saver.epoch_due(epoch) or stop.signum is not None:
+                saver.save()
+            stop.check(state, run_dir)
 
     model.eval()
     final = _final_evaluation(model, splits, config)
@@ -82,28 +168,100 @@ def train(
     return run_dir
 
 
+def set_threads(threads: int, quiet: bool = False) -> int:
+    """Use ``threads`` torch threads (0: torch's default, one per core) and warn once when
+    other processes already keep the cores busy: torch's threads then spin waiting for each
+    other and a step can be many times slower, not merely twice."""
+    if threads:
+        torch.set_num_threads(threads)
+    used = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on every platform; the warning is only advice
+        return used
+    cores = os.cpu_count() or 1
+    if not quiet and used > 1 and load + used > cores + 0.5:
+        _say(
+            f"warning: the machine is busy (load average {load:.1f} on {cores} cores) and torch "
+            f"uses {used} threads; if training is slow, try --threads 1"
+        )
+    return used
+
+
 def run_epoch(
     model, optimizer, x: torch.Tensor, config: Config, order: torch.Generator,
-    draws: torch.Generator, on_step=None,
+    draws: torch.Generator, on_step=None, progress: EpochProgress | None = None,
 ) -> dict[str, float]:
-    """One pass over ``x`` in random minibatches; returns the per-example mean terms."""
+    """One pass over ``x`` in random minibatches; returns the per-example mean terms, the
+    number of skipped steps and of clamped encoder log-variances.
+
+    ``progress`` continues an epoch a checkpoint interrupted: the shuffle is replayed from
+    the order generator's state saved before it and the batches already done are skipped.
+    A step whose loss or gradient is not finite makes no update and is counted; after
+    ``config.max_bad_steps`` of them in a row, :class:`NonFiniteTraining` is raised.
+    """
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
+    if progress is None:
+        progress = EpochProgress.begin(order)
+    order.set_state(progress.order_start)
     permutation = torch.randperm(len(x), generator=order)
-    totals = torch.zeros(len(TERMS))
-    for start in range(0, len(x), config.batch_size):
+    if progress.totals is None:
+        progress.totals = torch.zeros(len(TERMS))
+    for start in range(progress.step * config.batch_size, len(x), config.batch_size):
         batch = x[permutation[start : start + config.batch_size]]
         if dynamic:
             batch = torch.bernoulli(batch, generator=draws)
         loss, terms = training_loss(model, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        totals += torch.stack([terms[k].detach().sum() for k in TERMS])
+        norm = _gradient_norm(model, config.grad_clip)
+        progress.step += 1
+        progress.clamped += int(getattr(model, "clamped", 0))
+        if bool(torch.isfinite(loss) & torch.isfinite(norm)):
+            optimizer.step()
+            progress.totals += torch.stack([terms[k].detach().sum() for k in TERMS])
+            progress.examples += len(batch)
+            progress.bad_in_a_row = 0
+        else:
+            progress.skipped += 1
+            progress.bad_in_a_row += 1
+            if progress.bad_in_a_row >= config.max_bad_steps:
+                raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, config))
         if on_step is not None:
             on_step(loss.item())
-    return dict(zip(TERMS, (totals / len(x)).tolist(), strict=True))
+    # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
+    used = progress.examples if progress.examples else float("nan")
+    means = (progress.totals / used).tolist()
+    return {
+        **dict(zip(TERMS, means, strict=True)),
+        "skipped_steps": progress.skipped,
+        "logvar_clamped": progress.clamped,
+    }
+
+
+class NonFiniteTraining(VaekitError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def _gradient_norm(model, grad_clip: float) -> torch.Tensor:
+    if grad_clip:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _bad_steps_message(count: int, config: Config) -> str:
+    return (
+        f"training stopped: {count} steps in a row had a non-finite loss or gradient (each was "
+        f"skipped, so the weights are not poisoned). Usual causes: a learning rate too high "
+        f"(lr = {config.lr:g}); with a Gaussian likelihood, a σ_G floor too small "
+        f"(sigma_min = {config.sigma_min:g}) or data on a huge scale; with the Bernoulli "
+        "likelihood, data outside [0, 1]."
+    )
 
 
 @torch.no_grad()
@@ -135,13 +293,12 @@ def check_data(data: Dataset, config: Config, quiet: bool = False) -> None:
         raise VaekitError("the training set is empty")
     if config.likelihood != "bernoulli":
         return
-    lo, hi = float(data.x.min()), float(data.x.max())
+    lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
     if lo < 0 or hi > 1:
         raise VaekitError(
             f"the bernoulli likelihood needs data in [0, 1], but {data.name} spans "
             f"[{lo:g}, {hi:g}]; use --likelihood gaussian or rescale the data"
         )
-    binary = bool(((data.x == 0) | (data.x == 1)).all())
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
     if not binary and not dynamic and not quiet:
         _say(
@@ -152,21 +309,137 @@ def check_data(data: Dataset, config: Config, quiet: bool = False) -> None:
 
 
 def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create ``out`` (or reuse it); refuse one holding a run unless ``overwrite``, in which
+    case that run's files (and only those) are removed."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise VaekitError(f"--out {run_dir} exists and is not a directory")
-    if (run_dir / runs.CONFIG).exists() and not overwrite:
+    present = [name for name in runs.RUN_FILES if (run_dir / name).exists()]
+    if present and not overwrite:
         raise VaekitError(
-            f"{run_dir} already holds a run; choose another --out or pass --overwrite"
+            f"{run_dir} already holds a run ({', '.join(present[:3])}); choose another --out, "
+            f"continue it with --resume {run_dir}, or pass --overwrite to replace it"
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".vaekit-write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as err:
-        raise VaekitError(f"cannot write to {run_dir}: {err.strerror or err}") from None
+        raise VaekitError(f"cannot create {run_dir}: {err.strerror or err}") from None
+    runs.check_writable(run_dir)
+    if present:
+        runs.remove_temporary_files(run_dir)
+        from vaekit.plots import FIGURES
+
+        for name in (*runs.RUN_FILES, *FIGURES):
+            try:
+                (run_dir / name).unlink(missing_ok=True)
+            except OSError as err:
+                raise VaekitError(f"cannot remove the old {run_dir / name}: {err.strerror or err}") from None
     return run_dir
+
+
+def _fingerprint(splits: dict) -> str:
+    val = splits.get("validation")
+    return checkpoint.fingerprint(splits["train"].x, None if val is None else val.x)
+
+
+def _track_best(model, state: TrainState, record: dict, config: Config, run_dir: Path) -> None:
+    """Remember the best validation ELBO; with ``save_best`` keep its weights in best.safetensors.
+
+    Written before the epoch's checkpoint: a kill in between re-does the epoch after resume
+    and writes the same file again, whereas the other order could lose the best weights."""
+    value = record.get("validation_elbo")
+    if value is None or value != value:
+        return
+    if state.best is None or value > state.best["value"]:
+        state.best = {"metric": "validation_elbo", "value": value, "epoch": record["epoch"]}
+        if config.save_best:
+            runs.save_weights(model, run_dir / runs.BEST, epoch=record["epoch"], validation_elbo=value)
+
+
+@contextmanager
+def _resumable(run_dir: Path):
+    """A write that fails mid-run (full disk, ...) also says how to carry on once fixed."""
+    try:
+        yield
+    except WriteError as err:
+        if not (run_dir / runs.CHECKPOINT).is_file():
+            raise
+        hint = f"Once that is fixed, continue with: vaekit train --resume {run_dir}"
+        raise WriteError(f"{err}. {hint}") from None
+
+
+class _Checkpoints:
+    """When to write checkpoints, and writing them."""
+
+    def __init__(self, run_dir: Path, model, optimizer, state: TrainState, config: Config):
+        self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
+        self.state, self.config = state, config
+        self.last = time.monotonic()
+        self.started = time.perf_counter()
+
+    def epoch_started(self) -> None:
+        self.started = time.perf_counter()
+
+    def epoch_seconds(self) -> float:
+        current = self.state.in_epoch
+        before = current.seconds if current is not None else 0.0
+        return before + time.perf_counter() - self.started
+
+    def time_due(self) -> bool:
+        minutes = self.config.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self.last >= 60 * minutes
+
+    def epoch_due(self, epoch: int) -> bool:
+        every = self.config.checkpoint_every
+        return every > 0 and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def save(self) -> None:
+        current = self.state.in_epoch
+        if current is not None:
+            current.seconds, self.started = self.epoch_seconds(), time.perf_counter()
+        checkpoint.save(self.run_dir, self.model, self.optimizer, self.state, self.config)
+        self.last = time.monotonic()
+
+    def kept(self) -> str:
+        path = self.run_dir / runs.CHECKPOINT
+        if not path.is_file():
+            return "No checkpoint had been written yet."
+        return f"The last good checkpoint is kept in {path}."
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM ask the loop to finish its step, checkpoint and stop; a second
+    signal stops at once (the last complete checkpoint is still there)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> _StopOnSignal:
+        self.signum: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self, state: TrainState, run_dir: Path) -> None:
+        if self.signum is None:
+            return
+        name = signal.Signals(self.signum).name
+        raise Interrupted(
+            f"stopped by {name} after {state.where()}; checkpoint written. "
+            f"Resume with: vaekit train --resume {run_dir}",
+            self.signum,
+        )
 
 
 def _final_evaluation(model, splits: dict, config: Config) -> dict:
@@ -212,3 +485,6 @@ def _progress(quiet: bool):
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+make_module_callable(__name__, train)  # vaekit.train(config, out) calls train()

@@ -1,32 +1,52 @@
-"""Datasets as tensors in memory, and the splits a run trains and evaluates on.
+"""Datasets, and the splits a run trains and evaluates on.
 
-A data *spec* is a built-in name (``digits``) or a path to a file. Every loader returns
-:class:`DataSplits`: the training portion and, where the dataset defines one, the official
-test split. The validation set is carved out of the training portion with the run's seed.
+A data *spec* is a built-in name (``digits``), a published dataset fetched and verified on
+first use (``mnist``, ``fashion-mnist``, ``kmnist``), a ``.npy``/``.npz`` file, a CSV/Parquet
+table, or a folder of images. Every loader returns :class:`DataSplits`: the training
+portion and, where the dataset defines one, the official test split. The validation set
+is carved out of the training portion with the run's seed (or is the official test split,
+``validation_split = "test"``).
+
+``Dataset.x`` is a float32 tensor, or, for data larger than the memory limit, a
+:class:`~vaekit.data.lazy.LazyArray` that reads rows when indexed (same ``len``, ``shape``,
+slicing and index-tensor access, each returning a tensor).
+
+What a run did to its data (binarisation protocol, seed and fingerprints of fixed draws,
+standardisation) is written to ``data.json`` in the run directory by :func:`write_run_data`
+and applied again by :func:`select_split` / :func:`run_splits` given that directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vaekit.config import parse_binarize
-from vaekit.data.binarize import binarize_once
+from vaekit.data.binarize import ALGORITHM, binarize_once, fingerprint
+from vaekit.data.lazy import LazyArray, is_lazy
+from vaekit.data.standardize import Standardization
 from vaekit.errors import VaekitError
 
 SPLITS = ("train", "validation", "test", "all")
+RUN_DATA = "data.json"  # listed in vaekit.runs.RUN_FILES as runs.DATA
 
 
 @dataclass
 class Dataset:
-    """``x``: float32 ``[N, *event_shape]`` (images ``[N, C, H, W]``, tabular ``[N, D]``);
-    ``labels``: int64 ``[N]`` or ``None``."""
+    """``x``: float32 ``[N, *event_shape]`` (images ``[N, C, H, W]``, tabular ``[N, D]``),
+    a tensor or a :class:`LazyArray`; ``labels``: int64 ``[N]`` or ``None``; ``classes``:
+    label names where the data have them; ``standardization``: the map already applied
+    to ``x``, if any."""
 
-    x: torch.Tensor
+    x: torch.Tensor | LazyArray
     labels: torch.Tensor | None = None
     name: str = "data"
+    classes: list[str] | None = None
+    standardization: Standardization | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -41,7 +61,8 @@ class Dataset:
 
     def subset(self, index: torch.Tensor, name: str | None = None) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.x[index], labels, name or self.name)
+        x = self.x.take(index) if is_lazy(self.x) else self.x[index]
+        return dataclasses.replace(self, x=x, labels=labels, name=name or self.name)
 
 
 @dataclass
@@ -50,67 +71,135 @@ class DataSplits:
     test: Dataset | None = None
 
 
-def load_data(spec: str, data_dir: str | None = None) -> DataSplits:
-    """Load a built-in dataset by name, or a ``.npy``/``.npz`` file by path."""
-    from vaekit.data import builtin, files
+def load_data(
+    spec: str, data_dir: str | None = None, *, mirror: str | None = None, image_size: int = 0,
+    image_mode: str = "auto", label_column: str | None = None, quiet: bool = False,
+) -> DataSplits:
+    """Load a dataset by name, a file by path, or a folder of images.
 
+    ``data_dir``: a folder already holding a published dataset's files; ``mirror``: base
+    URL(s) to download them from; ``image_size``/``image_mode``: for image folders;
+    ``label_column``: for CSV/Parquet tables.
+    """
+    from vaekit.data import builtin, files, images, mnist, tabular
+
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if label_column is not None and suffix not in tabular.SUFFIXES:
+        raise VaekitError(f"label_column applies to CSV/Parquet tables, not to '{spec}'")
+    is_folder = spec not in builtin.DATASETS and spec not in mnist.REMOTE and path.is_dir()
+    if image_size and not is_folder:
+        raise VaekitError(f"image_size applies to folders of images, not to '{spec}'")
     if spec in builtin.DATASETS:
         return builtin.DATASETS[spec](data_dir)
-    path = Path(spec)
-    if path.suffix.lower() in files.LOADERS:
-        return files.load_file(path)
-    known = ", ".join(sorted(builtin.DATASETS))
+    if spec in mnist.REMOTE:
+        return mnist.load(spec, data_dir, mirror, quiet)
+    if suffix in files.LOADERS:
+        return files.load_file(path, quiet)
+    if suffix in tabular.SUFFIXES:
+        return tabular.load_table(path, label_column)
+    if is_folder:
+        return images.load_folder(path, image_size, image_mode, quiet)
+    names = ", ".join([*builtin.DATASETS, *mnist.REMOTE])
+    kinds = "/".join(sorted([*files.LOADERS, *tabular.SUFFIXES]))
     raise VaekitError(
-        f"unknown data '{spec}': give a built-in dataset ({known}) "
-        f"or a path to a {'/'.join(sorted(files.LOADERS))} file"
+        f"unknown data '{spec}': give a dataset name ({names}), a {kinds} file, "
+        "or a folder of images"
     )
+
+
+def data_options(config) -> dict:
+    """The keyword options of :func:`load_data` that a config sets."""
+    return {
+        "mirror": getattr(config, "mirror", None),
+        "image_size": getattr(config, "image_size", 0),
+        "image_mode": getattr(config, "image_mode", "auto"),
+        "label_column": getattr(config, "label_column", None),
+    }
 
 
 def split_validation(
     data: Dataset, fraction: float, seed: int
 ) -> tuple[Dataset, Dataset | None]:
     """Seeded random split of ``data`` into (train, validation)."""
-    n_val = int(round(len(data) * fraction))
-    if n_val == 0:
+    index = _validation_index(len(data), fraction, seed)
+    if index is None:
         return data, None
-    if n_val >= len(data):
-        raise VaekitError(f"validation_fraction {fraction} leaves no training examples")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return (
-        data.subset(order[n_val:].sort().values, f"{data.name}/train"),
-        data.subset(order[:n_val].sort().values, f"{data.name}/validation"),
+        data.subset(index[0], f"{data.name}/train"),
+        data.subset(index[1], f"{data.name}/validation"),
     )
 
 
-def run_splits(config) -> dict[str, Dataset | None]:
+def _validation_index(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Sorted (train, validation) positions of a seeded split, or ``None`` for no split."""
+    n_val = int(round(n * fraction))
+    if n_val == 0:
+        return None
+    if n_val >= n:
+        raise VaekitError(f"validation_fraction {fraction} leaves no training examples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -> dict[str, Dataset | None]:
     """The train/validation/test sets of a run, binarised as its protocol says.
 
     The training set keeps grey levels under dynamic binarisation (drawn per minibatch).
+    With ``run_dir``, a standardisation recorded there is applied instead of refitted.
     """
-    loaded = _fixed_binarisation(load_data(config.data, config.data_dir), config)
-    train, val = split_validation(loaded.train, config.validation_fraction, config.seed)
+    loaded = load_data(config.data, config.data_dir, quiet=quiet, **data_options(config))
+    loaded = _fixed_binarisation(loaded, config)
+    if getattr(config, "validation_split", "fraction") == "test":
+        if loaded.test is None:
+            raise VaekitError(
+                f"validation_split = 'test', but {config.data} has no official test split; "
+                "use validation_split = 'fraction'"
+            )
+        train, val, val_positions = loaded.train, loaded.test, None
+    else:
+        train, val = split_validation(loaded.train, config.validation_fraction, config.seed)
+        index = _validation_index(len(loaded.train), config.validation_fraction, config.seed)
+        val_positions = None if index is None else index[1].numpy()
     out = {"train": train, "validation": val, "test": loaded.test}
     if parse_binarize(config.binarize)[0] == "dynamic":
-        for key in ("validation", "test"):
-            if out[key] is not None:
-                out[key] = binarize_once(out[key], "dynamic", config.seed, split=key)
+        # drawn per example position in the loaded set, as a lazily read split would be
+        if val is not None and val is not loaded.test:
+            out["validation"] = binarize_once(val, "dynamic", config.seed, "validation", val_positions)
+        if loaded.test is not None:
+            out["test"] = binarize_once(loaded.test, "dynamic", config.seed, "test")
+            if val is loaded.test:
+                out["validation"] = out["test"]  # one draw of the test set, used for both
+    if getattr(config, "standardize", False):
+        recorded = read_run_data(run_dir).get("standardization") if run_dir else None
+        st = recorded or Standardization.fit(train.x)
+        out = {k: None if v is None else _standardized(v, st) for k, v in out.items()}
     return out
 
 
-def select_split(config, split: str, data: str | None = None) -> Dataset:
-    """One split of the run's data, or all of ``data`` when the user gives other data."""
+def select_split(
+    config, split: str, data: str | None = None, run_dir: str | Path | None = None
+) -> Dataset:
+    """One split of the run's data, or all of ``data`` when the user gives other data.
+
+    With ``run_dir``, the run's recorded data treatment (``data.json``) is applied and the
+    fixed binarisation draws are checked against their recorded fingerprints.
+    """
     if split not in SPLITS:
         raise VaekitError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
+    record = read_run_data(run_dir) if run_dir else {}
     if data is not None and data != config.data:
         if split != "all":
             raise VaekitError(
                 f"--split {split} applies to the run's own data ({config.data}); "
                 "with other data use --split all"
             )
-        return _all(load_data(data, config.data_dir), config)
+        whole = _all(load_data(data, config.data_dir, **_applicable(data, data_options(config))), config)
+        return _apply_recorded(whole, config, record)
     if split == "all":
-        return _all(load_data(config.data, config.data_dir), config)
-    chosen = run_splits(config)[split]
+        whole = _all(load_data(config.data, config.data_dir, **data_options(config)), config)
+        return _apply_recorded(whole, config, record)
+    chosen = run_splits(config, run_dir=run_dir)[split]
     if chosen is None:
         reason = (
             f"{config.data} has no official test split"
@@ -118,9 +207,70 @@ def select_split(config, split: str, data: str | None = None) -> Dataset:
             else "the run was trained with validation_fraction = 0"
         )
         raise VaekitError(f"no {split} split: {reason}; choose another --split")
+    _check_fingerprint(chosen, split, config, record)
     return chosen
 
 
+def default_split(config) -> str:
+    """``test`` where the dataset has one, otherwise ``validation``, otherwise ``train``."""
+    from vaekit.data import mnist
+
+    if config.data in mnist.REMOTE:  # known to have one: no need to load it twice
+        return "test"
+    splits = run_splits(config)
+    for name in ("test", "validation", "train"):
+        if splits[name] is not None:
+            return name
+    return "train"
+
+
+# ---------------------------------------------------------------------- the run's record
+def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None]) -> dict:
+    """Write ``data.json``: how the run's data were binarised and standardised."""
+    from vaekit.runs import write_json
+
+    kind = parse_binarize(config.binarize)[0]
+    fixed = {"static": ("train", "validation", "test"), "threshold": ("train", "validation", "test"),
+             "dynamic": ("validation", "test")}.get(kind, ())
+    prints = {k: fingerprint(splits[k].x) for k in fixed if splits.get(k) is not None}
+    st = next((s.standardization for s in splits.values() if s is not None), None)
+    record = {
+        "format": 1,
+        "data": config.data,
+        "binarize": {"protocol": config.binarize, "seed": config.seed, "algorithm": ALGORITHM,
+                     "fingerprints": {k: v for k, v in prints.items() if v is not None}},
+        "standardization": None if st is None else st.to_dict(),
+        "read_on_demand": any(s is not None and is_lazy(s.x) for s in splits.values()),
+    }
+    write_json(Path(run_dir) / RUN_DATA, record)
+    return record
+
+
+def read_run_data(run_dir: str | Path | None) -> dict:
+    """The run's ``data.json`` as a dict (``standardization`` parsed); ``{}`` where the run
+    has none (runs written before it existed)."""
+    if run_dir is None:
+        return {}
+    path = Path(run_dir) / RUN_DATA
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VaekitError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("binarize", {}), dict):
+        raise VaekitError(f"{path}: not a vaekit data record")
+    if record.get("standardization") is not None:
+        record["standardization"] = Standardization.from_dict(record["standardization"], str(path))
+    return record
+
+
+def recorded_standardization(run_dir: str | Path | None) -> Standardization | None:
+    """The map a run applied to its data (``None`` if it applied none)."""
+    return read_run_data(run_dir).get("standardization")
+
+
+# ---------------------------------------------------------------------- helpers
 def _fixed_binarisation(loaded: DataSplits, config) -> DataSplits:
     if parse_binarize(config.binarize)[0] not in ("static", "threshold"):
         return loaded
@@ -138,19 +288,53 @@ def _all(loaded: DataSplits, config) -> Dataset:
     return whole
 
 
-def default_split(config) -> str:
-    """``test`` where the dataset has one, otherwise ``validation``, otherwise ``train``."""
-    splits = run_splits(config)
-    for name in ("test", "validation", "train"):
-        if splits[name] is not None:
-            return name
-    return "train"
+def _applicable(spec: str, options: dict) -> dict:
+    """The run's options that make sense for other data ``spec`` (a table's label column
+    for a table, the image size for a folder)."""
+    from vaekit.data import tabular
+
+    path = Path(spec)
+    return {**options,
+            "label_column": options["label_column"] if path.suffix.lower() in tabular.SUFFIXES else None,
+            "image_size": options["image_size"] if path.is_dir() else 0}
+
+
+def _apply_recorded(data: Dataset, config, record: dict) -> Dataset:
+    if not getattr(config, "standardize", False):
+        return data
+    st = record.get("standardization")
+    if st is None:
+        raise VaekitError(
+            "the run standardised its data but records no standardization (data.json): "
+            "cannot apply the same map to other data"
+        )
+    return _standardized(data, st)
+
+
+def _standardized(data: Dataset, st: Standardization) -> Dataset:
+    return dataclasses.replace(st.apply(data), standardization=st)
+
+
+def _check_fingerprint(data: Dataset, split: str, config, record: dict) -> None:
+    recorded = record.get("binarize", {})
+    expected = recorded.get("fingerprints", {}).get(split)
+    if not expected or recorded.get("protocol") != config.binarize or recorded.get("seed") != config.seed:
+        return
+    found = fingerprint(data.x)
+    if found is not None and found != expected:
+        raise VaekitError(
+            f"the {split} split differs from the one this run recorded in {RUN_DATA} "
+            f"({config.binarize} binarisation, seed {config.seed}): the data changed since "
+            "training, so its numbers would not be comparable"
+        )
 
 
 def _concat(a: Dataset, b: Dataset | None) -> Dataset:
     if b is None:
         return a
+    if is_lazy(a.x) or is_lazy(b.x):
+        raise VaekitError("--split all of data read on demand is not supported; choose one split")
     labels = None
     if a.labels is not None and b.labels is not None:
         labels = torch.cat([a.labels, b.labels])
-    return Dataset(torch.cat([a.x, b.x]), labels, a.name.split("/")[0])
+    return dataclasses.replace(a, x=torch.cat([a.x, b.x]), labels=labels, name=a.name.split("/")[0])

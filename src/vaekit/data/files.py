@@ -1,30 +1,48 @@
 """Arrays the user already has: ``.npy`` (``[N, D]`` or ``[N, C, H, W]``) and ``.npz``
-(array ``x``, optionally ``labels``). Values are used as given: no hidden rescaling."""
+(array ``x``, optionally ``labels``). Values are used as given: no hidden rescaling.
+
+A ``.npy`` file whose float32 size exceeds the memory limit (:mod:`vaekit.data.lazy`) is
+memory-mapped and read in batches instead of loaded; a ``.npz`` is always loaded."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vaekit.data import Dataset, DataSplits
+from vaekit.data.lazy import LazyArray, memmap_reader, memory_limit, scan
 from vaekit.errors import VaekitError
 
 
-def load_file(path: Path) -> DataSplits:
+def load_file(path: Path, quiet: bool = False) -> DataSplits:
     if not path.is_file():
         raise VaekitError(f"data file not found: {path}")
-    return LOADERS[path.suffix.lower()](path)
+    return LOADERS[path.suffix.lower()](path, quiet)
 
 
-def _load_npy(path: Path) -> DataSplits:
+def _load_npy(path: Path, quiet: bool = False) -> DataSplits:
     _check_magic(path, b"\x93NUMPY", "a .npy file")
-    x = _read(path, lambda f: np.load(f, allow_pickle=False))
-    return DataSplits(train=Dataset(as_features(x, str(path)), None, path.stem))
+    mapped = _read(path, lambda f: np.load(f, mmap_mode="r", allow_pickle=False))
+    if mapped.size * 4 <= memory_limit():
+        x = as_features(np.array(mapped), str(path))  # a copy: never a view of the map
+    else:
+        x = lazy_features(mapped, str(path), path.stem, quiet)
+    return DataSplits(train=Dataset(x, None, path.stem))
 
 
-def _load_npz(path: Path) -> DataSplits:
+def lazy_features(array: np.ndarray, source: str, name: str, quiet: bool = False) -> LazyArray:
+    """Like :func:`as_features`, but rows stay on disk until indexed (checked once here)."""
+    _check_array(array, source)
+    shape = array.shape[1:] if array.ndim != 3 else (1, *array.shape[1:])
+    x = LazyArray(memmap_reader(array), len(array), shape, name=name)
+    scan(x, source, quiet)
+    return x
+
+
+def _load_npz(path: Path, quiet: bool = False) -> DataSplits:
     def read(f):
         with np.load(f, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
@@ -52,7 +70,7 @@ def _read(path: Path, reader):
     try:
         return reader(path)
     except ValueError as err:
-        if "pickle" in str(err).lower():
+        if "pickle" in str(err).lower() or "python objects" in str(err).lower():
             raise VaekitError(
                 f"{path}: holds Python objects (pickled data), which vaekit never loads; "
                 "save a numeric array instead"
@@ -64,17 +82,9 @@ def _read(path: Path, reader):
 
 def as_features(array: np.ndarray, source: str) -> torch.Tensor:
     """Check and convert user data to float32 ``[N, D]`` or ``[N, C, H, W]``."""
-    if array.dtype.kind not in "biuf":
-        raise VaekitError(f"{source}: data must be numeric, got dtype {array.dtype}")
+    _check_array(array, source)
     if array.ndim == 3:  # [N, H, W]: greyscale images without a channel axis
         array = array[:, None]
-    if array.ndim not in (2, 4):
-        raise VaekitError(
-            f"{source}: data must be shaped [N, D] or [N, C, H, W] (or [N, H, W]), "
-            f"got shape {tuple(array.shape)}"
-        )
-    if array.shape[0] == 0 or array[0].size == 0:
-        raise VaekitError(f"{source}: the dataset is empty (shape {tuple(array.shape)})")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     bad = ~torch.isfinite(x)
     if bad.any():
@@ -82,6 +92,18 @@ def as_features(array: np.ndarray, source: str) -> torch.Tensor:
         count = int(bad.sum())
         raise VaekitError(f"{source}: {count} value(s) are NaN or infinite (first in row {row})")
     return x
+
+
+def _check_array(array: np.ndarray, source: str) -> None:
+    if array.dtype.kind not in "biuf":
+        raise VaekitError(f"{source}: data must be numeric, got dtype {array.dtype}")
+    if array.ndim not in (2, 3, 4):
+        raise VaekitError(
+            f"{source}: data must be shaped [N, D] or [N, C, H, W] (or [N, H, W]), "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.shape[0] == 0 or math.prod(array.shape[1:]) == 0:
+        raise VaekitError(f"{source}: the dataset is empty (shape {tuple(array.shape)})")
 
 
 def as_labels(array: np.ndarray, n: int, source: str) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""Shared benchmark plumbing: timing, contention measurement, the GEMM-peak probe, output.
+
+Contention: on 2 cores with 2 threads, another busy process makes torch's threads spin
+against each other, so every timed region also records the share of the machine's CPU
+time that *other* processes used while it ran (from /proc/stat and our own CPU times).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+CONTENDED = 0.10  # regions where others took more than this share of the CPU are flagged
+
+
+def _machine_busy_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class Region:
+    seconds: float = 0.0
+    others: float = 0.0  # share of total CPU capacity used by other processes
+
+
+@contextmanager
+def timed():
+    """Time a region and measure how much CPU other processes took meanwhile."""
+    region = Region()
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy0, total0 = _machine_busy_jiffies()
+    own0 = sum(os.times()[:4])
+    start = time.perf_counter()
+    try:
+        yield region
+    finally:
+        region.seconds = time.perf_counter() - start
+        busy1, total1 = _machine_busy_jiffies()
+        own = (sum(os.times()[:4]) - own0) * ticks
+        capacity = max(total1 - total0, 1)
+        region.others = max(0.0, (busy1 - busy0 - own) / capacity)
+
+
+@dataclass
+class Measurement:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    @property
+    def contention(self) -> float:
+        return max(self.others) if self.others else 0.0
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "median_seconds": self.median, "seconds": self.seconds,
+                "max_other_cpu_share": self.contention, "note": self.note}
+
+
+def repeat(name: str, run_once: Callable[[], None], repeats: int, warmup: int = 1,
+           retries: int = 2) -> Measurement:
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones; a call during which
+    other processes took more than CONTENDED of the CPU is re-run (up to ``retries``)."""
+    for _ in range(warmup):
+        run_once()
+    result = Measurement(name)
+    for _ in range(repeats):
+        for attempt in range(retries + 1):
+            with timed() as region:
+                run_once()
+            if region.others <= CONTENDED or attempt == retries:
+                break
+        result.seconds.append(region.seconds)
+        result.others.append(region.others)
+    return result
+
+
+def gemm_peak(seconds: float = 2.0, n: int = 2048) -> float:
+    """Sustained float32 GEMM throughput in GFLOP/s with the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def machine() -> dict:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,180 @@
+"""Data larger than memory: rows read on demand, through the same API as a tensor.
+
+In-memory tensors are the fast default. A dataset whose float32 size exceeds the memory
+limit (``DEFAULT_MEMORY_LIMIT`` = 2 GiB, or ``$VAEKIT_MEMORY_LIMIT`` in bytes, ``K``/``M``/``G``
+suffixes allowed) becomes a :class:`LazyArray` instead: a memory-mapped ``.npy`` file or a
+folder of image files whose rows are read when indexed. Indexing a ``LazyArray`` (an int, a
+slice, an index tensor) returns an ordinary float32 tensor, so training batches by index
+and evaluation slices in chunks exactly as with a tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from vaekit.errors import VaekitError
+
+ENV_MEMORY_LIMIT = "VAEKIT_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+SCAN_ROWS_BYTES = 64 * 1024**2  # rows per chunk when scanning: about this many bytes
+
+Reader = Callable[[np.ndarray], np.ndarray]  # source positions -> float32 rows
+Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (positions, rows) -> rows
+
+
+def memory_limit() -> int:
+    """Bytes of float32 data kept in memory; above this, data are read on demand."""
+    text = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_LIMIT
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or math.isinf(value):
+        raise VaekitError(f"{ENV_MEMORY_LIMIT} must be a number of bytes like 2G or 500M, got '{text}'")
+    return int(value)
+
+
+class LazyArray:
+    """Rows of a source (``read(positions)``) shaped ``[N, *event_shape]``, read when indexed.
+
+    ``take`` selects rows and ``map`` adds a per-batch transform without reading anything;
+    transforms get the rows' positions in the source, so a seeded per-example transform
+    gives the same values however the rows are batched.
+    """
+
+    def __init__(
+        self, read: Reader, length: int, event_shape: tuple[int, ...],
+        index: np.ndarray | None = None, transforms: tuple[Transform, ...] = (),
+        name: str = "data",
+    ):
+        self._read = read
+        self._length = length
+        self.event_shape = tuple(event_shape)
+        self._index = index
+        self._transforms = transforms
+        self.name = name
+        self.value_range: tuple[float, float, bool] | None = None  # filled by a scan
+
+    # ---- tensor-like surface
+    def __len__(self) -> int:
+        return self._length if self._index is None else len(self._index)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.event_shape))
+
+    def dim(self) -> int:
+        return 1 + len(self.event_shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, int | np.integer):
+            return self[np.array([int(key)])][0]
+        positions = self._positions(key)
+        rows = self._read(positions).reshape(len(positions), *self.event_shape)
+        for transform in self._transforms:
+            rows = transform(positions, rows)
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+
+    # ---- lazy operations
+    def take(self, index) -> LazyArray:
+        """The rows ``index`` (positions in this array), still unread."""
+        return self._replace(index=self._positions(index))
+
+    def map(self, transform: Transform) -> LazyArray:
+        return self._replace(transforms=self._transforms + (transform,))
+
+    def chunks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
+        """Consecutive row blocks as tensors (about ``SCAN_ROWS_BYTES`` each by default)."""
+        rows = rows or max(1, SCAN_ROWS_BYTES // max(1, 4 * math.prod(self.event_shape)))
+        for start in range(0, len(self), rows):
+            yield self[start : start + rows]
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.cat(list(self.chunks())) if len(self) else torch.empty(self.shape)
+
+    def _replace(self, **changes) -> LazyArray:
+        values = {"read": self._read, "length": self._length, "event_shape": self.event_shape,
+                  "index": self._index, "transforms": self._transforms, "name": self.name}
+        values.update(changes)
+        out = LazyArray(**values)
+        if "transforms" not in changes:
+            out.value_range = self.value_range if "index" not in changes else None
+        return out
+
+    def _positions(self, key) -> np.ndarray:
+        n = len(self)
+        if isinstance(key, slice):
+            local = np.arange(n)[key]
+        else:
+            if isinstance(key, torch.Tensor):
+                key = key.numpy()
+            local = np.asarray(key)
+            if local.dtype == bool:
+                local = np.flatnonzero(local)
+            local = local.astype(np.int64).reshape(-1)
+            if local.size and (local.min() < -n or local.max() >= n):
+                raise IndexError(f"index out of range for {n} rows")
+            local = np.where(local < 0, local + n, local)
+        return local if self._index is None else self._index[local]
+
+
+def is_lazy(x) -> bool:
+    return isinstance(x, LazyArray)
+
+
+def value_range(x: torch.Tensor | LazyArray) -> tuple[float, float, bool]:
+    """(min, max, all values 0 or 1) of a tensor, or of a lazy array in chunks."""
+    if not is_lazy(x):
+        binary = bool(((x == 0) | (x == 1)).all())
+        return float(x.min()), float(x.max()), binary
+    if x.value_range is None:
+        scan(x, x.name)
+    return x.value_range
+
+
+def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
+    """Read ``x`` once in chunks: refuse NaN/infinite values (naming the first bad row)
+    and remember its value range, so later checks need not read it again."""
+    from vaekit.data.progress import progress
+
+    lo, hi, binary, row = math.inf, -math.inf, True, 0
+    with progress(f"checking {source}", len(x), quiet) as advance:
+        for chunk in x.chunks():
+            flat = chunk.reshape(len(chunk), -1)
+            bad = ~torch.isfinite(flat).all(1)
+            if bad.any():
+                first = row + int(bad.nonzero()[0])
+                raise VaekitError(f"{source}: NaN or infinite values (first in row {first})")
+            lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
+            binary = binary and bool(((flat == 0) | (flat == 1)).all())
+            row += len(chunk)
+            advance(len(chunk))
+    x.value_range = (lo, hi, binary)
+
+
+def memmap_reader(array: np.ndarray) -> Reader:
+    """Rows of a (memory-mapped) array as float32; positions are read in sorted order,
+    which is what a memory map serves fastest, and returned in the order asked."""
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        if positions.size > 1 and np.any(positions[1:] < positions[:-1]):
+            order = np.argsort(positions, kind="stable")
+            rows = np.empty((len(positions), *array.shape[1:]), np.float32)
+            rows[order] = array[positions[order]]
+            return rows
+        return np.asarray(array[positions], dtype=np.float32)
+
+    return read

@@ -1,0 +1,74 @@
+"""Fixtures for the data tests: a private cache, no internet, and a real local HTTP server."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from .helpers import dead_url, gz, sha256, toy_mnist
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every data test gets its own empty cache, and the built-in mirrors are replaced by a
+    dead local URL, so no test can reach the internet by accident."""
+    cache = tmp_path / "vaekit-cache"
+    monkeypatch.setenv("VAEKIT_DATA", str(cache))
+    monkeypatch.setenv("VAEKIT_MIRROR", dead_url())
+    monkeypatch.delenv("VAEKIT_MEMORY_LIMIT", raising=False)
+    return cache
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves ``server.routes[path] = (behaviour, body)``; anything else is a 404."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.server.requests.append(self.path)
+        behaviour, body = self.server.routes.get(self.path, ("missing", b""))
+        if behaviour == "missing":
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if behaviour == "interrupt":  # promise the whole body, send half, hang up
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 in a thread; ``.url``, ``.routes``, ``.requests``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.routes, server.requests = {}, []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch, http_server):
+    """'mnist' pinned to generated files served on 127.0.0.1 (the code path is the real one)."""
+    from vaekit.data import download as dl
+    from vaekit.data import mnist
+
+    parts = toy_mnist()
+    files = tuple(dl.RemoteFile(f"{name}.gz", sha256=sha256(body)) for name, body in parts.items())
+    monkeypatch.setitem(mnist.REMOTE, "mnist", dl.RemoteDataset("mnist", files, mirrors=(http_server.url,)))
+    for name, body in parts.items():
+        http_server.routes[f"/{name}.gz"] = ("ok", gz(body))
+    monkeypatch.delenv("VAEKIT_MIRROR")
+    return parts
