@@ -117,6 +117,7 @@ def evaluate(
     binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
     mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
+    samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
@@ -129,6 +130,9 @@ def evaluate(
     model, config, dataset, split = _model_and_data(run_dir, data, split, overrides)
     _positive("--batch-size", batch_size)
     _positive("--local-steps", local_steps)
+    if samples is not None:
+        _positive("--samples", samples)
+        importance_samples = samples
     k, iwae_k = check_samples(importance_samples, iwae_k)
     if per_example is not None:
         _check_output(per_example, (".csv", ".npy"))
