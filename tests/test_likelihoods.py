@@ -58,3 +58,16 @@ def test_learned_sigma_never_falls_below_its_floor():
         lik.raw_sigma.fill_(-1e4)  # what unbounded learning would drive it to
     assert torch.all(lik.sigma() >= 0.05)
     assert math.isfinite(lik(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3)).item())
+
+
+def test_fast_bernoulli_agrees_with_torch_and_is_stable_for_extreme_logits():
+    from torch.distributions import Bernoulli
+
+    from vaekit.likelihoods import LogitBernoulli
+
+    logits = torch.tensor([-200.0, -30.0, -1.0, 0.0, 2.5, 30.0, 200.0], dtype=torch.float64)
+    for x in (torch.zeros(7, dtype=torch.float64), torch.ones(7, dtype=torch.float64),
+              torch.full((7,), 0.3, dtype=torch.float64)):
+        expected = Bernoulli(logits=logits, validate_args=False).log_prob(x)
+        torch.testing.assert_close(LogitBernoulli(logits=logits, validate_args=False).log_prob(x), expected)
+    assert torch.isfinite(LogitBernoulli(logits=logits).log_prob(torch.ones(7, dtype=torch.float64))).all()
