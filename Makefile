@@ -19,7 +19,7 @@ $(DEV): $(BASE)
 	touch $(DEV)
 
 demo: $(BASE)
-	$(BIN)/vaekit train --data digits --binarize dynamic --latent-dim 2 --epochs 200 \
+	$(BIN)/vaekit train --data digits --binarize dynamic --latent-dim 2 --epochs 100 \
 		--out runs/demo --overwrite
 
 test: $(DEV)
