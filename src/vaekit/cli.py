@@ -72,6 +72,7 @@ def train(
     k: Annotated[int | None, Opt("--k", help="Objective iwae: importance samples per data point.")] = None,
     kl_warmup: Annotated[int | None, Opt(help="Epochs of linear KL warm-up from 0 to beta (0: none).")] = None,
     free_bits: Annotated[float | None, Opt(help="Free bits: KL floor per latent dimension in nats (0: off).")] = None,
+    objective: Annotated[str | None, Opt(help="Training objective: elbo | iwae (the importance-weighted bound with --k samples).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
