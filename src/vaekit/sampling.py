@@ -103,11 +103,11 @@ def interpolate(
     if method != "spherical":
         raise VaekitError(f"interpolation method must be 'linear' or 'spherical', got '{method}'")
     n0, n1 = z0.norm(), z1.norm()
-    if float(n0) == 0.0 or float(n1) == 0.0:
+    if float(n0.detach()) == 0.0 or float(n1.detach()) == 0.0:
         return (1 - t) * z0 + t * z1
     cos = torch.clamp(torch.dot(z0, z1) / (n0 * n1), -1.0, 1.0)
     omega = torch.arccos(cos)
-    if float(torch.sin(omega)) < 1e-6:  # (anti)parallel: the great circle is not unique
+    if float(torch.sin(omega).detach()) < 1e-6:  # (anti)parallel: the great circle is not unique
         return (1 - t) * z0 + t * z1
     u0, u1 = z0 / n0, z1 / n1
     direction = (torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1) / torch.sin(omega)
