@@ -14,6 +14,8 @@ its hidden-layer features of the samples and of held-out real images (an FID-lik
 lower is better), with real training images as the reference row.
 
     python benchmarks/bench_variants.py --epochs 300 --json /tmp/variants.json
+    python benchmarks/bench_variants.py --data mnist --data-dir ../shared/data/mnist \
+        --validation-split test --latent-dim 50 --epochs 10 --eval-n 2000 --json /tmp/mnist.json
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def scores(model, data, k: int = 1000, chunk: int = 100, batch: int = 500) -> di
     return {"elbo": float(torch.cat(elbos).double().mean()), "log_likelihood": float(torch.cat(lls).mean())}
 
 
-def run_variants(base: Config, out: Path, epochs: int, only: list[str] | None) -> list[dict]:
+def run_variants(base: Config, out: Path, epochs: int, only: list[str] | None, eval_n: int) -> list[dict]:
     rows = []
     for name, settings in VARIANTS.items():
         if only and name not in only:
@@ -86,6 +88,8 @@ def run_variants(base: Config, out: Path, epochs: int, only: list[str] | None) -
         model = load(run)
         split = run_splits(config)
         data = split["test"] if split["test"] is not None else split["validation"]
+        if eval_n:
+            data = data.subset(torch.arange(min(eval_n, len(data))))
         torch.manual_seed(1)
         row = {"variant": name, **scores(model, data),
                "seconds_per_epoch": statistics.median(m["seconds"] for m in read_metrics(run)),
@@ -177,13 +181,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--skip-gmm", action="store_true")
+    parser.add_argument("--eval-n", type=int, default=0, help="score the first N test examples (0: all)")
+    parser.add_argument("--validation-split", default="fraction", help="fraction | test")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = Config(data=args.data, data_dir=args.data_dir, binarize="dynamic", hidden=[200, 200],
                   activation="tanh", latent_dim=args.latent_dim, latent_dim2=args.latent_dim // 2,
-                  hidden2=[100, 100], epochs=args.epochs, batch_size=100, lr=1e-3, seed=0).validate()
+                  hidden2=[100, 100], epochs=args.epochs, batch_size=100, lr=1e-3, seed=0,
+                  validation_split=args.validation_split, checkpoint_every=0, save_best=False).validate()
     start = time.time()
-    result = {"base": base.to_dict(), "variants": run_variants(base, args.out, args.epochs, args.only)}
+    result = {"base": base.to_dict(),
+              "variants": run_variants(base, args.out, args.epochs, args.only, args.eval_n)}
     if not args.skip_gmm:
         result["sample_quality"] = sample_quality(base, args.out, args.epochs)
     result["wall_seconds"] = time.time() - start
