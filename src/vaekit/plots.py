@@ -29,6 +29,11 @@ def draw_all(run_dir: str | Path, model, splits: dict, metrics: list[dict]) -> l
     train = splits["train"]
     shown = splits.get("validation") or splits.get("test") or train
     shown_labels = _labels(model, shown.labels)
+    # a conditional model decodes the path under one class: join two examples of that class
+    second = min(1, len(shown) - 1)
+    if shown_labels is not None:
+        same = (shown_labels[1:] == shown_labels[0]).nonzero()
+        second = int(same[0]) + 1 if len(same) else second
     paths = [
         latent_figure(model, train.x, train.labels, run_dir / "latent.png"),
         manifold_figure(model, run_dir / "manifold.png"),
@@ -36,8 +41,9 @@ def draw_all(run_dir: str | Path, model, splits: dict, metrics: list[dict]) -> l
         samples_figure(model, run_dir / "samples.png"),
         traversals_figure(model, shown.x[:1], run_dir / "traversals.png",
                           labels=None if shown_labels is None else shown_labels[:1]),
-        interpolations_figure(model, shown.x[0:1], shown.x[1:2], run_dir / "interpolations.png",
-                              labels=None if shown_labels is None else shown_labels[0:2]),
+        interpolations_figure(model, shown.x[0:1], shown.x[second:second + 1],
+                              run_dir / "interpolations.png",
+                              labels=None if shown_labels is None else shown_labels[[0, second]]),
     ]
     if metrics:
         paths.append(curves_figure(metrics, run_dir / "curves.png"))
