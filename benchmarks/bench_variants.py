@@ -53,6 +53,12 @@ VARIANTS: dict[str, dict] = {
     "two layers": dict(HVAE),
     "two layers + iwae k=50": {**HVAE, "objective": "iwae", "k": 50},
     "cvae (log p(x|y))": {"model": "cvae"},
+    # controls for the two-layer model: its MC KL estimator on the one-layer model, the
+    # warm-up that gets it past the early collapse, and relu (faster out of that plateau)
+    "vae, MC KL": {"kl": "mc"},
+    "two layers + KL warm-up": {**HVAE, "kl_warmup": "EPOCHS/3"},
+    "vae (relu)": {"activation": "relu"},
+    "two layers (relu)": {**HVAE, "activation": "relu"},
 }
 
 
