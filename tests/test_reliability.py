@@ -445,9 +445,9 @@ def test_non_finite_steps_are_skipped_and_counted(grey, tmp_path, monkeypatch):
     real = training.training_loss
     calls = [0]
 
-    def sometimes_nan(model, x, config):
+    def sometimes_nan(model, x, config, *rest):
         calls[0] += 1
-        loss, terms = real(model, x, config)
+        loss, terms = real(model, x, config, *rest)
         return (loss * float("nan"), terms) if calls[0] in (2, 3, 11) else (loss, terms)
 
     monkeypatch.setattr(training, "training_loss", sometimes_nan)
@@ -495,7 +495,7 @@ def test_bad_steps_keep_the_last_good_checkpoint(run, monkeypatch):
     import vaekit.train as training
 
     before = (run / runs.CHECKPOINT).read_bytes()
-    def nan_loss(model, x, config):
+    def nan_loss(model, x, config, *rest):
         return sum(p.sum() for p in model.parameters()) * float("nan"), {}
 
     monkeypatch.setattr(training, "training_loss", nan_loss)

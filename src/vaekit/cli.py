@@ -42,13 +42,13 @@ def train(
     label_column: Annotated[str | None, Opt(help="CSV/Parquet: the column holding labels (not used as a feature).")] = None,
     standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.")] = None,
     validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).")] = None,
-    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder).")] = None,
-    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model).")] = None,
+    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder) | cvae (conditional on the label) | hvae (two stochastic layers).")] = None,
+    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model) | conv.")] = None,
     hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).")] = None,
     activation: Annotated[str | None, Opt(help="relu | tanh | elu | softplus | gelu | silu | leaky_relu | sigmoid.")] = None,
     latent_dim: Annotated[int | None, Opt(help="Latent dimensions d.")] = None,
-    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian.")] = None,
-    sigma: Annotated[str | None, Opt(help="Gaussian σ_G: fixed:VALUE | shared | per-dim.")] = None,
+    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian | continuous-bernoulli | logistic (discretised) | laplace.")] = None,
+    sigma: Annotated[str | None, Opt(help="Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.")] = None,
     sigma_min: Annotated[float | None, Opt(help="Floor on a learned σ_G.")] = None,
     samples: Annotated[int | None, Opt(help="Monte-Carlo samples M per data point.")] = None,
     kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.")] = None,
@@ -64,6 +64,15 @@ def train(
     checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
     save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
     max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.")] = None,
+    channels: Annotated[str | None, Opt(help="Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image side must be divisible by 2^layers).")] = None,
+    latent_dim2: Annotated[int | None, Opt(help="Model hvae: size of the top latent layer z2 (0: half of --latent-dim).")] = None,
+    hidden2: Annotated[str | None, Opt(help="Model hvae: hidden sizes between z1 and z2, e.g. 100,100.")] = None,
+    classes: Annotated[int | None, Opt(help="Model cvae: number of classes (0: from the training labels).")] = None,
+    levels: Annotated[int | None, Opt(help="Logistic likelihood: grey levels of the data (256 for 8-bit images, 17 for digits).")] = None,
+    k: Annotated[int | None, Opt("--k", help="Objective iwae: importance samples per data point.")] = None,
+    kl_warmup: Annotated[int | None, Opt(help="Epochs of linear KL warm-up from 0 to beta (0: none).")] = None,
+    free_bits: Annotated[float | None, Opt(help="Free bits: KL floor per latent dimension in nats (0: off).")] = None,
+    objective: Annotated[str | None, Opt(help="Training objective: elbo | iwae (the importance-weighted bound with --k samples).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
@@ -139,16 +148,19 @@ def evaluate(
     torch.manual_seed(seed)
     from vaekit.train import _progress
 
+    labels = _labels(model, dataset)
     with _progress(quiet) as progress:
         total = len(dataset) * (2 if gap_decomposition else 1)
         task = progress.add_task(f"evaluating (K = {k})", total=total)
         scores = score_examples(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+            labels=labels,
             on_progress=lambda n: progress.update(task, advance=n),
         )
     result = {"split": split, "seed": seed, **summarise(
-        model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size)}
+        model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+        labels=labels)}
     notes = []
     if per_example is not None:
         write_per_example(scores, per_example, dataset.labels)
@@ -174,18 +186,40 @@ def sample(
     output: Annotated[Path, Opt("--output", "-o", help="FILE.png (a grid) or FILE.npy (the array).")] = Path("samples.png"),
     seed: Annotated[int, Opt(help="Seed for the prior draws.")] = 0,
     draw: Annotated[bool, Opt(help="Draw x ~ p(x|z) instead of showing the mean E[x|z].")] = False,
+    label: Annotated[int | None, Opt(help="Conditional model: the class to draw (default: all classes in turn).")] = None,
+    sampler: Annotated[str, Opt(help="prior (z ~ p(z)) | gmm (z ~ a Gaussian mixture fitted to the training posterior means).")] = "prior",
+    components: Annotated[int, Opt(help="Sampler gmm: mixture components.")] = 10,
 ) -> None:
-    """Draw samples from the prior and decode them."""
+    """Draw samples from the prior (or an ex-post Gaussian mixture) and decode them."""
     import torch
 
-    from vaekit.runs import load
+    from vaekit.runs import load_run
 
     _positive("-n", n)
     _check_output(output, (".png", ".npy"))
-    model = load(run_dir)
+    if sampler not in ("prior", "gmm"):
+        raise VaekitError(f"--sampler must be 'prior' or 'gmm', got '{sampler}'")
+    _positive("--components", components)
+    model, config = load_run(run_dir)
+    if label is not None:
+        classes = getattr(model, "num_classes", 0)
+        if not classes:
+            raise VaekitError(f"--label needs a conditional model (--model cvae); {run_dir} is '{config.model}'")
+        if not 0 <= label < classes:
+            raise VaekitError(f"--label must be in 0..{classes - 1} for this model, got {label}")
     torch.manual_seed(seed)
-    images = _original_units(model.sample(n, mean=not draw), run_dir)
-    _write_images(images, output, f"{n} samples from {run_dir}")
+    if sampler == "gmm":
+        from vaekit.sampling import decode_latents, fit_gmm_for_run, sample_gmm_latents
+
+        gmm = fit_gmm_for_run(model, config, components, seed, run_dir)
+        images = decode_latents(model, sample_gmm_latents(gmm, n, seed), label, mean=not draw)
+        title = f"{n} samples from {run_dir}, z from a {components}-component mixture"
+    else:
+        images = model.sample(n, mean=not draw, y=label)
+        title = f"{n} samples from {run_dir}"
+    if label is not None:
+        title += f", class {label}"
+    _write_images(_original_units(images, run_dir), output, title)
 
 
 @app.command()
@@ -202,15 +236,18 @@ def reconstruct(
     _positive("-n", n)
     _check_output(output, (".png", ".npy"))
     model, _, dataset, _ = _model_and_data(run_dir, data, split)
+    labels = _labels(model, dataset)
+    given = () if labels is None else (labels[:n],)
     with torch.no_grad():
         originals = dataset.x[:n]
-        recon = model.decode_mean(model.encode(originals).mean)
+        recon = model.decode_mean(model.encode(originals, *given).mean, *given)
     if output.suffix.lower() == ".npy":
         _write_images(_original_units(recon, run_dir), output, "")
     else:
         from vaekit import plots
 
-        plots.reconstructions_figure(model, originals, output, n=len(originals))
+        plots.reconstructions_figure(model, originals, output, n=len(originals),
+                                     labels=None if labels is None else labels[:n])
         print(f"wrote {output}")
 
 
@@ -231,10 +268,12 @@ def encode(
     _positive("--batch-size", batch_size)
     _check_output(output, (".npy", ".npz", ".csv"))
     model, _, dataset, _ = _model_and_data(run_dir, data, split or "all")
+    labels_in = _labels(model, dataset)
     mus, logvars = [], []
     with torch.no_grad():
         for i in range(0, len(dataset), batch_size):
-            q = model.encode(dataset.x[i : i + batch_size])
+            given = () if labels_in is None else (labels_in[i : i + batch_size],)
+            q = model.encode(dataset.x[i : i + batch_size], *given)
             mus.append(q.mean)
             logvars.append(torch.log(q.variance))
     mu = torch.cat(mus).numpy()
@@ -363,6 +402,12 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
+
+
+def _labels(model, dataset):
+    from vaekit.model import labels_for
+
+    return labels_for(model, dataset)
 
 
 def _write_images(images, output: Path, title: str) -> None:

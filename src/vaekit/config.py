@@ -18,12 +18,12 @@ import tomllib
 
 from vaekit.errors import VaekitError
 
-MODELS = ("vae", "ae")
-ARCHITECTURES = ("mlp", "linear")
-LIKELIHOODS = ("bernoulli", "gaussian")
+MODELS = ("vae", "ae", "cvae", "hvae")
+ARCHITECTURES = ("mlp", "linear", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "laplace")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", "sigmoid")
 KL_ESTIMATORS = ("analytic", "mc")
-OBJECTIVES = ("elbo",)
+OBJECTIVES = ("elbo", "iwae")
 BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
@@ -54,11 +54,19 @@ class Config:
     likelihood: str = "bernoulli"
     sigma: str = "shared"
     sigma_min: float = 1e-3
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    latent_dim2: int = 0
+    hidden2: list[int] = field(default_factory=lambda: [100, 100])
+    classes: int = 0
+    levels: int = 256
     # objective
     objective: str = "elbo"
     samples: int = 1
     kl: str = "analytic"
     beta: float = 1.0
+    k: int = 50
+    kl_warmup: int = 0
+    free_bits: float = 0.0
     # optimisation
     epochs: int = 30
     batch_size: int = 128
@@ -113,6 +121,7 @@ class Config:
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
         self._validate_data_options()
+        self._validate_variants()
         return self
 
     def _validate_data_options(self) -> None:
@@ -128,6 +137,35 @@ class Config:
                 "standardize is for continuous data and cannot be combined with "
                 f"binarize = '{self.binarize}'; use one or the other"
             )
+
+    def _validate_variants(self) -> None:
+        """The settings of the variants (conv, two stochastic layers, CVAE, IWAE, warm-up,
+        free bits, discrete likelihoods) and the combinations that make no sense."""
+        for c in self.channels:
+            _positive("channels", c)
+        for h in self.hidden2:
+            _positive("hidden2", h)
+        _positive("latent_dim2", self.latent_dim2, allow_zero=True)
+        _positive("classes", self.classes, allow_zero=True)
+        _positive("k", self.k)
+        _positive("kl_warmup", self.kl_warmup, allow_zero=True)
+        _positive("free_bits", self.free_bits, allow_zero=True)
+        if self.architecture == "conv" and not self.channels:
+            raise VaekitError("channels must list at least one layer for the conv architecture")
+        if self.levels < 2:
+            raise VaekitError(f"levels must be at least 2, got {self.levels}")
+        if self.model == "hvae" and self.kl == "analytic":
+            raise VaekitError(
+                "the two-layer model (model 'hvae') has no closed-form KL: its prior "
+                "p(z1|z2)p(z2) is not Gaussian; use kl 'mc' (--kl mc)"
+            )
+        if self.model == "ae" and (self.objective == "iwae" or self.free_bits or self.kl_warmup):
+            raise VaekitError(
+                "the autoencoder has no KL term or posterior to sample: "
+                "objective 'iwae', free_bits and kl_warmup apply to the VAE models"
+            )
+        if self.objective == "iwae" and self.free_bits:
+            raise VaekitError("free_bits applies to the elbo objective, not to objective 'iwae'")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -183,13 +221,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise VaekitError(f"cannot read config file {path}: {err.strerror or err}") from None
 
 
-def parse_hidden(text: str) -> list[int]:
+def parse_hidden(text: str, name: str = "hidden") -> list[int]:
     """``"400"`` or ``"400,200"`` (also ``"400 200"``) -> ``[400, 200]``; ``""`` -> ``[]``."""
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
         return [int(p) for p in parts]
     except ValueError:
-        raise VaekitError(f"hidden must be layer sizes like '400' or '400,200', got '{text}'") from None
+        raise VaekitError(f"{name} must be layer sizes like '400' or '400,200', got '{text}'") from None
 
 
 def parse_sigma(text: str) -> tuple[str, float | None]:
@@ -270,7 +308,7 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
     try:
         if kind.startswith("list"):
             if isinstance(value, str):
-                return parse_hidden(value)
+                return parse_hidden(value, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 return [value]
             if isinstance(value, list) and all(

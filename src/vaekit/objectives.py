@@ -4,6 +4,9 @@ Conventions (the ones every number vaekit prints follows): log-likelihoods are s
 data dimensions, KL over latent dimensions, and each function returns one value per
 example, in nats. Averaging over examples is the caller's job. No term carries a hidden
 weight: β is explicit and defaults to 1.
+
+Every function takes an optional ``labels`` ([B] class indices) that a conditional model
+(the CVAE) needs; unconditional models are called exactly as before without it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 from torch.distributions import kl_divergence as _analytic_kl
 
+from vaekit.errors import VaekitError
 from vaekit.model import AE
 
 
@@ -23,7 +27,13 @@ def kl_divergence(
     """KL(q ‖ p) per example: closed form, or the Monte-Carlo mean of log q(z) − log p(z)
     over the samples ``z`` ([M, B, L], drawn from q; one fresh draw if omitted)."""
     if estimator == "analytic":
-        return _analytic_kl(q, p)
+        try:
+            return _analytic_kl(q, p)
+        except NotImplementedError:
+            raise VaekitError(
+                f"no closed-form KL between {type(q).__name__} and {type(p).__name__} "
+                "(e.g. the two-layer model's hierarchical prior); use the 'mc' estimator"
+            ) from None
     if estimator == "mc":
         if z is None:
             z = q.rsample((1,))
@@ -31,55 +41,143 @@ def kl_divergence(
     raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
+def kl_per_dimension(
+    q: Distribution, p: Distribution, estimator: str = "analytic", z: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(q ‖ p) split over latent coordinates, [B, L], summing to :func:`kl_divergence`.
+
+    Closed form for diagonal Normals; otherwise the Monte-Carlo mean over ``z`` of the
+    per-coordinate log q − log p (for the two-layer model each coordinate's conditional
+    density given the sample, as Kingma et al. 2016 do per group)."""
+    if estimator == "analytic":
+        if not (isinstance(q, Independent) and isinstance(p, Independent)):
+            raise VaekitError(
+                f"no closed-form per-coordinate KL between {type(q).__name__} and "
+                f"{type(p).__name__}; use the 'mc' estimator"
+            )
+        return _analytic_kl(q.base_dist, p.base_dist)
+    if z is None:
+        z = q.rsample((1,))
+    return (_log_prob_dims(q, z) - _log_prob_dims(p, z)).mean(0)
+
+
+def _log_prob_dims(dist: Distribution, z: torch.Tensor) -> torch.Tensor:
+    if hasattr(dist, "log_prob_dims"):
+        return dist.log_prob_dims(z)
+    return dist.base_dist.log_prob(z)
+
+
+def _given(labels: torch.Tensor | None) -> tuple:
+    """Extra arguments for encode/decode: the labels of a conditional model, else none (so
+    any model with plain ``encode(x)``/``decode(z)`` keeps working)."""
+    return () if labels is None else (labels,)
+
+
+def _elbo_parts(model, x, samples, kl, labels):
+    """(per-example terms, q, z): what :func:`elbo_terms` returns, plus the posterior and
+    its draws for objectives that need more than the totals (free bits)."""
+    q = model.encode(x, *_given(labels))
+    if isinstance(model, AE):
+        rec = model.decode(q.mean, *_given(labels)).log_prob(x)
+        return {"elbo": rec, "reconstruction": rec, "kl": torch.zeros_like(rec)}, q, None
+    z = q.rsample((samples,))  # [M, B, L]
+    rec = model.decode(z, *_given(labels)).log_prob(x).mean(0)
+    kl_term = kl_divergence(q, model.prior, kl, z)
+    return {"elbo": rec - kl_term, "reconstruction": rec, "kl": kl_term}, q, z
+
+
 def elbo_terms(
-    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic"
+    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic",
+    labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with M = ``samples`` reparameterised
     draws z = μ + σ ⊙ ε per example. Returns per-example ``elbo``, ``reconstruction``, ``kl``.
 
     For the autoencoder the 'reconstruction' is log p(x | z = f(x)) and there is no KL.
     """
-    q = model.encode(x)
-    if isinstance(model, AE):
-        rec = model.decode(q.mean).log_prob(x)
-        return {"elbo": rec, "reconstruction": rec, "kl": torch.zeros_like(rec)}
-    z = q.rsample((samples,))  # [M, B, L]
-    rec = model.decode(z).log_prob(x).mean(0)
-    kl_term = kl_divergence(q, model.prior, kl, z)
-    return {"elbo": rec - kl_term, "reconstruction": rec, "kl": kl_term}
+    return _elbo_parts(model, x, samples, kl, labels)[0]
 
 
-def elbo(model, x: torch.Tensor, samples: int = 1, kl: str = "analytic") -> torch.Tensor:
+def elbo(
+    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic",
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-example ELBO estimate, shape [B], in nats (unbiased for any M ≥ 1)."""
-    return elbo_terms(model, x, samples, kl)["elbo"]
+    return elbo_terms(model, x, samples, kl, labels)["elbo"]
+
+
+def kl_weight(config, epoch: int | None = None, step_fraction: float = 0.0) -> float:
+    """The weight on the KL term while training: β times the linear warm-up factor
+    min(1, t / kl_warmup), t = (epoch − 1) + step_fraction epochs done (epoch counts from 1;
+    step_fraction is the share of this epoch's minibatches already taken). Without warm-up
+    (or without an epoch: evaluation) it is β."""
+    if epoch is None or not config.kl_warmup:
+        return config.beta
+    done = (epoch - 1) + step_fraction
+    return config.beta * min(1.0, done / config.kl_warmup)
+
+
+def free_bits_kl(kl_dims: torch.Tensor, floor: float) -> torch.Tensor:
+    """Σ_j max(λ, mean_batch KL_j) (Kingma et al. 2016): a latent coordinate whose KL,
+    averaged over the minibatch, is under λ nats costs λ and gets no gradient pushing its
+    KL lower. ``kl_dims`` is [B, L]; the result is one number for the minibatch."""
+    return kl_dims.mean(0).clamp(min=floor).sum()
 
 
 def training_loss(
-    model, x: torch.Tensor, config
+    model, x: torch.Tensor, config, labels: torch.Tensor | None = None,
+    epoch: int | None = None, step_fraction: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The scalar to minimise for one minibatch, and the per-example terms it came from.
+    """The scalar to minimise for one minibatch, and the per-example terms to report.
 
-    Loss = −mean_x [reconstruction − β·KL]; with β = 1 this is exactly −ELBO.
+    Objective 'elbo': loss = −mean_x [reconstruction − w·KL], w = :func:`kl_weight` (β and
+    warm-up); with free bits the KL part is :func:`free_bits_kl`. Objective 'iwae': loss =
+    −mean_x L_k with log w_k = log p(x|z_k) − w·(log q(z_k|x) − log p(z_k)) (w = 1: Burda's
+    bound). The reported terms are always those of the true ELBO (β = 1, no floor): for
+    'iwae' the Monte-Carlo ELBO of the same k draws.
     """
-    terms = elbo_terms(model, x, config.samples, config.kl)
-    objective = terms["reconstruction"] - config.beta * terms["kl"]
+    weight = kl_weight(config, epoch, step_fraction)
+    if config.objective == "iwae":
+        rec, log_ratio = _weight_parts(model, x, config.k, labels)
+        log_w = rec - weight * log_ratio
+        loss = -(torch.logsumexp(log_w, dim=0) - math.log(config.k)).mean()
+        terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0),
+                 "kl": log_ratio.mean(0)}
+        return loss, terms
+    terms, q, z = _elbo_parts(model, x, config.samples, config.kl, labels)
+    if config.free_bits and z is not None:
+        kl_part = free_bits_kl(kl_per_dimension(q, model.prior, config.kl, z), config.free_bits)
+        return -(terms["reconstruction"].mean() - weight * kl_part), terms
+    objective = terms["reconstruction"] - weight * terms["kl"]
     return -objective.mean(), terms
 
 
-def log_importance_weights(model, x: torch.Tensor, k: int) -> torch.Tensor:
+def _weight_parts(model, x, k, labels):
+    """(log p(x|z_k), log q(z_k|x) − log p(z_k)) for k draws z_k ~ q(z|x), each [k, B]."""
+    q = model.encode(x, *_given(labels))
+    z = q.rsample((k,))
+    rec = model.decode(z, *_given(labels)).log_prob(x)
+    return rec, q.log_prob(z) - model.prior.log_prob(z)
+
+
+def log_importance_weights(
+    model, x: torch.Tensor, k: int, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """log w_k = log p(x, z_k) − log q(z_k|x) for k draws z_k ~ q(z|x); shape [k, B].
 
     Generic over models: it needs only ``encode``, ``decode`` and ``prior`` whose
     ``log_prob`` gives one value per example, so hierarchical models plug in by returning
-    joint distributions over their stacked latents.
+    joint distributions over their stacked latents. For a conditional model (given
+    ``labels``) it is log p(x, z_k | y) − log q(z_k | x, y): the weights of log p(x|y).
     """
-    q = model.encode(x)
-    z = q.rsample((k,))
-    return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
+    rec, log_ratio = _weight_parts(model, x, k, labels)
+    return rec - log_ratio
 
 
-def iwae_bound(model, x: torch.Tensor, k: int) -> torch.Tensor:
+def iwae_bound(
+    model, x: torch.Tensor, k: int, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """The importance-weighted bound L_k = E[log (1/k) Σ_k w_k] (Burda et al. 2016), one
     sample of it per example, shape [B]. L_1 is the ELBO; L_k rises towards log p(x)."""
-    log_w = log_importance_weights(model, x, k)
+    log_w = log_importance_weights(model, x, k, labels)
     return torch.logsumexp(log_w, dim=0) - math.log(k)

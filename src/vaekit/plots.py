@@ -2,7 +2,9 @@
 
 (a) ``latent.png``: every training example's posterior mean, coloured by class.
 (b) ``manifold.png``: a grid over the latent plane, decoded in one batched call and tiled.
-Plus ``reconstructions.png``, ``samples.png`` and ``curves.png``.
+Plus ``reconstructions.png``, ``samples.png``, ``curves.png``, ``traversals.png`` (one
+latent coordinate varied at a time) and ``interpolations.png`` (linear and spherical paths
+between two encoded examples). For a conditional model (b) has one panel per class.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FIGURES = ("latent.png", "manifold.png", "reconstructions.png", "samples.png", "curves.png")
+FIGURES = ("latent.png", "manifold.png", "reconstructions.png", "samples.png", "curves.png",
+           "traversals.png", "interpolations.png")
 
 
 def draw_all(run_dir: str | Path, model, splits: dict, metrics: list[dict]) -> list[Path]:
@@ -25,27 +28,51 @@ def draw_all(run_dir: str | Path, model, splits: dict, metrics: list[dict]) -> l
     run_dir = Path(run_dir)
     train = splits["train"]
     shown = splits.get("validation") or splits.get("test") or train
+    shown_labels = _labels(model, shown.labels)
+    # a conditional model decodes the path under one class: join two examples of that class
+    second = min(1, len(shown) - 1)
+    if shown_labels is not None:
+        same = (shown_labels[1:] == shown_labels[0]).nonzero()
+        second = int(same[0]) + 1 if len(same) else second
     paths = [
         latent_figure(model, train.x, train.labels, run_dir / "latent.png"),
         manifold_figure(model, run_dir / "manifold.png"),
-        reconstructions_figure(model, shown.x, run_dir / "reconstructions.png"),
+        reconstructions_figure(model, shown.x, run_dir / "reconstructions.png", labels=shown_labels),
         samples_figure(model, run_dir / "samples.png"),
+        traversals_figure(model, shown.x[:1], run_dir / "traversals.png",
+                          labels=None if shown_labels is None else shown_labels[:1]),
+        interpolations_figure(model, shown.x[0:1], shown.x[second:second + 1],
+                              run_dir / "interpolations.png",
+                              labels=None if shown_labels is None else shown_labels[[0, second]]),
     ]
     if metrics:
         paths.append(curves_figure(metrics, run_dir / "curves.png"))
     return paths
 
 
-@torch.no_grad()
-def posterior_means(model, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model.encode(x[i : i + batch_size]).mean for i in range(0, len(x), batch_size)])
+def posterior_means(
+    model, x: torch.Tensor, batch_size: int = 2000, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    from vaekit.sampling import posterior_means as means
+
+    return means(model, x, labels, batch_size)
+
+
+def _labels(model, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels to hand a conditional model; unconditional models get none."""
+    if not getattr(model, "num_classes", 0):
+        return None
+    if labels is None:
+        from vaekit.errors import VaekitError
+
+        raise VaekitError("this conditional model needs class labels with its data")
+    return labels
 
 
 def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
     """Figure (a): posterior means μ (not samples) of all of ``x``; for d > 2 the plane of
     their first two principal components; for d = 1 the means against example index."""
-    mu = posterior_means(model, x).numpy()
+    mu = posterior_means(model, x, labels=_labels(model, labels)).numpy()
     d = mu.shape[1]
     if d == 1:
         points, axes = np.c_[mu[:, 0], np.arange(len(mu))], ("z", "example index")
@@ -75,37 +102,67 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
 
 
 @torch.no_grad()
-def manifold_figure(model, path: Path, n: int = 20) -> Path:
+def manifold_figure(model, path: Path, n: int = 20, label: int | None = None) -> Path:
     """Figure (b): an n×n grid over the unit square mapped through the inverse Gaussian CDF
     (as in Kingma & Welling), decoded in one batched call. For d > 2 the grid spans z₁, z₂
-    with the other coordinates at the prior mean 0; for d = 1 it is a single row."""
+    with the other coordinates at the prior mean 0; for d = 1 it is a single row.
+
+    A conditional model draws the grid for class ``label``, or (by default) one smaller
+    panel per class: the same latent grid decoded under each label."""
     model.eval()
-    d = model.latent_dim
-    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
-    values = torch.distributions.Normal(0.0, 1.0).icdf(u)
-    if d == 1:
-        z = values[:, None]
-        rows, cols = 1, n
-    else:
-        z = torch.zeros(n * n, d)
-        z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
-        z[:, 0], z[:, 1] = z1.reshape(-1), z2.reshape(-1)
-        rows, cols = n, n
-    images = model.decode_mean(z)
+    classes = getattr(model, "num_classes", 0)
+    if classes and label is None:
+        return _manifold_per_class(model, path, classes, min(n, 10))
+    z, values, rows, cols = _latent_grid(model.latent_dim, n)
+    extra = () if not classes else (torch.full((len(z),), int(label), dtype=torch.long),)
+    images = model.decode_mean(z, *extra)
     fig, ax = plt.subplots(figsize=(8, 8 * rows / cols + 0.8))
-    _show_tiles(ax, images, rows, cols, extent=(values[0], values[-1]) if d >= 1 else None)
+    _show_tiles(ax, images, rows, cols, extent=(values[0], values[-1]))
+    d = model.latent_dim
     suffix = "" if d <= 2 else f" (z₃…z_{d} = 0)"
-    ax.set(title=f"decoded latent grid: E[x|z] over Φ⁻¹ of a unit-square grid{suffix}",
+    which = "" if not classes else f", class {label}"
+    ax.set(title=f"decoded latent grid: E[x|z] over Φ⁻¹ of a unit-square grid{suffix}{which}",
            xlabel="z₁", ylabel="z₂" if d > 1 else "")
     return _save(fig, path)
 
 
+def _latent_grid(d: int, n: int):
+    """(z [n·n or n, d], the per-axis values, rows, cols) of figure (b)'s grid."""
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n)
+    values = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    if d == 1:
+        return values[:, None], values, 1, n
+    z = torch.zeros(n * n, d)
+    z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
+    z[:, 0], z[:, 1] = z1.reshape(-1), z2.reshape(-1)
+    return z, values, n, n
+
+
+def _manifold_per_class(model, path: Path, classes: int, n: int) -> Path:
+    z, _, rows, cols = _latent_grid(model.latent_dim, n)
+    per_row = min(classes, 5)
+    grid_rows = -(-classes // per_row)
+    fig, axes = plt.subplots(grid_rows, per_row, figsize=(3 * per_row, 3 * grid_rows + 0.6),
+                             squeeze=False)
+    for c, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if c < classes:
+            images = model.decode_mean(z, torch.full((len(z),), c, dtype=torch.long))
+            _show_tiles(ax, images, rows, cols)
+            ax.set_title(f"class {c}")
+    fig.suptitle("decoded latent grid per class: E[x|z, y] over the same grid of (z₁, z₂)")
+    return _save(fig, path)
+
+
 @torch.no_grad()
-def reconstructions_figure(model, x: torch.Tensor, path: Path, n: int = 10) -> Path:
+def reconstructions_figure(
+    model, x: torch.Tensor, path: Path, n: int = 10, labels: torch.Tensor | None = None
+) -> Path:
     """Originals (top row) above their reconstructions E[x | z = μ(x)] (bottom row)."""
     model.eval()
     originals = x[:n]
-    recon = model.decode_mean(model.encode(originals).mean)
+    extra = () if labels is None else (labels[:n],)
+    recon = model.decode_mean(model.encode(originals, *extra).mean, *extra)
     fig, ax = plt.subplots(figsize=(max(6, n * 0.9), 2.6))
     _show_tiles(ax, torch.cat([originals, recon]), 2, len(originals))
     ax.set(title="reconstructions: originals (top), E[x | z = μ(x)] (bottom)")
@@ -121,7 +178,10 @@ def samples_figure(model, path: Path, n: int = 64) -> Path:
     cols = int(np.ceil(np.sqrt(n)))
     fig, ax = plt.subplots(figsize=(7, 7))
     _show_tiles(ax, images, -(-n // cols), cols)
-    ax.set(title=f"{n} samples: E[x|z], z ~ N(0, I)")
+    conditional = getattr(model, "num_classes", 0)
+    which = f", classes 0…{conditional - 1} in turn" if conditional else ""
+    prior = "p(z₁|z₂)p(z₂)" if hasattr(model, "z1_dim") else "N(0, I)"
+    ax.set(title=f"{n} samples: E[x|z], z ~ {prior}{which}")
     ax.set_axis_off()
     return _save(fig, path)
 
@@ -165,6 +225,65 @@ def likelihood_curve_figure(result: dict, path: Path) -> Path:
                  f"({result['n']} examples)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def traversals_figure(
+    model, x: torch.Tensor, path: Path, labels: torch.Tensor | None = None,
+    dims: list[int] | None = None, steps: int = 9, width: float = 3.0,
+) -> Path:
+    """Latent traversals: starting from the posterior mean of ``x[0]``, each row varies one
+    latent coordinate over [−width, width] (prior standard deviations), the others fixed.
+    By default the rows are the (up to 10) coordinates the encoder uses most (smallest mean
+    posterior variance on ``x``: the ones that carry information)."""
+    from vaekit.sampling import decode_latents, traversal
+
+    model.eval()
+    extra = () if labels is None else (labels[:1],)
+    q = model.encode(x[:1], *extra)
+    start = q.mean[0]
+    if dims is None:
+        order = torch.argsort(q.variance[0])
+        dims = sorted(order[: min(10, model.latent_dim)].tolist())
+    values = torch.linspace(-width, width, steps)
+    z = torch.cat([traversal(start, d, values) for d in dims])
+    y = None if labels is None else int(labels[0])
+    images = decode_latents(model, z, y)
+    fig, ax = plt.subplots(figsize=(max(5, steps * 0.8), 0.8 * len(dims) + 1.0))
+    _show_tiles(ax, images, len(dims), steps)
+    ax.set_title(f"traversals from μ(x): rows vary z{', z'.join(str(d + 1) for d in dims)} "
+                 f"over [−{width:g}, {width:g}]", fontsize=9)
+    ax.set_axis_off()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def interpolations_figure(
+    model, x0: torch.Tensor, x1: torch.Tensor, path: Path, labels: torch.Tensor | None = None,
+    steps: int = 10,
+) -> Path:
+    """Decoded paths between the posterior means of ``x0`` and ``x1`` (one example each):
+    top row linear, bottom row spherical interpolation; the originals at the two ends."""
+    from vaekit.sampling import decode_latents, interpolate
+
+    model.eval()
+    y0 = y1 = None
+    if labels is not None:
+        y0, y1 = labels[:1], labels[1:2]
+    z0 = model.encode(x0[:1], *(() if y0 is None else (y0,))).mean[0]
+    z1 = model.encode(x1[:1], *(() if y1 is None else (y1,))).mean[0]
+    rows = []
+    for method in ("linear", "spherical"):
+        path_z = interpolate(z0, z1, steps, method)
+        # a conditional model keeps the first example's class along the path
+        decoded = decode_latents(model, path_z, None if y0 is None else int(y0[0]))
+        rows.append(torch.cat([x0[:1], decoded, x1[:1]]))
+    fig, ax = plt.subplots(figsize=(max(6, (steps + 2) * 0.8), 2.6))
+    _show_tiles(ax, torch.cat(rows), 2, steps + 2)
+    ax.set_title("interpolation between two encoded examples (ends: the originals)\n"
+                 "top: linear, bottom: spherical", fontsize=9)
+    ax.set_axis_off()
     return _save(fig, path)
 
 

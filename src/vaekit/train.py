@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from vaekit import checkpoint, runs
+from vaekit import checkpoint, likelihoods, runs
 from vaekit._callable import make_module_callable
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.config import Config, parse_binarize
 from vaekit.data import Dataset, run_splits, write_run_data
 from vaekit.data.lazy import value_range
 from vaekit.errors import Interrupted, VaekitError, WriteError
-from vaekit.model import build_model
+from vaekit.model import build_model, labels_for, with_classes
 from vaekit.objectives import elbo_terms, training_loss
 
 TERMS = ("elbo", "reconstruction", "kl")
@@ -47,6 +47,7 @@ def train(
     splits = run_splits(config, quiet=quiet)
     train_set = splits["train"]
     check_data(train_set, config, quiet)
+    config = with_classes(config, train_set.labels)
     run_dir = prepare_run_dir(out, overwrite)
 
     checkpoint.seed_everything(config.seed)
@@ -134,14 +135,14 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
             try:
                 train_stats = run_epoch(
                     model, optimizer, train_set.x, config, state.order, state.draws,
-                    on_step=on_step, progress=current,
+                    on_step=on_step, progress=current, labels=labels_for(model, train_set), epoch=epoch,
                 )
             except NonFiniteTraining as err:
                 raise VaekitError(f"{err} {saver.kept()}") from None
             seconds = saver.epoch_seconds()
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
             if val_set is not None:
-                val_stats = evaluate_terms(model, val_set.x, config)
+                val_stats = evaluate_terms(model, val_set.x, config, labels=labels_for(model, val_set))
                 record.update({f"validation_{k}": v for k, v in val_stats.items()})
             sigma = getattr(model.likelihood, "sigma", None)
             if callable(sigma) and getattr(model.likelihood, "mode", "fixed") != "fixed":
@@ -191,6 +192,7 @@ def set_threads(threads: int, quiet: bool = False) -> int:
 def run_epoch(
     model, optimizer, x: torch.Tensor, config: Config, order: torch.Generator,
     draws: torch.Generator, on_step=None, progress: EpochProgress | None = None,
+    labels: torch.Tensor | None = None, epoch: int | None = None,
 ) -> dict[str, float]:
     """One pass over ``x`` in random minibatches; returns the per-example mean terms, the
     number of skipped steps and of clamped encoder log-variances.
@@ -199,6 +201,7 @@ def run_epoch(
     the order generator's state saved before it and the batches already done are skipped.
     A step whose loss or gradient is not finite makes no update and is counted; after
     ``config.max_bad_steps`` of them in a row, :class:`NonFiniteTraining` is raised.
+    ``labels`` go along with their examples (conditional models); ``epoch`` drives KL warm-up.
     """
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
     if progress is None:
@@ -208,10 +211,12 @@ def run_epoch(
     if progress.totals is None:
         progress.totals = torch.zeros(len(TERMS))
     for start in range(progress.step * config.batch_size, len(x), config.batch_size):
-        batch = x[permutation[start : start + config.batch_size]]
+        index = permutation[start : start + config.batch_size]
+        batch = x[index]
         if dynamic:
             batch = torch.bernoulli(batch, generator=draws)
-        loss, terms = training_loss(model, batch, config)
+        y = None if labels is None else labels[index]
+        loss, terms = training_loss(model, batch, config, y, epoch, start / len(x))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = _gradient_norm(model, config.grad_clip)
@@ -266,14 +271,15 @@ def _bad_steps_message(count: int, config: Config) -> str:
 
 @torch.no_grad()
 def evaluate_terms(
-    model, x: torch.Tensor, config: Config, batch_size: int = 1000
+    model, x: torch.Tensor, config: Config, batch_size: int = 1000, labels: torch.Tensor | None = None
 ) -> dict[str, float]:
     """Per-example means of ELBO, reconstruction and KL over ``x`` (no gradients)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(len(TERMS))
     for start in range(0, len(x), batch_size):
-        terms = elbo_terms(model, x[start : start + batch_size], config.samples, config.kl)
+        y = None if labels is None else labels[start : start + batch_size]
+        terms = elbo_terms(model, x[start : start + batch_size], config.samples, config.kl, y)
         totals += torch.stack([terms[k].sum() for k in TERMS])
     model.train(was_training)
     return dict(zip(TERMS, (totals / len(x)).tolist(), strict=True))
@@ -291,6 +297,7 @@ def check_data(data: Dataset, config: Config, quiet: bool = False) -> None:
     """Refuse data the likelihood cannot model; warn when the number will not be a likelihood."""
     if len(data) == 0:
         raise VaekitError("the training set is empty")
+    likelihoods.check_data(config.likelihood, data.x, data.name, config.levels)
     if config.likelihood != "bernoulli":
         return
     lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
@@ -448,7 +455,8 @@ def _final_evaluation(model, splits: dict, config: Config) -> dict:
     for name in ("validation", "test", "train"):
         if splits.get(name) is not None:
             # A modest K keeps training quick; `vaekit evaluate` gives the full protocol.
-            result = evaluate(model, splits[name].x, importance_samples=TRAINING_K)
+            result = evaluate(model, splits[name].x, importance_samples=TRAINING_K,
+                              labels=labels_for(model, splits[name]))
             return {"split": name, **result}
     return {}
 

@@ -83,9 +83,9 @@ def test_dynamic_draws_fresh_binary_images_every_minibatch(monkeypatch):
     seen = []
     real_loss = training.training_loss
 
-    def spy(model, batch, config):
+    def spy(model, batch, config, *rest):
         seen.append(batch.clone())
-        return real_loss(model, batch, config)
+        return real_loss(model, batch, config, *rest)
 
     monkeypatch.setattr(training, "training_loss", spy)
     config = Config(hidden=[4], latent_dim=2, batch_size=16, binarize="dynamic")
