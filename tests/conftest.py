@@ -15,7 +15,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MNIST_DIR = Path(os.environ.get("VAEKIT_TEST_MNIST")
                  or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
-# Two test processes on two cores spin against each other; one thread each is faster.
+# Two test processes on two cores spin against each other; one thread each is faster. The
+# environment variable also caps vaekit's automatic thread count (vaekit.threads).
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

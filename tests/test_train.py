@@ -109,16 +109,22 @@ def test_an_existing_run_is_not_overwritten_by_accident(tiny_run, tmp_path):
 def test_threads_are_set_and_a_busy_machine_is_reported(monkeypatch, capsys):
     import os
 
+    from vaekit import threads
     from vaekit.train import set_threads
 
     before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
     try:
         monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
-        assert set_threads(2) == 2
+        assert set_threads(2) == 2  # an explicit count is kept, with a warning
         assert "load average 7.5" in capsys.readouterr().err
         assert set_threads(2, quiet=True) == 2
         assert capsys.readouterr().err == ""
+        monkeypatch.setattr(threads, "_own_jiffies", lambda: 0.0)  # a fresh process
+        assert set_threads(0) == 1  # auto: the busy machine leaves one core
+        assert "using 1 thread" in capsys.readouterr().err
         monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert set_threads(0) == 2
         assert set_threads(1) == 1  # one thread cannot spin against itself: no warning
         assert capsys.readouterr().err == ""
     finally:

@@ -6,16 +6,13 @@ Attributes are imported lazily so that ``vaekit --help`` starts without importin
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 __version__ = "0.1.0"
 
-# Spinning OpenMP workers (libgomp's default) collapse when another process holds a core: on
-# the 2-core dev box with one core busy, a digits epoch took 5–7 s with 2 threads spinning and
-# 0.03–0.1 s with passive waiting (measured side by side, 2026-11-25). It only takes effect if
-# torch is imported after vaekit; an explicit OMP_WAIT_POLICY from the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left to the user: vaekit copes with a busy machine by using fewer
+# threads (vaekit.threads), which measured faster than passive waiting in every case.
+
 
 _EXPORTS = {
     "Config": "vaekit.config",

@@ -9,7 +9,6 @@ continues a run from its checkpoint and ends bit for bit where the uninterrupted
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ from vaekit.data.lazy import value_range
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import build_model, labels_for, with_classes
 from vaekit.objectives import elbo_terms, training_loss
+from vaekit.threads import ThreadPolicy
 
 TERMS = ("elbo", "reconstruction", "kl")
 
@@ -113,12 +113,13 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
          *, quiet: bool, figures: bool) -> Path:
     """Train from ``state`` to ``config.epochs``, then evaluate and draw the figures."""
     train_set, val_set = splits["train"], splits["validation"]
-    set_threads(config.threads, quiet=quiet)
+    threads = ThreadPolicy(config.threads, quiet=quiet)
     saver = _Checkpoints(run_dir, model, optimizer, state, config)
     with _progress(quiet) as progress, _StopOnSignal() as stop:
         steps_per_epoch = -(-len(train_set) // config.batch_size)
         done = state.epoch * steps_per_epoch + (state.in_epoch.step if state.in_epoch else 0)
         task = progress.add_task("training", total=config.epochs * steps_per_epoch, completed=done)
+        ticker = _Ticker()
         for epoch in range(state.epoch + 1, config.epochs + 1):
             if state.in_epoch is None:
                 state.in_epoch = EpochProgress.begin(state.order, state.bad_in_a_row)
@@ -126,10 +127,12 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
             saver.epoch_started()
 
             def on_step(loss: float, e: int = epoch) -> None:
-                progress.update(task, advance=1, description=f"epoch {e}/{config.epochs}  -ELBO {loss:.2f}")
+                ticker.tick(lambda n: progress.update(
+                    task, advance=n, description=f"epoch {e}/{config.epochs}  -ELBO {loss:.2f}"))
                 if stop.signum is not None or saver.time_due():
                     saver.save()
                 stop.check(state, run_dir)
+                threads.check()
 
             model.train()
             try:
@@ -139,6 +142,7 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
                 )
             except NonFiniteTraining as err:
                 raise VaekitError(f"{err} {saver.kept()}") from None
+            ticker.flush(lambda n: progress.update(task, advance=n))
             seconds = saver.epoch_seconds()
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
             if val_set is not None:
@@ -170,23 +174,8 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
 
 
 def set_threads(threads: int, quiet: bool = False) -> int:
-    """Use ``threads`` torch threads (0: torch's default, one per core) and warn once when
-    other processes already keep the cores busy: torch's threads then spin waiting for each
-    other and a step can be many times slower, not merely twice."""
-    if threads:
-        torch.set_num_threads(threads)
-    used = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on every platform; the warning is only advice
-        return used
-    cores = os.cpu_count() or 1
-    if not quiet and used > 1 and load + used > cores + 0.5:
-        _say(
-            f"warning: the machine is busy (load average {load:.1f} on {cores} cores) and torch "
-            f"uses {used} threads; if training is slow, try --threads 1"
-        )
-    return used
+    """Use ``threads`` torch threads (0: auto, see :mod:`vaekit.threads`); returns the count."""
+    return ThreadPolicy(threads, quiet=quiet).threads
 
 
 def run_epoch(
@@ -210,6 +199,10 @@ def run_epoch(
     permutation = torch.randperm(len(x), generator=order)
     if progress.totals is None:
         progress.totals = torch.zeros(len(TERMS))
+    # Per-step overhead is what bounds small-batch training on a CPU (docs/performance.md):
+    # the parameter list is gathered once, gradients are dropped by hand (zero_grad wraps a
+    # profiler region), and one synchronising check per step covers loss and gradients.
+    params = [p for p in model.parameters() if p.requires_grad]
     for start in range(progress.step * config.batch_size, len(x), config.batch_size):
         index = permutation[start : start + config.batch_size]
         batch = x[index]
@@ -217,14 +210,15 @@ def run_epoch(
             batch = torch.bernoulli(batch, generator=draws)
         y = None if labels is None else labels[index]
         loss, terms = training_loss(model, batch, config, y, epoch, start / len(x))
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         loss.backward()
-        norm = _gradient_norm(model, config.grad_clip)
+        norm = _gradient_norm(params, config.grad_clip)
         progress.step += 1
         progress.clamped += int(getattr(model, "clamped", 0))
-        if bool(torch.isfinite(loss) & torch.isfinite(norm)):
+        if bool(torch.isfinite(loss + norm)):
             optimizer.step()
-            progress.totals += torch.stack([terms[k].detach().sum() for k in TERMS])
+            progress.totals += torch.stack([terms[k].detach() for k in TERMS]).sum(1)
             progress.examples += len(batch)
             progress.bad_in_a_row = 0
         else:
@@ -248,10 +242,10 @@ class NonFiniteTraining(VaekitError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
-def _gradient_norm(model, grad_clip: float) -> torch.Tensor:
+def _gradient_norm(params: list[torch.Tensor], grad_clip: float) -> torch.Tensor:
     if grad_clip:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
@@ -459,6 +453,26 @@ def _final_evaluation(model, splits: dict, config: Config) -> dict:
                               labels=labels_for(model, splits[name]))
             return {"split": name, **result}
     return {}
+
+
+class _Ticker:
+    """Calls its callback at most every ``seconds`` with the steps since the last call:
+    redrawing the progress bar on every small-batch step cost more than the step's maths."""
+
+    def __init__(self, seconds: float = 0.1):
+        self.seconds, self.pending, self.last = seconds, 0, time.monotonic()
+
+    def tick(self, update) -> None:
+        self.pending += 1
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            update(self.pending)
+            self.pending, self.last = 0, now
+
+    def flush(self, update) -> None:
+        if self.pending:
+            update(self.pending)
+            self.pending = 0
 
 
 class _NoProgress:

@@ -1,0 +1,144 @@
+"""How many CPU threads torch uses while vaekit trains or evaluates: decided in one place.
+
+With 2 threads on 2 cores, a step is a chain of parallel regions whose threads meet at a
+barrier after each one. When another process holds a core, one of our threads waits for
+the scheduler at every barrier, and a step becomes many times slower rather than twice
+(measured on the 2-core development machine: 784-400-20 at batch 20, 91 steps/s with 2
+threads against 482 with 1 while one core ran `yes`). Passive OpenMP waiting does not cure
+it: 2 passive threads were never faster than 1 thread, busy or idle (docs/performance.md).
+
+So ``threads = 0`` ("auto") uses every core while the machine is otherwise idle and steps
+down to the cores left free when other processes are busy, re-checking every few seconds
+from /proc/stat (other processes' CPU time, our own excluded) and stepping back up when
+they finish. An explicit thread count is kept as given, with a one-line warning if the
+machine is busy. The thread count does not change the numbers: MKL's GEMMs and torch's
+reductions over these shapes gave bit-identical weights with 1 and 2 threads (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+CHECK_SECONDS = 2.0  # how often auto mode looks at the machine again
+FIRST_CHECK_SECONDS = 0.5  # the first look, measured while we train
+BUSY_CORES = 0.5  # other processes using more than this many cores' worth count as busy
+
+
+def available_cores() -> int:
+    """Cores this process may run on, capped by OMP_NUM_THREADS when the user has set it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_jiffies() -> float:
+    t = os.times()
+    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def _others_load() -> float:
+    """The 1-minute load average, read as other processes' load when this process is fresh
+    (a CLI run: under a few CPU-seconds so far). A long-lived process (a notebook, a test
+    session) may have put that load there itself, so it is not read; the first measured
+    check, half a second into training, decides instead."""
+    if _own_jiffies() / os.sysconf("SC_CLK_TCK") > 5.0:
+        return 0.0
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def threads_for(others: float, cores: int) -> int:
+    """Threads to use when other processes keep ``others`` cores busy: the cores they leave."""
+    if others <= BUSY_CORES:
+        return cores
+    return max(1, min(cores, round(cores - others)))
+
+
+class ThreadPolicy:
+    """Sets torch's thread count for a run and, in auto mode, keeps it matched to the machine.
+
+    ``requested`` is the config's ``threads`` (0: auto). ``check()`` is cheap enough to call
+    between steps: it does real work only every :data:`CHECK_SECONDS`.
+    """
+
+    def __init__(self, requested: int = 0, quiet: bool = False):
+        self.requested, self.quiet = requested, quiet
+        self.cores = available_cores()
+        self.said = False
+        self._last = time.monotonic() - (CHECK_SECONDS - FIRST_CHECK_SECONDS)
+        self._jiffies = _cpu_jiffies()
+        self._own = _own_jiffies()
+        if requested:
+            self.threads = requested
+        else:
+            load = _others_load()
+            self.threads = threads_for(load, self.cores)
+        torch.set_num_threads(self.threads)
+        if self.threads < self.cores and not requested:
+            self._say(f"the machine is busy (load average {load:.1f} on {self.cores} cores)")
+        elif requested and requested > 1 and not quiet:
+            try:
+                load = os.getloadavg()[0]
+            except OSError:
+                return
+            if load + requested > self.cores + 0.5:
+                self._warn_busy(load)
+
+    def others(self) -> float | None:
+        """Cores' worth of CPU other processes used since the last call (None: unknown)."""
+        now, jiffies, own = time.monotonic(), _cpu_jiffies(), _own_jiffies()
+        before, before_own = self._jiffies, self._own
+        self._last, self._jiffies, self._own = now, jiffies, own
+        if jiffies is None or before is None or jiffies[1] <= before[1]:
+            return None
+        share = (jiffies[0] - before[0] - (own - before_own)) / (jiffies[1] - before[1])
+        return max(0.0, share) * self.cores
+
+    def check(self) -> int:
+        """In auto mode, every few seconds: follow the other processes' load. Returns the
+        thread count in use."""
+        if self.requested or time.monotonic() - self._last < CHECK_SECONDS:
+            return self.threads
+        others = self.others()
+        if others is None:
+            return self.threads
+        wanted = threads_for(others, self.cores)
+        if wanted != self.threads:
+            self.threads = wanted
+            torch.set_num_threads(wanted)
+            if wanted < self.cores:
+                self._say(f"other processes are using {others:.1f} of {self.cores} cores")
+        return self.threads
+
+    def _say(self, why: str) -> None:
+        if self.quiet or self.said:
+            return
+        self.said = True
+        print(f"note: {why}: using {self.threads} thread(s) so as not to fight them for the "
+              f"cores (auto mode; --threads N fixes the count)", file=sys.stderr)
+
+    def _warn_busy(self, load: float) -> None:
+        self.said = True
+        print(f"warning: the machine is busy (load average {load:.1f} on {self.cores} cores) and torch "
+              f"uses {self.requested} threads; if training is slow, try --threads 1 or --threads 0 (auto)",
+              file=sys.stderr)

@@ -1,0 +1,108 @@
+"""The automatic thread count follows other processes' load; explicit counts are kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaekit import threads
+
+
+@pytest.mark.parametrize(("others", "cores", "expected"), [
+    (0.0, 2, 2), (0.4, 2, 2), (1.0, 2, 1), (1.9, 2, 1), (5.0, 2, 1), (2.0, 8, 6), (0.0, 1, 1),
+])
+def test_threads_for_leaves_the_busy_cores_to_their_owners(others, cores, expected):
+    assert threads.threads_for(others, cores) == expected
+
+
+def test_omp_num_threads_caps_the_cores(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.available_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert threads.available_cores() >= 1
+
+
+class FakeMachine:
+    """/proc/stat and our own CPU time, advanced by hand: jiffies at 100 per second."""
+
+    def __init__(self, monkeypatch):
+        self.busy = self.total = 0
+        self.own = 0.0
+        self.clock = 1000.0
+        monkeypatch.setattr(threads, "_cpu_jiffies", lambda: (self.busy, self.total))
+        monkeypatch.setattr(threads, "_own_jiffies", lambda: self.own)
+        monkeypatch.setattr(threads.time, "monotonic", lambda: self.clock)
+        monkeypatch.setattr(threads, "available_cores", lambda: 2)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+
+    def run(self, seconds: float, ours: float, others: float) -> None:
+        """``seconds`` pass with us on ``ours`` cores and other processes on ``others``."""
+        self.clock += seconds
+        self.total += int(200 * seconds)
+        self.own += 100 * seconds * ours
+        self.busy += int(100 * seconds * (ours + others))
+
+
+def test_auto_mode_steps_down_while_others_are_busy_and_back_up(monkeypatch, capsys):
+    machine = FakeMachine(monkeypatch)
+    before = torch.get_num_threads()
+    try:
+        policy = threads.ThreadPolicy(0)
+        assert policy.threads == 2 and torch.get_num_threads() == 2
+        machine.run(0.1, ours=2, others=1)
+        assert policy.check() == 2  # too soon to look again
+        machine.run(0.5, ours=1, others=1)
+        assert policy.check() == 1 and torch.get_num_threads() == 1
+        assert "other processes are using 1.0 of 2 cores" in capsys.readouterr().err
+        machine.run(3, ours=1, others=0)
+        assert policy.check() == 2 and torch.get_num_threads() == 2
+        machine.run(3, ours=2, others=1)
+        assert policy.check() == 1
+        assert capsys.readouterr().err == ""  # said once per run
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_explicit_count_is_never_changed(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    before = torch.get_num_threads()
+    try:
+        policy = threads.ThreadPolicy(2, quiet=True)
+        machine.run(5, ours=1, others=2)
+        assert policy.check() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_proc_stat_auto_mode_keeps_its_choice(monkeypatch):
+    FakeMachine(monkeypatch)
+    monkeypatch.setattr(threads, "_cpu_jiffies", lambda: None)
+    before = torch.get_num_threads()
+    try:
+        policy = threads.ThreadPolicy(0)
+        policy._last -= 10  # the fake clock stands still: open the check window by hand
+        assert policy.check() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_count_does_not_change_the_numbers():
+    from vaekit.config import Config
+    from vaekit.model import build_model
+    from vaekit.train import make_optimizer, run_epoch
+
+    x = (torch.rand(512, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            config = Config(hidden=[400], latent_dim=20, batch_size=128, seed=0)
+            torch.manual_seed(0)
+            model = build_model(config, (784,))
+            opt = make_optimizer(model, config)
+            run_epoch(model, opt, x, config, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+            weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
