@@ -68,21 +68,18 @@ def main() -> None:
 
     config = Config(hidden=[400], latent_dim=20, likelihood="bernoulli", binarize="none",
                     batch_size=128, lr=1e-3, seed=0)
-    _, vaekit_epoch = vaekit_setup(config, x)
-    results["vaekit"] = common.repeat("vaekit", vaekit_epoch, epochs)
-
+    contenders = {"vaekit": vaekit_setup(config, x)[1]}
     for name, per_item in (("examples: DataLoader(TensorDataset)", False),
                            ("examples: per-item Dataset", True)):
         torch.manual_seed(0)
         model = reference.ExamplesVAE()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         loader = reference.make_loader(x, 128, per_item=per_item)
-        results[name] = common.repeat(name, lambda m=model, o=opt, dl=loader: reference.examples_epoch(m, o, dl),
-                                      epochs if not per_item else max(1, epochs // 2))
-
-    pythae = pythae_epoch(x, epochs)
-    if pythae is not None:
-        results["pythae 0.1.2 trainer"] = pythae
+        contenders[name] = lambda m=model, o=opt, dl=loader: reference.examples_epoch(m, o, dl)
+    trainer = pythae_trainer(x)
+    if trainer is not None:
+        contenders["pythae 0.1.2 trainer"] = trainer
+    results = common.interleave(contenders, epochs)
 
     base = results["vaekit"].median
     rows = []
@@ -99,7 +96,7 @@ def main() -> None:
     for epoch, (a, b) in enumerate(zip(curves["vaekit"], curves["examples"], strict=True), 1):
         print(f"  epoch {epoch}: vaekit {a:8.2f}   examples {b:8.2f}   difference {a - b:+.2f}")
 
-    small = None if args.skip_small_batch else small_batch(x, 300 if args.quick else 3000)
+    small = None if args.skip_small_batch else small_batch(x, 300 if args.quick else 3000, args.threads)
     common.write_json(args.out, {
         "machine": common.machine(), "gemm_peak_gflops": peak, "epoch_gflop": flops_epoch / 1e9,
         "n_train": n, "results": [m.as_dict() for m in results.values()], "elbo_curves": curves,
@@ -129,32 +126,41 @@ def elbo_curves(x, x_test, config, epochs: int) -> dict[str, list[float]]:
     return {"vaekit": ours, "examples": theirs}
 
 
-def small_batch(x: torch.Tensor, steps: int) -> dict:
-    """Burda et al.'s 784-200-200-[50] tanh model at batch 20: steps per second."""
+def small_batch(x: torch.Tensor, steps: int, threads: int) -> dict:
+    """Burda et al.'s 784-200-200-[50] tanh model at batch 20: steps per second, with 1
+    thread and with ``threads`` (tiny steps often run faster on one)."""
     config = Config(hidden=[200, 200], activation="tanh", latent_dim=50, batch_size=20, seed=0)
     sub = x[: steps * 20]
-    _, vaekit_epoch = vaekit_setup(config, sub)
-    ours = common.repeat("vaekit batch 20", vaekit_epoch, 3)
     torch.manual_seed(0)
     model = reference.BurdaVAE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = reference.make_loader(sub, 20)
-    theirs = common.repeat("examples loop batch 20", lambda: reference.examples_epoch(model, opt, loader), 3)
-    print(f"\nsmall batch (784-200-200-[50] tanh, batch 20, {steps} steps): vaekit "
-          f"{steps / ours.median:.0f} steps/s, reference loop {steps / theirs.median:.0f} steps/s "
-          f"({theirs.median / ours.median:.2f}×); others' CPU ≤ {100 * max(ours.contention, theirs.contention):.0f} %")
-    return {"steps": steps, "vaekit": ours.as_dict(), "reference": theirs.as_dict()}
+    contenders = {"vaekit": vaekit_setup(config, sub)[1],
+                  "reference": lambda: reference.examples_epoch(model, opt, loader)}
+    out = {"steps": steps}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        measured = common.interleave(contenders, 3)
+        ours, theirs = measured["vaekit"], measured["reference"]
+        print(f"\nsmall batch (784-200-200-[50] tanh, batch 20, {steps} steps, {n} thread(s)): vaekit "
+              f"{steps / ours.median:.0f} steps/s, reference loop {steps / theirs.median:.0f} steps/s "
+              f"({theirs.median / ours.median:.2f}×); others' CPU ≤ "
+              f"{100 * max(ours.contention, theirs.contention):.0f} %")
+        out[f"threads_{n}"] = {"vaekit": ours.as_dict(), "reference": theirs.as_dict()}
+    torch.set_num_threads(threads)
+    return out
 
 
-def pythae_epoch(x: torch.Tensor, epochs: int):
+def pythae_trainer(x: torch.Tensor):
+    """One epoch of Pythae's trainer as a callable, or None when pythae is not installed."""
     try:
         import pythae  # noqa: F401
     except ImportError:
         print("pythae is not installed: skipping its trainer (pip install 'vaekit[bench]' to include it)")
         return None
-    from pythae_runner import run_pythae
+    from pythae_runner import pythae_epoch_runner
 
-    return run_pythae(x, epochs)
+    return pythae_epoch_runner(x)
 
 
 if __name__ == "__main__":

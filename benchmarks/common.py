@@ -92,6 +92,27 @@ def repeat(name: str, run_once: Callable[[], None], repeats: int, warmup: int = 
     return result
 
 
+def interleave(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 1,
+               retries: int = 2) -> dict[str, Measurement]:
+    """Like :func:`repeat` for several contenders, timed in turns (A B C A B C ...): a slow
+    spell of the machine then hits every contender alike instead of one of them. On the
+    2-core development VM, back-to-back runs of the same loop differed by up to 25 %."""
+    for run_once in contenders.values():
+        for _ in range(warmup):
+            run_once()
+    results = {name: Measurement(name) for name in contenders}
+    for _ in range(repeats):
+        for name, run_once in contenders.items():
+            for attempt in range(retries + 1):
+                with timed() as region:
+                    run_once()
+                if region.others <= CONTENDED or attempt == retries:
+                    break
+            results[name].seconds.append(region.seconds)
+            results[name].others.append(region.others)
+    return results
+
+
 def gemm_peak(seconds: float = 2.0, n: int = 2048) -> float:
     """Sustained float32 GEMM throughput in GFLOP/s with the current thread count."""
     a, b = torch.randn(n, n), torch.randn(n, n)

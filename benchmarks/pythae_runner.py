@@ -7,9 +7,10 @@ importance-sampled log-likelihood the evaluation benchmark compares against.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 
-import common
 import torch
 from torch import nn
 
@@ -41,24 +42,27 @@ def _pythae_vae(latent: int = 20):
     return VAE(config, encoder=Encoder(), decoder=Decoder())
 
 
-def run_pythae(x: torch.Tensor, epochs: int) -> common.Measurement:
+def pythae_epoch_runner(x: torch.Tensor, max_epochs: int = 1000):
+    """A callable that runs one epoch (``train_step``) of Pythae's BaseTrainer, set up once
+    (``prepare_training``) beforehand, so set-up is excluded as it is for the others."""
     from pythae.data.datasets import BaseDataset
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
     torch.manual_seed(0)
     model = _pythae_vae()
-    with tempfile.TemporaryDirectory() as out:
-        config = BaseTrainerConfig(output_dir=out, num_epochs=epochs + 1, learning_rate=1e-3,
-                                   per_device_train_batch_size=128, optimizer_cls="Adam", no_cuda=True)
-        data = BaseDataset(x, torch.zeros(len(x)))  # pythae's own dataset type, as its docs use
-        trainer = BaseTrainer(model, train_dataset=data, training_config=config)
-        trainer.prepare_training()
-        # its per-batch progress bars and console printer would flood the benchmark's table
-        handler = trainer.callback_handler
-        handler.callbacks = [c for c in handler.callbacks if type(c).__name__ not in
-                             ("ProgressBarCallback", "MetricConsolePrinterCallback")]
-        counter = iter(range(1, 10_000))
-        return common.repeat("pythae 0.1.2 trainer", lambda: trainer.train_step(next(counter)), epochs)
+    out = tempfile.mkdtemp(prefix="vaekit-bench-pythae-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    config = BaseTrainerConfig(output_dir=out, num_epochs=max_epochs, learning_rate=1e-3,
+                               per_device_train_batch_size=128, optimizer_cls="Adam", no_cuda=True)
+    data = BaseDataset(x, torch.zeros(len(x)))  # pythae's own dataset type, as its docs use
+    trainer = BaseTrainer(model, train_dataset=data, training_config=config)
+    trainer.prepare_training()
+    # its per-batch progress bars and console printer would flood the benchmark's table
+    handler = trainer.callback_handler
+    handler.callbacks = [c for c in handler.callbacks if type(c).__name__ not in
+                         ("ProgressBarCallback", "MetricConsolePrinterCallback")]
+    counter = iter(range(1, max_epochs))
+    return lambda: trainer.train_step(next(counter))
 
 
 def pythae_nll_seconds(x: torch.Tensor, k: int, n_examples: int) -> float:

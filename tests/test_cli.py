@@ -42,6 +42,16 @@ def test_evaluate_prints_one_json_object(cli_run):
     assert text.returncode == 0 and "elbo" in text.stdout and "{" not in text.stdout
 
 
+def test_evaluate_threads_option(cli_run):
+    one = run_cli("evaluate", cli_run / "run", "--json", "--threads", "1", "--no-save")
+    assert one.returncode == 0, one.stderr
+    default = run_cli("evaluate", cli_run / "run", "--json", "--no-save")
+    assert json.loads(one.stdout)["elbo"] == json.loads(default.stdout)["elbo"]  # same seed, same numbers
+    bad = run_cli("evaluate", cli_run / "run", "--threads", "-1")
+    assert bad.returncode != 0 and "--threads must be 0 (auto) or more" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_sample_encode_reconstruct_plot(cli_run):
     run, root = cli_run / "run", cli_run
     done = run_cli("sample", run, "-n", "9", "-o", root / "s.npy")

@@ -59,7 +59,7 @@ def train(
     weight_decay: Annotated[float | None, Opt(help="Adam weight decay.")] = None,
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: torch's default).")] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).")] = None,
     checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
     save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
@@ -127,6 +127,7 @@ def evaluate(
     data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
     mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
     samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
+    threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
@@ -145,9 +146,13 @@ def evaluate(
     k, iwae_k = check_samples(importance_samples, iwae_k)
     if per_example is not None:
         _check_output(per_example, (".csv", ".npy"))
+    if threads < 0:
+        raise VaekitError(f"--threads must be 0 (auto) or more, got {threads}")
     torch.manual_seed(seed)
+    from vaekit.threads import ThreadPolicy
     from vaekit.train import _progress
 
+    policy = ThreadPolicy(threads, quiet=quiet or as_json)
     labels = _labels(model, dataset)
     with _progress(quiet) as progress:
         total = len(dataset) * (2 if gap_decomposition else 1)
@@ -156,7 +161,7 @@ def evaluate(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
             labels=labels,
-            on_progress=lambda n: progress.update(task, advance=n),
+            on_progress=lambda n: (progress.update(task, advance=n), policy.check()),
         )
     result = {"split": split, "seed": seed, **summarise(
         model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,

@@ -74,7 +74,7 @@ class Config:
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     seed: int = 0
-    threads: int = 0
+    threads: int = 0  # 0: auto, every free core (vaekit.threads)
     # checkpoints and numerical faults (see vaekit.checkpoint and docs/reliability.md)
     checkpoint_every: int = 1
     checkpoint_minutes: float = 10.0

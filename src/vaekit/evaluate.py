@@ -55,6 +55,7 @@ from torch.distributions import kl_divergence as _torch_kl
 from vaekit._callable import make_module_callable
 from vaekit.errors import VaekitError
 from vaekit.model import AE
+from vaekit.threads import tune_allocator
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
@@ -136,6 +137,7 @@ def per_example(
     every example twice). Draws use torch's global generator: seed it. ``labels``: every
     row's class, for a conditional model (its numbers are then log p(x | y)).
     """
+    tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.threads)
     whole = model
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     if batch_size < 1:

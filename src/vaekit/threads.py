@@ -1,4 +1,5 @@
-"""How many CPU threads torch uses while vaekit trains or evaluates: decided in one place.
+"""CPU run-time settings for training and evaluation, decided in one place: how many
+threads torch uses, and how the C allocator returns memory to the system.
 
 With 2 threads on 2 cores, a step is a chain of parallel regions whose threads meet at a
 barrier after each one. When another process holds a core, one of our threads waits for
@@ -13,10 +14,19 @@ from /proc/stat (other processes' CPU time, our own excluded) and stepping back 
 they finish. An explicit thread count is kept as given, with a one-line warning if the
 machine is busy. The thread count does not change the numbers: MKL's GEMMs and torch's
 reductions over these shapes gave bit-identical weights with 1 and 2 threads (tested).
+
+The allocator: glibc hands large blocks back to the kernel as soon as they are freed and
+the next step faults the same pages in again. Importance-sampled evaluation frees and
+re-allocates tens of MB per chunk; on the development VM that page traffic made it 2.4×
+the decoder-GEMM floor instead of 1.5× (docs/performance.md). :func:`tune_allocator`
+keeps freed memory in the process (blocks under 32 MiB come from the heap, which is not
+trimmed), so peak memory is unchanged and the pages are reused.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 import time
@@ -26,6 +36,25 @@ import torch
 CHECK_SECONDS = 2.0  # how often auto mode looks at the machine again
 FIRST_CHECK_SECONDS = 0.5  # the first look, measured while we train
 BUSY_CORES = 0.5  # other processes using more than this many cores' worth count as busy
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse instead of returning it to the kernel (glibc only; once
+    per process). Returns whether the allocator was tuned."""
+    global _tuned
+    if _tuned or not sys.platform.startswith("linux"):
+        return _tuned
+    _tuned = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: nothing to tune
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def available_cores() -> int:

@@ -28,7 +28,7 @@ from vaekit.data.lazy import value_range
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import build_model, labels_for, with_classes
 from vaekit.objectives import elbo_terms, training_loss
-from vaekit.threads import ThreadPolicy
+from vaekit.threads import ThreadPolicy, tune_allocator
 
 TERMS = ("elbo", "reconstruction", "kl")
 
@@ -192,6 +192,7 @@ def run_epoch(
     ``config.max_bad_steps`` of them in a row, :class:`NonFiniteTraining` is raised.
     ``labels`` go along with their examples (conditional models); ``epoch`` drives KL warm-up.
     """
+    tune_allocator()
     dynamic = parse_binarize(config.binarize)[0] == "dynamic"
     if progress is None:
         progress = EpochProgress.begin(order)
