@@ -137,7 +137,7 @@ def main() -> None:
               f"({total / ours:.1f}× vaekit); others' CPU {100 * region.others:.0f} %")
 
     print("\nmemory in K (a fresh process per K, 500 random binary images):")
-    memory = memory_in_k(args, [100, 1000] if args.quick else [100, 1000, 5000, 20000], 500)
+    memory = memory_in_k(args, [100, 1000] if args.quick else [100, 1000, 5000, 10000], 500)
     common.write_json(args.out, {
         "machine": common.machine(), "gemm_peak_gflops": peak, "n": len(x), "k": k,
         "floor_seconds": floor, "vaekit_seconds": ours, "vaekit_others": ours_others,

@@ -253,3 +253,21 @@ def test_learned_per_dimension_sigma_recovers_the_noise_level():
     np.testing.assert_allclose(sigma[:8].numpy(), true_sigma[:8].numpy(), rtol=0.1)
     np.testing.assert_allclose(sigma[:8].numpy(), ml, rtol=0.06)
     assert 0.01 <= float(sigma[8]) < 0.02
+
+
+def test_summed_bernoulli_matches_the_elementwise_sum_under_broadcasting():
+    from torch.distributions import Bernoulli, Independent
+
+    from vaekit.likelihoods import BernoulliLikelihood
+
+    g = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(5, 7, 1, 6, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    x = torch.rand(7, 1, 6, 6, generator=g, dtype=torch.float64)  # grey levels broadcast over the 5 draws
+    ours = BernoulliLikelihood((1, 6, 6))(logits).log_prob(x)
+    torch_bern = Independent(Bernoulli(logits=logits, validate_args=False), 3).log_prob(x.expand(5, 7, 1, 6, 6))
+    assert ours.shape == (5, 7)
+    assert torch.allclose(ours, torch_bern, atol=1e-10)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    assert torch.allclose(grad, (x - torch.sigmoid(logits)).detach(), atol=1e-12)  # d/dl [x·l − softplus(l)]
+    mixed = BernoulliLikelihood((1, 6, 6))(logits.detach().float()).log_prob(x)  # float64 data: the generic path
+    assert torch.allclose(mixed.double(), torch_bern.detach(), atol=1e-4)

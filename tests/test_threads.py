@@ -106,3 +106,12 @@ def test_thread_count_does_not_change_the_numbers():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(weights[0], weights[1])
+
+
+def test_tune_allocator_runs_once_and_reports_what_it_did():
+    import sys
+
+    first = threads.tune_allocator()
+    assert threads.tune_allocator() is first  # a second call changes nothing
+    if sys.platform.startswith("linux") and threads.ctypes.util.find_library("c"):
+        assert first is True

@@ -39,16 +39,21 @@ BUSY_CORES = 0.5  # other processes using more than this many cores' worth count
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_tuned = False
+_tuned: bool | None = None  # the outcome of the first call
 
 
 def tune_allocator() -> bool:
     """Keep freed memory for reuse instead of returning it to the kernel (glibc only; once
     per process). Returns whether the allocator was tuned."""
     global _tuned
-    if _tuned or not sys.platform.startswith("linux"):
-        return _tuned
-    _tuned = True
+    if _tuned is None:
+        _tuned = _mallopt()
+    return _tuned
+
+
+def _mallopt() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
