@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli
 
@@ -126,3 +127,17 @@ def test_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip().endswith("False"), done.stdout
+
+
+def test_the_default_split_reads_the_data_once(tiny_run, monkeypatch):
+    import vaekit.data as data
+    from vaekit.cli import _model_and_data
+
+    calls = []
+    real = data.load_data
+    monkeypatch.setattr(data, "load_data", lambda *a, **k: calls.append(a) or real(*a, **k))
+    _, _, dataset, split = _model_and_data(tiny_run, None, None)
+    assert split == "validation" and len(dataset) == 180  # digits has no test split
+    assert len(calls) == 1
+    _, _, explicit, _ = _model_and_data(tiny_run, None, "validation")
+    assert torch.equal(explicit.x, dataset.x)  # the same draws as naming the split

@@ -366,15 +366,18 @@ def data_fetch(
 
 # ---------------------------------------------------------------------- helpers
 def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None):
-    from vaekit.data import default_split, select_split
+    from vaekit.data import select_default_split, select_split
     from vaekit.runs import load_run
 
     model, config = load_run(run_dir)
     if overrides and any(v is not None for v in overrides.values()):
         config = config.override(overrides, source="command line")
-    if split is None:
-        split = "all" if data is not None and data != config.data else default_split(config)
-    dataset = select_split(config, split, data, run_dir=run_dir)
+    own = data is None or data == config.data
+    if split is None and own:
+        split, dataset = select_default_split(config, run_dir)  # the data are read once
+    else:
+        split = split or "all"
+        dataset = select_split(config, split, data, run_dir=run_dir)
     if dataset.event_shape != model.event_shape:
         raise VaekitError(
             f"data shaped {list(dataset.event_shape)} per example, but the model in {run_dir} "

@@ -211,6 +211,14 @@ def select_split(
     return chosen
 
 
+def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str, Dataset]:
+    """(name, data) of the run's default split (:func:`default_split`), loading the data once."""
+    splits = run_splits(config, run_dir=run_dir)
+    name = next((n for n in ("test", "validation", "train") if splits[n] is not None), "train")
+    _check_fingerprint(splits[name], name, config, read_run_data(run_dir) if run_dir else {})
+    return name, splits[name]
+
+
 def default_split(config) -> str:
     """``test`` where the dataset has one, otherwise ``validation``, otherwise ``train``."""
     from vaekit.data import mnist
