@@ -69,3 +69,19 @@ def test_encoder_log_variance_is_clamped_to_a_safe_range():
         model.encoder[0].bias[1] = -1e6
     std = model.encode(torch.zeros(1, 2)).stddev
     assert torch.all(std > 0) and torch.isfinite(std).all()
+
+
+def test_the_prior_kl_rule_is_the_general_normal_rule():
+    from torch.distributions import Independent, Normal, kl_divergence
+
+    from vaekit.model import StandardNormal
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
+    scale = torch.rand(6, 4, generator=g, dtype=torch.float64) * 5 + 1e-3
+    q = Independent(Normal(loc, scale), 1)
+    zero = torch.zeros(4, dtype=torch.float64)
+    ours = kl_divergence(q, Independent(StandardNormal(zero), 1))
+    general = kl_divergence(q, Independent(Normal(zero, torch.ones_like(zero)), 1))
+    assert ours.shape == (6,)
+    assert torch.allclose(ours, general, rtol=1e-12, atol=1e-12)

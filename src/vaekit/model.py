@@ -15,7 +15,7 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, register_kl
 
 from vaekit import nets
 from vaekit.errors import VaekitError
@@ -78,7 +78,7 @@ class VAE(nn.Module):
     @property
     def prior(self) -> Distribution:
         """p(z) = N(0, I)."""
-        return Independent(Normal(self._zero, torch.ones_like(self._zero)), 1)
+        return Independent(StandardNormal(self._zero), 1)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, y: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -211,7 +211,7 @@ class TwoLayerVAE(VAE):
 
     @property
     def prior(self) -> Distribution:
-        p2 = Independent(Normal(self._zero2, torch.ones_like(self._zero2)), 1)
+        p2 = Independent(StandardNormal(self._zero2), 1)
         return TwoStage(p2, lambda z2: _diagonal_normal(self.down(z2)), self.z1_dim,
                         first_goes_last=True)
 
@@ -268,6 +268,20 @@ class TwoStage(Distribution):
     @property
     def variance(self) -> torch.Tensor:
         return self._stack(self.first.variance, self.then(self.first.mean).variance)
+
+
+class StandardNormal(Normal):
+    """N(0, 1) in every coordinate, shaped like ``zero``: the prior's base distribution."""
+
+    def __init__(self, zero: torch.Tensor):
+        super().__init__(zero, torch.ones_like(zero), validate_args=False)
+
+
+@register_kl(Normal, StandardNormal)
+def _kl_normal_standard_normal(q: Normal, p: StandardNormal) -> torch.Tensor:
+    # KL(N(μ, σ²) ‖ N(0, 1)) = ½(μ² + σ² − 1) − log σ: the textbook form, in 7 tensor ops
+    # where torch's general Normal–Normal rule takes 10 (each op also costs a backward node).
+    return 0.5 * (q.loc.pow(2) + q.scale.pow(2) - 1) - q.scale.log()
 
 
 def _count_clamped(h: torch.Tensor) -> torch.Tensor:
