@@ -18,16 +18,11 @@ from pathlib import Path
 
 import torch
 
+from vaekit.threads import cpu_jiffies, own_jiffies  # the same measure auto threads use
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 CONTENDED = 0.10  # regions where others took more than this share of the CPU are flagged
-
-
-def _machine_busy_jiffies() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 @dataclass
@@ -40,18 +35,16 @@ class Region:
 def timed():
     """Time a region and measure how much CPU other processes took meanwhile."""
     region = Region()
-    ticks = os.sysconf("SC_CLK_TCK")
-    busy0, total0 = _machine_busy_jiffies()
-    own0 = sum(os.times()[:4])
+    before, own0 = cpu_jiffies(), own_jiffies()
     start = time.perf_counter()
     try:
         yield region
     finally:
         region.seconds = time.perf_counter() - start
-        busy1, total1 = _machine_busy_jiffies()
-        own = (sum(os.times()[:4]) - own0) * ticks
-        capacity = max(total1 - total0, 1)
-        region.others = max(0.0, (busy1 - busy0 - own) / capacity)
+        after, own = cpu_jiffies(), own_jiffies() - own0
+        if before is not None and after is not None:  # /proc/stat exists (Linux)
+            capacity = max(after[1] - before[1], 1)
+            region.others = max(0.0, (after[0] - before[0] - own) / capacity)
 
 
 @dataclass

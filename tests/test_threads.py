@@ -29,8 +29,8 @@ class FakeMachine:
         self.busy = self.total = 0
         self.own = 0.0
         self.clock = 1000.0
-        monkeypatch.setattr(threads, "_cpu_jiffies", lambda: (self.busy, self.total))
-        monkeypatch.setattr(threads, "_own_jiffies", lambda: self.own)
+        monkeypatch.setattr(threads, "cpu_jiffies", lambda: (self.busy, self.total))
+        monkeypatch.setattr(threads, "own_jiffies", lambda: self.own)
         monkeypatch.setattr(threads.time, "monotonic", lambda: self.clock)
         monkeypatch.setattr(threads, "available_cores", lambda: 2)
         monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
@@ -76,7 +76,7 @@ def test_an_explicit_count_is_never_changed(monkeypatch):
 
 def test_without_proc_stat_auto_mode_keeps_its_choice(monkeypatch):
     FakeMachine(monkeypatch)
-    monkeypatch.setattr(threads, "_cpu_jiffies", lambda: None)
+    monkeypatch.setattr(threads, "cpu_jiffies", lambda: None)
     before = torch.get_num_threads()
     try:
         policy = threads.ThreadPolicy(0)

@@ -120,7 +120,7 @@ def test_threads_are_set_and_a_busy_machine_is_reported(monkeypatch, capsys):
         assert "load average 7.5" in capsys.readouterr().err
         assert set_threads(2, quiet=True) == 2
         assert capsys.readouterr().err == ""
-        monkeypatch.setattr(threads, "_own_jiffies", lambda: 0.0)  # a fresh process
+        monkeypatch.setattr(threads, "own_jiffies", lambda: 0.0)  # a fresh process
         assert set_threads(0) == 1  # auto: the busy machine leaves one core
         assert "using 1 thread" in capsys.readouterr().err
         monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))

@@ -72,7 +72,7 @@ def available_cores() -> int:
     return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
+def cpu_jiffies() -> tuple[int, int] | None:
     """(busy, total) CPU jiffies of the whole machine, or None where /proc/stat is missing."""
     try:
         with open("/proc/stat") as f:
@@ -83,7 +83,8 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
-def _own_jiffies() -> float:
+def own_jiffies() -> float:
+    """CPU time this process (all its threads) has used, in jiffies."""
     t = os.times()
     return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
 
@@ -93,7 +94,7 @@ def _others_load() -> float:
     (a CLI run: under a few CPU-seconds so far). A long-lived process (a notebook, a test
     session) may have put that load there itself, so it is not read; the first measured
     check, half a second into training, decides instead."""
-    if _own_jiffies() / os.sysconf("SC_CLK_TCK") > 5.0:
+    if own_jiffies() / os.sysconf("SC_CLK_TCK") > 5.0:
         return 0.0
     try:
         return os.getloadavg()[0]
@@ -120,8 +121,8 @@ class ThreadPolicy:
         self.cores = available_cores()
         self.said = False
         self._last = time.monotonic() - (CHECK_SECONDS - FIRST_CHECK_SECONDS)
-        self._jiffies = _cpu_jiffies()
-        self._own = _own_jiffies()
+        self._jiffies = cpu_jiffies()
+        self._own = own_jiffies()
         if requested:
             self.threads = requested
         else:
@@ -140,7 +141,7 @@ class ThreadPolicy:
 
     def others(self) -> float | None:
         """Cores' worth of CPU other processes used since the last call (None: unknown)."""
-        now, jiffies, own = time.monotonic(), _cpu_jiffies(), _own_jiffies()
+        now, jiffies, own = time.monotonic(), cpu_jiffies(), own_jiffies()
         before, before_own = self._jiffies, self._own
         self._last, self._jiffies, self._own = now, jiffies, own
         if jiffies is None or before is None or jiffies[1] <= before[1]:
