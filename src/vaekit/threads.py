@@ -12,8 +12,9 @@ So ``threads = 0`` ("auto") uses every core while the machine is otherwise idle 
 down to the cores left free when other processes are busy, re-checking every few seconds
 from /proc/stat (other processes' CPU time, our own excluded) and stepping back up when
 they finish. An explicit thread count is kept as given, with a one-line warning if the
-machine is busy. The thread count does not change the numbers: MKL's GEMMs and torch's
-reductions over these shapes gave bit-identical weights with 1 and 2 threads (tested).
+machine is busy. For MLP bodies the thread count does not change the numbers (1 and 2
+threads gave bit-identical weights, tested); conv bodies differed by up to 3e-8 after an
+epoch, so a run that must be reproduced bit for bit should fix ``--threads``.
 
 The allocator: glibc hands large blocks back to the kernel as soon as they are freed and
 the next step faults the same pages in again. Importance-sampled evaluation frees and
