@@ -115,3 +115,25 @@ def test_tune_allocator_runs_once_and_reports_what_it_did():
     assert threads.tune_allocator() is first  # a second call changes nothing
     if sys.platform.startswith("linux") and threads.ctypes.util.find_library("c"):
         assert first is True
+
+
+def test_tiny_steps_stay_on_one_thread_in_auto_mode(monkeypatch):
+    from vaekit.config import Config
+    from vaekit.model import build_model
+    from vaekit.train import step_flops
+
+    FakeMachine(monkeypatch)
+    burda = Config(hidden=[200, 200], activation="tanh", latent_dim=50, batch_size=20)
+    recipe = Config(hidden=[400], latent_dim=20, batch_size=128)
+    # 6 FLOPs per weight and example: 784·400 + 400·40 + 20·400 + 400·784 weights
+    assert step_flops(build_model(recipe, (784,)), recipe) == 6 * 128 * (2 * 784 * 400 + 400 * 40 + 20 * 400)
+    conv = Config(architecture="conv", channels=[8], latent_dim=2)
+    assert step_flops(build_model(conv, (1, 8, 8)), conv) is None
+    before = torch.get_num_threads()
+    try:
+        small = step_flops(build_model(burda, (784,)), burda)
+        assert threads.ThreadPolicy(0, step_flops=small).threads == 1
+        assert threads.ThreadPolicy(0, step_flops=step_flops(build_model(recipe, (784,)), recipe)).threads == 2
+        assert threads.ThreadPolicy(2, quiet=True, step_flops=small).threads == 2  # explicit wins
+    finally:
+        torch.set_num_threads(before)

@@ -113,7 +113,7 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
          *, quiet: bool, figures: bool) -> Path:
     """Train from ``state`` to ``config.epochs``, then evaluate and draw the figures."""
     train_set, val_set = splits["train"], splits["validation"]
-    threads = ThreadPolicy(config.threads, quiet=quiet)
+    threads = ThreadPolicy(config.threads, quiet=quiet, step_flops=step_flops(model, config))
     saver = _Checkpoints(run_dir, model, optimizer, state, config)
     with _progress(quiet) as progress, _StopOnSignal() as stop:
         steps_per_epoch = -(-len(train_set) // config.batch_size)
@@ -171,6 +171,18 @@ def _fit(model, optimizer, state: TrainState, splits: dict, config: Config, run_
     if not quiet:
         print(f"run written to {run_dir}")
     return run_dir
+
+
+def step_flops(model: torch.nn.Module, config: Config) -> float | None:
+    """Rough FLOPs of one training step of an MLP or linear model: forward and backward
+    (3 × 2 multiply-adds per weight and example), the decoder's share once per draw; None
+    for conv bodies, whose weights are reused across the image."""
+    if config.architecture == "conv":
+        return None
+    draws = config.k if config.objective == "iwae" else config.samples
+    weights = sum(m.weight.numel() * (draws if "decoder" in name else 1)
+                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * config.batch_size * weights
 
 
 def set_threads(threads: int, quiet: bool = False) -> int:
