@@ -137,3 +137,18 @@ def test_tiny_steps_stay_on_one_thread_in_auto_mode(monkeypatch):
         assert threads.ThreadPolicy(2, quiet=True, step_flops=small).threads == 2  # explicit wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_without_load_average_or_sysconf_auto_mode_still_works(monkeypatch):
+    def missing(*args):
+        raise AttributeError("not on this platform")
+
+    monkeypatch.setattr(threads.os, "getloadavg", missing)
+    monkeypatch.setattr(threads.os, "sysconf", missing)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        assert threads.ThreadPolicy(0).threads == 2
+        assert threads.ThreadPolicy(2).threads == 2
+    finally:
+        torch.set_num_threads(before)

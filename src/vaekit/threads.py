@@ -92,7 +92,15 @@ def cpu_jiffies() -> tuple[int, int] | None:
 def own_jiffies() -> float:
     """CPU time this process (all its threads) has used, in jiffies."""
     t = os.times()
-    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+    return (t.user + t.system) * _ticks()
+
+
+def _ticks() -> int:
+    """Jiffies per second (/proc/stat's unit); 100 where sysconf is missing (Windows)."""
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):
+        return 100
 
 
 def _others_load() -> float:
@@ -100,11 +108,11 @@ def _others_load() -> float:
     (a CLI run: under a few CPU-seconds so far). A long-lived process (a notebook, a test
     session) may have put that load there itself, so it is not read; the first measured
     check, half a second into training, decides instead."""
-    if own_jiffies() / os.sysconf("SC_CLK_TCK") > 5.0:
+    if own_jiffies() / _ticks() > 5.0:
         return 0.0
     try:
         return os.getloadavg()[0]
-    except OSError:
+    except (AttributeError, OSError):  # no load average on this platform
         return 0.0
 
 
@@ -143,7 +151,7 @@ class ThreadPolicy:
         elif requested and requested > 1 and not quiet:
             try:
                 load = os.getloadavg()[0]
-            except OSError:
+            except (AttributeError, OSError):
                 return
             if load + requested > self.cores + 0.5:
                 self._warn_busy(load)
