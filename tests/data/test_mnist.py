@@ -93,3 +93,20 @@ def test_real_mnist_fetched_from_a_local_mirror(http_server, private_cache, caps
     assert any(line.split()[:2] == ["mnist", "yes"] for line in listing.splitlines())
     # from now on no network is needed (the autouse fixture points mirrors at a dead URL)
     assert len(load_data("mnist", quiet=True).test) == 10000
+
+
+@pytest.mark.parametrize(("binarize", "standardize"), [("dynamic", False), ("static", False), ("none", True)])
+def test_the_test_split_alone_is_the_same_test_split(fake_mnist, tmp_path, binarize, standardize):
+    from vaekit.config import Config
+    from vaekit.data import run_splits, write_run_data
+
+    config = Config(data="mnist", binarize=binarize, standardize=standardize, validation_fraction=0.25)
+    whole = run_splits(config, quiet=True)
+    write_run_data(tmp_path, config, whole)  # what a training run records
+    alone = run_splits(config, quiet=True, run_dir=tmp_path, only="test")
+    assert alone["train"] is None and alone["validation"] is None  # never built
+    assert torch.equal(alone["test"].x, whole["test"].x)
+    assert torch.equal(alone["test"].labels, whole["test"].labels)
+    if standardize:  # without a recorded standardisation it must be refitted on the training set
+        refit = run_splits(config, quiet=True, only="test")
+        assert refit["train"] is not None and torch.equal(refit["test"].x, whole["test"].x)

@@ -67,19 +67,21 @@ class Dataset:
 
 @dataclass
 class DataSplits:
-    train: Dataset
+    train: Dataset | None  # None only when load_data was asked for the test split alone
     test: Dataset | None = None
 
 
 def load_data(
     spec: str, data_dir: str | None = None, *, mirror: str | None = None, image_size: int = 0,
     image_mode: str = "auto", label_column: str | None = None, quiet: bool = False,
+    splits: tuple[str, ...] = ("train", "test"),
 ) -> DataSplits:
     """Load a dataset by name, a file by path, or a folder of images.
 
     ``data_dir``: a folder already holding a published dataset's files; ``mirror``: base
     URL(s) to download them from; ``image_size``/``image_mode``: for image folders;
-    ``label_column``: for CSV/Parquet tables.
+    ``label_column``: for CSV/Parquet tables. ``splits``: the splits wanted; the MNIST
+    family leaves out (as None) those not named, other data always come whole.
     """
     from vaekit.data import builtin, files, images, mnist, tabular
 
@@ -93,7 +95,7 @@ def load_data(
     if spec in builtin.DATASETS:
         return builtin.DATASETS[spec](data_dir)
     if spec in mnist.REMOTE:
-        return mnist.load(spec, data_dir, mirror, quiet)
+        return mnist.load(spec, data_dir, mirror, quiet, splits)
     if suffix in files.LOADERS:
         return files.load_file(path, quiet)
     if suffix in tabular.SUFFIXES:
@@ -142,13 +144,22 @@ def _validation_index(n: int, fraction: float, seed: int) -> tuple[torch.Tensor,
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -> dict[str, Dataset | None]:
+def run_splits(
+    config, quiet: bool = False, run_dir: str | Path | None = None, only: str | None = None
+) -> dict[str, Dataset | None]:
     """The train/validation/test sets of a run, binarised as its protocol says.
 
     The training set keeps grey levels under dynamic binarisation (drawn per minibatch).
     With ``run_dir``, a standardisation recorded there is applied instead of refitted.
+    ``only = "test"`` asks for the test split alone: the MNIST family then never converts
+    its training images (a 10k-image evaluation peaked at 650 MB with them), and the other
+    splits come back as None unless the data had to be loaded whole anyway.
     """
-    loaded = load_data(config.data, config.data_dir, quiet=quiet, **data_options(config))
+    recorded = read_run_data(run_dir).get("standardization") if run_dir else None
+    standardize = getattr(config, "standardize", False)
+    test_only = only == "test" and not (standardize and recorded is None)
+    loaded = load_data(config.data, config.data_dir, quiet=quiet, **data_options(config),
+                       **({"splits": ("test",)} if test_only else {}))
     loaded = _fixed_binarisation(loaded, config)
     if getattr(config, "validation_split", "fraction") == "test":
         if loaded.test is None:
@@ -157,6 +168,8 @@ def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -
                 "use validation_split = 'fraction'"
             )
         train, val, val_positions = loaded.train, loaded.test, None
+    elif loaded.train is None:
+        train, val, val_positions = None, None, None
     else:
         train, val = split_validation(loaded.train, config.validation_fraction, config.seed)
         index = _validation_index(len(loaded.train), config.validation_fraction, config.seed)
@@ -170,8 +183,7 @@ def run_splits(config, quiet: bool = False, run_dir: str | Path | None = None) -
             out["test"] = binarize_once(loaded.test, "dynamic", config.seed, "test")
             if val is loaded.test:
                 out["validation"] = out["test"]  # one draw of the test set, used for both
-    if getattr(config, "standardize", False):
-        recorded = read_run_data(run_dir).get("standardization") if run_dir else None
+    if standardize:
         st = recorded or Standardization.fit(train.x)
         out = {k: None if v is None else _standardized(v, st) for k, v in out.items()}
     return out
@@ -199,7 +211,7 @@ def select_split(
     if split == "all":
         whole = _all(load_data(config.data, config.data_dir, **data_options(config)), config)
         return _apply_recorded(whole, config, record)
-    chosen = run_splits(config, run_dir=run_dir)[split]
+    chosen = run_splits(config, run_dir=run_dir, only=split)[split]
     if chosen is None:
         reason = (
             f"{config.data} has no official test split"
@@ -213,7 +225,10 @@ def select_split(
 
 def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str, Dataset]:
     """(name, data) of the run's default split (:func:`default_split`), loading the data once."""
-    splits = run_splits(config, run_dir=run_dir)
+    from vaekit.data import mnist
+
+    known_test = config.data in mnist.REMOTE  # the default is then its test split
+    splits = run_splits(config, run_dir=run_dir, only="test" if known_test else None)
     name = next((n for n in ("test", "validation", "train") if splits[n] is not None), "train")
     _check_fingerprint(splits[name], name, config, read_run_data(run_dir) if run_dir else {})
     return name, splits[name]
@@ -282,10 +297,12 @@ def recorded_standardization(run_dir: str | Path | None) -> Standardization | No
 def _fixed_binarisation(loaded: DataSplits, config) -> DataSplits:
     if parse_binarize(config.binarize)[0] not in ("static", "threshold"):
         return loaded
-    test = loaded.test
+    train, test = loaded.train, loaded.test
     if test is not None:
         test = binarize_once(test, config.binarize, config.seed, split="test")
-    return DataSplits(binarize_once(loaded.train, config.binarize, config.seed, "train"), test)
+    if train is not None:
+        train = binarize_once(train, config.binarize, config.seed, "train")
+    return DataSplits(train, test)
 
 
 def _all(loaded: DataSplits, config) -> Dataset:

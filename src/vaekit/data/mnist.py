@@ -86,11 +86,12 @@ REMOTE = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
 
 
 def load(name: str, data_dir: str | None = None, mirror: str | None = None,
-         quiet: bool = False) -> DataSplits:
-    """The official train/test splits of ``name``: images ``[N, 1, 28, 28]`` in [0, 1]."""
+         quiet: bool = False, splits: tuple[str, ...] = ("train", "test")) -> DataSplits:
+    """The official train/test splits of ``name``: images ``[N, 1, 28, 28]`` in [0, 1].
+    Splits not named in ``splits`` are None (every file is still verified)."""
     files = dl.contents(REMOTE[name], data_dir, mirror, quiet)
-    train = _split(files, FILES[0], FILES[1], name)
-    test = _split(files, FILES[2], FILES[3], name)
+    train = _split(files, FILES[0], FILES[1], name) if "train" in splits else None
+    test = _split(files, FILES[2], FILES[3], name) if "test" in splits else None
     return DataSplits(train=train, test=test)
 
 
