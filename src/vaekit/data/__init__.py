@@ -224,7 +224,8 @@ def select_split(
 
 
 def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str, Dataset]:
-    """(name, data) of the run's default split (:func:`default_split`), loading the data once."""
+    """(name, data) of the run's default split: ``test`` where the dataset has one, otherwise
+    ``validation``, otherwise ``train``; the data are loaded once."""
     from vaekit.data import mnist
 
     known_test = config.data in mnist.REMOTE  # the default is then its test split
@@ -232,19 +233,6 @@ def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str
     name = next((n for n in ("test", "validation", "train") if splits[n] is not None), "train")
     _check_fingerprint(splits[name], name, config, read_run_data(run_dir) if run_dir else {})
     return name, splits[name]
-
-
-def default_split(config) -> str:
-    """``test`` where the dataset has one, otherwise ``validation``, otherwise ``train``."""
-    from vaekit.data import mnist
-
-    if config.data in mnist.REMOTE:  # known to have one: no need to load it twice
-        return "test"
-    splits = run_splits(config)
-    for name in ("test", "validation", "train"):
-        if splits[name] is not None:
-            return name
-    return "train"
 
 
 # ---------------------------------------------------------------------- the run's record
