@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from vaekit import runs  # noqa: E402
-from vaekit.config import Config  # noqa: E402
-from vaekit.data import load_data  # noqa: E402
+from vaekit.app.config import Config  # noqa: E402
+from vaekit.app.data import load_data  # noqa: E402
 from vaekit.evaluate import per_example  # noqa: E402
 from vaekit.model import build_model  # noqa: E402
 

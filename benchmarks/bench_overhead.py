@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from bench_train import vaekit_setup  # noqa: E402
 
-from vaekit.config import Config  # noqa: E402
-from vaekit.data import load_data  # noqa: E402
+from vaekit.app.config import Config  # noqa: E402
+from vaekit.app.data import load_data  # noqa: E402
 
 
 def bare_loop(config: Config, x: torch.Tensor):

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import reference  # noqa: E402
 
-from vaekit.config import Config  # noqa: E402
-from vaekit.data import load_data  # noqa: E402
+from vaekit.app.config import Config  # noqa: E402
+from vaekit.app.data import load_data  # noqa: E402
 from vaekit.model import build_model  # noqa: E402
 from vaekit.objectives import elbo  # noqa: E402
 from vaekit.train import make_optimizer, run_epoch  # noqa: E402

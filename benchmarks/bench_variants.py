@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from vaekit.config import Config  # noqa: E402
-from vaekit.data import run_splits  # noqa: E402
+from vaekit.app.config import Config  # noqa: E402
+from vaekit.app.data import run_splits  # noqa: E402
 from vaekit.model import labels_for  # noqa: E402
 from vaekit.objectives import elbo_terms, log_importance_weights  # noqa: E402
 from vaekit.runs import read_metrics  # noqa: E402
@@ -159,7 +159,7 @@ def _features(classifier, images: np.ndarray) -> np.ndarray:
 def sample_quality(base: Config, out: Path, epochs: int, n: int = 1000) -> list[dict]:
     from sklearn.neural_network import MLPClassifier
 
-    from vaekit.data import load_data
+    from vaekit.app.data import load_data
     from vaekit.runs import load
     from vaekit.sampling import decode_latents, fit_gmm_for_run, sample_gmm_latents
 
@@ -171,7 +171,7 @@ def sample_quality(base: Config, out: Path, epochs: int, n: int = 1000) -> list[
     raw = load_data(base.data, base.data_dir)
     raw_held = raw.test if raw.test is not None else None
     if raw_held is None:  # digits: the validation rows of the raw data, as the split drew them
-        from vaekit.data import split_validation
+        from vaekit.app.data import split_validation
 
         _, raw_held = split_validation(raw.train, base.validation_fraction, base.seed)
     held_x = raw_held.x.reshape(len(raw_held), -1).numpy()

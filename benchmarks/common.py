@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vaekit.threads import cpu_jiffies, own_jiffies  # the same measure auto threads use
+from vaekit.app.threads import cpu_jiffies, own_jiffies  # the same measure auto threads use
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"

@@ -16,7 +16,7 @@ MNIST_DIR = Path(os.environ.get("VAEKIT_TEST_MNIST")
                  or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
 # Two test processes on two cores spin against each other; one thread each is faster. The
-# environment variable also caps vaekit's automatic thread count (vaekit.threads).
+# environment variable also caps vaekit's automatic thread count (vaekit.app.threads).
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
@@ -32,7 +32,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 
 @pytest.fixture
 def tiny_config():
-    from vaekit.config import Config
+    from vaekit.app.config import Config
 
     return Config(data="digits", hidden=[32], latent_dim=2, epochs=2, batch_size=64,
                   binarize="dynamic", seed=0)
@@ -41,7 +41,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A small VAE trained on digits once per test session (read-only for tests)."""
-    from vaekit.config import Config
+    from vaekit.app.config import Config
     from vaekit.train import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"

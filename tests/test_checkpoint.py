@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from vaekit import checkpoint, runs
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.errors import Interrupted, VaekitError
 from vaekit.train import resume, train
 
@@ -94,7 +94,7 @@ elif point == "slow":  # every step sleeps, so the test can kill from outside at
 
     vaekit.train.training_loss = training_loss
 
-from vaekit.cli import main
+from vaekit.app.cli import main
 
 sys.exit(main(sys.argv[1:]))
 '''

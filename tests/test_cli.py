@@ -123,15 +123,15 @@ def test_help_does_not_import_torch():
 
     from conftest import SRC
 
-    code = "import sys; from vaekit.cli import main; main(['--help']); print('torch' in sys.modules)"
+    code = "import sys; from vaekit.app.cli import main; main(['--help']); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip().endswith("False"), done.stdout
 
 
 def test_the_default_split_reads_the_data_once(tiny_run, monkeypatch):
-    import vaekit.data as data
-    from vaekit.cli import _model_and_data
+    import vaekit.app.data as data
+    from vaekit.app.cli import _model_and_data
 
     calls = []
     real = data.load_data

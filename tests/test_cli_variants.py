@@ -32,7 +32,7 @@ def test_cvae_run_records_its_settings_and_draws_every_figure(cvae_run):
 
 
 def test_evaluate_passes_the_labels_to_a_conditional_model(cvae_run, capsys):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     assert main(["evaluate", str(cvae_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -43,7 +43,7 @@ def test_sample_a_label_and_from_the_gmm(cvae_run, tmp_path):
     done = run_cli("sample", cvae_run, "--label", "3", "-n", "5", "-o", tmp_path / "three.npy")
     assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "three.npy").shape == (5, 1, 8, 8)
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     assert main(["sample", str(cvae_run), "--sampler", "gmm", "--components", "3", "--label", "7",
                  "-n", "6", "-o", str(tmp_path / "gmm.png")]) == 0
@@ -56,7 +56,7 @@ def test_sample_a_label_and_from_the_gmm(cvae_run, tmp_path):
     (["--sampler", "gmm", "--components", "0"], "error: --components must be at least 1"),
 ])
 def test_sample_refuses_bad_options(cvae_run, tmp_path, capsys, args, message):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     assert main(["sample", str(cvae_run), "-o", str(tmp_path / "x.png"), *args]) == 2
     assert message in capsys.readouterr().err
@@ -64,7 +64,7 @@ def test_sample_refuses_bad_options(cvae_run, tmp_path, capsys, args, message):
 
 
 def test_label_needs_a_conditional_model(tiny_run, tmp_path, capsys):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     assert main(["sample", str(tiny_run), "--label", "1", "-o", str(tmp_path / "x.png")]) == 2
     assert "error: --label needs a conditional model" in capsys.readouterr().err
@@ -78,7 +78,7 @@ def test_label_needs_a_conditional_model(tiny_run, tmp_path, capsys):
     (["--channels", "8,x"], "channels must be layer sizes"),
 ])
 def test_impossible_variants_get_one_clear_error(tmp_path, capsys, args, message):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     out = str(tmp_path / "r")
     code = main(["train", "--data", "digits", "--epochs", "1", "--quiet", "--out", out, *args])
@@ -89,7 +89,7 @@ def test_impossible_variants_get_one_clear_error(tmp_path, capsys, args, message
 
 
 def test_two_layer_iwae_run_with_a_discrete_likelihood(tmp_path):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     out = tmp_path / "hvae"
     code = main(["train", "--data", "digits", "--model", "hvae", "--kl", "mc", "--objective", "iwae",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vaekit.config import Config, parse_binarize, parse_hidden, parse_sigma
+from vaekit.app.config import Config, parse_binarize, parse_hidden, parse_sigma
 from vaekit.errors import VaekitError
 
 

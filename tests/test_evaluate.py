@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.model import build_model
 from vaekit.objectives import iwae_bound, log_importance_weights, training_loss
 
@@ -443,7 +443,7 @@ def test_cli_evaluate_json_end_to_end(tiny_run, tmp_path):
 def test_cli_evaluate_table_curve_gaps_and_saving(tiny_run, tmp_path, capsys):
     import shutil
 
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -467,7 +467,7 @@ def test_cli_evaluate_table_curve_gaps_and_saving(tiny_run, tmp_path, capsys):
     (["--per-example", "scores.txt"], ".csv or .npy"),
 ])
 def test_cli_evaluate_bad_options(tiny_run, args, message, capsys, tmp_path, monkeypatch):
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", str(tiny_run), "--no-save", *args]) == 2
@@ -482,7 +482,7 @@ def test_training_stores_the_full_evaluation(tiny_run):
 
 
 def test_autoencoder_has_no_likelihood(tiny_config, tmp_path):
-    from vaekit.data import run_splits
+    from vaekit.app.data import run_splits
 
     tiny_config.model = "ae"
     data = run_splits(tiny_config)["validation"]
@@ -495,7 +495,7 @@ def test_autoencoder_has_no_likelihood(tiny_config, tmp_path):
 
 
 def test_lazily_read_data_give_the_same_report():
-    from vaekit.data.lazy import LazyArray, memmap_reader
+    from vaekit.app.data.lazy import LazyArray, memmap_reader
 
     model = tiny_bernoulli_model()
     x = all_binary_images()

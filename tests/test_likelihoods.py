@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.errors import VaekitError
 from vaekit.likelihoods import (
     BernoulliLikelihood,

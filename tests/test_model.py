@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Distribution
 
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.model import AE, VAE, build_model
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaekit.config import Config
-from vaekit.data import load_data
+from vaekit.app.config import Config
+from vaekit.app.data import load_data
 from vaekit.errors import VaekitError
 from vaekit.model import TwoLayerVAE, TwoStage, build_model, with_classes
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, log_importance_weights

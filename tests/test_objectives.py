@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.model import build_model
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, kl_divergence
 

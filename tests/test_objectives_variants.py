@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaekit.config import Config
-from vaekit.data import load_data
+from vaekit.app.config import Config
+from vaekit.app.data import load_data
 from vaekit.errors import VaekitError
 from vaekit.model import build_model
 from vaekit.objectives import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from vaekit import plots
-from vaekit.config import Config
-from vaekit.data import run_splits
+from vaekit.app.config import Config
+from vaekit.app.data import run_splits
 from vaekit.model import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,7 @@
 """Bad input and hostile machines: every entry point answers with one clear message and a
 non-zero exit, writes nothing half-way and loses nothing. One test per injected fault.
 
-The CLI is called in-process (``vaekit.cli.main``) to keep this fast; an escaping exception
+The CLI is called in-process (``vaekit.app.cli.main``) to keep this fast; an escaping exception
 would fail the test, so "no traceback" is checked too. A few cases also run in a real
 subprocess.
 """
@@ -21,8 +21,8 @@ import torch
 
 from conftest import run_cli
 from vaekit import checkpoint, runs
-from vaekit.cli import main
-from vaekit.config import Config
+from vaekit.app.cli import main
+from vaekit.app.config import Config
 from vaekit.errors import VaekitError
 from vaekit.train import resume, run_epoch, train
 
@@ -461,7 +461,7 @@ def test_non_finite_steps_are_skipped_and_counted(grey, tmp_path, monkeypatch):
 
 def test_skipped_step_leaves_weights_and_optimiser_untouched(grey):
     config = _config(grey, epochs=1)
-    from vaekit.data import run_splits
+    from vaekit.app.data import run_splits
     from vaekit.model import build_model
     from vaekit.train import make_optimizer
 
@@ -506,7 +506,7 @@ def test_bad_steps_keep_the_last_good_checkpoint(run, monkeypatch):
 
 def test_clamped_log_variances_are_counted(grey, tmp_path):
     config = _config(grey, epochs=1)
-    from vaekit.data import run_splits
+    from vaekit.app.data import run_splits
     from vaekit.model import LOGVAR_MAX, build_model
     from vaekit.train import make_optimizer
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from vaekit.config import Config
+from vaekit.app.config import Config
 from vaekit.errors import VaekitError
 from vaekit.model import build_model
 from vaekit.sampling import (

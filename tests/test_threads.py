@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaekit import threads
+from vaekit.app import threads
 
 
 @pytest.mark.parametrize(("others", "cores", "expected"), [
@@ -87,7 +87,7 @@ def test_without_proc_stat_auto_mode_keeps_its_choice(monkeypatch):
 
 
 def test_thread_count_does_not_change_the_numbers():
-    from vaekit.config import Config
+    from vaekit.app.config import Config
     from vaekit.model import build_model
     from vaekit.train import make_optimizer, run_epoch
 
@@ -118,7 +118,7 @@ def test_tune_allocator_runs_once_and_reports_what_it_did():
 
 
 def test_tiny_steps_stay_on_one_thread_in_auto_mode(monkeypatch):
-    from vaekit.config import Config
+    from vaekit.app.config import Config
     from vaekit.model import build_model
     from vaekit.train import step_flops
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import run_splits
+from vaekit.app.config import Config
+from vaekit.app.data import run_splits
 from vaekit.errors import VaekitError
 from vaekit.model import build_model
 from vaekit.runs import load, read_metrics
@@ -109,7 +109,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(tiny_run, tmp_path):
 def test_threads_are_set_and_a_busy_machine_is_reported(monkeypatch, capsys):
     import os
 
-    from vaekit import threads
+    from vaekit.app import threads
     from vaekit.train import set_threads
 
     before = torch.get_num_threads()

@@ -1,5 +1,11 @@
 """vaekit: Variational Autoencoders on PyTorch, exact and honest about their numbers.
 
+Two layers (docs/architecture.md). The library: models whose ``encode``/``decode`` return
+``torch.distributions`` (:class:`VAE`, :class:`AE`), objectives and estimators
+(:mod:`vaekit.objectives`, :func:`evaluate`), and the training loop :func:`fit`, for your
+own networks, data and device. The app on top (:mod:`vaekit.app`): :class:`Config`, named
+datasets (:func:`load_data`), :func:`train` from a config, :func:`load`, the CLI.
+
 Attributes are imported lazily so that ``vaekit --help`` starts without importing torch.
 """
 
@@ -8,37 +14,43 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-# OpenMP's wait policy is left to the user: vaekit copes with a busy machine by using fewer
-# threads (vaekit.threads), which measured faster than passive waiting in every case.
-
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "Config": "vaekit.config",
-    "VaekitError": "vaekit.errors",
+    # the library
     "VAE": "vaekit.model",
     "AE": "vaekit.model",
-    "build_model": "vaekit.model",
+    "TwoLayerVAE": "vaekit.model",
     "elbo": "vaekit.objectives",
     "elbo_terms": "vaekit.objectives",
     "kl_divergence": "vaekit.objectives",
-    "train": "vaekit.train",
-    "resume": "vaekit.train",
-    "load": "vaekit.runs",
-    "save": "vaekit.runs",
-    "load_data": "vaekit.data",
-    "Dataset": "vaekit.data",
-    "evaluate": "vaekit.evaluate",
+    "Batch": "vaekit.objectives",
+    "fit": "vaekit.training",
+    "Callback": "vaekit.training",
+    "EarlyStopping": "vaekit.training",
+    "History": "vaekit.training",
+    "evaluate": "vaekit.evaluation",
+    "RunDirectory": "vaekit.rundir",
+    "VaekitError": "vaekit.errors",
+    # the app
+    "Config": "vaekit.app.config",
+    "build_model": "vaekit.app.runs",
+    "train": "vaekit.app.runs",
+    "resume": "vaekit.app.runs",
+    "load": "vaekit.app.runs",
+    "save": "vaekit.app.runs",
+    "load_data": "vaekit.app.data",
+    "Dataset": "vaekit.app.data",
 }
+_MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
+            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "app")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        # vaekit.train and vaekit.evaluate are modules made callable (see _callable.py):
-        # importing the submodule binds that name to the module whatever we return here.
-        return module if _EXPORTS[name] == f"vaekit.{name}" else getattr(module, name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"vaekit.{name}")
     raise AttributeError(f"module 'vaekit' has no attribute '{name}'")

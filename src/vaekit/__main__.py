@@ -1,5 +1,5 @@
 import sys
 
-from vaekit.cli import main
+from vaekit.app.cli import main
 
 sys.exit(main())

@@ -1,14 +1,15 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
 One file, ``checkpoint.safetensors`` in the run directory. Its tensors are the model's
-weights (``model.*``), Adam's state (``optimizer.<param>.<name>``), every random generator's
-state (``rng.torch``: the global generator that ``rsample`` draws from; ``rng.order``: the
-data order; ``rng.draws``: dynamic binarisation; ``rng.numpy``, ``rng.python``) and, inside
-an epoch, the epoch's running sums. Everything else (counters, the metrics so far, the best
-validation score, Adam's hyper-parameters, the resolved config, a fingerprint of the data)
-is JSON in the safetensors header. :func:`vaekit.runs.encode_tensors` adds a SHA-256 over
+weights (``model.*``), the optimiser's state (``optimizer.<param>.<name>``), every random
+generator's state (``rng.torch``: the generator ``rsample`` draws from, which training keeps
+in a forked copy of torch's global one; ``rng.cuda`` on a GPU; ``rng.order``: the data
+order; ``rng.draws``: dynamic binarisation) and, inside an epoch, the epoch's running sums.
+Everything else (counters, the metrics so far, the best validation score, the optimiser's
+hyper-parameters, the training settings, the resolved config of a CLI run, a fingerprint of
+the data) is JSON in the safetensors header. :func:`vaekit.rundir.encode_tensors` adds a SHA-256 over
 both, so a damaged or edited checkpoint is refused. The file is replaced atomically
-(:func:`vaekit.runs.atomic_write`): a kill at any instant leaves the previous complete
+(:func:`vaekit.rundir.atomic_write`): a kill at any instant leaves the previous complete
 checkpoint or the new one.
 
 Exact resume: checkpoints are taken only between optimisation steps. One taken inside an
@@ -19,27 +20,21 @@ later random draw and every floating-point operation is the one the uninterrupte
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from vaekit import __version__, runs
-from vaekit.config import Config
+from vaekit import __version__, rundir
 from vaekit.errors import VaekitError
 
 FORMAT = 1
 
-# Settings that say how long to train or how often to save, not what is computed: a resumed
-# run may change them. Any other difference is refused (the result would not be the run's).
-MAY_CHANGE_ON_RESUME = (
-    "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-)
+# Training settings that say how long to train, how often to save or where to run, not what
+# is computed: a resumed run may change them. Any other difference is refused (the result
+# would not be the run's).
+BUDGET_SETTINGS = ("epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "device", "save_best")
 
 
 @dataclass
@@ -88,35 +83,11 @@ class TrainState:
         return f"epoch {self.epoch + 1}, step {self.in_epoch.step}"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the global generators: torch (initialisation, ``rsample``), numpy and Python."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-FULL_HASH_BYTES = 512 * 1024**2  # above this (or for data read on demand), hash a sample of rows
-SAMPLED_ROWS = 4096
-
-
-def fingerprint(*arrays) -> str:
-    """SHA-256 of the data a run trains on (resuming on other data is refused): of every
-    value for in-memory data up to ``FULL_HASH_BYTES`` (MNIST: 0.2 s), else of the shape and
-    ``SAMPLED_ROWS`` evenly spaced rows, so huge or on-demand data are not read in full."""
-    h = hashlib.sha256()
-    for x in arrays:
-        if x is None:
-            continue
-        h.update(json.dumps(list(x.shape)).encode())
-        if not (torch.is_tensor(x) and x.numel() * x.element_size() <= FULL_HASH_BYTES):
-            x = x[torch.linspace(0, len(x) - 1, min(len(x), SAMPLED_ROWS)).long()]
-        h.update(x.contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------- writing
-def save(run_dir: Path, model, optimizer, state: TrainState, config: Config) -> None:
-    """Write ``run_dir/checkpoint.safetensors`` atomically."""
+def save(run: rundir.RunDirectory, model, optimizer, state: TrainState, settings: dict[str, Any],
+         config: dict[str, Any] | None = None) -> None:
+    """Write the run's ``checkpoint.safetensors`` atomically (tensors copied to the CPU, so it
+    loads on any device). ``settings``: fit's training settings; ``config``: a CLI run's."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -127,12 +98,11 @@ def save(run_dir: Path, model, optimizer, state: TrainState, config: Config) -> 
             else:
                 scalars.setdefault(str(index), {})[name] = value
     tensors["rng.torch"] = torch.get_rng_state()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     tensors["rng.order"] = state.order.get_state()
     tensors["rng.draws"] = state.draws.get_state()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
-    version, internal, gauss_next = random.getstate()
-    tensors["rng.python"] = torch.tensor(internal, dtype=torch.int64)
     epoch = None
     if state.in_epoch is not None:
         p = state.in_epoch
@@ -143,7 +113,8 @@ def save(run_dir: Path, model, optimizer, state: TrainState, config: Config) -> 
     meta = {
         "format": FORMAT,
         "vaekit_version": __version__,
-        "config": config.to_dict(),
+        "config": config,
+        "settings": settings,
         "event_shape": list(model.event_shape),
         "data_fingerprint": state.fingerprint,
         "epoch": state.epoch,
@@ -152,12 +123,9 @@ def save(run_dir: Path, model, optimizer, state: TrainState, config: Config) -> 
         "best": state.best,
         "metrics": state.metrics,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "rng": {
-            "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": {"version": version, "gauss_next": gauss_next},
-        },
+        "rng": {"device": device.type},
     }
-    runs.atomic_write(run_dir / runs.CHECKPOINT, runs.encode_tensors(tensors, meta))
+    rundir.atomic_write(run.checkpoint_path, rundir.encode_tensors(tensors, meta))
 
 
 # ---------------------------------------------------------------------- reading
@@ -166,7 +134,16 @@ class Checkpoint:
     path: Path
     meta: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    config: Config
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The resolved config of a run started from one (the CLI), else None."""
+        return self.meta.get("config")
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """fit's training settings (None in checkpoints written before fit existed)."""
+        return self.meta.get("settings")
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -174,7 +151,7 @@ class Checkpoint:
 
 
 _SCHEMA = {
-    "format": int, "vaekit_version": str, "config": dict, "event_shape": list,
+    "format": int, "vaekit_version": str, "config": (dict, type(None)), "event_shape": list,
     "data_fingerprint": str, "epoch": int, "in_epoch": (dict, type(None)), "bad_in_a_row": int,
     "best": (dict, type(None)), "metrics": list, "optimizer": dict, "rng": dict,
 }
@@ -182,17 +159,16 @@ _SCHEMA = {
 
 def load(run_dir: str | Path) -> Checkpoint:
     """Read and check ``run_dir``'s checkpoint; nothing in it is executed."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VaekitError(f"run directory not found: {run_dir}")
-    path = run_dir / runs.CHECKPOINT
+    run = rundir.RunDirectory(run_dir)
+    run.check_exists()
+    path = run.checkpoint_path
     if not path.is_file():
         raise VaekitError(
-            f"{run_dir} has no {runs.CHECKPOINT} to resume from (the run stopped before its "
+            f"{run.path} has no {path.name} to resume from (the run stopped before its "
             "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0); "
             "start it again with --overwrite"
         )
-    tensors, meta = runs.read_tensors(path, "the checkpoint")
+    tensors, meta = rundir.read_tensors(path, "the checkpoint")
     if "format" not in meta:
         raise VaekitError(f"{path}: not a vaekit checkpoint (its header has no vaekit format)")
     if meta["format"] != FORMAT:
@@ -206,15 +182,17 @@ def load(run_dir: str | Path) -> Checkpoint:
             raise VaekitError(f"{path}: checkpoint field '{key}' is missing or has the wrong type")
     if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in meta["metrics"]):
         raise VaekitError(f"{path}: checkpoint field 'metrics' must be a list of epoch records")
-    config = Config.from_dict(meta["config"], f"{path} (its config)")
-    return Checkpoint(path, meta, tensors, config)
+    if not isinstance(meta.get("settings", {}), (dict, type(None))):
+        raise VaekitError(f"{path}: checkpoint field 'settings' has the wrong type")
+    return Checkpoint(path, meta, tensors)
 
 
 def restore(ckpt: Checkpoint, model, optimizer) -> TrainState:
     """Put the checkpoint's weights, optimiser state and every generator state back; return
-    the training counters. Call it last before training: it sets the global generators."""
+    the training counters. Call it last before training, inside a forked RNG state: it sets
+    torch's global generators to the run's."""
     meta, tensors, path = ckpt.meta, ckpt.tensors, ckpt.path
-    runs.load_state(model, _strip(tensors, "model."), path)
+    rundir.load_state(model, _strip(tensors, "model."), path)
     _restore_optimizer(optimizer, meta["optimizer"], _strip(tensors, "optimizer."), path)
     try:
         order, draws = torch.Generator(), torch.Generator()
@@ -236,13 +214,12 @@ def restore(ckpt: Checkpoint, model, optimizer) -> TrainState:
             in_epoch=in_epoch, bad_in_a_row=meta["bad_in_a_row"], best=meta["best"],
             metrics=meta["metrics"],
         )
-        rng = meta["rng"]
         torch.set_rng_state(tensors["rng.torch"])
-        n = rng["numpy"]
-        keys = tensors["rng.numpy"].numpy().astype(np.uint32)
-        np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))
-        p = rng["python"]
-        random.setstate((p["version"], tuple(tensors["rng.python"].tolist()), p["gauss_next"]))
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        # checkpoints of vaekit 0.1 also hold numpy's and Python's generators, which nothing
+        # in training draws from any more: they are left alone
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise VaekitError(f"{path}: the checkpoint's training state is inconsistent ({err})") from None
     return state
@@ -263,7 +240,7 @@ def _restore_optimizer(optimizer, saved: dict, tensors: dict[str, torch.Tensor],
             raise VaekitError(f"{path}: unexpected optimiser entry '{key}'")
         if name in ("exp_avg", "exp_avg_sq") and value.shape != params[int(index)].shape:
             raise VaekitError(f"{path}: optimiser entry '{key}' does not fit its parameter")
-        state.setdefault(int(index), {})[name] = value
+        state.setdefault(int(index), {})[name] = value  # torch moves it to the parameter's device
     for index, values in saved.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(values)
     try:
@@ -276,18 +253,16 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def resume_config(ckpt: Checkpoint, stored: Config, changes: dict[str, Any]) -> Config:
-    """The config a resumed run uses: ``stored`` (the run's config.json) with ``changes``
-    applied; refused, listing the differences, if anything but a budget setting differs
-    from what the checkpoint was trained with."""
-    config = stored.override(changes, source="--resume")
-    refused = [
-        line for line in ckpt.config.diff(config) if line.split(":", 1)[0] not in MAY_CHANGE_ON_RESUME
-    ]
-    if refused:
+def check_settings(ckpt: Checkpoint, settings: dict[str, Any]) -> None:
+    """Refuse to resume with training settings other than the checkpoint's (listing them),
+    except :data:`BUDGET_SETTINGS`."""
+    saved = ckpt.settings
+    if saved is None:
+        return
+    differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items()
+              if k not in BUDGET_SETTINGS and k in saved and saved[k] != v]
+    if differ:
         raise VaekitError(
             f"cannot resume {ckpt.path.parent}: settings differ from the ones its checkpoint was "
-            f"trained with ({'; '.join(refused)}); only {', '.join(MAY_CHANGE_ON_RESUME)} may "
-            "change on resume. Start a new run (another --out) instead"
+            f"trained with ({'; '.join(differ)}); only {', '.join(BUDGET_SETTINGS)} may change on resume"
         )
-    return config

@@ -3,7 +3,9 @@
 A likelihood is a small ``nn.Module`` that turns the decoder's output (one value per data
 dimension, shaped like the data) into a distribution whose ``log_prob`` sums over the data
 dimensions (``Independent``), so ``log_prob(x)`` is one number per example, in nats.
-It owns any learned parameters of the family (the Gaussian's σ_G).
+It owns any learned parameters of the family (the Gaussian's σ_G). How many trailing
+dimensions are the data's (``event_dims``) is given per call by the model, which knows the
+decoder's output shape; a likelihood built with an ``event_shape`` uses its length.
 
 ``params_per_dim`` says how many decoder outputs each data dimension takes: 1 for most
 families (the input is shaped like the data), 2 for the discretised logistic (mean and
@@ -25,7 +27,6 @@ from torch.distributions import (
     Normal,
 )
 
-from vaekit.config import parse_sigma
 from vaekit.errors import VaekitError
 
 
@@ -38,14 +39,15 @@ class BernoulliLikelihood(nn.Module):
 
     params_per_dim = 1
 
-    def __init__(self, event_shape: tuple[int, ...]):
+    def __init__(self, event_shape: tuple[int, ...] | None = None):
         super().__init__()
-        self.event_dims = len(event_shape)
+        self.event_dims = None if event_shape is None else len(event_shape)
 
-    def forward(self, logits: torch.Tensor) -> Distribution:
-        return SummedBernoulli(LogitBernoulli(logits=logits, validate_args=False), self.event_dims)
+    def forward(self, logits: torch.Tensor, event_dims: int | None = None) -> Distribution:
+        dims = _event_dims(self, logits, event_dims)
+        return SummedBernoulli(LogitBernoulli(logits=logits, validate_args=False), dims)
 
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+    def mean(self, logits: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
         return torch.sigmoid(logits)
 
 
@@ -84,28 +86,48 @@ class GaussianLikelihood(nn.Module):
     params_per_dim = 1
     family = Normal
 
-    def __init__(self, event_shape: tuple[int, ...], sigma: str = "shared", sigma_min: float = 1e-3):
+    def __init__(self, event_shape: tuple[int, ...] | None = None, sigma: float | str = "shared",
+                 sigma_min: float = 1e-3):
         super().__init__()
-        self.event_dims = len(event_shape)
-        self.mode, value = parse_sigma(sigma)
+        self.event_dims = None if event_shape is None else len(event_shape)
+        if isinstance(sigma, str) and sigma not in ("shared", "per-dim"):
+            raise VaekitError(f"sigma must be a positive number (fixed), 'shared' or 'per-dim'; got {sigma!r}")
+        if not isinstance(sigma, str) and not 0 < float(sigma) < math.inf:
+            raise VaekitError(f"a fixed sigma must be a positive number, got {sigma}")
+        self.mode = sigma if isinstance(sigma, str) else "fixed"
         self.sigma_min = sigma_min
+        start = _softplus_inverse(max(1.0 - sigma_min, 1e-6))  # σ_G starts at 1
         if self.mode == "fixed":
-            self.register_buffer("fixed_sigma", torch.tensor(float(value)))
-        else:
-            shape = () if self.mode == "shared" else tuple(event_shape)
-            start = _softplus_inverse(max(1.0 - sigma_min, 1e-6))  # σ_G starts at 1
-            self.raw_sigma = nn.Parameter(torch.full(shape, start))
+            self.register_buffer("fixed_sigma", torch.tensor(float(sigma)))
+        elif self.mode == "shared":
+            self.raw_sigma = nn.Parameter(torch.tensor(start))
+        elif event_shape is not None:
+            self.raw_sigma = nn.Parameter(torch.full(tuple(event_shape), start))
+        else:  # per dimension of data not seen yet: sized by the first decoder output
+            self.raw_sigma = nn.UninitializedParameter()
+            self._start = start
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        stored = state_dict.get(prefix + "raw_sigma")
+        if stored is not None and isinstance(self.raw_sigma, nn.UninitializedParameter):
+            self.raw_sigma.materialize(stored.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sigma(self) -> torch.Tensor:
         if self.mode == "fixed":
             return self.fixed_sigma
         return self.sigma_min + nn.functional.softplus(self.raw_sigma)
 
-    def forward(self, mean: torch.Tensor) -> Distribution:
+    def forward(self, mean: torch.Tensor, event_dims: int | None = None) -> Distribution:
+        dims = _event_dims(self, mean, event_dims)
+        if isinstance(getattr(self, "raw_sigma", None), nn.UninitializedParameter):
+            with torch.no_grad():
+                self.raw_sigma.materialize(mean.shape[mean.dim() - dims:], device=mean.device)
+                self.raw_sigma.fill_(self._start)
         scale = self.sigma().expand_as(mean)
-        return Independent(self.family(mean, scale, validate_args=False), self.event_dims)
+        return Independent(self.family(mean, scale, validate_args=False), dims)
 
-    def mean(self, mean: torch.Tensor) -> torch.Tensor:
+    def mean(self, mean: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
         return mean
 
 
@@ -152,15 +174,15 @@ class ContinuousBernoulliLikelihood(nn.Module):
 
     params_per_dim = 1
 
-    def __init__(self, event_shape: tuple[int, ...]):
+    def __init__(self, event_shape: tuple[int, ...] | None = None):
         super().__init__()
-        self.event_dims = len(event_shape)
+        self.event_dims = None if event_shape is None else len(event_shape)
 
-    def forward(self, logits: torch.Tensor) -> Distribution:
+    def forward(self, logits: torch.Tensor, event_dims: int | None = None) -> Distribution:
         return Independent(StableContinuousBernoulli(logits=logits, validate_args=False),
-                           self.event_dims)
+                           _event_dims(self, logits, event_dims))
 
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+    def mean(self, logits: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
         return ContinuousBernoulli(logits=logits, validate_args=False).mean
 
 
@@ -232,27 +254,34 @@ class DiscretizedLogisticLikelihood(nn.Module):
 
     params_per_dim = 2
 
-    def __init__(self, event_shape: tuple[int, ...], levels: int = 256):
+    def __init__(self, event_shape: tuple[int, ...] | None = None, levels: int = 256):
         super().__init__()
-        self.event_dims = len(event_shape)
+        self.event_dims = None if event_shape is None else len(event_shape)
         self.levels = levels
 
-    def forward(self, params: torch.Tensor) -> Distribution:
-        loc, log_scale = params.unbind(-self.event_dims - 1)
+    def forward(self, params: torch.Tensor, event_dims: int | None = None) -> Distribution:
+        dims = _event_dims(self, params, event_dims, parameter_axis=True)
+        loc, log_scale = params.unbind(-dims - 1)
         base = DiscretizedLogistic(loc, log_scale.clamp(min=-7.0), self.levels)
-        return Independent(base, self.event_dims)
+        return Independent(base, dims)
 
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        return params.select(-self.event_dims - 1, 0).clamp(0.0, 1.0)
+    def mean(self, params: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
+        dims = _event_dims(self, params, event_dims, parameter_axis=True)
+        return params.select(-dims - 1, 0).clamp(0.0, 1.0)
+
+
+NAMES = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "laplace")
 
 
 def make_likelihood(
     name: str,
-    event_shape: tuple[int, ...],
-    sigma: str = "shared",
+    event_shape: tuple[int, ...] | None = None,
+    sigma: float | str = "shared",
     sigma_min: float = 1e-3,
     levels: int = 256,
 ) -> nn.Module:
+    """The likelihood family ``name`` (one of :data:`NAMES`); ``sigma`` (Gaussian and Laplace)
+    is a positive number for a fixed σ_G, or ``"shared"`` / ``"per-dim"`` to learn it."""
     if name == "bernoulli":
         return BernoulliLikelihood(event_shape)
     if name == "gaussian":
@@ -263,31 +292,17 @@ def make_likelihood(
         return ContinuousBernoulliLikelihood(event_shape)
     if name == "logistic":
         return DiscretizedLogisticLikelihood(event_shape, levels)
-    raise ValueError(f"unknown likelihood {name!r}")
+    raise VaekitError(f"unknown likelihood {name!r}; choose one of {', '.join(NAMES)}")
 
 
-def check_data(name: str, x, what: str = "the data", levels: int = 256) -> None:
-    """Refuse data outside the support of the likelihood ``name`` with one clear message
-    (``x``: a tensor, or a lazy array read in chunks)."""
-    if name not in ("continuous-bernoulli", "logistic"):
-        return
-    from vaekit.data.lazy import is_lazy, value_range
-
-    lo, hi, _ = value_range(x)
-    if lo < 0 or hi > 1:
-        raise VaekitError(
-            f"the {name} likelihood needs data in [0, 1], but {what} spans "
-            f"[{lo:g}, {hi:g}]; rescale the data"
-        )
-    if name == "logistic":
-        for chunk in x.chunks() if is_lazy(x) else [x]:
-            scaled = chunk.double() * (levels - 1)
-            if float((scaled - scaled.round()).abs().max()) > 1e-3:
-                raise VaekitError(
-                    f"the logistic likelihood models {levels} grey levels k/{levels - 1}, but "
-                    f"{what} has values off that grid; set --levels to the data's number of "
-                    f"levels (17 for digits, 256 for 8-bit images)"
-                )
+def _event_dims(likelihood, params: torch.Tensor, given: int | None, parameter_axis: bool = False) -> int:
+    """The number of trailing data dimensions: as the caller says, else as the likelihood was
+    built, else every dimension after the batch's first (and the parameter axis)."""
+    if given is not None:
+        return given
+    if likelihood.event_dims is not None:
+        return likelihood.event_dims
+    return params.dim() - 1 - int(parameter_axis)
 
 
 def _softplus_inverse(y: float) -> float:

@@ -5,8 +5,9 @@
 ``torch.distributions`` objects whose ``log_prob`` gives one value per example.
 No loss lives here: objectives are functions in :mod:`vaekit.objectives`.
 
-The conditional VAE is the ``VAE`` with ``num_classes > 0``: ``encode(x, y)`` and
-``decode(z, y)`` then see the one-hot label appended to their input.
+Conditioning is done one way: a model with ``num_classes > 0`` is conditional, its
+``encode(x, y)`` and ``decode(z, y)`` take the class labels y ([B] indices), and it hands
+them to its networks as their second argument, ``encoder(x, y)`` and ``decoder(z, y)``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, register_kl
 
-from vaekit import nets
 from vaekit.errors import VaekitError
 from vaekit.likelihoods import make_likelihood
 
@@ -27,35 +27,61 @@ from vaekit.likelihoods import make_likelihood
 # reports them per epoch (``train_logvar_clamped`` in metrics.jsonl).
 LOGVAR_MAX = 20.0
 LOGVAR_MIN = -LOGVAR_MAX
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class VAE(nn.Module):
-    """q(z|x) = N(μ_I, diag σ_I²) with [μ_I, log σ_I²] = f_I(x); p(z) = N(0, I); p(x|z) from
-    the decoder network and a likelihood family.
+    """q(z|x) = N(μ_I, diag σ_I²) from the ``encoder``; p(z) = N(0, I); p(x|z) from the
+    ``decoder`` and a ``likelihood`` family.
 
-    With ``num_classes = K > 0`` it is the conditional VAE: q(z|x, y) and p(x|z, y) take the
-    one-hot label y appended to their input (the encoder body then has D + K inputs, the
-    decoder body L + K); the prior stays N(0, I).
+    Networks see data in its natural shape. ``encoder(x)`` returns the posterior's
+    parameters: a tensor [B, 2L] holding [μ, log σ²], a pair (μ, log σ²), or a
+    ``torch.distributions`` object (used as it is). ``decoder(z)`` takes z [N, L] and returns
+    the likelihood's parameters shaped like the data ([N, *event_shape]; [N, 2, *event_shape]
+    for the discretised logistic's mean and log-scale). ``likelihood``: a name
+    (``bernoulli``, ``gaussian``, ``laplace``, ``continuous-bernoulli``, ``logistic``) or a
+    module from :mod:`vaekit.likelihoods`. ``latent_dim`` L is found from the encoder's
+    first output when not given; the data's shape from the decoder's.
+
+    With ``num_classes = K > 0`` it is the conditional VAE: ``encode(x, y)`` and
+    ``decode(z, y)`` take class labels y in 0..K−1 and pass them to the networks as
+    ``encoder(x, y)`` / ``decoder(z, y)``; the prior stays N(0, I).
     """
 
     def __init__(
         self,
-        event_shape: tuple[int, ...],
-        latent_dim: int,
         encoder: nn.Module,
         decoder: nn.Module,
-        likelihood: nn.Module,
+        likelihood: str | nn.Module = "bernoulli",
+        latent_dim: int | None = None,
         num_classes: int = 0,
+        event_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
-        self.event_shape = tuple(event_shape)
-        self.latent_dim = latent_dim
+        if isinstance(likelihood, str):
+            likelihood = make_likelihood(likelihood, event_shape)
+        if num_classes < 0:
+            raise VaekitError(f"num_classes must be 0 (unconditional) or more, got {num_classes}")
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self.num_classes = num_classes
-        self.register_buffer("_zero", torch.zeros(latent_dim), persistent=False)
+        self.event_shape = None if event_shape is None else tuple(event_shape)
+        self.latent_dim = None
+        if latent_dim is not None:
+            self._set_latent_dim(latent_dim)
         self.clamped = torch.zeros((), dtype=torch.long)  # entries clamped by the last encode
+
+    def _set_latent_dim(self, latent_dim: int) -> None:
+        if latent_dim < 1:
+            raise VaekitError(f"latent_dim must be positive, got {latent_dim}")
+        self.latent_dim = int(latent_dim)
+        device = next((p.device for p in self.parameters()), None)
+        self.register_buffer("_zero", torch.zeros(latent_dim, device=device), persistent=False)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def data_dim(self) -> int:
@@ -63,65 +89,94 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
         """q(z|x, φ) with batch shape [B] and event shape [latent_dim]."""
-        h = self.encoder(self._with_label(x.reshape(x.shape[0], -1), y))
-        self.clamped = _count_clamped(h)
-        return _diagonal_normal(h)
+        if self.event_shape is None:
+            self.event_shape = tuple(x.shape[1:])
+        return self._posterior(self.encoder(*self._inputs(x, y)))
+
+    def _posterior(self, out) -> Distribution:
+        if isinstance(out, Distribution):
+            self.clamped = torch.zeros((), dtype=torch.long)
+            return out
+        if isinstance(out, (tuple, list)):
+            mu, logvar = out
+        else:
+            mu, logvar = out.chunk(2, dim=-1)
+        mu, logvar = _full_precision(mu), _full_precision(logvar)
+        if self.latent_dim is None:
+            self._set_latent_dim(mu.shape[-1])
+        self.clamped = (logvar.detach().abs() > LOGVAR_MAX).sum()  # the clamp is symmetric
+        return diagonal_normal(mu, logvar)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
         """p(x|z, θ) for z of shape [..., latent_dim]; batch shape [...]."""
-        return self.likelihood(self._decoder_output(z, y))
+        params, dims = self._decoder_output(z, y)
+        return self.likelihood(params, dims)
 
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x|z]: the image a latent point stands for (probabilities for Bernoulli)."""
-        return self.likelihood.mean(self._decoder_output(z, y))
+        params, dims = self._decoder_output(z, y)
+        if hasattr(self.likelihood, "mean"):
+            return self.likelihood.mean(params, dims)
+        return self.likelihood(params, dims).mean
 
     @property
     def prior(self) -> Distribution:
         """p(z) = N(0, I)."""
+        if self.latent_dim is None:
+            raise VaekitError("the latent dimension is not known yet: give latent_dim, or encode data first")
         return Independent(StandardNormal(self._zero), 1)
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True, y: torch.Tensor | int | None = None) -> torch.Tensor:
+    def sample(self, n: int, mean: bool = True, y: torch.Tensor | int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws x ~ p(x|z), z ~ p(z); with ``mean=True`` E[x|z] instead of a draw.
 
         A conditional model draws class ``y`` (an int, or one label per draw); without
-        ``y`` it cycles through the classes 0, 1, …, K−1, 0, ….
+        ``y`` it cycles through the classes 0, 1, …, K−1, 0, …. ``generator``: the source of
+        the prior draws (default: torch's global one).
         """
-        z = self.prior.sample((n,))
-        if self.num_classes:
+        z = self.prior_draws(n, generator)
+        if self.conditional:
             if y is None:
                 y = torch.arange(n) % self.num_classes
-            y = torch.as_tensor(y, dtype=torch.long).expand(n)
+            y = torch.as_tensor(y, dtype=torch.long, device=z.device).expand(n)
         elif y is not None:
             raise VaekitError("this model is not conditional: it takes no class label")
         return self.decode_mean(z, y) if mean else self.decode(z, y).sample()
 
-    def _decoder_output(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The decoder body on z of shape [..., L], viewed as the likelihood's input:
-        [..., *event_shape], or [..., P, *event_shape] for P parameters per dimension."""
+    def prior_draws(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws z ~ p(z), [n, latent_dim]."""
+        if generator is None:
+            return self.prior.sample((n,))
+        return torch.randn(n, self.latent_dim, generator=generator,
+                           device=generator.device).to(self._zero.device)
+
+    def _decoder_output(self, z: torch.Tensor, y: torch.Tensor | None):
+        """(the decoder's output for z [..., L] as [..., *params_shape], the number of data
+        dimensions in it): leading sample dimensions are flattened for the decoder."""
         lead = z.shape[:-1]
         flat = z[..., : self.decoder_latent_dim].reshape(-1, self.decoder_latent_dim)
-        if self.num_classes:
+        if self.conditional:
             y = self._check_labels(y).expand(lead).reshape(-1)
-        out = self.decoder(self._with_label(flat, y))
-        per_dim = getattr(self.likelihood, "params_per_dim", 1)
-        params = (per_dim,) if per_dim > 1 else ()
-        return out.reshape(*lead, *params, *self.event_shape)
+        out = _full_precision(self.decoder(*self._inputs(flat, y)))
+        parameter_axis = getattr(self.likelihood, "params_per_dim", 1) > 1
+        dims = out.dim() - 1 - int(parameter_axis)
+        if self.event_shape is None:
+            self.event_shape = tuple(out.shape[out.dim() - dims:])
+        return out.reshape(*lead, *out.shape[1:]), dims
 
     @property
     def decoder_latent_dim(self) -> int:
         """How many leading latent coordinates the decoder reads (all of them here)."""
         return self.latent_dim
 
-    def _with_label(self, flat: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """``flat`` [N, F] with the one-hot label appended: [N, F + K] (unchanged if K = 0)."""
-        if not self.num_classes:
+    def _inputs(self, data: torch.Tensor, y: torch.Tensor | None) -> tuple:
+        """The networks' arguments: (data,) or, for a conditional model, (data, labels)."""
+        if not self.conditional:
             if y is not None:
                 raise VaekitError("this model is not conditional: it takes no class label")
-            return flat
-        y = self._check_labels(y)
-        onehot = nn.functional.one_hot(y, self.num_classes).to(flat.dtype)
-        return torch.cat([flat, onehot], dim=-1)
+            return (data,)
+        return data, self._check_labels(y).to(data.device)
 
     def _check_labels(self, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
@@ -147,7 +202,15 @@ class AE(VAE):
     """
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
-        return PointMass(self.encoder(self._with_label(x.reshape(x.shape[0], -1), y)))
+        if self.event_shape is None:
+            self.event_shape = tuple(x.shape[1:])
+        out = self.encoder(*self._inputs(x, y))
+        if isinstance(out, Distribution):
+            return out
+        loc = _full_precision(out)
+        if self.latent_dim is None:
+            self._set_latent_dim(loc.shape[-1])
+        return PointMass(loc)
 
 
 class PointMass(Distribution):
@@ -191,9 +254,10 @@ class TwoLayerVAE(VAE):
     works on it unchanged. The KL has no closed form here: use the ``mc`` estimator.
     """
 
-    def __init__(self, event_shape, z1_dim: int, z2_dim: int, encoder, decoder, likelihood,
-                 up: nn.Module, down: nn.Module):
-        super().__init__(event_shape, z1_dim + z2_dim, encoder, decoder, likelihood)
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: str | nn.Module,
+                 z1_dim: int, z2_dim: int, up: nn.Module, down: nn.Module,
+                 event_shape: tuple[int, ...] | None = None):
+        super().__init__(encoder, decoder, likelihood, z1_dim + z2_dim, event_shape=event_shape)
         self.z1_dim, self.z2_dim = z1_dim, z2_dim
         self.up = up  # z1 -> [μ, log σ²] of q(z2|z1)
         self.down = down  # z2 -> [μ, log σ²] of p(z1|z2)
@@ -204,16 +268,26 @@ class TwoLayerVAE(VAE):
         return self.z1_dim
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Distribution:
-        h = self.encoder(self._with_label(x.reshape(x.shape[0], -1), y))
-        self.clamped = _count_clamped(h)  # q(z1|x)'s; q(z2|z1) is evaluated per draw
-        q1 = _diagonal_normal(h)
-        return TwoStage(q1, lambda z1: _diagonal_normal(self.up(z1)), self.z2_dim)
+        if self.event_shape is None:
+            self.event_shape = tuple(x.shape[1:])
+        h = _full_precision(self.encoder(*self._inputs(x, y)))
+        q1 = self._posterior(h)  # counts q(z1|x)'s clamped entries; q(z2|z1) is evaluated per draw
+        return TwoStage(q1, lambda z1: diagonal_normal(*_full_precision(self.up(z1)).chunk(2, -1)),
+                        self.z2_dim)
 
     @property
     def prior(self) -> Distribution:
         p2 = Independent(StandardNormal(self._zero2), 1)
-        return TwoStage(p2, lambda z2: _diagonal_normal(self.down(z2)), self.z1_dim,
-                        first_goes_last=True)
+        return TwoStage(p2, lambda z2: diagonal_normal(*_full_precision(self.down(z2)).chunk(2, -1)),
+                        self.z1_dim, first_goes_last=True)
+
+    def prior_draws(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is None:
+            return self.prior.sample((n,))
+        z2 = torch.randn(n, self.z2_dim, generator=generator, device=generator.device).to(self._zero2.device)
+        p1 = diagonal_normal(*self.down(z2).chunk(2, -1))
+        eps = torch.randn(n, self.z1_dim, generator=generator, device=generator.device).to(z2.device)
+        return torch.cat([p1.mean + p1.stddev * eps, z2], dim=-1)
 
 
 class TwoStage(Distribution):
@@ -284,80 +358,13 @@ def _kl_normal_standard_normal(q: Normal, p: StandardNormal) -> torch.Tensor:
     return 0.5 * (q.loc.pow(2) + q.scale.pow(2) - 1) - q.scale.log()
 
 
-def _count_clamped(h: torch.Tensor) -> torch.Tensor:
-    """How many log-variances in the network output [μ, log σ²] fall outside the clamp."""
-    logvar = h.chunk(2, dim=-1)[1]
-    return (logvar.abs() > LOGVAR_MAX).sum()  # the clamp is symmetric: one comparison
-
-
-def _diagonal_normal(h: torch.Tensor) -> Distribution:
-    """[..., 2L] network output [μ, log σ²] -> N(μ, diag σ²) with event shape [L]."""
-    mu, logvar = h.chunk(2, dim=-1)
+def diagonal_normal(mu: torch.Tensor, logvar: torch.Tensor) -> Distribution:
+    """N(μ, diag σ²) with event shape [L], from μ and log σ² (clamped to ±LOGVAR_MAX)."""
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
     return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
 
 
-def build_model(config, event_shape: tuple[int, ...]) -> VAE:
-    """The model a :class:`~vaekit.config.Config` describes, for data of ``event_shape``."""
-    event_shape = tuple(event_shape)
-    d = math.prod(event_shape)
-    likelihood = make_likelihood(config.likelihood, event_shape, config.sigma, config.sigma_min,
-                                 config.levels)
-    out = d * likelihood.params_per_dim
-    classes = config.classes if config.model == "cvae" else 0
-    if config.model == "cvae" and classes < 1:
-        raise VaekitError("model 'cvae' needs the number of classes (classes > 0, or labelled data)")
-    latent = config.latent_dim
-    z2 = config.latent_dim2 or max(1, latent // 2)
-    enc_out = latent if config.model == "ae" else 2 * latent
-    encoder = _body(config, event_shape, d + classes, enc_out, config.hidden, encoder=True)
-    decoder = _body(config, event_shape, latent + classes, out, config.hidden[::-1], encoder=False)
-    if config.model == "hvae":
-        up = nets.mlp(latent, config.hidden2, 2 * z2, config.activation)
-        down = nets.mlp(z2, config.hidden2[::-1], 2 * latent, config.activation)
-        return TwoLayerVAE(event_shape, latent, z2, encoder, decoder, likelihood, up, down)
-    cls = AE if config.model == "ae" else VAE
-    return cls(event_shape, latent, encoder, decoder, likelihood, num_classes=classes)
-
-
-def _body(config, event_shape, in_dim: int, out_dim: int, hidden: list[int], encoder: bool):
-    if config.architecture != "conv":
-        return nets.body(config.architecture, in_dim, out_dim, hidden, config.activation)
-    nets.check_conv_shape(event_shape, config.channels)
-    if encoder:
-        extra = in_dim - math.prod(event_shape)
-        return nets.ConvEncoder(event_shape, out_dim, config.channels, config.activation, extra)
-    params = out_dim // math.prod(event_shape)
-    return nets.ConvDecoder(in_dim, event_shape, config.channels, config.activation, params)
-
-
-def with_classes(config, labels: torch.Tensor | None):
-    """``config`` with ``classes`` set from the training labels for a conditional model
-    (unchanged otherwise); a clear error when a CVAE has no labels to condition on."""
-    import dataclasses
-
-    if config.model != "cvae":
-        return config
-    if labels is None:
-        raise VaekitError(
-            f"model 'cvae' conditions on class labels, but the data '{config.data}' has none "
-            "(give a .npz file with a 'labels' array)"
-        )
-    if int(labels.min()) < 0:
-        raise VaekitError(f"class labels must be non-negative for model 'cvae'; found {int(labels.min())}")
-    needed = int(labels.max()) + 1
-    if config.classes and config.classes < needed:
-        raise VaekitError(f"classes is {config.classes}, but the labels run up to {needed - 1}")
-    return dataclasses.replace(config, classes=config.classes or needed)
-
-
-def labels_for(model, dataset) -> torch.Tensor | None:
-    """The labels to pass along with ``dataset`` to ``model``: its labels when the model is
-    conditional, ``None`` otherwise (unconditional models ignore labels)."""
-    if not getattr(model, "num_classes", 0):
-        return None
-    if dataset.labels is None:
-        raise VaekitError(
-            f"this conditional model needs class labels, but {dataset.name} has none"
-        )
-    return dataset.labels
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Network outputs under bf16/fp16 autocast, back in float32: the log-densities summed
+    over hundreds of pixels, and the KL, are computed at full precision."""
+    return t.float() if t.dtype in _LOW_PRECISION else t

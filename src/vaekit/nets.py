@@ -1,16 +1,22 @@
-"""Network bodies: each maps a flat input [B, in] to a flat output [B, out].
+"""The built-in network bodies. Each takes data in its natural shape (images [B, C, H, W],
+tables [B, D], latent points [B, L]) and, when built for a conditional model, the class
+label y ([B] class indices) as its second argument: the same two-argument convention a
+user's own networks follow (see :class:`vaekit.model.VAE`).
 
-The MLP and linear bodies are plain ``nn.Sequential`` stacks; the conv bodies know the image
-shape and view the flat vector as an image themselves, so the models never need to know
-which body they hold.
+The MLP subclasses ``nn.Sequential`` so its parameters keep the names ``0.weight``,
+``2.weight``, ... that run directories written by earlier versions hold.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-_ACTIVATIONS = {
+from vaekit.errors import VaekitError
+
+ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
@@ -22,27 +28,35 @@ _ACTIVATIONS = {
 }
 
 
-def mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str = "relu") -> nn.Sequential:
-    """Linear layers of the given ``hidden`` sizes, each followed by ``activation``."""
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(in_dim, size), _ACTIVATIONS[activation]()]
-        in_dim = size
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
+def _one_hot(y: torch.Tensor, classes: int, like: torch.Tensor) -> torch.Tensor:
+    return nn.functional.one_hot(y, classes).to(dtype=like.dtype, device=like.device)
 
 
-def linear(in_dim: int, out_dim: int) -> nn.Sequential:
-    """One affine map: with it the VAE is the linear-Gaussian model of probabilistic PCA."""
-    return nn.Sequential(nn.Linear(in_dim, out_dim))
+class MLP(nn.Sequential):
+    """Linear layers of the ``hidden`` sizes, each followed by ``activation``, from the
+    flattened input (with the one-hot label appended when ``num_classes`` > 0) to an output
+    viewed as ``out_shape`` per example. No hidden layers: one affine map (with it the VAE
+    is probabilistic PCA's linear-Gaussian model)."""
 
+    def __init__(self, in_features: int, hidden: list[int], out_shape: tuple[int, ...] | int,
+                 activation: str = "relu", num_classes: int = 0):
+        out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+        layers: list[nn.Module] = []
+        width = in_features + num_classes
+        for size in hidden:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+            width = size
+        layers.append(nn.Linear(width, math.prod(out_shape)))
+        super().__init__(*layers)
+        self.out_shape, self.num_classes = out_shape, num_classes
 
-def body(
-    architecture: str, in_dim: int, out_dim: int, hidden: list[int], activation: str
-) -> nn.Sequential:
-    if architecture == "linear":
-        return linear(in_dim, out_dim)
-    return mlp(in_dim, hidden, out_dim, activation)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.flatten(1)
+        if self.num_classes:
+            h = torch.cat([h, _one_hot(y, self.num_classes, h)], dim=-1)
+        for layer in self:
+            h = layer(h)
+        return h.reshape(len(h), *self.out_shape)
 
 
 # ---------------------------------------------------------------------- convolutional bodies
@@ -53,8 +67,6 @@ def body(
 def check_conv_shape(event_shape: tuple[int, ...], channels: list[int]) -> None:
     """Raise :class:`VaekitError` unless ``event_shape`` is [C, H, W] with H and W
     divisible by the stride pattern of ``channels`` (one halving per layer)."""
-    from vaekit.errors import VaekitError
-
     if len(event_shape) != 3:
         raise VaekitError(
             f"the conv architecture needs images shaped [C, H, W]; the data is shaped "
@@ -71,58 +83,61 @@ def check_conv_shape(event_shape: tuple[int, ...], channels: list[int]) -> None:
 
 
 class ConvEncoder(nn.Module):
-    """Flat [B, C·H·W (+ K)] -> [B, out_dim]: strided convolutions, then one linear layer.
-
-    It takes the flat vector every body takes (so ``VAE.encode`` stays generic) and views it
-    as the image; ``extra`` trailing entries (a one-hot label) become constant channels.
-    """
+    """[B, C, H, W] -> [B, out_dim]: strided convolutions, then one linear layer. A
+    conditional encoder sees the one-hot label as ``num_classes`` constant extra channels."""
 
     def __init__(self, image_shape: tuple[int, int, int], out_dim: int, channels: list[int],
-                 activation: str = "relu", extra: int = 0):
+                 activation: str = "relu", num_classes: int = 0):
         super().__init__()
         check_conv_shape(image_shape, channels)
         self.image_shape = tuple(image_shape)
-        self.extra = extra
+        self.num_classes = num_classes
         c, h, w = image_shape
         layers: list[nn.Module] = []
-        previous = c + extra
+        previous = c + num_classes
         for size in channels:
-            layers += [nn.Conv2d(previous, size, 4, 2, 1), _ACTIVATIONS[activation]()]
+            layers += [nn.Conv2d(previous, size, 4, 2, 1), ACTIVATIONS[activation]()]
             previous = size
         self.convs = nn.Sequential(*layers)
         step = 2 ** len(channels)
         self.out = nn.Linear(previous * (h // step) * (w // step), out_dim)
 
-    def forward(self, flat: torch.Tensor) -> torch.Tensor:
-        c, h, w = self.image_shape
-        image = flat[:, : c * h * w].reshape(-1, c, h, w)
-        if self.extra:
-            label = flat[:, c * h * w :, None, None].expand(-1, self.extra, h, w)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        image = x.reshape(-1, *self.image_shape)
+        if self.num_classes:
+            _, h, w = self.image_shape
+            label = _one_hot(y, self.num_classes, image)[:, :, None, None].expand(-1, -1, h, w)
             image = torch.cat([image, label], dim=1)
         return self.out(self.convs(image).flatten(1))
 
 
 class ConvDecoder(nn.Module):
-    """[B, in_dim] -> flat [B, P·C·H·W]: one linear layer, then transposed convolutions
-    mirroring :class:`ConvEncoder`. The output channels are P groups of C (parameter-major),
-    so the flat output views as [P, C, H, W]."""
+    """[B, in_dim] -> [B, C, H, W] (or [B, P, C, H, W] for P parameters per pixel): one
+    linear layer, then transposed convolutions mirroring :class:`ConvEncoder`. A conditional
+    decoder takes the one-hot label appended to z."""
 
     def __init__(self, in_dim: int, image_shape: tuple[int, int, int], channels: list[int],
-                 activation: str = "relu", params: int = 1):
+                 activation: str = "relu", params: int = 1, num_classes: int = 0):
         super().__init__()
         check_conv_shape(image_shape, channels)
         c, h, w = image_shape
         step = 2 ** len(channels)
         top = channels[-1]
         self.start = (top, h // step, w // step)
-        self.inp = nn.Sequential(nn.Linear(in_dim, top * (h // step) * (w // step)),
-                                 _ACTIVATIONS[activation]())
+        self.num_classes = num_classes
+        self.out_shape = ((params,) if params > 1 else ()) + tuple(image_shape)
+        self.inp = nn.Sequential(nn.Linear(in_dim + num_classes, top * (h // step) * (w // step)),
+                                 ACTIVATIONS[activation]())
         layers: list[nn.Module] = []
         sizes = channels[::-1]
         for size, following in zip(sizes, sizes[1:], strict=False):
-            layers += [nn.ConvTranspose2d(size, following, 4, 2, 1), _ACTIVATIONS[activation]()]
+            layers += [nn.ConvTranspose2d(size, following, 4, 2, 1), ACTIVATIONS[activation]()]
+        # output channels are P groups of C (parameter-major), so they view as [P, C, H, W]
         layers.append(nn.ConvTranspose2d(sizes[-1], c * params, 4, 2, 1))
         self.deconvs = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.deconvs(self.inp(z).reshape(-1, *self.start)).flatten(1)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            z = torch.cat([z, _one_hot(y, self.num_classes, z)], dim=-1)
+        out = self.deconvs(self.inp(z).reshape(-1, *self.start))
+        return out.reshape(len(out), *self.out_shape)

@@ -5,27 +5,51 @@ data dimensions, KL over latent dimensions, and each function returns one value 
 example, in nats. Averaging over examples is the caller's job. No term carries a hidden
 weight: β is explicit and defaults to 1.
 
-Every function takes an optional ``labels`` ([B] class indices) that a conditional model
-(the CVAE) needs; unconditional models are called exactly as before without it.
+Every estimator takes an optional ``labels`` ([B] class indices) that a conditional model
+(the CVAE) needs; unconditional models are called without it.
+
+Training objectives are functions ``(model, batch) -> (loss, terms)``: ``loss`` the scalar
+to minimise, ``terms`` per-example tensors to report (``elbo``, ``reconstruction``, ``kl``).
+``batch`` is a :class:`Batch`. :func:`elbo_objective` (β, KL warm-up, free bits) and
+:func:`iwae_objective` are the built-in ones; bind their options with ``functools.partial``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.distributions import Distribution, Independent
 from torch.distributions import kl_divergence as _analytic_kl
 
 from vaekit.errors import VaekitError
-from vaekit.model import AE
+from vaekit.model import PointMass
+
+
+@dataclass
+class Batch:
+    """One minibatch as the training loop hands it to an objective: the data ``x`` (on the
+    model's device, natural shape), the class labels ``y`` ([B] indices, or None) and how
+    far training has got, ``epochs_done`` (e.g. 2.5 in the middle of the third epoch; what
+    KL warm-up follows)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    epochs_done: float = 0.0
 
 
 def kl_divergence(
     q: Distribution, p: Distribution, estimator: str = "analytic", z: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """KL(q ‖ p) per example: closed form, or the Monte-Carlo mean of log q(z) − log p(z)
-    over the samples ``z`` ([M, B, L], drawn from q; one fresh draw if omitted)."""
+    """KL(q ‖ p) per example: closed form (``analytic``), or the Monte-Carlo mean of
+    log q(z) − log p(z) over the samples ``z`` (``mc``; [M, B, L] drawn from q, one fresh draw
+    if omitted); ``auto``: closed form where torch has one, else Monte Carlo."""
+    if estimator == "auto":
+        try:
+            return _analytic_kl(q, p)
+        except NotImplementedError:
+            estimator = "mc"
     if estimator == "analytic":
         try:
             return _analytic_kl(q, p)
@@ -67,21 +91,15 @@ def _log_prob_dims(dist: Distribution, z: torch.Tensor) -> torch.Tensor:
     return dist.base_dist.log_prob(z)
 
 
-def _given(labels: torch.Tensor | None) -> tuple:
-    """Extra arguments for encode/decode: the labels of a conditional model, else none (so
-    any model with plain ``encode(x)``/``decode(z)`` keeps working)."""
-    return () if labels is None else (labels,)
-
-
 def _elbo_parts(model, x, samples, kl, labels):
     """(per-example terms, q, z): what :func:`elbo_terms` returns, plus the posterior and
     its draws for objectives that need more than the totals (free bits)."""
-    q = model.encode(x, *_given(labels))
-    if isinstance(model, AE):
-        rec = model.decode(q.mean, *_given(labels)).log_prob(x)
+    q = model.encode(x, labels)
+    if isinstance(q, PointMass):  # the autoencoder: no posterior to sample, no KL
+        rec = model.decode(q.mean, labels).log_prob(x)
         return {"elbo": rec, "reconstruction": rec, "kl": torch.zeros_like(rec)}, q, None
     z = q.rsample((samples,))  # [M, B, L]
-    rec = model.decode(z, *_given(labels)).log_prob(x).mean(0)
+    rec = model.decode(z, labels).log_prob(x).mean(0)
     kl_term = kl_divergence(q, model.prior, kl, z)
     return {"elbo": rec - kl_term, "reconstruction": rec, "kl": kl_term}, q, z
 
@@ -106,15 +124,13 @@ def elbo(
     return elbo_terms(model, x, samples, kl, labels)["elbo"]
 
 
-def kl_weight(config, epoch: int | None = None, step_fraction: float = 0.0) -> float:
+def kl_weight(beta: float = 1.0, warmup: float = 0.0, epochs_done: float | None = None) -> float:
     """The weight on the KL term while training: β times the linear warm-up factor
-    min(1, t / kl_warmup), t = (epoch − 1) + step_fraction epochs done (epoch counts from 1;
-    step_fraction is the share of this epoch's minibatches already taken). Without warm-up
-    (or without an epoch: evaluation) it is β."""
-    if epoch is None or not config.kl_warmup:
-        return config.beta
-    done = (epoch - 1) + step_fraction
-    return config.beta * min(1.0, done / config.kl_warmup)
+    min(1, t / warmup) after t = ``epochs_done`` epochs. Without warm-up (or without a
+    training position: evaluation) it is β."""
+    if epochs_done is None or not warmup:
+        return beta
+    return beta * min(1.0, epochs_done / warmup)
 
 
 def free_bits_kl(kl_dims: torch.Tensor, floor: float) -> torch.Tensor:
@@ -124,39 +140,42 @@ def free_bits_kl(kl_dims: torch.Tensor, floor: float) -> torch.Tensor:
     return kl_dims.mean(0).clamp(min=floor).sum()
 
 
-def training_loss(
-    model, x: torch.Tensor, config, labels: torch.Tensor | None = None,
-    epoch: int | None = None, step_fraction: float = 0.0,
+def elbo_objective(
+    model, batch: Batch, *, samples: int = 1, kl: str = "analytic", beta: float = 1.0,
+    warmup: float = 0.0, free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The scalar to minimise for one minibatch, and the per-example terms to report.
-
-    Objective 'elbo': loss = −mean_x [reconstruction − w·KL], w = :func:`kl_weight` (β and
-    warm-up); with free bits the KL part is :func:`free_bits_kl`. Objective 'iwae': loss =
-    −mean_x L_k with log w_k = log p(x|z_k) − w·(log q(z_k|x) − log p(z_k)) (w = 1: Burda's
-    bound). The reported terms are always those of the true ELBO (β = 1, no floor): for
-    'iwae' the Monte-Carlo ELBO of the same k draws.
-    """
-    weight = kl_weight(config, epoch, step_fraction)
-    if config.objective == "iwae":
-        rec, log_ratio = _weight_parts(model, x, config.k, labels)
-        log_w = rec - weight * log_ratio
-        loss = -(torch.logsumexp(log_w, dim=0) - math.log(config.k)).mean()
-        terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0),
-                 "kl": log_ratio.mean(0)}
-        return loss, terms
-    terms, q, z = _elbo_parts(model, x, config.samples, config.kl, labels)
-    if config.free_bits and z is not None:
-        kl_part = free_bits_kl(kl_per_dimension(q, model.prior, config.kl, z), config.free_bits)
+    """The ELBO as a training objective: loss = −mean_x [reconstruction − w·KL], with
+    w = :func:`kl_weight` (β, linear warm-up over ``warmup`` epochs); with ``free_bits`` λ
+    the KL part is :func:`free_bits_kl`. The reported terms are those of the true ELBO
+    (β = 1, no floor)."""
+    weight = kl_weight(beta, warmup, batch.epochs_done)
+    terms, q, z = _elbo_parts(model, batch.x, samples, kl, batch.y)
+    if free_bits and z is not None:
+        kl_part = free_bits_kl(kl_per_dimension(q, model.prior, kl, z), free_bits)
         return -(terms["reconstruction"].mean() - weight * kl_part), terms
     objective = terms["reconstruction"] - weight * terms["kl"]
     return -objective.mean(), terms
 
 
+def iwae_objective(
+    model, batch: Batch, *, k: int = 50, beta: float = 1.0, warmup: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The importance-weighted bound L_k as a training objective: loss = −mean_x L_k with
+    log w_k = log p(x|z_k) − w·(log q(z_k|x) − log p(z_k)) (w = 1: Burda's bound). The
+    reported terms are the Monte-Carlo ELBO of the same k draws."""
+    weight = kl_weight(beta, warmup, batch.epochs_done)
+    rec, log_ratio = _weight_parts(model, batch.x, k, batch.y)
+    log_w = rec - weight * log_ratio
+    loss = -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
+    terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0), "kl": log_ratio.mean(0)}
+    return loss, terms
+
+
 def _weight_parts(model, x, k, labels):
     """(log p(x|z_k), log q(z_k|x) − log p(z_k)) for k draws z_k ~ q(z|x), each [k, B]."""
-    q = model.encode(x, *_given(labels))
+    q = model.encode(x, labels)
     z = q.rsample((k,))
-    rec = model.decode(z, *_given(labels)).log_prob(x)
+    rec = model.decode(z, labels).log_prob(x)
     return rec, q.log_prob(z) - model.prior.log_prob(z)
 
 

@@ -11,39 +11,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: never needs a display
+from vaekit.errors import VaekitError
+from vaekit.rundir import FIGURES
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-FIGURES = ("latent.png", "manifold.png", "reconstructions.png", "samples.png", "curves.png",
-           "traversals.png", "interpolations.png")
+__all__ = ["FIGURES", "draw_all"]
 
 
-def draw_all(run_dir: str | Path, model, splits: dict, metrics: list[dict]) -> list[Path]:
-    """Draw every figure of a run into ``run_dir``; return the paths written."""
+def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_labels,
+             metrics: list[dict]) -> list[Path]:
+    """Draw every figure of a run into ``run_dir``: figure (a) from the training data
+    ``train_x`` (coloured by ``train_labels``), the per-example figures from ``shown_x``
+    (validation or test data); return the paths written. Matplotlib's object API only: no
+    backend is chosen and no global figure state is touched."""
     run_dir = Path(run_dir)
-    train = splits["train"]
-    shown = splits.get("validation") or splits.get("test") or train
-    shown_labels = _labels(model, shown.labels)
+    given = _labels(model, shown_labels)
     # a conditional model decodes the path under one class: join two examples of that class
-    second = min(1, len(shown) - 1)
-    if shown_labels is not None:
-        same = (shown_labels[1:] == shown_labels[0]).nonzero()
+    second = min(1, len(shown_x) - 1)
+    if given is not None:
+        same = (given[1:] == given[0]).nonzero()
         second = int(same[0]) + 1 if len(same) else second
     paths = [
-        latent_figure(model, train.x, train.labels, run_dir / "latent.png"),
+        latent_figure(model, train_x, train_labels, run_dir / "latent.png"),
         manifold_figure(model, run_dir / "manifold.png"),
-        reconstructions_figure(model, shown.x, run_dir / "reconstructions.png", labels=shown_labels),
+        reconstructions_figure(model, shown_x, run_dir / "reconstructions.png", labels=given),
         samples_figure(model, run_dir / "samples.png"),
-        traversals_figure(model, shown.x[:1], run_dir / "traversals.png",
-                          labels=None if shown_labels is None else shown_labels[:1]),
-        interpolations_figure(model, shown.x[0:1], shown.x[second:second + 1],
+        traversals_figure(model, shown_x[:1], run_dir / "traversals.png",
+                          labels=None if given is None else given[:1]),
+        interpolations_figure(model, shown_x[0:1], shown_x[second:second + 1],
                               run_dir / "interpolations.png",
-                              labels=None if shown_labels is None else shown_labels[[0, second]]),
+                              labels=None if given is None else given[[0, second]]),
     ]
     if metrics:
         paths.append(curves_figure(metrics, run_dir / "curves.png"))
@@ -63,16 +64,19 @@ def _labels(model, labels: torch.Tensor | None) -> torch.Tensor | None:
     if not getattr(model, "num_classes", 0):
         return None
     if labels is None:
-        from vaekit.errors import VaekitError
-
         raise VaekitError("this conditional model needs class labels with its data")
     return labels
+
+
+def _figure(**kwargs):
+    fig = Figure(**kwargs)
+    return fig, fig.subplots()
 
 
 def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
     """Figure (a): posterior means μ (not samples) of all of ``x``; for d > 2 the plane of
     their first two principal components; for d = 1 the means against example index."""
-    mu = posterior_means(model, x, labels=_labels(model, labels)).numpy()
+    mu = posterior_means(model, x, labels=_labels(model, labels)).cpu().numpy()
     d = mu.shape[1]
     if d == 1:
         points, axes = np.c_[mu[:, 0], np.arange(len(mu))], ("z", "example index")
@@ -85,10 +89,10 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
         points = PCA(n_components=2).fit_transform(mu)
         axes = ("principal component 1", "principal component 2")
         title = f"posterior means ({d}-D latent), first two principal components"
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = _figure(figsize=(7, 6))
     if labels is not None:
         classes = np.unique(labels.numpy())
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20", len(classes))
+        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"].resampled(len(classes))
         index = np.searchsorted(classes, labels.numpy())
         sc = ax.scatter(points[:, 0], points[:, 1], c=index, cmap=cmap, s=4, alpha=0.7,
                         vmin=-0.5, vmax=len(classes) - 0.5)
@@ -109,14 +113,13 @@ def manifold_figure(model, path: Path, n: int = 20, label: int | None = None) ->
 
     A conditional model draws the grid for class ``label``, or (by default) one smaller
     panel per class: the same latent grid decoded under each label."""
-    model.eval()
     classes = getattr(model, "num_classes", 0)
     if classes and label is None:
         return _manifold_per_class(model, path, classes, min(n, 10))
     z, values, rows, cols = _latent_grid(model.latent_dim, n)
-    extra = () if not classes else (torch.full((len(z),), int(label), dtype=torch.long),)
-    images = model.decode_mean(z, *extra)
-    fig, ax = plt.subplots(figsize=(8, 8 * rows / cols + 0.8))
+    y = None if not classes else torch.full((len(z),), int(label), dtype=torch.long)
+    images = _decode(model, z, y)
+    fig, ax = _figure(figsize=(8, 8 * rows / cols + 0.8))
     _show_tiles(ax, images, rows, cols, extent=(values[0], values[-1]))
     d = model.latent_dim
     suffix = "" if d <= 2 else f" (z₃…z_{d} = 0)"
@@ -142,12 +145,12 @@ def _manifold_per_class(model, path: Path, classes: int, n: int) -> Path:
     z, _, rows, cols = _latent_grid(model.latent_dim, n)
     per_row = min(classes, 5)
     grid_rows = -(-classes // per_row)
-    fig, axes = plt.subplots(grid_rows, per_row, figsize=(3 * per_row, 3 * grid_rows + 0.6),
-                             squeeze=False)
+    fig = Figure(figsize=(3 * per_row, 3 * grid_rows + 0.6))
+    axes = fig.subplots(grid_rows, per_row, squeeze=False)
     for c, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if c < classes:
-            images = model.decode_mean(z, torch.full((len(z),), c, dtype=torch.long))
+            images = _decode(model, z, torch.full((len(z),), c, dtype=torch.long))
             _show_tiles(ax, images, rows, cols)
             ax.set_title(f"class {c}")
     fig.suptitle("decoded latent grid per class: E[x|z, y] over the same grid of (z₁, z₂)")
@@ -159,11 +162,11 @@ def reconstructions_figure(
     model, x: torch.Tensor, path: Path, n: int = 10, labels: torch.Tensor | None = None
 ) -> Path:
     """Originals (top row) above their reconstructions E[x | z = μ(x)] (bottom row)."""
-    model.eval()
+    from vaekit.sampling import reconstruct
+
     originals = x[:n]
-    extra = () if labels is None else (labels[:n],)
-    recon = model.decode_mean(model.encode(originals, *extra).mean, *extra)
-    fig, ax = plt.subplots(figsize=(max(6, n * 0.9), 2.6))
+    recon = reconstruct(model, originals, None if labels is None else labels[:n])
+    fig, ax = _figure(figsize=(max(6, n * 0.9), 2.6))
     _show_tiles(ax, torch.cat([originals, recon]), 2, len(originals))
     ax.set(title="reconstructions: originals (top), E[x | z = μ(x)] (bottom)")
     ax.set_axis_off()
@@ -172,11 +175,13 @@ def reconstructions_figure(
 
 @torch.no_grad()
 def samples_figure(model, path: Path, n: int = 64) -> Path:
-    """E[x|z] for z drawn from the prior N(0, I)."""
-    model.eval()
-    images = model.sample(n)
+    """E[x|z] for z drawn from the prior N(0, I) (a generator seeded with 0)."""
+    from vaekit.sampling import eval_mode
+
+    with eval_mode(model):
+        images = model.sample(n, generator=torch.Generator().manual_seed(0)).cpu()
     cols = int(np.ceil(np.sqrt(n)))
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig, ax = _figure(figsize=(7, 7))
     _show_tiles(ax, images, -(-n // cols), cols)
     conditional = getattr(model, "num_classes", 0)
     which = f", classes 0…{conditional - 1} in turn" if conditional else ""
@@ -189,7 +194,8 @@ def samples_figure(model, path: Path, n: int = 64) -> Path:
 def curves_figure(metrics: list[dict], path: Path) -> Path:
     """ELBO, reconstruction and KL per epoch, train and validation, in nats per example."""
     epochs = [m["epoch"] for m in metrics]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     for ax, term in zip(axes, ("elbo", "reconstruction", "kl"), strict=True):
         for split, style in (("train", "-"), ("validation", "--")):
             key = f"{split}_{term}"
@@ -210,7 +216,7 @@ def likelihood_curve_figure(result: dict, path: Path) -> Path:
     ks = [p["k"] for p in curve]
     estimates = np.array([p["estimate"] for p in curve])
     errors = np.array([p["se"] or 0.0 for p in curve])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(figsize=(7, 4.5))
     ax.errorbar(ks, estimates, yerr=errors, marker="o", capsize=3,
                 label="importance-sampled estimate (mean of log (1/K) Σ w)")
     ax.axhline(result["elbo"], color="C3", linestyle="--", label="ELBO")
@@ -237,20 +243,18 @@ def traversals_figure(
     latent coordinate over [−width, width] (prior standard deviations), the others fixed.
     By default the rows are the (up to 10) coordinates the encoder uses most (smallest mean
     posterior variance on ``x``: the ones that carry information)."""
-    from vaekit.sampling import decode_latents, traversal
+    from vaekit.sampling import decode_latents, encode_posterior, traversal
 
-    model.eval()
-    extra = () if labels is None else (labels[:1],)
-    q = model.encode(x[:1], *extra)
-    start = q.mean[0]
+    q = encode_posterior(model, x[:1], None if labels is None else labels[:1])
+    start = q.mean[0].cpu()
     if dims is None:
-        order = torch.argsort(q.variance[0])
+        order = torch.argsort(q.variance[0].cpu())
         dims = sorted(order[: min(10, model.latent_dim)].tolist())
     values = torch.linspace(-width, width, steps)
     z = torch.cat([traversal(start, d, values) for d in dims])
     y = None if labels is None else int(labels[0])
     images = decode_latents(model, z, y)
-    fig, ax = plt.subplots(figsize=(max(5, steps * 0.8), 0.8 * len(dims) + 1.0))
+    fig, ax = _figure(figsize=(max(5, steps * 0.8), 0.8 * len(dims) + 1.0))
     _show_tiles(ax, images, len(dims), steps)
     ax.set_title(f"traversals from μ(x): rows vary z{', z'.join(str(d + 1) for d in dims)} "
                  f"over [−{width:g}, {width:g}]", fontsize=9)
@@ -265,21 +269,20 @@ def interpolations_figure(
 ) -> Path:
     """Decoded paths between the posterior means of ``x0`` and ``x1`` (one example each):
     top row linear, bottom row spherical interpolation; the originals at the two ends."""
-    from vaekit.sampling import decode_latents, interpolate
+    from vaekit.sampling import decode_latents, encode_posterior, interpolate
 
-    model.eval()
     y0 = y1 = None
     if labels is not None:
         y0, y1 = labels[:1], labels[1:2]
-    z0 = model.encode(x0[:1], *(() if y0 is None else (y0,))).mean[0]
-    z1 = model.encode(x1[:1], *(() if y1 is None else (y1,))).mean[0]
+    z0 = encode_posterior(model, x0[:1], y0).mean[0].cpu()
+    z1 = encode_posterior(model, x1[:1], y1).mean[0].cpu()
     rows = []
     for method in ("linear", "spherical"):
         path_z = interpolate(z0, z1, steps, method)
         # a conditional model keeps the first example's class along the path
         decoded = decode_latents(model, path_z, None if y0 is None else int(y0[0]))
         rows.append(torch.cat([x0[:1], decoded, x1[:1]]))
-    fig, ax = plt.subplots(figsize=(max(6, (steps + 2) * 0.8), 2.6))
+    fig, ax = _figure(figsize=(max(6, (steps + 2) * 0.8), 2.6))
     _show_tiles(ax, torch.cat(rows), 2, steps + 2)
     ax.set_title("interpolation between two encoded examples (ends: the originals)\n"
                  "top: linear, bottom: spherical", fontsize=9)
@@ -289,7 +292,7 @@ def interpolations_figure(
 
 def tile(images: torch.Tensor, rows: int, cols: int, pad: int = 1) -> np.ndarray:
     """[N, C, H, W] (or [N, D], drawn as 1×D strips) -> one [rows·H, cols·W(, 3)] array."""
-    images = images.detach().float()
+    images = images.detach().float().cpu()
     if images.dim() == 2:
         images = images[:, None, None, :]
     if images.shape[1] not in (1, 3):
@@ -316,13 +319,27 @@ def _show_tiles(ax, images: torch.Tensor, rows: int, cols: int, extent=None) -> 
         ax.set_yticks([])
 
 
-def _save(fig, path: Path) -> Path:
-    from vaekit.runs import write_output
+def images_figure(images: torch.Tensor, path: Path, title: str = "") -> Path:
+    """A square grid of ``images`` ([N, C, H, W] or [N, D]) into a PNG file."""
+    cols = int(np.ceil(np.sqrt(len(images))))
+    fig, ax = _figure(figsize=(7, 7))
+    _show_tiles(ax, images, -(-len(images) // cols), cols)
+    ax.set(title=title)
+    ax.set_axis_off()
+    return _save(fig, path)
+
+
+def _decode(model, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    from vaekit.sampling import decode_latents
+
+    return decode_latents(model, z, y)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    from vaekit.rundir import write_output
 
     path = Path(path)
     fig.tight_layout()
-    try:  # rendered in memory, then renamed into place: never a half-written PNG
-        write_output(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    # rendered in memory, then renamed into place: never a half-written PNG
+    write_output(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     return path

@@ -10,28 +10,59 @@ interpolations walk between the codes of two examples, along a line or a great c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
+from vaekit.devices import model_device
 from vaekit.errors import VaekitError
 
 
-@torch.no_grad()
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """``model.eval()`` and no gradients inside; the model's training mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def encode_posterior(model, x: torch.Tensor, labels: torch.Tensor | None = None):
+    """q(z|x) for a batch ``x`` (moved to the model's device), in evaluation mode."""
+    device = model_device(model)
+    with eval_mode(model):
+        return model.encode(x.to(device), None if labels is None else labels.to(device))
+
+
+def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x | z = μ(x)] for a batch ``x``, on the CPU."""
+    device = model_device(model)
+    y = None if labels is None else labels.to(device)
+    with eval_mode(model):
+        return model.decode_mean(model.encode(x.to(device), y).mean, y).cpu()
+
+
 def posterior_means(
     model, x: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 2000,
     binarize: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """E[z|x] for every row of ``x`` ([N, L]; a tensor or a lazily read array); ``labels``
-    for a conditional model; with a ``binarize`` generator each batch is first drawn
-    x ~ Bernoulli(x) (data trained with dynamic binarisation)."""
-    model.eval()
+    """E[z|x] for every row of ``x`` ([N, L] on the CPU; x a tensor or a lazily read array);
+    ``labels`` for a conditional model; with a ``binarize`` generator each batch is first
+    drawn x ~ Bernoulli(x) (data trained with dynamic binarisation)."""
+    device = model_device(model)
     parts = []
-    for i in range(0, len(x), batch_size):
-        extra = () if labels is None else (labels[i : i + batch_size],)
-        batch = x[i : i + batch_size]
-        if binarize is not None:
-            batch = torch.bernoulli(batch, generator=binarize)
-        parts.append(model.encode(batch, *extra).mean)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            y = None if labels is None else labels[i : i + batch_size].to(device)
+            batch = x[i : i + batch_size]
+            if binarize is not None:
+                batch = torch.bernoulli(batch, generator=binarize)
+            parts.append(model.encode(batch.to(device), y).mean.cpu())
     return torch.cat(parts)
 
 
@@ -61,19 +92,22 @@ def sample_gmm_latents(gmm, n: int, seed: int = 0) -> torch.Tensor:
     return torch.as_tensor(z, dtype=torch.float32)
 
 
-@torch.no_grad()
 def decode_latents(
     model, z: torch.Tensor, y: torch.Tensor | int | None = None, mean: bool = True
 ) -> torch.Tensor:
-    """E[x|z] (or a draw x ~ p(x|z) with ``mean=False``) for latent points ``z`` [N, L];
-    a conditional model takes the class ``y`` (an int for all, or one label per point)."""
-    model.eval()
-    extra = ()
+    """E[x|z] (or a draw x ~ p(x|z) with ``mean=False``) for latent points ``z`` [N, L], on
+    the CPU; a conditional model takes the class ``y`` (an int for all, or one label per
+    point; without one it cycles through the classes)."""
+    device = model_device(model)
+    z = z.to(device)
+    labels = None
     if y is not None:
-        extra = (torch.as_tensor(y, dtype=torch.long).expand(len(z)),)
+        labels = torch.as_tensor(y, dtype=torch.long).expand(len(z)).to(device)
     elif getattr(model, "num_classes", 0):
-        extra = (torch.arange(len(z)) % model.num_classes,)
-    return model.decode_mean(z, *extra) if mean else model.decode(z, *extra).sample()
+        labels = (torch.arange(len(z)) % model.num_classes).to(device)
+    with eval_mode(model):
+        out = model.decode_mean(z, labels) if mean else model.decode(z, labels).sample()
+    return out.cpu()
 
 
 def traversal(z: torch.Tensor, dim: int, values: torch.Tensor) -> torch.Tensor:
@@ -112,19 +146,3 @@ def interpolate(
     u0, u1 = z0 / n0, z1 / n1
     direction = (torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1) / torch.sin(omega)
     return direction * ((1 - t) * n0 + t * n1)
-
-
-
-def fit_gmm_for_run(model, config, components: int = 10, seed: int = 0, run_dir=None):
-    """:func:`fit_gmm` on a run's training split, as the model saw it in training (the
-    data treatment recorded in ``run_dir`` applied; under dynamic binarisation one seeded
-    binary draw of every training image)."""
-    from vaekit.config import parse_binarize
-    from vaekit.data import run_splits
-    from vaekit.model import labels_for
-
-    train = run_splits(config, quiet=True, run_dir=run_dir)["train"]
-    draws = None
-    if parse_binarize(config.binarize)[0] == "dynamic":
-        draws = torch.Generator().manual_seed(seed)
-    return fit_gmm(model, train.x, components, labels_for(model, train), seed, draws)

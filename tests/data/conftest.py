@@ -62,8 +62,8 @@ def http_server():
 @pytest.fixture
 def fake_mnist(monkeypatch, http_server):
     """'mnist' pinned to generated files served on 127.0.0.1 (the code path is the real one)."""
-    from vaekit.data import download as dl
-    from vaekit.data import mnist
+    from vaekit.app.data import download as dl
+    from vaekit.app.data import mnist
 
     parts = toy_mnist()
     files = tuple(dl.RemoteFile(f"{name}.gz", sha256=sha256(body)) for name, body in parts.items())

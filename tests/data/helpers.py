@@ -11,7 +11,7 @@ import numpy as np
 
 def cli(capsys, *args) -> tuple[int, str, str]:
     """Run the CLI in this process (fast: torch is already imported); (status, out, err)."""
-    from vaekit.cli import main
+    from vaekit.app.cli import main
 
     capsys.readouterr()
     status = main([str(a) for a in args])
@@ -28,7 +28,7 @@ def dead_url() -> str:
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    from vaekit.data.idx import encode
+    from vaekit.app.data.idx import encode
 
     return encode(array)
 

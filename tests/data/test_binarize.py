@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import Dataset, load_data, run_splits
-from vaekit.data.binarize import _splitmix64, bernoulli_draw, binarize_once, fingerprint
+from vaekit.app.config import Config
+from vaekit.app.data import Dataset, load_data, run_splits
+from vaekit.app.data.binarize import _splitmix64, bernoulli_draw, binarize_once, fingerprint
 from vaekit.errors import VaekitError
 
 
@@ -58,7 +58,7 @@ def test_static_is_one_reproducible_draw_per_example():
     assert not torch.equal(other["train"].x, a["train"].x)
     # drawn before the validation split: an example keeps its binary image in any split
     whole = run_splits(dataclasses.replace(config, validation_fraction=0.0))["train"].x
-    from vaekit.data import split_validation
+    from vaekit.app.data import split_validation
 
     _, val = split_validation(Dataset(torch.arange(len(whole))), 0.1, 3)
     assert torch.equal(a["validation"].x, whole[val.x])

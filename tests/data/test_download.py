@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from vaekit.data import download as dl
+from vaekit.app.data import download as dl
 from vaekit.errors import VaekitError
 
 from .helpers import dead_url, gz, idx_bytes, md5, sha256

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import load_data, select_split, split_validation
+from vaekit.app.config import Config
+from vaekit.app.data import load_data, select_split, split_validation
 from vaekit.errors import VaekitError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaekit.data.idx import TYPES, encode, parse
+from vaekit.app.data.idx import TYPES, encode, parse
 from vaekit.errors import VaekitError
 
 

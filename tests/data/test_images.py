@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit.data import load_data
-from vaekit.data.lazy import is_lazy
+from vaekit.app.data import load_data
+from vaekit.app.data.lazy import is_lazy
 from vaekit.errors import VaekitError
 
 

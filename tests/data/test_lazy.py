@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import load_data, run_splits
-from vaekit.data.lazy import LazyArray, is_lazy, memmap_reader, memory_limit, value_range
+from vaekit.app.config import Config
+from vaekit.app.data import load_data, run_splits
+from vaekit.app.data.lazy import LazyArray, is_lazy, memmap_reader, memory_limit, value_range
 from vaekit.errors import VaekitError
 from vaekit.train import train
 

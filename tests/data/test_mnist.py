@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, run_cli
-from vaekit.data import download as dl
-from vaekit.data import load_data, mnist
+from vaekit.app.data import download as dl
+from vaekit.app.data import load_data, mnist
 from vaekit.errors import VaekitError
 
 from .helpers import cli, sha256
@@ -35,7 +35,7 @@ def test_loads_official_layout_scaled_to_unit_interval(fake_mnist):
 
 
 def test_labels_must_match_the_images(fake_mnist, monkeypatch, tmp_path):
-    from vaekit.data.idx import encode
+    from vaekit.app.data.idx import encode
 
     bad = dict(fake_mnist, **{"t10k-labels-idx1-ubyte": encode(np.zeros(4, np.uint8))})
     for name, body in bad.items():
@@ -97,8 +97,8 @@ def test_real_mnist_fetched_from_a_local_mirror(http_server, private_cache, caps
 
 @pytest.mark.parametrize(("binarize", "standardize"), [("dynamic", False), ("static", False), ("none", True)])
 def test_the_test_split_alone_is_the_same_test_split(fake_mnist, tmp_path, binarize, standardize):
-    from vaekit.config import Config
-    from vaekit.data import run_splits, write_run_data
+    from vaekit.app.config import Config
+    from vaekit.app.data import run_splits, write_run_data
 
     config = Config(data="mnist", binarize=binarize, standardize=standardize, validation_fraction=0.25)
     whole = run_splits(config, quiet=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import load_data, read_run_data, run_splits, select_split
+from vaekit.app.config import Config
+from vaekit.app.data import load_data, read_run_data, run_splits, select_split
 from vaekit.errors import VaekitError
 from vaekit.train import train
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.config import Config
-from vaekit.data import Dataset, split_validation
-from vaekit.data.lazy import LazyArray, memmap_reader
-from vaekit.data.standardize import Standardization
+from vaekit.app.config import Config
+from vaekit.app.data import Dataset, split_validation
+from vaekit.app.data.lazy import LazyArray, memmap_reader
+from vaekit.app.data.standardize import Standardization
 from vaekit.errors import VaekitError
 from vaekit.runs import load
 from vaekit.train import train

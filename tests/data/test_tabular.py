@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vaekit.data import load_data
+from vaekit.app.data import load_data
 from vaekit.errors import VaekitError
 
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from vaekit.config import parse_binarize
+from vaekit.app.config import Binarization
 
 ALGORITHM = "splitmix64-v1"
 _KIND = {"static": 0, "dynamic": 1}
@@ -29,7 +29,7 @@ _SPLIT = {"train": 0, "validation": 1, "test": 2, "all": 3}
 _BLOCK = 4096  # rows per block when drawing a whole tensor (bounds the uint64 temporaries)
 
 
-def binarize_once(data, mode: str, seed: int, split: str, positions: np.ndarray | None = None):
+def binarize_once(data, mode: Binarization, seed: int, split: str, positions: np.ndarray | None = None):
     """``data`` with the protocol's fixed draw for ``split`` applied (input untouched).
 
     Static and threshold binarisation are applied to the loaded train/test sets *before*
@@ -38,9 +38,9 @@ def binarize_once(data, mode: str, seed: int, split: str, positions: np.ndarray 
     set alone and draws the evaluation sets once. ``positions``: the rows' positions in the
     loaded set (default 0..N-1); data read lazily know their own.
     """
-    from vaekit.data.lazy import is_lazy
+    from vaekit.app.data.lazy import is_lazy
 
-    kind, level = parse_binarize(mode)
+    kind, level = mode
     if kind == "none" or (kind == "dynamic" and split == "train"):
         return data
     if kind == "threshold":
@@ -82,7 +82,7 @@ def binarize_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def fingerprint(x) -> str | None:
     """sha256 of the packed bits of a binary tensor (``None`` for data read lazily)."""
-    from vaekit.data.lazy import is_lazy
+    from vaekit.app.data.lazy import is_lazy
 
     if is_lazy(x):
         return None
@@ -99,7 +99,7 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 
 
 def _check_probabilities(x, name: str) -> None:
-    from vaekit.data.lazy import value_range
+    from vaekit.app.data.lazy import value_range
     from vaekit.errors import VaekitError
 
     lo, hi, _ = value_range(x)

@@ -6,7 +6,7 @@ are resized to ``image_size`` x ``image_size`` when one is given, otherwise they
 share one size. ``image_mode``: ``grey``, ``rgb``, or ``auto`` (grey when every image is
 greyscale). Values are grey levels scaled to [0, 1], shaped ``[N, C, H, W]``.
 
-Above the memory limit (:mod:`vaekit.data.lazy`) the images are decoded when a batch
+Above the memory limit (:mod:`vaekit.app.data.lazy`) the images are decoded when a batch
 needs them instead of all at once.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit.data import Dataset, DataSplits
-from vaekit.data.lazy import LazyArray, memory_limit
-from vaekit.data.progress import progress
+from vaekit.app.data import Dataset, DataSplits
+from vaekit.app.data.lazy import LazyArray, memory_limit
+from vaekit.app.data.progress import progress
 from vaekit.errors import VaekitError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaekit.data.progress import progress, say
+from vaekit.app.data.progress import progress, say
 from vaekit.errors import VaekitError
 
 ENV_CACHE = "VAEKIT_DATA"

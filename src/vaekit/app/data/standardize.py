@@ -26,7 +26,7 @@ class Standardization:
     @classmethod
     def fit(cls, x) -> Standardization:
         """Mean and (population) standard deviation of every feature of ``x``."""
-        from vaekit.data.lazy import is_lazy
+        from vaekit.app.data.lazy import is_lazy
 
         chunks = x.chunks() if is_lazy(x) else (x[i : i + 65536] for i in range(0, len(x), 65536))
         shift = total = squares = None
@@ -50,8 +50,8 @@ class Standardization:
         return float(-np.log(self.std).sum())
 
     def apply(self, data):
-        """A :class:`~vaekit.data.Dataset` (or tensor) with the map applied."""
-        from vaekit.data.lazy import is_lazy
+        """A :class:`~vaekit.app.data.Dataset` (or tensor) with the map applied."""
+        from vaekit.app.data.lazy import is_lazy
 
         if hasattr(data, "x"):
             return dataclasses.replace(data, x=self.apply(data.x))

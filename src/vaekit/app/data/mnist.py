@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaekit.data import Dataset, DataSplits
-from vaekit.data import download as dl
-from vaekit.data.idx import parse
+from vaekit.app.data import Dataset, DataSplits
+from vaekit.app.data import download as dl
+from vaekit.app.data.idx import parse
 from vaekit.errors import VaekitError
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -60,6 +60,8 @@ def train(
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = None,
+    precision: Annotated[str | None, Opt(help="fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).")] = None,
     checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
     save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
@@ -80,11 +82,13 @@ def train(
 ) -> None:
     """Train a VAE (or AE) and write a run directory with weights, metrics and figures."""
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
-    from vaekit.config import Config, read_config_file
-    from vaekit.train import train as run_training
+    from vaekit.app.config import Config, read_config_file
+    from vaekit.app.runs import train as run_training
+    from vaekit.app.threads import tune_allocator
 
+    tune_allocator()  # a CLI process keeps freed memory for reuse (vaekit.app.threads)
     if resume is not None:
-        from vaekit.train import resume as resume_training
+        from vaekit.app.runs import resume as resume_training
 
         if out is not None and out.resolve() != resume.resolve():
             raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
@@ -128,16 +132,17 @@ def evaluate(
     mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
     samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
     threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
-    import torch
-
-    from vaekit.evaluate import check_samples, format_table, summarise, write_per_example
-    from vaekit.evaluate import per_example as score_examples
+    from vaekit.app.threads import ThreadPolicy, tune_allocator
+    from vaekit.devices import forked_rng, model_device
+    from vaekit.evaluation import check_samples, format_table, summarise, write_per_example
+    from vaekit.evaluation import per_example as score_examples
 
     overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
-    model, config, dataset, split = _model_and_data(run_dir, data, split, overrides)
+    model, config, dataset, split = _model_and_data(run_dir, data, split, overrides, device)
     _positive("--batch-size", batch_size)
     _positive("--local-steps", local_steps)
     if samples is not None:
@@ -148,24 +153,19 @@ def evaluate(
         _check_output(per_example, (".csv", ".npy"))
     if threads < 0:
         raise VaekitError(f"--threads must be 0 (auto) or more, got {threads}")
-    torch.manual_seed(seed)
-    from vaekit.threads import ThreadPolicy
-    from vaekit.train import _progress
-
+    tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
     policy = ThreadPolicy(threads, quiet=quiet or as_json)
     labels = _labels(model, dataset)
-    with _progress(quiet) as progress:
-        total = len(dataset) * (2 if gap_decomposition else 1)
-        task = progress.add_task(f"evaluating (K = {k})", total=total)
+    total = len(dataset) * (2 if gap_decomposition else 1)
+    with forked_rng(model_device(model), seed), _progress(quiet, f"evaluating (K = {k})", total) as advance:
         scores = score_examples(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
-            labels=labels,
-            on_progress=lambda n: (progress.update(task, advance=n), policy.check()),
+            labels=labels, on_progress=lambda n: (advance(n), policy.check()),
         )
-    result = {"split": split, "seed": seed, **summarise(
-        model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
-        labels=labels)}
+        result = {"split": split, "seed": seed, **summarise(
+            model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+            labels=labels)}
     notes = []
     if per_example is not None:
         write_per_example(scores, per_example, dataset.labels)
@@ -194,34 +194,38 @@ def sample(
     label: Annotated[int | None, Opt(help="Conditional model: the class to draw (default: all classes in turn).")] = None,
     sampler: Annotated[str, Opt(help="prior (z ~ p(z)) | gmm (z ~ a Gaussian mixture fitted to the training posterior means).")] = "prior",
     components: Annotated[int, Opt(help="Sampler gmm: mixture components.")] = 10,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
 ) -> None:
     """Draw samples from the prior (or an ex-post Gaussian mixture) and decode them."""
-    import torch
 
-    from vaekit.runs import load_run
+    from vaekit.app.runs import load_run
 
     _positive("-n", n)
     _check_output(output, (".png", ".npy"))
     if sampler not in ("prior", "gmm"):
         raise VaekitError(f"--sampler must be 'prior' or 'gmm', got '{sampler}'")
     _positive("--components", components)
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, device=device)
     if label is not None:
         classes = getattr(model, "num_classes", 0)
         if not classes:
             raise VaekitError(f"--label needs a conditional model (--model cvae); {run_dir} is '{config.model}'")
         if not 0 <= label < classes:
             raise VaekitError(f"--label must be in 0..{classes - 1} for this model, got {label}")
-    torch.manual_seed(seed)
-    if sampler == "gmm":
-        from vaekit.sampling import decode_latents, fit_gmm_for_run, sample_gmm_latents
+    from vaekit.devices import forked_rng, model_device
+    from vaekit.sampling import decode_latents
 
-        gmm = fit_gmm_for_run(model, config, components, seed, run_dir)
-        images = decode_latents(model, sample_gmm_latents(gmm, n, seed), label, mean=not draw)
-        title = f"{n} samples from {run_dir}, z from a {components}-component mixture"
-    else:
-        images = model.sample(n, mean=not draw, y=label)
-        title = f"{n} samples from {run_dir}"
+    with forked_rng(model_device(model), seed):
+        if sampler == "gmm":
+            from vaekit.app.runs import fit_gmm_for_run
+            from vaekit.sampling import sample_gmm_latents
+
+            gmm = fit_gmm_for_run(model, config, components, seed, run_dir)
+            images = decode_latents(model, sample_gmm_latents(gmm, n, seed), label, mean=not draw)
+            title = f"{n} samples from {run_dir}, z from a {components}-component mixture"
+        else:
+            images = decode_latents(model, model.prior_draws(n), label, mean=not draw)
+            title = f"{n} samples from {run_dir}"
     if label is not None:
         title += f", class {label}"
     _write_images(_original_units(images, run_dir), output, title)
@@ -234,18 +238,17 @@ def reconstruct(
     split: Annotated[str | None, Opt(help="train | validation | test | all.")] = None,
     n: Annotated[int, Opt("-n", "--n", help="How many examples (the first n of the split).")] = 10,
     output: Annotated[Path, Opt("--output", "-o", help="FILE.png (originals above reconstructions) or FILE.npy.")] = Path("reconstructions.png"),
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
 ) -> None:
     """Reconstruct examples through the posterior mean: E[x | z = μ(x)]."""
-    import torch
+    from vaekit.sampling import reconstruct as reconstruct_batch
 
     _positive("-n", n)
     _check_output(output, (".png", ".npy"))
-    model, _, dataset, _ = _model_and_data(run_dir, data, split)
+    model, _, dataset, _ = _model_and_data(run_dir, data, split, None, device)
     labels = _labels(model, dataset)
-    given = () if labels is None else (labels[:n],)
-    with torch.no_grad():
-        originals = dataset.x[:n]
-        recon = model.decode_mean(model.encode(originals, *given).mean, *given)
+    originals = dataset.x[:n]
+    recon = reconstruct_batch(model, originals, None if labels is None else labels[:n])
     if output.suffix.lower() == ".npy":
         _write_images(_original_units(recon, run_dir), output, "")
     else:
@@ -263,24 +266,25 @@ def encode(
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: all).")] = None,
     output: Annotated[Path, Opt("--output", "-o", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv.")] = Path("latents.npy"),
     batch_size: Annotated[int, Opt(help="Examples per batch.")] = 1000,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
 ) -> None:
     """Write every example's posterior mean μ(x) and log-variance log σ²(x)."""
     import numpy as np
     import torch
 
-    from vaekit.runs import write_output
+    from vaekit.rundir import write_output
+    from vaekit.sampling import encode_posterior
 
     _positive("--batch-size", batch_size)
     _check_output(output, (".npy", ".npz", ".csv"))
-    model, _, dataset, _ = _model_and_data(run_dir, data, split or "all")
+    model, _, dataset, _ = _model_and_data(run_dir, data, split or "all", None, device)
     labels_in = _labels(model, dataset)
     mus, logvars = [], []
-    with torch.no_grad():
-        for i in range(0, len(dataset), batch_size):
-            given = () if labels_in is None else (labels_in[i : i + batch_size],)
-            q = model.encode(dataset.x[i : i + batch_size], *given)
-            mus.append(q.mean)
-            logvars.append(torch.log(q.variance))
+    for i in range(0, len(dataset), batch_size):
+        q = encode_posterior(model, dataset.x[i : i + batch_size],
+                             None if labels_in is None else labels_in[i : i + batch_size])
+        mus.append(q.mean.cpu())
+        logvars.append(torch.log(q.variance).cpu())
     mu = torch.cat(mus).numpy()
     logvar = torch.cat(logvars).numpy()
     labels = None if dataset.labels is None else dataset.labels.numpy()
@@ -307,14 +311,20 @@ def encode(
 
 
 @app.command()
-def plot(run_dir: RunDir) -> None:
+def plot(
+    run_dir: RunDir,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+) -> None:
     """(Re)draw a run's figures from its weights and metrics."""
     from vaekit import plots
-    from vaekit.data import run_splits
-    from vaekit.runs import load_run, read_metrics
+    from vaekit.app.data import run_splits
+    from vaekit.app.runs import load_run
+    from vaekit.rundir import read_metrics
 
-    model, config = load_run(run_dir)
-    paths = plots.draw_all(run_dir, model, run_splits(config, run_dir=run_dir), read_metrics(run_dir))
+    model, config = load_run(run_dir, device=device)
+    splits = run_splits(config, run_dir=run_dir)
+    train, shown = splits["train"], splits.get("validation") or splits.get("test") or splits["train"]
+    paths = plots.draw_all(run_dir, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir))
     for path in paths:
         print(f"wrote {path}")
 
@@ -326,7 +336,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("list")
 def data_list() -> None:
     """Show the known datasets, whether each is in the cache, and its size."""
-    from vaekit.data import download, mnist
+    from vaekit.app.data import download, mnist
 
     rows = [("name", "cached", "size", "verified by"),
             ("digits", "built in", "-", "(bundled with scikit-learn)")]
@@ -350,8 +360,8 @@ def data_fetch(
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
 ) -> None:
     """Download a published dataset ahead of time (and re-check files already there)."""
-    from vaekit.config import parse_mirrors
-    from vaekit.data import download, mnist
+    from vaekit.app.config import parse_mirrors
+    from vaekit.app.data import download, mnist
 
     if name not in mnist.REMOTE:
         known = ", ".join(mnist.REMOTE)
@@ -365,11 +375,12 @@ def data_fetch(
 
 
 # ---------------------------------------------------------------------- helpers
-def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None):
-    from vaekit.data import select_default_split, select_split
-    from vaekit.runs import load_run
+def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None,
+                    device: str = "cpu"):
+    from vaekit.app.data import select_default_split, select_split
+    from vaekit.app.runs import load_run
 
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, device=device)
     if overrides and any(v is not None for v in overrides.values()):
         config = config.override(overrides, source="command line")
     own = data is None or data == config.data
@@ -387,7 +398,7 @@ def _model_and_data(run_dir: Path, data: str | None, split: str | None, override
 
 
 def _save_evaluation(path: Path, result: dict) -> str:
-    from vaekit.runs import write_json
+    from vaekit.rundir import write_json
 
     try:
         write_json(path, result)
@@ -398,7 +409,7 @@ def _save_evaluation(path: Path, result: dict) -> str:
 
 def _original_units(x, run_dir: Path):
     """Model-space values back in the data's units where the run standardised its data."""
-    from vaekit.data import recorded_standardization
+    from vaekit.app.data import recorded_standardization
 
     st = recorded_standardization(run_dir)
     return x if st is None else st.invert(x)
@@ -413,7 +424,7 @@ def _size(n: int) -> str:
 
 
 def _labels(model, dataset):
-    from vaekit.model import labels_for
+    from vaekit.app.runs import labels_for
 
     return labels_for(model, dataset)
 
@@ -422,24 +433,35 @@ def _write_images(images, output: Path, title: str) -> None:
     import numpy as np
 
     if output.suffix.lower() == ".npy":
-        from vaekit.runs import write_output
+        from vaekit.rundir import write_output
 
         write_output(output, lambda f: np.save(f, images.numpy()))
     else:
-        import matplotlib
+        from vaekit.plots import images_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from vaekit.plots import _save, _show_tiles
-
-        cols = int(np.ceil(np.sqrt(len(images))))
-        fig, ax = plt.subplots(figsize=(7, 7))
-        _show_tiles(ax, images, -(-len(images) // cols), cols)
-        ax.set(title=title)
-        ax.set_axis_off()
-        _save(fig, output)
+        images_figure(images, output, title)
     print(f"wrote {output}")
+
+
+def _progress(quiet: bool, description: str, total: float):
+    """A context manager giving ``advance(n)``: a rich progress bar on stderr, or nothing."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar():
+        if quiet:
+            yield lambda n: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True),
+                      transient=not sys.stderr.isatty()) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.update(task, advance=n)
+
+    return bar()
 
 
 def _check_output(output: Path, suffixes: tuple[str, ...]) -> None:

@@ -44,7 +44,8 @@ its own draws, as follows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,10 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _torch_kl
 
-from vaekit._callable import make_module_callable
+from vaekit import sources
+from vaekit.devices import forked_rng, model_device
 from vaekit.errors import VaekitError
-from vaekit.model import AE
-from vaekit.threads import tune_allocator
+from vaekit.model import PointMass
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
@@ -83,12 +84,12 @@ PER_EXAMPLE_COLUMNS = (
 
 
 # ---------------------------------------------------------------------- per example
-def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor):
+def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None):
     """(log p(x|z), log p(z) − log q(z|x)) for draws ``z`` [k, B, ...]: each [k, B].
 
     Their sum is :func:`vaekit.objectives.log_importance_weights`; only ``decode``, ``prior``
     and ``q.log_prob`` are used, so models with stacked latents plug in unchanged."""
-    return model.decode(z).log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
+    return model.decode(z, y).log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
 
 
 def chunk_size(batch: int) -> int:
@@ -134,41 +135,47 @@ def per_example(
     ``elbo_local``, ``amortisation_gap`` and ``approximation_gap``. For the autoencoder only
     ``reconstruction``, log p(x | z = f(x)), exists. ``on_progress`` is called after every
     chunk with the work done in examples (fractions of a batch; a gap decomposition scores
-    every example twice). Draws use torch's global generator: seed it. ``labels``: every
-    row's class, for a conditional model (its numbers are then log p(x | y)).
+    every example twice). Draws use torch's global generator: seed it (:func:`evaluate` does,
+    in a forked generator state). ``labels``: every row's class, for a conditional model (its
+    numbers are then log p(x | y)). Batches go to the model's device; results are on the CPU.
     """
-    tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.threads)
-    whole = model
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     if batch_size < 1:
         raise VaekitError(f"batch size must be at least 1, got {batch_size}")
-    model.eval()
+    with evaluation_mode(model):
+        return _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposition,
+                            local_steps, on_progress, labels)
+
+
+def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposition, local_steps,
+                 on_progress, labels) -> dict[str, torch.Tensor]:
     ks = curve_points(k_total) if curve else []
+    device = model_device(model)
     result: dict[str, torch.Tensor] = {}
     batch_size = examples_per_batch(batch_size, k_total)
     # One buffer for every batch's log-weights, taken before the decoder's large temporaries:
     # allocating it per batch let glibc's heap grow to gigabytes over a 10k-image run.
     buffer = None
     for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]  # a tensor (x may be a lazily read array)
+        xb = x[start : start + batch_size].to(device)  # a tensor (x may be a lazily read array)
+        yb = None if labels is None else labels[start : start + batch_size].to(device)
         if buffer is None:
-            buffer = torch.empty(2, k_total, len(xb), dtype=torch.float64, device=xb.device)
-        model = given(whole, labels, slice(start, start + batch_size))
-        q = model.encode(xb)
-        if isinstance(model, AE):
-            rec = model.decode(q.mean).log_prob(xb).double()
+            buffer = torch.empty(2, k_total, len(xb), dtype=torch.float64, device=device)
+        q = model.encode(xb, yb)
+        if isinstance(q, PointMass):  # the autoencoder: its reconstruction term is all there is
+            rec = model.decode(q.mean, yb).log_prob(xb).double()
             scores = {"reconstruction": rec, "reconstruction_var": torch.zeros_like(rec)}
             if on_progress is not None:
                 on_progress(len(xb))
         else:
-            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl, on_progress, buffer)
+            scores = score_batch(model, xb, q, k_total, iwae_k, ks, kl, on_progress, buffer, yb)
             if gap_decomposition:
                 scores.update(
-                    _decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress, buffer))
+                    _decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress, buffer, yb))
         for key, value in scores.items():
             if key not in result:  # filled in place: many small tensors would pin the heap
-                result[key] = torch.empty(len(x), dtype=value.dtype, device=value.device)
-            result[key][start : start + len(xb)] = value
+                result[key] = torch.empty(len(x), dtype=value.dtype)
+            result[key][start : start + len(xb)] = value.cpu()
     return result
 
 
@@ -189,7 +196,7 @@ def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int
 def score_batch(
     model, x: torch.Tensor, q: Distribution, k_total: int, iwae_k: int,
     curve_ks: list[int] = (), kl: str = "analytic", on_progress: Callable | None = None,
-    buffer: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None, y: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """ELBO, IS log-likelihood, IWAE bound (and curve points) of one batch under proposal
     ``q``, from ``k_total`` draws taken in chunks; per-example values and variances.
@@ -201,7 +208,7 @@ def score_batch(
     step = chunk_size(len(x))
     for done in range(0, k_total, step):
         z = q.rsample((min(step, k_total - done),))
-        log_px[done : done + len(z)], log_ratio[done : done + len(z)] = weight_terms(model, q, x, z)
+        log_px[done : done + len(z)], log_ratio[done : done + len(z)] = weight_terms(model, q, x, z, y)
         if on_progress is not None:
             on_progress(len(x) * len(z) / k_total)
     # Statistics a few examples at a time: small temporaries keep the heap from fragmenting.
@@ -245,7 +252,7 @@ def _statistics(log_px, log_ratio, closed_kl, iwae_k, curve_ks) -> dict[str, tor
 # ---------------------------------------------------------------------- gap decomposition
 def optimise_local(
     model, x: torch.Tensor, q: Distribution, steps: int = LOCAL_STEPS, lr: float = LOCAL_LR,
-    samples: int = LOCAL_SAMPLES,
+    samples: int = LOCAL_SAMPLES, y: torch.Tensor | None = None,
 ) -> Distribution:
     """q*(z) = N(μ, diag σ²) for each row of ``x``, fitted to that example's ELBO by Adam
     from the encoder's output q = N(μ₀, diag σ₀²), batched: the summed loss gives every
@@ -263,7 +270,7 @@ def optimise_local(
         for _ in range(steps):
             local = diagonal_gaussian(mean + scale * shift, scale.log() + stretch)
             z = local.rsample((samples,))
-            log_px, log_ratio = weight_terms(model, local, x, z)
+            log_px, log_ratio = weight_terms(model, local, x, z, y)
             closed_kl = _closed_form_kl(local, model.prior)
             # The closed-form KL, where one exists, gives lower-variance gradients.
             kl_term = -log_ratio.mean(0) if closed_kl is None else closed_kl
@@ -278,10 +285,10 @@ def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distributio
     return Independent(Normal(loc, log_scale.exp(), validate_args=False), 1)
 
 
-def _decompose(model, x, q, scores, k_total, kl, steps, on_progress, buffer) -> dict[str, torch.Tensor]:
-    local = optimise_local(model, x, q, steps)
+def _decompose(model, x, q, scores, k_total, kl, steps, on_progress, buffer, y) -> dict[str, torch.Tensor]:
+    local = optimise_local(model, x, q, steps, y=y)
     # Fresh draws under q*, independent of the amortised ones: the variances simply add.
-    fitted = score_batch(model, x, local, k_total, k_total, [], kl, on_progress, buffer)
+    fitted = score_batch(model, x, local, k_total, k_total, [], kl, on_progress, buffer, y)
     elbo_local, var = fitted["elbo"], fitted["elbo_var"]
     return {
         "elbo_local": elbo_local, "elbo_local_var": var,
@@ -300,10 +307,12 @@ def active_units(
 ) -> tuple[int, list[float]]:
     """Burda et al.'s count: A_u = Cov_x(E_q[z_u|x]) over the rows of ``x``, active when
     A_u > ``threshold``; returns (count, every A_u)."""
-    model.eval()
-    means = torch.cat([
-        _moments(given(model, labels, slice(i, i + batch_size)).encode(x[i : i + batch_size]))[0].flatten(1)
-        for i in range(0, len(x), batch_size)])
+    device = model_device(model)
+    with evaluation_mode(model):
+        means = torch.cat([
+            _moments(model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size),
+                                                                           device)))[0].flatten(1).cpu()
+            for i in range(0, len(x), batch_size)])
     spread = means.double().var(0) if len(x) > 1 else torch.zeros_like(means[0], dtype=torch.float64)
     return int((spread > threshold).sum()), spread.tolist()
 
@@ -322,13 +331,20 @@ def mutual_information(
     it errs on the large side). The estimate cannot exceed log N. The average KL splits as
     KL = I_q + KL(q(z) ‖ p(z)), which gives the marginal KL.
     """
-    model.eval()
+    with evaluation_mode(model):
+        terms = _mutual_information_terms(model, x, examples, batch_size, labels)
+    se = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else None
+    return float(terms.mean()), se
+
+
+def _mutual_information_terms(model, x, examples, batch_size, labels) -> torch.Tensor:
+    device = model_device(model)
     n = len(x)
     chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
     draws, own = [], []
     for i in range(0, len(chosen), batch_size):
         rows = chosen[i : i + batch_size]
-        q = given(model, labels, rows).encode(x[rows])
+        q = model.encode(x[rows].to(device), _rows(labels, rows, device))
         z = q.rsample()
         draws.append(z)
         own.append(q.log_prob(z))
@@ -336,14 +352,12 @@ def mutual_information(
     mixture = torch.full_like(log_own, -math.inf)
     size = z[0].numel()
     for i in range(0, n, batch_size):
-        q = given(model, labels, slice(i, i + batch_size)).encode(x[i : i + batch_size])
+        q = model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size), device))
         step = max(1, _PAIRS // (size * min(batch_size, n - i)))
         for j in range(0, len(z), step):
             log_q = q.log_prob(z[j : j + step].unsqueeze(1)).double()  # [draws, examples]
             mixture[j : j + step] = torch.logaddexp(mixture[j : j + step], log_q.logsumexp(1))
-    terms = log_own - (mixture - math.log(n))
-    se = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else None
-    return float(terms.mean()), se
+    return (log_own - (mixture - math.log(n))).cpu()
 
 
 def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
@@ -357,7 +371,7 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
     for key in ("elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound"):
         result[key], result[f"{key}_se"] = _mean_and_se(scores, key)
     result["iwae_k"] = iwae_k
-    if isinstance(model, AE):
+    if "elbo" not in scores:
         # An autoencoder has no ELBO and no likelihood: its reconstruction term is all there is.
         for key in ("elbo", "kl", *LIKELIHOOD_KEYS):
             result[key] = None
@@ -368,7 +382,7 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
         return result
     d = math.prod(x.shape[1:])
     nll, nll_se = -result["log_likelihood"], result["log_likelihood_se"]
-    bits, note = bits_per_dim(given(model, labels, slice(0, 1)), x, nll)
+    bits, note = bits_per_dim(model, x, nll, None if labels is None else labels[:1])
     result.update({
         "nll": nll, "nll_se": nll_se, "bits_per_dim": bits,
         "bits_per_dim_se": None if bits is None or nll_se is None else nll_se / (d * math.log(2)),
@@ -394,48 +408,50 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
 
 
 def evaluate(
-    model, x: torch.Tensor, *, importance_samples: int = DEFAULT_K, iwae_k: int | None = None,
+    model, data, *, importance_samples: int = DEFAULT_K, iwae_k: int | None = None,
     batch_size: int = 1000, kl: str = "analytic", curve: bool = False,
     gap_decomposition: bool = False, local_steps: int = LOCAL_STEPS,
     mi_examples: int = MI_EXAMPLES, on_progress: Callable[[int], None] | None = None,
-    labels: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None, seed: int = 0,
 ) -> dict:
-    """:func:`per_example` on ``x`` followed by :func:`summarise`: the full report as a dict
-    of plain values (what ``vaekit evaluate --json`` prints, less ``split`` and ``seed``)."""
+    """The full report on ``data`` (what ``vaekit evaluate --json`` prints, less ``split``
+    and ``seed``): :func:`per_example` followed by :func:`summarise`, as plain values.
+
+    ``data``: a tensor [N, ...], an ``(x, labels)`` pair, a ``torch.utils.data.Dataset`` or a
+    ``DataLoader`` (read once, in order). ``labels`` (or the data's own) go to a conditional
+    model. Monte-Carlo draws come from a generator seeded with ``seed`` inside a forked RNG
+    state, so the numbers are reproducible and torch's global generators are left as they
+    were. Batches run on the model's device; the model's training mode is restored after."""
+    x, labels = sources.as_tensors(data, labels)
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
-    scores = per_example(
-        model, x, importance_samples=k_total, iwae_k=iwae_k, batch_size=batch_size, kl=kl,
-        curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
-        on_progress=on_progress, labels=labels,
-    )
-    return summarise(model, x, scores, importance_samples=k_total, iwae_k=iwae_k,
-                     batch_size=batch_size, mi_examples=mi_examples, labels=labels)
+    with forked_rng(model_device(model), seed):
+        scores = per_example(
+            model, x, importance_samples=k_total, iwae_k=iwae_k, batch_size=batch_size, kl=kl,
+            curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+            on_progress=on_progress, labels=labels,
+        )
+        return summarise(model, x, scores, importance_samples=k_total, iwae_k=iwae_k,
+                         batch_size=batch_size, mi_examples=mi_examples, labels=labels)
 
 
-class _Given:
-    """A conditional model with its rows' labels fixed, seen through the unconditional
-    interface (encode(x), decode(z), prior) that every estimator here is written against."""
-
-    def __init__(self, model, labels: torch.Tensor):
-        self._model, self._labels = model, labels
-
-    def encode(self, x: torch.Tensor):
-        return self._model.encode(x, self._labels)
-
-    def decode(self, z: torch.Tensor):
-        return self._model.decode(z, self._labels)
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
+@contextmanager
+def evaluation_mode(model) -> Iterator[None]:
+    """``model.eval()`` inside, the model's own training mode restored on the way out."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
-def given(model, labels: torch.Tensor | None, rows):
-    """``model`` itself, or for labelled data the model conditioned on ``labels[rows]``."""
-    return model if labels is None else _Given(model, labels[rows])
+def _rows(labels: torch.Tensor | None, rows, device: torch.device) -> torch.Tensor | None:
+    return None if labels is None else labels[rows].to(device)
 
 
 @torch.no_grad()
-def bits_per_dim(model, x: torch.Tensor, nll: float | None) -> tuple[float | None, str]:
+def bits_per_dim(model, x: torch.Tensor, nll: float | None,
+                 labels: torch.Tensor | None = None) -> tuple[float | None, str]:
     """NLL / (D ln 2), and a note saying what that number is for this likelihood and data.
 
     A discrete likelihood on data in its support gives bits of a probability; a continuous
@@ -445,7 +461,9 @@ def bits_per_dim(model, x: torch.Tensor, nll: float | None) -> tuple[float | Non
     d = math.prod(x.shape[1:])
     if nll is None:
         return None, "no log-likelihood"
-    support = model.decode(model.prior.sample((1,))).support
+    device = model_device(model)
+    y = None if labels is None else labels[:1].to(device)
+    support = model.decode(model.prior.sample((1,)), y).support
     bits = nll / (d * math.log(2))
     if not support.is_discrete:
         return bits, (
@@ -593,5 +611,3 @@ def _grouped(log_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values = log_w[: groups * k].reshape(groups, k, -1).logsumexp(1) - math.log(k)
     return values.mean(0), _variance_of_mean(values)
 
-
-make_module_callable(__name__, evaluate)  # vaekit.evaluate(model, x) calls evaluate()

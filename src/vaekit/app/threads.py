@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from vaekit.training import Callback
+
 CHECK_SECONDS = 2.0  # how often auto mode looks at the machine again
 FIRST_CHECK_SECONDS = 0.5  # the first look, measured while we train
 BUSY_CORES = 0.5  # other processes using more than this many cores' worth count as busy
@@ -124,7 +126,8 @@ def threads_for(others: float, cores: int) -> int:
 
 
 class ThreadPolicy:
-    """Sets torch's thread count for a run and, in auto mode, keeps it matched to the machine.
+    """Sets torch's thread count for a run and, in auto mode, keeps it matched to the machine;
+    as a context manager it restores the previous count on the way out.
 
     ``requested`` is the config's ``threads`` (0: auto). ``step_flops``, the estimated work of
     one training step, lets auto mode keep tiny steps on one thread (:data:`SMALL_STEP_FLOPS`).
@@ -133,7 +136,21 @@ class ThreadPolicy:
     """
 
     def __init__(self, requested: int = 0, quiet: bool = False, step_flops: float | None = None):
-        self.requested, self.quiet = requested, quiet
+        self.saved = torch.get_num_threads()
+        self.requested = requested
+        self.tune(step_flops, quiet)
+
+    def __enter__(self) -> ThreadPolicy:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        """Give torch back the thread count it had before: the policy is scoped to a run."""
+        torch.set_num_threads(self.saved)
+        return False
+
+    def tune(self, step_flops: float | None = None, quiet: bool = False) -> None:
+        """(Re)decide the thread count, for steps of ``step_flops`` when known."""
+        requested, self.quiet = self.requested, quiet
         small = step_flops is not None and step_flops < SMALL_STEP_FLOPS
         self.cores = 1 if small else available_cores()
         self.said = False
@@ -194,3 +211,13 @@ class ThreadPolicy:
         print(f"warning: the machine is busy (load average {load:.1f} on {self.cores} cores) and torch "
               f"uses {self.requested} threads; if training is slow, try --threads 1 or --threads 0 (auto)",
               file=sys.stderr)
+
+
+class ThreadCheck(Callback):
+    """The training loop's hook for auto mode: a look at the machine between steps."""
+
+    def __init__(self, policy: ThreadPolicy):
+        self.policy = policy
+
+    def on_step_end(self, loop, loss: float) -> None:
+        self.policy.check()

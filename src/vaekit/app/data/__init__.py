@@ -8,7 +8,7 @@ is carved out of the training portion with the run's seed (or is the official te
 ``validation_split = "test"``).
 
 ``Dataset.x`` is a float32 tensor, or, for data larger than the memory limit, a
-:class:`~vaekit.data.lazy.LazyArray` that reads rows when indexed (same ``len``, ``shape``,
+:class:`~vaekit.app.data.lazy.LazyArray` that reads rows when indexed (same ``len``, ``shape``,
 slicing and index-tensor access, each returning a tensor).
 
 What a run did to its data (binarisation protocol, seed and fingerprints of fixed draws,
@@ -19,20 +19,18 @@ and applied again by :func:`select_split` / :func:`run_splits` given that direct
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vaekit.config import parse_binarize
-from vaekit.data.binarize import ALGORITHM, binarize_once, fingerprint
-from vaekit.data.lazy import LazyArray, is_lazy
-from vaekit.data.standardize import Standardization
+from vaekit.app.data.binarize import ALGORITHM, binarize_once, fingerprint
+from vaekit.app.data.lazy import LazyArray, is_lazy
+from vaekit.app.data.standardize import Standardization
 from vaekit.errors import VaekitError
 
 SPLITS = ("train", "validation", "test", "all")
-RUN_DATA = "data.json"  # listed in vaekit.runs.RUN_FILES as runs.DATA
+RUN_DATA = "data.json"  # the run directory's data record (vaekit.rundir.RunDirectory owns the file)
 
 
 @dataclass
@@ -83,7 +81,7 @@ def load_data(
     ``label_column``: for CSV/Parquet tables. ``splits``: the splits wanted; the MNIST
     family leaves out (as None) those not named, other data always come whole.
     """
-    from vaekit.data import builtin, files, images, mnist, tabular
+    from vaekit.app.data import builtin, files, images, mnist, tabular
 
     path = Path(spec)
     suffix = path.suffix.lower()
@@ -175,12 +173,12 @@ def run_splits(
         index = _validation_index(len(loaded.train), config.validation_fraction, config.seed)
         val_positions = None if index is None else index[1].numpy()
     out = {"train": train, "validation": val, "test": loaded.test}
-    if parse_binarize(config.binarize)[0] == "dynamic":
+    if config.binarization.kind == "dynamic":
         # drawn per example position in the loaded set, as a lazily read split would be
         if val is not None and val is not loaded.test:
-            out["validation"] = binarize_once(val, "dynamic", config.seed, "validation", val_positions)
+            out["validation"] = binarize_once(val, config.binarization, config.seed, "validation", val_positions)
         if loaded.test is not None:
-            out["test"] = binarize_once(loaded.test, "dynamic", config.seed, "test")
+            out["test"] = binarize_once(loaded.test, config.binarization, config.seed, "test")
             if val is loaded.test:
                 out["validation"] = out["test"]  # one draw of the test set, used for both
     if standardize:
@@ -226,7 +224,7 @@ def select_split(
 def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str, Dataset]:
     """(name, data) of the run's default split: ``test`` where the dataset has one, otherwise
     ``validation``, otherwise ``train``; the data are loaded once."""
-    from vaekit.data import mnist
+    from vaekit.app.data import mnist
 
     known_test = config.data in mnist.REMOTE  # the default is then its test split
     splits = run_splits(config, run_dir=run_dir, only="test" if known_test else None)
@@ -238,9 +236,9 @@ def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str
 # ---------------------------------------------------------------------- the run's record
 def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None]) -> dict:
     """Write ``data.json``: how the run's data were binarised and standardised."""
-    from vaekit.runs import write_json
+    from vaekit.rundir import RunDirectory
 
-    kind = parse_binarize(config.binarize)[0]
+    kind = config.binarization.kind
     fixed = {"static": ("train", "validation", "test"), "threshold": ("train", "validation", "test"),
              "dynamic": ("validation", "test")}.get(kind, ())
     prints = {k: fingerprint(splits[k].x) for k in fixed if splits.get(k) is not None}
@@ -253,7 +251,7 @@ def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None
         "standardization": None if st is None else st.to_dict(),
         "read_on_demand": any(s is not None and is_lazy(s.x) for s in splits.values()),
     }
-    write_json(Path(run_dir) / RUN_DATA, record)
+    RunDirectory(run_dir).write_data_record(record)
     return record
 
 
@@ -262,17 +260,13 @@ def read_run_data(run_dir: str | Path | None) -> dict:
     has none (runs written before it existed)."""
     if run_dir is None:
         return {}
-    path = Path(run_dir) / RUN_DATA
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VaekitError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("binarize", {}), dict):
-        raise VaekitError(f"{path}: not a vaekit data record")
+    from vaekit.rundir import RunDirectory
+
+    run = RunDirectory(run_dir)
+    record = run.read_data_record()
     if record.get("standardization") is not None:
-        record["standardization"] = Standardization.from_dict(record["standardization"], str(path))
+        record["standardization"] = Standardization.from_dict(record["standardization"],
+                                                              str(run.file(RUN_DATA)))
     return record
 
 
@@ -283,28 +277,28 @@ def recorded_standardization(run_dir: str | Path | None) -> Standardization | No
 
 # ---------------------------------------------------------------------- helpers
 def _fixed_binarisation(loaded: DataSplits, config) -> DataSplits:
-    if parse_binarize(config.binarize)[0] not in ("static", "threshold"):
+    if config.binarization.kind not in ("static", "threshold"):
         return loaded
     train, test = loaded.train, loaded.test
     if test is not None:
-        test = binarize_once(test, config.binarize, config.seed, split="test")
+        test = binarize_once(test, config.binarization, config.seed, split="test")
     if train is not None:
-        train = binarize_once(train, config.binarize, config.seed, "train")
+        train = binarize_once(train, config.binarization, config.seed, "train")
     return DataSplits(train, test)
 
 
 def _all(loaded: DataSplits, config) -> Dataset:
     loaded = _fixed_binarisation(loaded, config)
     whole = _concat(loaded.train, loaded.test)
-    if parse_binarize(config.binarize)[0] == "dynamic":
-        whole = binarize_once(whole, "dynamic", config.seed, split="all")
+    if config.binarization.kind == "dynamic":
+        whole = binarize_once(whole, config.binarization, config.seed, split="all")
     return whole
 
 
 def _applicable(spec: str, options: dict) -> dict:
     """The run's options that make sense for other data ``spec`` (a table's label column
     for a table, the image size for a folder)."""
-    from vaekit.data import tabular
+    from vaekit.app.data import tabular
 
     path = Path(spec)
     return {**options,

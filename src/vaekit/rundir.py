@@ -1,13 +1,18 @@
-"""Run directories: what a run writes and how it is read back, with no code execution.
+"""Run directories: the files a run writes, owned by one object (:class:`RunDirectory`),
+read back with no code execution.
 
-A run directory holds ``config.json`` (the resolved :class:`~vaekit.config.Config`),
-``run.json`` (format version, data shape), ``model.safetensors`` (weights), ``metrics.jsonl``
-(one line per epoch), ``evaluation.json``, the figures, and while training
+A run directory holds ``run.json`` (format version, data shape, how it was trained),
+``model.safetensors`` (weights), ``metrics.jsonl`` (one line per epoch), ``evaluation.json``
+(and ``evaluation-SPLIT.json`` from ``vaekit evaluate``), the figures, and while training
 ``checkpoint.safetensors`` (see :mod:`vaekit.checkpoint`) and ``best.safetensors`` (the
-weights of the best validation epoch). Nothing is pickled: weights go through safetensors
-and everything else is JSON checked against a schema on the way in. Every file is written
-atomically, and the safetensors files vaekit writes carry a SHA-256 of their content in the
-header, so a damaged or edited file is refused instead of silently used.
+weights of the best validation epoch). Runs started from a config (the CLI) also hold
+``config.json`` (the resolved settings) and ``data.json`` (how the data were binarised or
+standardised); this module keeps them as plain JSON and leaves their meaning to the app.
+
+Nothing is pickled: weights go through safetensors and everything else is JSON checked
+against a schema on the way in. Every file is written atomically, and the safetensors files
+vaekit writes carry a SHA-256 of their content in the header, so a damaged or edited file
+is refused instead of silently used.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from typing import Any
 import torch
 
 from vaekit import __version__
-from vaekit.config import Config
 from vaekit.errors import VaekitError, WriteError
 
 FORMAT = 1
@@ -37,9 +41,154 @@ CONFIG, INFO, WEIGHTS, METRICS, EVALUATION = (
     "evaluation.json",
 )
 CHECKPOINT, BEST = "checkpoint.safetensors", "best.safetensors"
-DATA = "data.json"  # how the data were binarised/standardised (vaekit.data.write_run_data)
+DATA = "data.json"  # how the data were binarised/standardised (the app's data record)
 # The files a run writes besides its figures: what --overwrite replaces, and nothing else.
 RUN_FILES = (CONFIG, INFO, WEIGHTS, METRICS, EVALUATION, CHECKPOINT, BEST, DATA)
+FIGURES = ("latent.png", "manifold.png", "reconstructions.png", "samples.png", "curves.png",
+           "traversals.png", "interpolations.png")
+
+
+class RunDirectory:
+    """The files of one run directory: their names, and reading and writing each of them.
+
+    ``prepare`` readies it for a new run (refusing to replace a run unless told to); after
+    that every write is atomic. Readers check what they read and never execute it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.prepared = False
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ setting up
+    def present(self) -> list[str]:
+        """The run files already there."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def prepare(self, overwrite: bool = False) -> RunDirectory:
+        """Create the folder (or reuse it); refuse one holding a run unless ``overwrite``, in
+        which case that run's files (and only those, figures included) are removed."""
+        if self.path.exists() and not self.path.is_dir():
+            raise VaekitError(f"--out {self.path} exists and is not a directory")
+        present = self.present()
+        if present and not overwrite:
+            raise VaekitError(
+                f"{self.path} already holds a run ({', '.join(present[:3])}); choose another --out, "
+                f"continue it with --resume {self.path}, or pass --overwrite to replace it"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise VaekitError(f"cannot create {self.path}: {err.strerror or err}") from None
+        check_writable(self.path)
+        if present:
+            self.remove_temporary_files()
+            for name in (*RUN_FILES, *FIGURES):
+                try:
+                    (self.path / name).unlink(missing_ok=True)
+                except OSError as err:
+                    raise VaekitError(f"cannot remove the old {self.path / name}: {err.strerror or err}") from None
+        self.prepared = True
+        return self
+
+    def discard(self) -> None:
+        """Remove a run that failed before it was complete (none left to mistake for real)."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+    def remove_temporary_files(self) -> None:
+        remove_temporary_files(self.path)
+
+    def check_exists(self) -> None:
+        if not self.path.is_dir():
+            raise VaekitError(f"run directory not found: {self.path}")
+
+    # ------------------------------------------------------------------ records
+    def write_info(self, event_shape, **extra: Any) -> None:
+        """``run.json``: the format, the vaekit version, the data's shape and ``extra``."""
+        write_json(self.path / INFO, {"format": FORMAT, "vaekit_version": __version__,
+                                      "event_shape": list(event_shape), **extra})
+
+    def read_info(self) -> dict[str, Any]:
+        return load_info(self.path)
+
+    def has_config(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def write_config(self, values: dict[str, Any]) -> None:
+        write_json(self.path / CONFIG, values)
+
+    def read_config(self) -> dict[str, Any]:
+        self.check_exists()
+        values = read_json(self.path / CONFIG, "the run's config")
+        if not isinstance(values, dict):
+            raise VaekitError(f"{self.path / CONFIG}: expected a table of settings")
+        return values
+
+    def write_data_record(self, record: dict[str, Any]) -> None:
+        write_json(self.path / DATA, record)
+
+    def read_data_record(self) -> dict[str, Any]:
+        """``data.json`` as a dict; ``{}`` where the run has none."""
+        path = self.path / DATA
+        if not path.is_file():
+            return {}
+        record = read_json(path, "the run's data record")
+        if not isinstance(record, dict) or not isinstance(record.get("binarize", {}), dict):
+            raise VaekitError(f"{path}: not a vaekit data record")
+        return record
+
+    # ------------------------------------------------------------------ metrics and results
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        write_metrics(self.path, rows)
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        append_metrics(self.path, row)
+
+    def evaluation_path(self, split: str | None = None) -> Path:
+        return self.path / (EVALUATION if split is None else f"evaluation-{split}.json")
+
+    def write_evaluation(self, result: dict[str, Any], split: str | None = None) -> Path:
+        path = self.evaluation_path(split)
+        write_json(path, result)
+        return path
+
+    def figure(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ weights
+    def weights_path(self, which: str = "last") -> Path:
+        if which not in ("last", "best"):
+            raise VaekitError(f"weights must be 'last' or 'best', got '{which}'")
+        return self.path / (WEIGHTS if which == "last" else BEST)
+
+    def save_weights(self, model: torch.nn.Module, which: str = "last", **meta: Any) -> None:
+        save_weights(model, self.weights_path(which), **meta)
+
+    def load_weights(self, model: torch.nn.Module, which: str = "last") -> dict[str, Any]:
+        """Load the stored weights into ``model`` (checked); returns their metadata."""
+        path = self.weights_path(which)
+        if not path.is_file():
+            what = "saved weights (did training finish?)" if which == "last" else "best weights (no validation data?)"
+            raise VaekitError(f"{self.path}: no {path.name}; the run has no {what}")
+        state, meta = read_tensors(path, "the weights")
+        load_state(model, state, path)
+        return meta
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
@@ -184,19 +333,6 @@ def save_weights(model: torch.nn.Module, path: str | Path, **meta: Any) -> None:
     atomic_write(path, encode_tensors(model.state_dict(), meta))
 
 
-def save(model: torch.nn.Module, config: Config, run_dir: str | Path) -> Path:
-    """Write ``config.json``, ``run.json`` and ``model.safetensors`` into ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, config.to_dict())
-    write_json(
-        run_dir / INFO,
-        {"format": FORMAT, "vaekit_version": __version__, "event_shape": list(model.event_shape)},
-    )
-    save_weights(model, run_dir / WEIGHTS)
-    return run_dir
-
-
 def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -208,13 +344,6 @@ def read_json(path: Path, what: str) -> Any:
         raise VaekitError(f"{path}: {what} is not valid JSON ({err})") from None
     except OSError as err:
         raise VaekitError(f"cannot read {path} ({what}): {err.strerror or err}") from None
-
-
-def load_config(run_dir: str | Path) -> Config:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VaekitError(f"run directory not found: {run_dir}")
-    return Config.from_dict(read_json(run_dir / CONFIG, "the run's config"), str(run_dir / CONFIG))
 
 
 def load_info(run_dir: str | Path) -> dict[str, Any]:
@@ -229,17 +358,11 @@ def load_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise VaekitError(
-            f"{path.parent}: no {path.name}; the run has no saved weights (did training finish?)"
-        )
-    state, _ = read_tensors(path, "the weights")
-    load_state(model, state, path)
-
-
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into ``model`` after checking names, shapes, dtypes and finiteness."""
+    """Load ``state`` into ``model`` after checking names, shapes, dtypes and finiteness
+    (parameters not yet sized, such as a lazily built per-dimension σ_G, take the stored
+    shape); the model keeps its device."""
+    _materialize(model, state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -254,7 +377,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
             k = wrong[0]
             found, needed = tuple(state[k].shape), tuple(expected[k].shape)
             parts.append(f"{k} has shape {found}, the config needs {needed}")
-        raise VaekitError(f"{path}: weights do not match the run's config ({'; '.join(parts)})")
+        raise VaekitError(f"{path}: weights do not match the model ({'; '.join(parts)})")
     kinds = [k for k in expected if state[k].dtype != expected[k].dtype]
     if kinds:
         k = kinds[0]
@@ -265,21 +388,10 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
     model.load_state_dict(state)
 
 
-def load_run(run_dir: str | Path):
-    """(model in eval mode, config) from a run directory."""
-    from vaekit.model import build_model
-
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    info = load_info(run_dir)
-    model = build_model(config, tuple(info["event_shape"]))
-    load_weights(model, run_dir / WEIGHTS)
-    return model.eval(), config
-
-
-def load(run_dir: str | Path):
-    """The trained model stored in ``run_dir``, rebuilt from its config, in eval mode."""
-    return load_run(run_dir)[0]
+def _materialize(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if isinstance(param, torch.nn.UninitializedParameter) and name in state:
+            param.materialize(state[name].shape)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

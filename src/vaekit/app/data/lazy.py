@@ -148,7 +148,7 @@ def value_range(x: torch.Tensor | LazyArray) -> tuple[float, float, bool]:
 def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
     """Read ``x`` once in chunks: refuse NaN/infinite values (naming the first bad row)
     and remember its value range, so later checks need not read it again."""
-    from vaekit.data.progress import progress
+    from vaekit.app.data.progress import progress
 
     lo, hi, binary, row = math.inf, -math.inf, True, 0
     with progress(f"checking {source}", len(x), quiet) as advance:

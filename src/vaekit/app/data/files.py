@@ -1,7 +1,7 @@
 """Arrays the user already has: ``.npy`` (``[N, D]`` or ``[N, C, H, W]``) and ``.npz``
 (array ``x``, optionally ``labels``). Values are used as given: no hidden rescaling.
 
-A ``.npy`` file whose float32 size exceeds the memory limit (:mod:`vaekit.data.lazy`) is
+A ``.npy`` file whose float32 size exceeds the memory limit (:mod:`vaekit.app.data.lazy`) is
 memory-mapped and read in batches instead of loaded; a ``.npz`` is always loaded."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit.data import Dataset, DataSplits
-from vaekit.data.lazy import LazyArray, memmap_reader, memory_limit, scan
+from vaekit.app.data import Dataset, DataSplits
+from vaekit.app.data.lazy import LazyArray, memmap_reader, memory_limit, scan
 from vaekit.errors import VaekitError
 
 

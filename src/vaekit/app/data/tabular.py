@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit.data import Dataset, DataSplits
+from vaekit.app.data import Dataset, DataSplits
 from vaekit.errors import VaekitError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")

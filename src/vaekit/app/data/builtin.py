@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vaekit.data import Dataset, DataSplits
+from vaekit.app.data import Dataset, DataSplits
 
 
 def digits(data_dir: str | None = None) -> DataSplits:

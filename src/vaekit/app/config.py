@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
-
+import re
 import tomllib
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from vaekit.errors import VaekitError
 
@@ -27,6 +28,26 @@ OBJECTIVES = ("elbo", "iwae")
 BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
+PRECISIONS = ("fp32", "bf16")
+# Settings that say how long to train, how often to save or where to run, not what is
+# computed: a resumed run may change them. Any other difference is refused (the result would
+# not be the run's).
+MAY_CHANGE_ON_RESUME = (
+    "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
+    "device", "save_best",
+)
+
+
+class Binarization(NamedTuple):
+    """A binarisation protocol, parsed: ``kind`` none | dynamic | static | threshold, and the
+    threshold's ``level``."""
+
+    kind: str
+    level: float | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kind == "dynamic"
 
 
 @dataclass
@@ -74,12 +95,26 @@ class Config:
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     seed: int = 0
-    threads: int = 0  # 0: auto, every free core (vaekit.threads)
+    threads: int = 0  # 0: auto, every free core (vaekit.app.threads)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (vaekit.devices)
+    precision: str = "fp32"  # fp32 | bf16 (autocast while training)
     # checkpoints and numerical faults (see vaekit.checkpoint and docs/reliability.md)
     checkpoint_every: int = 1
     checkpoint_minutes: float = 10.0
     save_best: bool = True
     max_bad_steps: int = 20
+
+    # ------------------------------------------------------------------ typed values
+    # The string mini-languages of the TOML/JSON record, parsed once per config.
+    @cached_property
+    def binarization(self) -> Binarization:
+        return Binarization(*parse_binarize(self.binarize))
+
+    @cached_property
+    def sigma_value(self) -> float | str:
+        """σ_G as the likelihood takes it: a number (fixed), ``shared`` or ``per-dim``."""
+        mode, value = parse_sigma(self.sigma)
+        return value if mode == "fixed" else mode
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
@@ -92,8 +127,12 @@ class Config:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("kl", self.kl, KL_ESTIMATORS)
         _choice("objective", self.objective, OBJECTIVES)
-        parse_binarize(self.binarize)
-        parse_sigma(self.sigma)
+        self.__dict__.pop("binarization", None)  # a field may have been set since: parse afresh
+        self.__dict__.pop("sigma_value", None)
+        _ = self.binarization, self.sigma_value
+        _choice("precision", self.precision, PRECISIONS)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise VaekitError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{self.device}'")
         if not self.data:
             raise VaekitError("data must name a dataset or a file, got an empty string")
         if not self.hidden and self.architecture == "mlp":

@@ -1,0 +1,324 @@
+"""Runs described by a :class:`~vaekit.app.config.Config`: ``train(config, out)``,
+``resume(run_dir)`` and ``load(run_dir)``, the app's side of a run directory.
+
+The config is read once here and turned into the library's typed arguments: a model
+(:func:`build_model`), data tensors (:mod:`vaekit.app.data`), an objective, and the
+arguments of :func:`vaekit.fit`, which does the training and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit import checkpoint, likelihoods, nets, objectives
+from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
+from vaekit.app.threads import ThreadPolicy
+from vaekit.devices import forked_rng, resolve_device
+from vaekit.errors import VaekitError
+from vaekit.model import AE, VAE, TwoLayerVAE
+from vaekit.rundir import RunDirectory
+from vaekit.training import fit
+
+
+def train(
+    config: Config,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    figures: bool = True,
+) -> Path:
+    """Train the model ``config`` describes; write the run directory ``out`` and return it."""
+    from vaekit.app.data import run_splits, write_run_data
+
+    config.validate()
+    device = resolve_device(config.device)
+    with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
+        splits = run_splits(config, quiet=quiet)
+        train_set = splits["train"]
+        check_data(train_set, config, quiet)
+        config = with_classes(config, train_set.labels)
+        with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
+            model = build_model(config, train_set.event_shape)
+        run = RunDirectory(out).prepare(overwrite)
+        try:
+            run.write_config(config.to_dict())
+            write_run_data(run.path, config, splits)
+        except VaekitError:
+            run.discard()  # no half-written run left to mistake for a real one
+            raise
+        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+    return run.path
+
+
+def resume(
+    run_dir: str | Path,
+    changes: dict[str, Any] | None = None,
+    *,
+    quiet: bool = False,
+    figures: bool = True,
+) -> Path:
+    """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
+    settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``,
+    ``device``)."""
+    from vaekit.app.data import run_splits
+
+    run = RunDirectory(run_dir)
+    ckpt = checkpoint.load(run.path)
+    config = resume_config(ckpt, load_config(run.path), changes or {})
+    if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
+        raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
+    done = ckpt.meta["epoch"]
+    if ckpt.meta["in_epoch"] is not None:
+        done, what = done + 1, f"is part-way through epoch {done + 1}"
+    else:
+        what = f"has already trained {done} epochs"
+    if config.epochs < done:
+        raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
+    device = resolve_device(config.device)
+    with ThreadPolicy(config.threads, quiet=True) as policy:
+        splits = run_splits(config, quiet=quiet)
+        check_data(splits["train"], config, quiet=True)
+        if splits["train"].event_shape != ckpt.event_shape:
+            raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
+        model = build_model(config, ckpt.event_shape)
+        run.write_config(config.to_dict())
+        if not quiet:
+            step = ckpt.meta["in_epoch"]
+            where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
+            _say(f"resuming {run.path} after {where} of {config.epochs} epochs")
+        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True)
+    return run.path
+
+
+def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy: ThreadPolicy, *,
+         quiet: bool, figures: bool, resume: bool) -> None:
+    """:func:`vaekit.fit` with the config's settings as typed arguments."""
+    from vaekit.app.threads import ThreadCheck
+
+    train_set, val_set = splits["train"], splits["validation"]
+    conditional = bool(getattr(model, "num_classes", 0))
+    policy.tune(step_flops(model, config), quiet=quiet)
+    fit(
+        model,
+        (train_set.x, train_set.labels if conditional else None),
+        validation=None if val_set is None else (val_set.x, val_set.labels if conditional else None),
+        epochs=config.epochs, batch_size=config.batch_size, objective=objective_for(config),
+        lr=config.lr, weight_decay=config.weight_decay, device=device, precision=config.precision,
+        seed=config.seed, dynamic_binarization=config.binarization.dynamic,
+        grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
+        checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
+        save_best=config.save_best, figures=figures, callbacks=[ThreadCheck(policy)], progress=not quiet,
+    )
+    if not quiet:
+        print(f"run written to {run.path}")
+
+
+def objective_for(config: Config):
+    """The training objective a config names, as a function ``(model, batch) -> (loss, terms)``."""
+    if config.objective == "iwae":
+        return functools.partial(objectives.iwae_objective, k=config.k, beta=config.beta,
+                                 warmup=float(config.kl_warmup))
+    return functools.partial(objectives.elbo_objective, samples=config.samples, kl=config.kl,
+                             beta=config.beta, warmup=float(config.kl_warmup), free_bits=config.free_bits)
+
+
+def step_flops(model: torch.nn.Module, config: Config) -> float | None:
+    """Rough FLOPs of one training step of an MLP or linear model: forward and backward
+    (3 × 2 multiply-adds per weight and example), the decoder's share once per draw; None
+    for conv bodies, whose weights are reused across the image."""
+    if config.architecture == "conv":
+        return None
+    draws = config.k if config.objective == "iwae" else config.samples
+    weights = sum(m.weight.numel() * (draws if "decoder" in name else 1)
+                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * config.batch_size * weights
+
+
+def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
+    """The config a resumed run uses: ``stored`` (the run's config.json) with ``changes``
+    applied; refused, listing the differences, if anything but a budget setting differs
+    from what the checkpoint was trained with."""
+    config = stored.override(changes, source="--resume")
+    if ckpt.config is None:
+        raise VaekitError(f"{ckpt.path}: this run was trained from Python (vaekit.fit): resume it with "
+                          "fit(..., out=..., resume=True)")
+    trained = Config.from_dict(ckpt.config, f"{ckpt.path} (its config)")
+    refused = [line for line in trained.diff(config) if line.split(":", 1)[0] not in MAY_CHANGE_ON_RESUME]
+    if refused:
+        raise VaekitError(
+            f"cannot resume {ckpt.path.parent}: settings differ from the ones its checkpoint was "
+            f"trained with ({'; '.join(refused)}); only {', '.join(MAY_CHANGE_ON_RESUME)} may "
+            "change on resume. Start a new run (another --out) instead"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------- models from configs
+def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
+    """The model a :class:`Config` describes, for data of ``event_shape``."""
+    event_shape = tuple(event_shape)
+    d = math.prod(event_shape)
+    likelihood = likelihoods.make_likelihood(config.likelihood, event_shape, config.sigma_value,
+                                             config.sigma_min, config.levels)
+    params = likelihood.params_per_dim
+    out_shape = ((params,) if params > 1 else ()) + event_shape
+    classes = config.classes if config.model == "cvae" else 0
+    if config.model == "cvae" and classes < 1:
+        raise VaekitError("model 'cvae' needs the number of classes (classes > 0, or labelled data)")
+    latent = config.latent_dim
+    z2 = config.latent_dim2 or max(1, latent // 2)
+    enc_out = latent if config.model == "ae" else 2 * latent
+    hidden = [] if config.architecture == "linear" else config.hidden
+    if config.architecture == "conv":
+        nets.check_conv_shape(event_shape, config.channels)
+        encoder = nets.ConvEncoder(event_shape, enc_out, config.channels, config.activation, classes)
+        decoder = nets.ConvDecoder(latent, event_shape, config.channels, config.activation, params, classes)
+    else:
+        encoder = nets.MLP(d, hidden, enc_out, config.activation, classes)
+        decoder = nets.MLP(latent, hidden[::-1], out_shape, config.activation, classes)
+    if config.model == "hvae":
+        up = nets.MLP(latent, config.hidden2, 2 * z2, config.activation)
+        down = nets.MLP(z2, config.hidden2[::-1], 2 * latent, config.activation)
+        return TwoLayerVAE(encoder, decoder, likelihood, latent, z2, up, down, event_shape=event_shape)
+    cls = AE if config.model == "ae" else VAE
+    return cls(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
+
+
+def with_classes(config: Config, labels: torch.Tensor | None) -> Config:
+    """``config`` with ``classes`` set from the training labels for a conditional model
+    (unchanged otherwise); a clear error when a CVAE has no labels to condition on."""
+    if config.model != "cvae":
+        return config
+    if labels is None:
+        raise VaekitError(
+            f"model 'cvae' conditions on class labels, but the data '{config.data}' has none "
+            "(give a .npz file with a 'labels' array)"
+        )
+    if int(labels.min()) < 0:
+        raise VaekitError(f"class labels must be non-negative for model 'cvae'; found {int(labels.min())}")
+    needed = int(labels.max()) + 1
+    if config.classes and config.classes < needed:
+        raise VaekitError(f"classes is {config.classes}, but the labels run up to {needed - 1}")
+    if needed > MAX_CLASSES and not config.classes:
+        raise VaekitError(
+            f"the labels run up to {needed - 1}: a conditional model needs one input per class, "
+            f"so more than {MAX_CLASSES} classes are refused (labels should be 0..K-1)"
+        )
+    return dataclasses.replace(config, classes=config.classes or needed)
+
+
+MAX_CLASSES = 100_000
+
+
+def labels_for(model, dataset) -> torch.Tensor | None:
+    """The labels to pass along with ``dataset`` to ``model``: its labels when the model is
+    conditional, ``None`` otherwise (unconditional models ignore labels)."""
+    if not getattr(model, "num_classes", 0):
+        return None
+    if dataset.labels is None:
+        raise VaekitError(f"this conditional model needs class labels, but {dataset.name} has none")
+    return dataset.labels
+
+
+def check_data(data, config: Config, quiet: bool = False) -> None:
+    """Refuse data the likelihood cannot model; warn when the number will not be a likelihood."""
+    from vaekit.app.data.lazy import is_lazy, value_range
+
+    if len(data) == 0:
+        raise VaekitError("the training set is empty")
+    name = config.likelihood
+    if name in ("continuous-bernoulli", "logistic", "bernoulli"):
+        lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
+        if lo < 0 or hi > 1:
+            advice = "use --likelihood gaussian or rescale the data" if name == "bernoulli" else "rescale the data"
+            raise VaekitError(f"the {name} likelihood needs data in [0, 1], but {data.name} spans "
+                              f"[{lo:g}, {hi:g}]; {advice}")
+    if name == "logistic":
+        levels = config.levels
+        for chunk in data.x.chunks() if is_lazy(data.x) else [data.x]:
+            scaled = chunk.double() * (levels - 1)
+            if float((scaled - scaled.round()).abs().max()) > 1e-3:
+                raise VaekitError(
+                    f"the logistic likelihood models {levels} grey levels k/{levels - 1}, but "
+                    f"{data.name} has values off that grid; set --levels to the data's number of "
+                    f"levels (17 for digits, 256 for 8-bit images)"
+                )
+    if name == "bernoulli" and not binary and not config.binarization.dynamic and not quiet:
+        _say(
+            "warning: bernoulli likelihood on non-binary data: the ELBO is then not a bound "
+            "on a log-likelihood (use --binarize dynamic|static|threshold, or a likelihood "
+            "for grey levels)"
+        )
+
+
+# ---------------------------------------------------------------------- loading runs
+def load_config(run_dir: str | Path) -> Config:
+    run = RunDirectory(run_dir)
+    if not run.has_config():
+        run.check_exists()
+        if (run.path / "run.json").is_file():
+            raise VaekitError(
+                f"{run.path} was trained with a model defined in Python (vaekit.fit): load it with "
+                "vaekit.load(run_dir, model=YourModel(...))"
+            )
+    return Config.from_dict(run.read_config(), str(run.file("config.json")))
+
+
+def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
+    """(model in eval mode on ``device``, config) from a run directory started from a config."""
+    config = load_config(run_dir)
+    run = RunDirectory(run_dir)
+    model = build_model(config, tuple(run.read_info()["event_shape"]))
+    run.load_weights(model, weights)
+    return model.to(resolve_device(device)).eval(), config
+
+
+def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",
+         device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained model stored in ``run_dir``, in eval mode on ``device``: the weights
+    (``last`` or ``best``) loaded into ``model`` (your own module, built as for training), or,
+    without one, the model rebuilt from the run's config (runs trained by the CLI or
+    ``vaekit.train``). The weights are checked (names, shapes, dtypes, finiteness)."""
+    if model is None:
+        return load_run(run_dir, weights, device)[0]
+    run = RunDirectory(run_dir)
+    run.check_exists()
+    info = run.read_info()
+    if getattr(model, "event_shape", None) is None and hasattr(model, "event_shape"):
+        model.event_shape = tuple(info["event_shape"])
+    run.load_weights(model, weights)
+    return model.to(resolve_device(device)).eval()
+
+
+def save(model: VAE, config: Config, run_dir: str | Path) -> Path:
+    """Write ``config.json``, ``run.json`` and ``model.safetensors`` into ``run_dir``."""
+    run = RunDirectory(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(config.to_dict())
+    run.write_info(model.event_shape, model=type(model).__name__)
+    run.save_weights(model)
+    return run.path
+
+
+def fit_gmm_for_run(model, config: Config, components: int = 10, seed: int = 0, run_dir=None):
+    """:func:`vaekit.sampling.fit_gmm` on a run's training split, as the model saw it in
+    training (the data treatment recorded in ``run_dir`` applied; under dynamic
+    binarisation one seeded binary draw of every training image)."""
+    from vaekit.app.data import run_splits
+    from vaekit.sampling import fit_gmm
+
+    train_set = run_splits(config, quiet=True, run_dir=run_dir)["train"]
+    draws = torch.Generator().manual_seed(seed) if config.binarization.dynamic else None
+    return fit_gmm(model, train_set.x, components, labels_for(model, train_set), seed, draws)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -1,0 +1,85 @@
+"""Where a model runs and at what precision, and random draws kept out of torch's global
+generators: the few device-dependent decisions, in one place.
+
+Checkpoints and weights are always written from CPU copies, so a run trained on a GPU
+loads, evaluates and resumes on a CPU (not bit for bit: the random streams differ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from vaekit.errors import VaekitError
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (CUDA if there is a GPU, else Apple's MPS, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``; a device this machine lacks is one clear error."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaekitError(f"device must be one of {', '.join(DEVICES)}; got '{name}'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise VaekitError(f"device '{name}' requested, but CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise VaekitError(f"device '{name}' requested, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not _mps_available():
+            raise VaekitError(f"device '{name}' requested, but Apple's MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise VaekitError(f"device must be one of {', '.join(DEVICES)}; got '{name}'")
+    return device
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise VaekitError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass (matrix products in bfloat16, weights and
+    optimiser in float32; models bring the likelihood and KL back to float32), or nothing."""
+    if check_precision(precision) == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def forked_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Torch's global generators (the CPU's and ``device``'s) saved on the way in and
+    restored on the way out, seeded with ``seed`` inside if given: draws inside are
+    reproducible and leave the caller's random state as it was."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

@@ -1,0 +1,183 @@
+"""Data as the library takes it: a tensor [N, ...] (or an array read on demand that indexes
+like one), an ``(x, labels)`` pair, a ``torch.utils.data.Dataset`` whose items are ``x`` or
+``(x, y)``, or a ``DataLoader``, used as given.
+
+Tensors are the fast path: minibatches are gathered by index from one tensor. For tensors
+and Datasets vaekit draws the order itself (from a generator it checkpoints), so an
+interrupted epoch resumes bit for bit; a DataLoader brings its own order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from vaekit.errors import VaekitError
+
+FULL_HASH_BYTES = 512 * 1024**2  # above this (or for data read on demand), hash a sample of rows
+SAMPLED_ROWS = 4096
+SAMPLED_ITEMS = 64  # items of a Dataset hashed for its fingerprint
+
+
+class Source:
+    """One of the accepted kinds of data, with the few operations training needs."""
+
+    def __init__(self, data, labels=None, what: str = "data"):
+        self.what = what
+        self.loader: DataLoader | None = None
+        self.dataset: Dataset | None = None
+        self.x = self.labels = None
+        if isinstance(data, DataLoader):
+            self.kind, self.loader = "loader", data
+        elif isinstance(data, Dataset) and not _is_tensor_like(data):
+            self.kind, self.dataset = "dataset", data
+        else:
+            self.kind = "tensor"
+            self.x, self.labels = _tensor_pair(data, labels, what)
+        if labels is not None and self.kind != "tensor":
+            raise VaekitError(f"{what}: labels go inside a Dataset's or DataLoader's items, as (x, y)")
+
+    def __len__(self) -> int:
+        if self.kind == "tensor":
+            return len(self.x)
+        if self.kind == "dataset":
+            return len(self.dataset)
+        return len(self.loader.dataset)
+
+    def steps(self, batch_size: int) -> int:
+        """Minibatches in one pass."""
+        if self.kind == "loader":
+            return len(self.loader)
+        return -(-len(self) // batch_size)
+
+    def batches(self, batch_size: int, order: torch.Tensor, start_step: int = 0) -> Iterator[tuple]:
+        """(x, y) minibatches in the order of the permutation ``order``, from ``start_step``
+        (tensors and Datasets); a DataLoader yields its own batches from the start."""
+        if self.kind == "loader":
+            yield from (split_item(item) for item in self.loader)
+            return
+        starts = range(start_step * batch_size, len(self), batch_size)
+        if self.kind == "tensor":
+            for s in starts:
+                index = order[s : s + batch_size]
+                yield self.x[index], None if self.labels is None else self.labels[index]
+            return
+        sampler = [order[s : s + batch_size].tolist() for s in starts]
+        for item in DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate):
+            yield split_item(item)
+
+    def in_order(self, batch_size: int) -> Iterator[tuple]:
+        """(x, y) minibatches over every example once, in the data's order."""
+        if self.kind == "tensor":
+            for s in range(0, len(self), batch_size):
+                yield self.x[s : s + batch_size], None if self.labels is None else self.labels[s : s + batch_size]
+        elif self.kind == "dataset":
+            for item in DataLoader(self.dataset, batch_size=batch_size, collate_fn=default_collate):
+                yield split_item(item)
+        else:
+            yield from (split_item(item) for item in self.loader)
+
+    def first_batch(self, batch_size: int) -> tuple:
+        return next(iter(self.in_order(batch_size)))
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of the data (resuming on other data is refused): every value of
+        in-memory tensors up to ``FULL_HASH_BYTES``, else the shape and evenly spaced rows;
+        for a Dataset its length and ``SAMPLED_ITEMS`` evenly spaced items."""
+        if self.kind == "tensor":
+            return fingerprint(self.x)
+        dataset = self.dataset if self.kind == "dataset" else self.loader.dataset
+        h = hashlib.sha256(f"{self.kind}:{len(dataset)}".encode())
+        if hasattr(dataset, "__getitem__"):
+            for i in np.linspace(0, len(dataset) - 1, min(len(dataset), SAMPLED_ITEMS)).astype(int):
+                for t in split_item(dataset[int(i)]):
+                    if t is not None:
+                        h.update(torch.as_tensor(t).contiguous().reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
+
+
+def training_fingerprint(train: Source, validation: Source | None) -> str:
+    """The fingerprint a checkpoint records of its training and validation data (for tensors
+    the same as vaekit 0.1 wrote, so its runs resume)."""
+    if train.kind == "tensor" and (validation is None or validation.kind == "tensor"):
+        return fingerprint(train.x, None if validation is None else validation.x)
+    parts = [train.fingerprint(), "" if validation is None else validation.fingerprint()]
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
+
+def as_tensors(data, labels=None, what: str = "data") -> tuple:
+    """(x, labels) tensors of any accepted kind of data; a Dataset or DataLoader is read
+    once, in order (x may stay an array read on demand)."""
+    source = data if isinstance(data, Source) else Source(data, labels, what)
+    if source.kind == "tensor":
+        return source.x, source.labels
+    xs, ys = [], []
+    for x, y in source.in_order(1000):
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise VaekitError(f"{what} is empty")
+    has_labels = all(y is not None for y in ys)
+    return torch.cat(xs), torch.cat(ys).long() if has_labels else None
+
+
+def split_item(item) -> tuple:
+    """(x, y) of a Dataset item or a DataLoader batch: a tensor x, or a pair (x, y)."""
+    if isinstance(item, (tuple, list)):
+        if len(item) == 1:
+            return item[0], None
+        if len(item) >= 2:
+            return item[0], item[1]
+    if isinstance(item, dict) and "x" in item:
+        return item["x"], item.get("y")
+    if torch.is_tensor(item):
+        return item, None
+    raise VaekitError(f"a data item must be a tensor x or a pair (x, y); got {type(item).__name__}")
+
+
+def fingerprint(*arrays) -> str:
+    """SHA-256 of the given arrays: of every value for in-memory tensors up to
+    ``FULL_HASH_BYTES`` (MNIST: 0.2 s), else of the shape and ``SAMPLED_ROWS`` evenly spaced
+    rows, so huge or on-demand data are not read in full."""
+    h = hashlib.sha256()
+    for x in arrays:
+        if x is None:
+            continue
+        h.update(json.dumps(list(x.shape)).encode())
+        if not (torch.is_tensor(x) and x.numel() * x.element_size() <= FULL_HASH_BYTES):
+            x = x[torch.linspace(0, len(x) - 1, min(len(x), SAMPLED_ROWS)).long()]
+        h.update(x.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _is_tensor_like(data) -> bool:
+    return hasattr(data, "shape") and hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def _tensor_pair(data, labels, what: str) -> tuple:
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or labels is not None:
+            raise VaekitError(f"{what}: give a tensor x, or a pair (x, labels)")
+        data, labels = data
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if not _is_tensor_like(data):
+        raise VaekitError(
+            f"{what} must be a tensor, an (x, labels) pair, a torch Dataset or a DataLoader; "
+            f"got {type(data).__name__}"
+        )
+    if len(data.shape) < 2:
+        raise VaekitError(f"{what} must be shaped [N, ...] with one example per row; got shape {list(data.shape)}")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point or labels.shape != (len(data),):
+            raise VaekitError(
+                f"{what}: labels must be {len(data)} integer class indices, got {labels.dtype} {list(labels.shape)}"
+            )
+        labels = labels.long()
+    return data, labels
