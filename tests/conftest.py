@@ -42,7 +42,7 @@ def tiny_config():
 def tiny_run(tmp_path_factory) -> Path:
     """A small VAE trained on digits once per test session (read-only for tests)."""
     from vaekit.app.config import Config
-    from vaekit.train import train
+    from vaekit.app.runs import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = Config(data="digits", hidden=[64], latent_dim=2, epochs=5, batch_size=64,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from vaekit.plots import FIGURES
+from vaekit.rundir import FIGURES
 
 
 @pytest.fixture(scope="module")

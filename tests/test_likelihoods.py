@@ -11,6 +11,7 @@ import torch
 from scipy import integrate, stats
 
 from vaekit.app.config import Config
+from vaekit.app.runs import build_model, check_data
 from vaekit.errors import VaekitError
 from vaekit.likelihoods import (
     BernoulliLikelihood,
@@ -18,11 +19,9 @@ from vaekit.likelihoods import (
     DiscretizedLogisticLikelihood,
     GaussianLikelihood,
     LaplaceLikelihood,
-    check_data,
     continuous_bernoulli_log_norm,
     make_likelihood,
 )
-from vaekit.model import build_model
 
 
 def test_bernoulli_log_prob_by_hand():
@@ -43,11 +42,11 @@ def test_bernoulli_sums_over_image_dimensions():
     torch.testing.assert_close(BernoulliLikelihood((1, 3, 3))(logits).log_prob(x), by_hand)
 
 
-@pytest.mark.parametrize("sigma", ["fixed:0.25", "shared", "per-dim"])
+@pytest.mark.parametrize("sigma", [0.25, "shared", "per-dim"])
 def test_gaussian_log_prob_matches_scipy(sigma):
     torch.manual_seed(0)
     lik = GaussianLikelihood((5,), sigma=sigma).double()
-    if sigma != "fixed:0.25":
+    if isinstance(sigma, str):  # learned: move σ_G away from its starting value
         with torch.no_grad():
             lik.raw_sigma.uniform_(-1.0, 1.0)
     mean = torch.randn(3, 5, dtype=torch.float64)
@@ -58,11 +57,15 @@ def test_gaussian_log_prob_matches_scipy(sigma):
 
 
 def test_gaussian_sigma_modes_have_the_right_parameters():
-    assert len(list(GaussianLikelihood((2, 3), "fixed:0.1").parameters())) == 0
+    assert len(list(GaussianLikelihood((2, 3), 0.1).parameters())) == 0
     assert GaussianLikelihood((2, 3), "shared").raw_sigma.shape == ()
     assert GaussianLikelihood((2, 3), "per-dim").raw_sigma.shape == (2, 3)
-    assert float(GaussianLikelihood((4,), "fixed:0.1").sigma()) == pytest.approx(0.1)
+    assert float(GaussianLikelihood((4,), 0.1).sigma()) == pytest.approx(0.1)
     assert GaussianLikelihood((4,), "shared").sigma().item() == pytest.approx(1.0)
+    # the library takes a number for a fixed σ_G; "fixed:0.1" is the config's spelling only
+    for bad in ("fixed:0.1", 0.0, -1.0, math.inf):
+        with pytest.raises(VaekitError, match="sigma"):
+            GaussianLikelihood((4,), bad)
 
 
 def test_learned_sigma_never_falls_below_its_floor():
@@ -95,7 +98,7 @@ def _logit(p: float) -> float:
 def test_location_scale_families_match_scipy(name, reference):
     mean = torch.tensor([[0.2, -1.0, 3.0], [0.0, 0.5, 0.9]], dtype=torch.float64)
     x = torch.tensor([[0.1, -2.0, 3.5], [1.0, 0.5, -0.3]], dtype=torch.float64)
-    lik = make_likelihood(name, (3,), sigma="fixed:0.7").double()
+    lik = make_likelihood(name, (3,), sigma=0.7).double()
     got = lik(mean).log_prob(x)
     want = reference.logpdf(x.numpy(), loc=mean.numpy(), scale=0.7).sum(1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-7)  # the fixed σ is stored in float32
@@ -208,13 +211,15 @@ def test_decoders_give_params_per_dim_outputs():
 
 
 def test_check_data_refuses_data_off_the_support():
-    grid = torch.arange(17.0) / 16
-    check_data("logistic", grid, levels=17)
+    from vaekit.app.data import Dataset
+
+    grid = Dataset((torch.arange(17.0) / 16)[:, None])
+    check_data(grid, Config(likelihood="logistic", levels=17))
     with pytest.raises(VaekitError, match="--levels"):
-        check_data("logistic", grid, levels=256)
+        check_data(grid, Config(likelihood="logistic", levels=256))
     with pytest.raises(VaekitError, match=r"\[0, 1\]"):
-        check_data("continuous-bernoulli", torch.tensor([0.0, 1.5]))
-    check_data("laplace", torch.tensor([-4.0, 9.0]))
+        check_data(Dataset(torch.tensor([[0.0], [1.5]])), Config(likelihood="continuous-bernoulli"))
+    check_data(Dataset(torch.tensor([[-4.0], [9.0]])), Config(likelihood="laplace"))
 
 
 # ------------------------------------------------------------------ learned σ_G per dimension

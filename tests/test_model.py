@@ -7,7 +7,8 @@ import torch
 from torch.distributions import Distribution
 
 from vaekit.app.config import Config
-from vaekit.model import AE, VAE, build_model
+from vaekit.app.runs import build_model
+from vaekit.model import AE, VAE
 
 
 @pytest.mark.parametrize(

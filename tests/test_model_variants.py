@@ -12,7 +12,8 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 from vaekit.app.config import Config
 from vaekit.app.data import load_data
 from vaekit.errors import VaekitError
-from vaekit.model import TwoLayerVAE, TwoStage, build_model, with_classes
+from vaekit.app.runs import build_model, with_classes
+from vaekit.model import TwoLayerVAE, TwoStage
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, log_importance_weights
 
 
@@ -93,11 +94,12 @@ def test_two_layer_model_structure():
     # the prior is p(z1|z2) p(z2), the posterior q(z1|x) q(z2|z1), stacked [z1, z2]
     z1, z2 = z[..., :6], z[..., 6:]
     p2 = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
-    mu, logvar = model.down(z2).chunk(2, -1)
+    # the networks take one point per row ([N, L]): the model flattens the draws' axes for them
+    mu, logvar = model.down(z2.reshape(-1, 3)).reshape(3, 4, 12).chunk(2, -1)
     p1 = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
     torch.testing.assert_close(model.prior.log_prob(z), p1.log_prob(z1) + p2.log_prob(z2))
     qmu, qlogvar = model.encoder(x.reshape(4, -1)).chunk(2, -1)
-    q2mu, q2logvar = model.up(z1).chunk(2, -1)
+    q2mu, q2logvar = model.up(z1.reshape(-1, 6)).reshape(3, 4, 6).chunk(2, -1)
     expected_q = (Independent(Normal(qmu, (0.5 * qlogvar).exp()), 1).log_prob(z1)
                   + Independent(Normal(q2mu, (0.5 * q2logvar).exp()), 1).log_prob(z2))
     torch.testing.assert_close(q.log_prob(z), expected_q)
@@ -116,7 +118,8 @@ def test_two_layer_model_refuses_the_analytic_kl():
 
 @pytest.fixture(scope="module")
 def trained_hvae():
-    from vaekit.train import run_epoch
+    from vaekit.app.runs import objective_for
+    from vaekit.training import fit
 
     # KL warm-up gets this small model past the early posterior collapse in few epochs
     config = Config(model="hvae", kl="mc", hidden=[64, 64], latent_dim=8, latent_dim2=4,
@@ -124,10 +127,8 @@ def trained_hvae():
     torch.manual_seed(0)
     x = load_data("digits").train.x
     model = build_model(config, (1, 8, 8))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gens = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    for epoch in range(1, 16):
-        run_epoch(model, opt, x[:1500], config, *gens, epoch=epoch)
+    fit(model, x[:1500], epochs=15, batch_size=config.batch_size, objective=objective_for(config),
+        lr=config.lr, device="cpu", seed=0, dynamic_binarization=True)
     test = torch.bernoulli(x[1500:1600], generator=torch.Generator().manual_seed(2))
     return model.eval(), test
 
@@ -189,13 +190,11 @@ def test_cvae_samples_of_a_class_are_classified_as_that_class(tmp_path):
     samples (≥ 60%, and ≥ 80% over all classes) must be classified as the requested class."""
     from sklearn.linear_model import LogisticRegression
 
-    from vaekit.train import train
+    from vaekit.app.runs import load, train
 
     config = Config(data="digits", model="cvae", binarize="dynamic", hidden=[128], latent_dim=4,
                     epochs=40, batch_size=64, lr=3e-3, seed=0)
     run = train(config, tmp_path / "cvae", quiet=True, figures=False)
-    from vaekit.runs import load
-
     model = load(run)
     data = load_data("digits").train
     classifier = LogisticRegression(max_iter=2000).fit(data.x.reshape(len(data), -1).numpy(),

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vaekit.app.config import Config
-from vaekit.model import build_model
+from vaekit.app.runs import build_model
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, kl_divergence
 
 # Monte-Carlo checks pass when the difference is within this many standard errors; with a

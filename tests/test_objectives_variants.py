@@ -12,9 +12,10 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vaekit.app.config import Config
 from vaekit.app.data import load_data
+from vaekit.app.runs import build_model, objective_for
 from vaekit.errors import VaekitError
-from vaekit.model import build_model
 from vaekit.objectives import (
+    Batch,
     elbo,
     elbo_terms,
     free_bits_kl,
@@ -22,8 +23,12 @@ from vaekit.objectives import (
     kl_per_dimension,
     kl_weight,
     log_importance_weights,
-    training_loss,
 )
+
+
+def training_loss(model, x, config, epochs_done: float = 0.0):
+    """The training objective ``config`` names on the minibatch ``x``: (loss, terms)."""
+    return objective_for(config)(model, Batch(x, None, epochs_done))
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +97,17 @@ def test_importance_sampling_converges_to_the_exact_likelihood_of_a_linear_gauss
 
 
 def test_kl_warmup_schedule_values():
-    c = Config(kl_warmup=4)
-    assert kl_weight(c, 1, 0.0) == 0.0
-    assert kl_weight(c, 1, 0.5) == pytest.approx(0.125)
-    assert kl_weight(c, 3, 0.0) == pytest.approx(0.5)
-    assert kl_weight(c, 4, 0.75) == pytest.approx(0.9375)
-    assert kl_weight(c, 5, 0.0) == 1.0
-    assert kl_weight(c, 50, 0.3) == 1.0
-    assert kl_weight(c) == 1.0  # no epoch: evaluation uses the full weight
-    beta = Config(kl_warmup=2, beta=4.0)
-    assert kl_weight(beta, 2, 0.0) == pytest.approx(2.0)
-    assert kl_weight(beta, 3, 0.0) == pytest.approx(4.0)
-    assert kl_weight(Config(beta=0.5), 1, 0.0) == 0.5  # no warm-up: just β
+    # kl_weight(β, warm-up epochs, epochs done): e.g. 0.5 epochs done = half-way through epoch 1
+    assert kl_weight(1.0, 4, 0.0) == 0.0
+    assert kl_weight(1.0, 4, 0.5) == pytest.approx(0.125)
+    assert kl_weight(1.0, 4, 2.0) == pytest.approx(0.5)
+    assert kl_weight(1.0, 4, 3.75) == pytest.approx(0.9375)
+    assert kl_weight(1.0, 4, 4.0) == 1.0
+    assert kl_weight(1.0, 4, 49.3) == 1.0
+    assert kl_weight(1.0, 4) == 1.0  # no training position: evaluation uses the full weight
+    assert kl_weight(4.0, 2, 1.0) == pytest.approx(2.0)
+    assert kl_weight(4.0, 2, 2.0) == pytest.approx(4.0)
+    assert kl_weight(0.5, 0, 0.0) == 0.5  # no warm-up: just β
 
 
 def _same_draws(fn, seed: int = 0):
@@ -114,12 +118,12 @@ def _same_draws(fn, seed: int = 0):
 def test_training_loss_weights_the_kl_and_always_reports_the_true_elbo(fitted):
     model, x = fitted
     plain = _same_draws(lambda: elbo_terms(model, x))
-    for config, epoch, weight in [
-        (Config(beta=3.0), None, 3.0),
-        (Config(kl_warmup=10), 3, 0.25),  # (3 − 1 + 0.5) / 10
-        (Config(kl_warmup=10, beta=2.0), 30, 2.0),
+    for config, done, weight in [
+        (Config(beta=3.0), 0.0, 3.0),
+        (Config(kl_warmup=10), 2.5, 0.25),  # half-way through epoch 3: 2.5 / 10
+        (Config(kl_warmup=10, beta=2.0), 29.5, 2.0),
     ]:
-        loss, terms = _same_draws(lambda c=config, e=epoch: training_loss(model, x, c, None, e, 0.5))
+        loss, terms = _same_draws(lambda c=config, d=done: training_loss(model, x, c, d))
         for key in ("elbo", "reconstruction", "kl"):
             torch.testing.assert_close(terms[key], plain[key])
         expected = -(plain["reconstruction"] - weight * plain["kl"]).mean()
@@ -148,10 +152,10 @@ class _FixedPosterior(nn.Module):
         self.mu = nn.Parameter(mu.clone())
         self.log_sigma = nn.Parameter(sigma.log())
 
-    def encode(self, x):
+    def encode(self, x, y=None):
         return Independent(Normal(self.mu, self.log_sigma.exp()), 1)
 
-    def decode(self, z):
+    def decode(self, z, y=None):
         return Independent(Normal(torch.zeros(*z.shape[:-1], 3), 1.0), 1)
 
     @property

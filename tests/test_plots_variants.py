@@ -8,7 +8,8 @@ import torch
 from vaekit import plots
 from vaekit.app.config import Config
 from vaekit.app.data import run_splits
-from vaekit.model import build_model
+from vaekit.app.runs import build_model
+from vaekit.rundir import FIGURES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -19,8 +20,10 @@ def test_every_figure_is_drawn_for_the_two_layer_and_conditional_models(tmp_path
         model = build_model(config, (1, 8, 8)).eval()
         out = tmp_path / settings["model"]
         out.mkdir()
-        paths = plots.draw_all(out, model, run_splits(config), [])
-        assert {p.name for p in paths} == set(plots.FIGURES) - {"curves.png"}
+        splits = run_splits(config)
+        train, shown = splits["train"], splits["validation"]
+        paths = plots.draw_all(out, model, train.x, train.labels, shown.x, shown.labels, [])
+        assert {p.name for p in paths} == set(FIGURES) - {"curves.png"}
         for path in paths:
             assert path.read_bytes()[:8] == PNG
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from conftest import run_cli
-from vaekit import checkpoint, runs
+from vaekit import checkpoint, rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
+from vaekit.app.runs import load, load_config, resume, train
 from vaekit.errors import VaekitError
-from vaekit.train import resume, run_epoch, train
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--binarize", "dynamic",
         "--threads", "1", "--quiet", "--no-figures"]
@@ -193,16 +193,16 @@ def test_object_array_with_a_malicious_pickle_is_never_unpickled(capsys, tmp_pat
 
 # ---------------------------------------------------------------------- run directories
 def test_truncated_weights(capsys, run, tmp_path):
-    (run / runs.WEIGHTS).write_bytes((run / runs.WEIGHTS).read_bytes()[:-40])
+    (run / rundir.WEIGHTS).write_bytes((run / rundir.WEIGHTS).read_bytes()[:-40])
     err = fails(capsys, "sample", run, "-o", tmp_path / "s.npy")
     assert "model.safetensors: the weights is not a readable safetensors file" in err
     assert not (tmp_path / "s.npy").exists()
 
 
 def test_edited_weights_fail_their_checksum(capsys, run, tmp_path):
-    data = bytearray((run / runs.WEIGHTS).read_bytes())
+    data = bytearray((run / rundir.WEIGHTS).read_bytes())
     data[-5] ^= 0x01  # one bit of one weight
-    (run / runs.WEIGHTS).write_bytes(bytes(data))
+    (run / rundir.WEIGHTS).write_bytes(bytes(data))
     err = fails(capsys, "sample", run, "-o", tmp_path / "s.npy")
     assert "does not match its checksum: the file was damaged or edited" in err
     assert not (tmp_path / "s.npy").exists()
@@ -212,9 +212,9 @@ def test_edited_weights_fail_their_checksum(capsys, run, tmp_path):
 def test_crafted_weights_file_runs_no_code(capsys, run, tmp_path, kind):
     marker = tmp_path / "pwned"
     if kind == "pickle":
-        (run / runs.WEIGHTS).write_bytes(_malicious_pickle(marker))
+        (run / rundir.WEIGHTS).write_bytes(_malicious_pickle(marker))
     else:
-        torch.save({"x": _Payload(marker)}, run / runs.WEIGHTS)
+        torch.save({"x": _Payload(marker)}, run / rundir.WEIGHTS)
     for command in (["sample", run, "-o", tmp_path / "s.npy"], ["evaluate", run], ["plot", run]):
         err = fails(capsys, *command)
         assert "not a readable safetensors file" in err
@@ -223,7 +223,7 @@ def test_crafted_weights_file_runs_no_code(capsys, run, tmp_path, kind):
 
 def test_crafted_weights_file_in_a_real_process(run, tmp_path):
     marker = tmp_path / "pwned"
-    (run / runs.WEIGHTS).write_bytes(_malicious_pickle(marker))
+    (run / rundir.WEIGHTS).write_bytes(_malicious_pickle(marker))
     done = run_cli("evaluate", run)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
@@ -231,34 +231,34 @@ def test_crafted_weights_file_in_a_real_process(run, tmp_path):
 
 
 def test_truncated_config_json(capsys, run):
-    (run / runs.CONFIG).write_text((run / runs.CONFIG).read_text()[:50])
+    (run / rundir.CONFIG).write_text((run / rundir.CONFIG).read_text()[:50])
     assert "the run's config is not valid JSON" in fails(capsys, "evaluate", run)
 
 
 def test_edited_config_json_unknown_key(capsys, run):
-    values = json.loads((run / runs.CONFIG).read_text())
+    values = json.loads((run / rundir.CONFIG).read_text())
     values["__class__"] = "os.system"
-    (run / runs.CONFIG).write_text(json.dumps(values))
+    (run / rundir.CONFIG).write_text(json.dumps(values))
     assert "unknown setting '__class__'" in fails(capsys, "evaluate", run)
 
 
 def test_config_edited_to_another_architecture(capsys, run):
-    values = json.loads((run / runs.CONFIG).read_text())
+    values = json.loads((run / rundir.CONFIG).read_text())
     values["hidden"] = [32]
-    (run / runs.CONFIG).write_text(json.dumps(values))
+    (run / rundir.CONFIG).write_text(json.dumps(values))
     err = fails(capsys, "evaluate", run)
-    assert "weights do not match the run's config" in err and "the config needs (32, 12)" in err
+    assert "weights do not match the model" in err and "the config needs (32, 12)" in err
 
 
 def test_run_from_an_incompatible_format(capsys, run):
-    info = json.loads((run / runs.INFO).read_text())
+    info = json.loads((run / rundir.INFO).read_text())
     info["format"] = 99
-    (run / runs.INFO).write_text(json.dumps(info))
+    (run / rundir.INFO).write_text(json.dumps(info))
     assert "run format 99 is not one this vaekit reads (1)" in fails(capsys, "sample", run)
 
 
 def test_edited_metrics_file(capsys, run):
-    with open(run / runs.METRICS, "a") as f:
+    with open(run / rundir.METRICS, "a") as f:
         f.write('{"epoch": 3, "train_elb\n')
     assert "metrics.jsonl: line 3 is not valid JSON" in fails(capsys, "plot", run)
 
@@ -273,11 +273,11 @@ def _rewrite_checkpoint(run: Path, edit) -> None:
     ckpt = checkpoint.load(run)
     tensors, meta = dict(ckpt.tensors), json.loads(json.dumps(ckpt.meta))
     edit(tensors, meta)
-    (run / runs.CHECKPOINT).write_bytes(runs.encode_tensors(tensors, meta))
+    (run / rundir.CHECKPOINT).write_bytes(rundir.encode_tensors(tensors, meta))
 
 
 def test_truncated_checkpoint(capsys, run):
-    (run / runs.CHECKPOINT).write_bytes((run / runs.CHECKPOINT).read_bytes()[:1000])
+    (run / rundir.CHECKPOINT).write_bytes((run / rundir.CHECKPOINT).read_bytes()[:1000])
     before = _snapshot(run)
     err = fails(capsys, "train", "--resume", run, "--epochs", "3", "--quiet")
     assert "the checkpoint is not a readable safetensors file" in err
@@ -285,9 +285,9 @@ def test_truncated_checkpoint(capsys, run):
 
 
 def test_edited_checkpoint_fails_its_checksum(capsys, run):
-    data = bytearray((run / runs.CHECKPOINT).read_bytes())
+    data = bytearray((run / rundir.CHECKPOINT).read_bytes())
     data[-100] ^= 0x10
-    (run / runs.CHECKPOINT).write_bytes(bytes(data))
+    (run / rundir.CHECKPOINT).write_bytes(bytes(data))
     before = _snapshot(run)
     assert "does not match its checksum" in fails(capsys, "train", "--resume", run, "--epochs", "3")
     assert _snapshot(run) == before
@@ -318,19 +318,20 @@ def test_checkpoint_tensors_that_do_not_fit(capsys, run):
 
     _rewrite_checkpoint(run, shrink)
     before = _snapshot(run)
-    assert "weights do not match the run's config" in fails(capsys, "train", "--resume", run, "--epochs", "3")
+    err = fails(capsys, "train", "--resume", run, "--epochs", "3")
+    assert "weights do not match the model" in err and "has shape (16, 3), the config needs (16, 12)" in err
     assert _snapshot(run) == before
 
 
 def test_crafted_checkpoint_runs_no_code(capsys, run, tmp_path):
     marker = tmp_path / "pwned"
-    (run / runs.CHECKPOINT).write_bytes(_malicious_pickle(marker))
+    (run / rundir.CHECKPOINT).write_bytes(_malicious_pickle(marker))
     assert "not a readable safetensors file" in fails(capsys, "train", "--resume", run, "--epochs", "3")
     assert not marker.exists()
 
 
 def test_resume_without_a_checkpoint(capsys, run):
-    (run / runs.CHECKPOINT).unlink()
+    (run / rundir.CHECKPOINT).unlink()
     assert "has no checkpoint.safetensors to resume from" in fails(capsys, "train", "--resume", run)
 
 
@@ -348,7 +349,7 @@ def test_overwrite_replaces_only_the_runs_files(capsys, run, grey):
     assert main(["train", "--data", str(grey), "--out", str(run), "--overwrite", "--epochs", "1", *TINY]) == 0
     assert (run / "notes.txt").read_text() == "mine"
     assert not (run / "latent.png").exists()  # a stale figure of the old run would mislead
-    assert len(runs.read_metrics(run)) == 1
+    assert len(rundir.read_metrics(run)) == 1
 
 
 def test_output_under_a_file(capsys, grey, tmp_path):
@@ -386,24 +387,26 @@ def _full_disk_for(monkeypatch, name: str) -> None:
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, monkeypatch):
-    before = (run / runs.CHECKPOINT).read_bytes()
-    _full_disk_for(monkeypatch, runs.CHECKPOINT)
+    before = (run / rundir.CHECKPOINT).read_bytes()
+    _full_disk_for(monkeypatch, rundir.CHECKPOINT)
     with pytest.raises(VaekitError) as failed:
         resume(run, {"epochs": 3}, quiet=True, figures=False)
     message = str(failed.value)
     assert "No space left on device" in message and "is unchanged" in message
     assert f"vaekit train --resume {run}" in message
-    assert (run / runs.CHECKPOINT).read_bytes() == before
+    assert (run / rundir.CHECKPOINT).read_bytes() == before
     assert not list(run.glob(".*.tmp"))
     monkeypatch.undo()  # space freed: the run carries on and loses nothing
     resume(run, {"epochs": 3}, quiet=True, figures=False)
-    config = runs.load_config(run)
+    config = load_config(run)
     straight = train(config, tmp_path / "straight", quiet=True, figures=False)
-    assert (run / runs.WEIGHTS).read_bytes() == (straight / runs.WEIGHTS).read_bytes()
+    assert (run / rundir.WEIGHTS).read_bytes() == (straight / rundir.WEIGHTS).read_bytes()
 
 
-def test_full_disk_when_training_starts_leaves_no_half_run(capsys, grey, tmp_path, monkeypatch):
-    _full_disk_for(monkeypatch, runs.WEIGHTS)
+# The files a run writes before its first step (the weights come at the end of an epoch).
+@pytest.mark.parametrize("name", [rundir.CONFIG, rundir.DATA, rundir.INFO, rundir.METRICS])
+def test_full_disk_when_training_starts_leaves_no_half_run(capsys, grey, tmp_path, monkeypatch, name):
+    _full_disk_for(monkeypatch, name)
     err = fails(capsys, "train", "--data", grey, "--out", tmp_path / "o", *TINY)
     assert "No space left on device" in err
     assert list((tmp_path / "o").iterdir()) == []
@@ -439,40 +442,58 @@ def _config(grey, **extra) -> Config:
                   threads=1, **extra).validate()
 
 
-def test_non_finite_steps_are_skipped_and_counted(grey, tmp_path, monkeypatch):
-    import vaekit.train as training
+def _one_epoch(model, x, config: Config, optimizer=None):
+    """One training epoch of ``model`` on ``x`` with the config's objective and settings;
+    the epoch's metrics record (``train_skipped_steps``, ``train_logvar_clamped``, ...)."""
+    from vaekit.app.runs import objective_for
+    from vaekit.training import fit
 
-    real = training.training_loss
+    history = fit(model, x, epochs=1, batch_size=config.batch_size, objective=objective_for(config),
+                  optimizer=optimizer, lr=config.lr, device="cpu", seed=config.seed,
+                  dynamic_binarization=config.binarization.dynamic, max_bad_steps=config.max_bad_steps)
+    return history[0]
+
+
+def _optimizer(model, config: Config):
+    """The optimiser training builds for ``config`` (Adam, the config's lr and weight decay)."""
+    from vaekit.training import _make_optimizer
+
+    return _make_optimizer(model, None, config.lr, config.weight_decay, torch.device("cpu"))
+
+
+def test_non_finite_steps_are_skipped_and_counted(grey, tmp_path, monkeypatch):
+    import vaekit.training as training
+
+    real = training._call_objective
     calls = [0]
 
-    def sometimes_nan(model, x, config, *rest):
+    def sometimes_nan(objective, model, batch):
         calls[0] += 1
-        loss, terms = real(model, x, config, *rest)
+        loss, terms = real(objective, model, batch)
         return (loss * float("nan"), terms) if calls[0] in (2, 3, 11) else (loss, terms)
 
-    monkeypatch.setattr(training, "training_loss", sometimes_nan)
+    monkeypatch.setattr(training, "_call_objective", sometimes_nan)
     run = train(_config(grey, epochs=2), tmp_path / "run", quiet=True, figures=False)
-    rows = runs.read_metrics(run)
+    rows = rundir.read_metrics(run)
     assert [r["train_skipped_steps"] for r in rows] == [2, 1]  # 9 steps per epoch
     assert all(np.isfinite(r["train_elbo"]) for r in rows)
-    model = runs.load(run)
+    model = load(run)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_skipped_step_leaves_weights_and_optimiser_untouched(grey):
     config = _config(grey, epochs=1)
     from vaekit.app.data import run_splits
-    from vaekit.model import build_model
-    from vaekit.train import make_optimizer
+    from vaekit.app.runs import build_model
 
     x = run_splits(config)["train"].x[:32]
     model = build_model(config, x.shape[1:])
-    optimizer = make_optimizer(model, config)
+    optimizer = _optimizer(model, config)
     with torch.no_grad():
         model.decoder[0].weight[0, 0] = float("inf")  # every loss now non-finite
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = run_epoch(model, optimizer, x, config, torch.Generator(), torch.Generator())
-    assert stats["skipped_steps"] == 1
+    stats = _one_epoch(model, x, config, optimizer)
+    assert stats["train_skipped_steps"] == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert optimizer.state_dict()["state"] == {}
 
@@ -486,35 +507,35 @@ def test_too_many_bad_steps_stop_with_advice_and_keep_the_checkpoint(capsys, gre
                 "--out", out, "--max-bad-steps", "5", "--hidden", "16", "--batch-size", "32", "--quiet",
                 "--no-figures")
     assert "5 steps in a row had a non-finite loss or gradient" in err
-    assert "learning rate" in err and "sigma_min" in err and "outside [0, 1]" in err
+    assert "learning rate" in err and "σ_G floor" in err and "outside [0, 1]" in err
     assert "No checkpoint had been written yet" in err
-    assert runs.read_metrics(out) == []
+    assert rundir.read_metrics(out) == []
 
 
 def test_bad_steps_keep_the_last_good_checkpoint(run, monkeypatch):
-    import vaekit.train as training
+    import vaekit.training as training
 
-    before = (run / runs.CHECKPOINT).read_bytes()
-    def nan_loss(model, x, config, *rest):
+    before = (run / rundir.CHECKPOINT).read_bytes()
+    def nan_loss(objective, model, batch):
         return sum(p.sum() for p in model.parameters()) * float("nan"), {}
 
-    monkeypatch.setattr(training, "training_loss", nan_loss)
+    monkeypatch.setattr(training, "_call_objective", nan_loss)
     with pytest.raises(VaekitError, match="The last good checkpoint is kept in"):
         resume(run, {"epochs": 3, "max_bad_steps": 4}, quiet=True, figures=False)
-    assert (run / runs.CHECKPOINT).read_bytes() == before
+    assert (run / rundir.CHECKPOINT).read_bytes() == before
 
 
 def test_clamped_log_variances_are_counted(grey, tmp_path):
     config = _config(grey, epochs=1)
     from vaekit.app.data import run_splits
-    from vaekit.model import LOGVAR_MAX, build_model
-    from vaekit.train import make_optimizer
+    from vaekit.app.runs import build_model
+    from vaekit.model import LOGVAR_MAX
 
     x = run_splits(config)["train"].x
     model = build_model(config, x.shape[1:])
     with torch.no_grad():  # the log-variance half of the encoder's output starts far above 20
         model.encoder[-1].bias[config.latent_dim :] = 10 * LOGVAR_MAX
-    stats = run_epoch(model, make_optimizer(model, config), x, config, torch.Generator(), torch.Generator())
+    stats = _one_epoch(model, x, config, _optimizer(model, config))
     # the clamp passes no gradient, so every entry stays clamped: all N x latent_dim of them
-    assert stats["logvar_clamped"] == len(x) * config.latent_dim
+    assert stats["train_logvar_clamped"] == len(x) * config.latent_dim
     assert model.encode(x).variance.max() <= np.exp(LOGVAR_MAX) * (1 + 1e-6)

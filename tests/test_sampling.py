@@ -11,7 +11,7 @@ from torch.distributions import Independent, Normal
 
 from vaekit.app.config import Config
 from vaekit.errors import VaekitError
-from vaekit.model import build_model
+from vaekit.app.runs import build_model
 from vaekit.sampling import (
     decode_latents,
     fit_gmm,

@@ -10,10 +10,11 @@ import torch
 
 from vaekit.app.config import Config
 from vaekit.app.data import run_splits
+from vaekit.app.runs import build_model, load, train
 from vaekit.errors import VaekitError
-from vaekit.model import build_model
-from vaekit.runs import load, read_metrics
-from vaekit.train import evaluate_terms, train
+from vaekit.rundir import read_metrics
+from vaekit.sources import Source
+from vaekit.training import validation_terms
 
 
 def test_training_on_digits_raises_validation_elbo_by_a_clear_margin(tmp_path):
@@ -21,7 +22,8 @@ def test_training_on_digits_raises_validation_elbo_by_a_clear_margin(tmp_path):
     torch.manual_seed(config.seed)
     untrained = build_model(config, (1, 8, 8))
     val = run_splits(config)["validation"]
-    before = evaluate_terms(untrained, val.x, config)["elbo"]
+    # the metric training records: one fixed binary draw of the validation images
+    before = validation_terms(untrained, Source(val.x), torch.device("cpu"), binarize_seed=config.seed)["elbo"]
     run = train(config, tmp_path / "run", quiet=True, figures=False)
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == list(range(1, 16))
@@ -46,7 +48,7 @@ def test_run_directory_holds_everything(tiny_run):
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_run, tmp_path):
-    from vaekit.runs import save
+    from vaekit.app.runs import save
 
     model = load(tiny_run)
     assert not model.training
@@ -110,7 +112,9 @@ def test_threads_are_set_and_a_busy_machine_is_reported(monkeypatch, capsys):
     import os
 
     from vaekit.app import threads
-    from vaekit.train import set_threads
+
+    def set_threads(requested: int, quiet: bool = False) -> int:
+        return threads.ThreadPolicy(requested, quiet=quiet).threads
 
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "available_cores", lambda: 2)

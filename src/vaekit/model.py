@@ -272,13 +272,13 @@ class TwoLayerVAE(VAE):
             self.event_shape = tuple(x.shape[1:])
         h = _full_precision(self.encoder(*self._inputs(x, y)))
         q1 = self._posterior(h)  # counts q(z1|x)'s clamped entries; q(z2|z1) is evaluated per draw
-        return TwoStage(q1, lambda z1: diagonal_normal(*_full_precision(self.up(z1)).chunk(2, -1)),
+        return TwoStage(q1, lambda z1: diagonal_normal(*_per_point(self.up, z1).chunk(2, -1)),
                         self.z2_dim)
 
     @property
     def prior(self) -> Distribution:
         p2 = Independent(StandardNormal(self._zero2), 1)
-        return TwoStage(p2, lambda z2: diagonal_normal(*_full_precision(self.down(z2)).chunk(2, -1)),
+        return TwoStage(p2, lambda z2: diagonal_normal(*_per_point(self.down, z2).chunk(2, -1)),
                         self.z1_dim, first_goes_last=True)
 
     def prior_draws(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -362,6 +362,13 @@ def diagonal_normal(mu: torch.Tensor, logvar: torch.Tensor) -> Distribution:
     """N(μ, diag σ²) with event shape [L], from μ and log σ² (clamped to ±LOGVAR_MAX)."""
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
     return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+
+
+def _per_point(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``net`` on latent points z [..., L], fed as networks take them ([N, L]): leading
+    sample dimensions flattened for the call and restored after, in float32."""
+    out = _full_precision(net(z.reshape(-1, z.shape[-1])))
+    return out.reshape(*z.shape[:-1], out.shape[-1])
 
 
 def _full_precision(t: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,11 @@ def elbo_terms(
     draws z = μ + σ ⊙ ε per example. Returns per-example ``elbo``, ``reconstruction``, ``kl``.
 
     For the autoencoder the 'reconstruction' is log p(x | z = f(x)) and there is no KL.
+    ``x`` may be a :class:`Batch` (its labels are then used), so ``elbo`` and ``elbo_terms``
+    also serve as training objectives: ``fit(..., objective=vaekit.objectives.elbo)``.
     """
+    if isinstance(x, Batch):
+        x, labels = x.x, x.y if labels is None else labels
     return _elbo_parts(model, x, samples, kl, labels)[0]
 
 

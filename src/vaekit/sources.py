@@ -68,7 +68,8 @@ class Source:
                 yield self.x[index], None if self.labels is None else self.labels[index]
             return
         sampler = [order[s : s + batch_size].tolist() for s in starts]
-        for item in DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate):
+        for item in DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
+                               generator=_quiet_generator()):
             yield split_item(item)
 
     def in_order(self, batch_size: int) -> Iterator[tuple]:
@@ -77,7 +78,8 @@ class Source:
             for s in range(0, len(self), batch_size):
                 yield self.x[s : s + batch_size], None if self.labels is None else self.labels[s : s + batch_size]
         elif self.kind == "dataset":
-            for item in DataLoader(self.dataset, batch_size=batch_size, collate_fn=default_collate):
+            for item in DataLoader(self.dataset, batch_size=batch_size, collate_fn=default_collate,
+                                   generator=_quiet_generator()):
                 yield split_item(item)
         else:
             yield from (split_item(item) for item in self.loader)
@@ -153,6 +155,13 @@ def fingerprint(*arrays) -> str:
             x = x[torch.linspace(0, len(x) - 1, min(len(x), SAMPLED_ROWS)).long()]
         h.update(x.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def _quiet_generator() -> torch.Generator:
+    # A DataLoader draws a seed for its workers each time it is iterated, from the global
+    # generator unless given one: that draw would shift the run's reparameterisation stream
+    # on a mid-epoch resume. vaekit's own loaders need no randomness, so they get a fixed one.
+    return torch.Generator().manual_seed(0)
 
 
 def _is_tensor_like(data) -> bool:

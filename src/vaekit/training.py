@@ -178,9 +178,13 @@ def fit(
         else:
             state = TrainState.fresh(seed, fingerprint)
             if run is not None:
-                run.write_info(model.event_shape, model=type(model).__name__, device=str(device),
-                               precision=precision)
-                run.write_metrics([])
+                try:
+                    run.write_info(model.event_shape, model=type(model).__name__, device=str(device),
+                                   precision=precision)
+                    run.write_metrics([])
+                except VaekitError:
+                    run.discard()  # no half-written run left to mistake for a real one
+                    raise
         trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
                            device, list(callbacks), progress)
         return trainer.train(figures)

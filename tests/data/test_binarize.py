@@ -78,7 +78,7 @@ def test_dynamic_keeps_grey_training_data_and_fixed_evaluation_draws():
 
 def test_dynamic_draws_fresh_binary_images_every_minibatch(monkeypatch):
     from vaekit import train as training
-    from vaekit.model import build_model
+    from vaekit.app.runs import build_model
 
     seen = []
     real_loss = training.training_loss

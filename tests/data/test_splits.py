@@ -11,7 +11,7 @@ import torch
 from vaekit.app.config import Config
 from vaekit.app.data import load_data, read_run_data, run_splits, select_split
 from vaekit.errors import VaekitError
-from vaekit.train import train
+from vaekit.app.runs import train
 
 from .helpers import cli
 

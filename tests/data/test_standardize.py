@@ -14,8 +14,8 @@ from vaekit.app.data import Dataset, split_validation
 from vaekit.app.data.lazy import LazyArray, memmap_reader
 from vaekit.app.data.standardize import Standardization
 from vaekit.errors import VaekitError
-from vaekit.runs import load
-from vaekit.train import train
+from vaekit.app.runs import load
+from vaekit.app.runs import train
 
 from .helpers import cli
 
@@ -109,7 +109,7 @@ def test_encode_sample_evaluate_reconstruct_use_the_recorded_map(table_run, tmp_
     other.write_text("height,offset,noise,group\n100,-5,0,1\n140,-4.99,1,2\n")
     status, out, err = cli(capsys, "evaluate", run_dir, "--data", other, "--json", "--samples", "1")
     assert status == 0, err
-    from vaekit.evaluate import evaluate
+    from vaekit.evaluation import evaluate
 
     rows = torch.from_numpy((np.array([[100, -5, 0], [140, -4.99, 1]]) - mean) / std).float()
     torch.manual_seed(0)

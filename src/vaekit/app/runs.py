@@ -8,6 +8,7 @@ arguments of :func:`vaekit.fit`, which does the training and writes the run dire
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -23,8 +24,8 @@ from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
 from vaekit.model import AE, VAE, TwoLayerVAE
-from vaekit.rundir import RunDirectory
-from vaekit.training import fit
+from vaekit.rundir import CONFIG, RunDirectory, atomic_write
+from vaekit.training import Callback, fit
 
 
 def train(
@@ -89,17 +90,36 @@ def resume(
         if splits["train"].event_shape != ckpt.event_shape:
             raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
         model = build_model(config, ckpt.event_shape)
-        run.write_config(config.to_dict())
-        if not quiet:
-            step = ckpt.meta["in_epoch"]
-            where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
-            _say(f"resuming {run.path} after {where} of {config.epochs} epochs")
-        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True)
+        previous = run.file(CONFIG).read_bytes()
+        run.write_config(config.to_dict())  # before fit: its checkpoints store the run's config
+        step = ckpt.meta["in_epoch"]
+        where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
+        started = _Started(None if quiet else f"resuming {run.path} after {where} of {config.epochs} epochs")
+        try:
+            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
+                 callbacks=[started])
+        except BaseException:
+            if not started.started:  # fit refused the checkpoint (data, tensors): leave the run as it was
+                with contextlib.suppress(VaekitError):
+                    atomic_write(run.file(CONFIG), previous)
+            raise
     return run.path
 
 
+class _Started(Callback):
+    """Notes that fit accepted the checkpoint and starts training; says ``message`` then."""
+
+    def __init__(self, message: str | None):
+        self.message, self.started = message, False
+
+    def on_fit_start(self, loop) -> None:
+        self.started = True
+        if self.message:
+            _say(self.message)
+
+
 def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy: ThreadPolicy, *,
-         quiet: bool, figures: bool, resume: bool) -> None:
+         quiet: bool, figures: bool, resume: bool, callbacks: list[Callback] = ()) -> None:
     """:func:`vaekit.fit` with the config's settings as typed arguments."""
     from vaekit.app.threads import ThreadCheck
 
@@ -115,7 +135,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=[ThreadCheck(policy)], progress=not quiet,
+        save_best=config.save_best, figures=figures, callbacks=[ThreadCheck(policy), *callbacks], progress=not quiet,
     )
     if not quiet:
         print(f"run written to {run.path}")
