@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SRC, run_cli
 
 import vaekit
+from conftest import SRC, run_cli
 
 # A user's own conv encoder/decoder, written as a module so a second process can import it.
 NETS = textwrap.dedent('''
