@@ -53,6 +53,8 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         ({"epochs": "ten"}, "expects int"),
         ({"latent_dim": True}, "expects int"),
         ({"hidden": "4x"}, "hidden must be layer sizes"),
+        ({"device": "gpu"}, "device must be auto, cpu"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(values, message):
@@ -76,6 +78,17 @@ def test_parsers():
     assert parse_sigma("per-dim") == ("per-dim", None)
     assert parse_binarize("threshold:0.3") == ("threshold", 0.3)
     assert parse_binarize("threshold") == ("threshold", 0.5)
+
+
+def test_string_settings_have_typed_values():
+    config = Config(binarize="threshold:0.3", sigma="fixed:0.2")
+    assert config.binarization == ("threshold", 0.3) and not config.binarization.dynamic
+    assert config.sigma_value == 0.2  # what the likelihood takes: a number means fixed
+    assert Config(binarize="dynamic").binarization.dynamic
+    assert Config(sigma="per-dim").sigma_value == "per-dim"
+    assert (Config().device, Config().precision) == ("auto", "fp32")
+    config.binarize = "dynamic"  # set after the first parse: validate() parses afresh
+    assert config.validate().binarization.dynamic
 
 
 def test_diff_lists_each_change():

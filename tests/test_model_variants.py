@@ -11,8 +11,8 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vaekit.app.config import Config
 from vaekit.app.data import load_data
-from vaekit.errors import VaekitError
 from vaekit.app.runs import build_model, with_classes
+from vaekit.errors import VaekitError
 from vaekit.model import TwoLayerVAE, TwoStage
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, log_importance_weights
 

@@ -10,8 +10,8 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from vaekit.app.config import Config
-from vaekit.errors import VaekitError
 from vaekit.app.runs import build_model
+from vaekit.errors import VaekitError
 from vaekit.sampling import (
     decode_latents,
     fit_gmm,
@@ -78,7 +78,7 @@ class _IdentityEncoder(nn.Module):
     latent_dim = 2
     num_classes = 0
 
-    def encode(self, x):
+    def encode(self, x, y=None):
         return Independent(Normal(x, torch.ones_like(x)), 1)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.app.config import Config
+from vaekit.app.config import Binarization, Config
 from vaekit.app.data import Dataset, load_data, run_splits
 from vaekit.app.data.binarize import _splitmix64, bernoulli_draw, binarize_once, fingerprint
 from vaekit.errors import VaekitError
@@ -76,26 +76,23 @@ def test_dynamic_keeps_grey_training_data_and_fixed_evaluation_draws():
     assert set(a["validation"].x.unique().tolist()) == {0.0, 1.0}
 
 
-def test_dynamic_draws_fresh_binary_images_every_minibatch(monkeypatch):
-    from vaekit import train as training
-    from vaekit.app.runs import build_model
+def test_dynamic_draws_fresh_binary_images_every_minibatch():
+    from vaekit.app.runs import build_model, objective_for
+    from vaekit.training import fit
 
     seen = []
-    real_loss = training.training_loss
-
-    def spy(model, batch, config, *rest):
-        seen.append(batch.clone())
-        return real_loss(model, batch, config, *rest)
-
-    monkeypatch.setattr(training, "training_loss", spy)
     config = Config(hidden=[4], latent_dim=2, batch_size=16, binarize="dynamic")
+    real_objective = objective_for(config)
+
+    def spy(model, batch):
+        seen.append(batch.x.clone())
+        return real_objective(model, batch)
+
     p = torch.linspace(0.05, 0.95, 16).reshape(1, 1, 4, 4)
     x = p.repeat(32, 1, 1, 1)  # every example the same grey image: row order cannot matter
     model = build_model(config, (1, 4, 4))
-    optimizer = training.make_optimizer(model, config)
-    order, draws = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    for _ in range(25):
-        training.run_epoch(model, optimizer, x, config, order, draws)
+    fit(model, x, epochs=25, batch_size=config.batch_size, objective=spy, lr=config.lr, device="cpu",
+        seed=0, dynamic_binarization=config.binarization.dynamic)
     assert len(seen) == 50
     assert len({batch.numpy().tobytes() for batch in seen}) == 50  # a fresh draw every time
     stack = torch.cat(seen)
@@ -108,8 +105,8 @@ def test_dynamic_draws_fresh_binary_images_every_minibatch(monkeypatch):
 def test_binarising_values_outside_unit_interval_is_refused():
     data = Dataset(torch.tensor([[0.5, 1.5]]), name="odd")
     with pytest.raises(VaekitError, match=r"odd: Bernoulli binarisation needs values in \[0, 1\]"):
-        binarize_once(data, "static", 0, "train")
-    assert binarize_once(data, "none", 0, "train") is data
+        binarize_once(data, Binarization("static"), 0, "train")
+    assert binarize_once(data, Binarization("none"), 0, "train") is data
 
 
 def test_fingerprint_tells_draws_apart():

@@ -12,8 +12,8 @@ import torch
 from vaekit.app.config import Config
 from vaekit.app.data import load_data, run_splits
 from vaekit.app.data.lazy import LazyArray, is_lazy, memmap_reader, memory_limit, value_range
-from vaekit.errors import VaekitError
 from vaekit.app.runs import train
+from vaekit.errors import VaekitError
 
 BUDGET = 100_000  # bytes: the test's memory budget
 

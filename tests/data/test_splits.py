@@ -10,8 +10,8 @@ import torch
 
 from vaekit.app.config import Config
 from vaekit.app.data import load_data, read_run_data, run_splits, select_split
-from vaekit.errors import VaekitError
 from vaekit.app.runs import train
+from vaekit.errors import VaekitError
 
 from .helpers import cli
 

@@ -13,9 +13,8 @@ from vaekit.app.config import Config
 from vaekit.app.data import Dataset, split_validation
 from vaekit.app.data.lazy import LazyArray, memmap_reader
 from vaekit.app.data.standardize import Standardization
+from vaekit.app.runs import load, train
 from vaekit.errors import VaekitError
-from vaekit.app.runs import load
-from vaekit.app.runs import train
 
 from .helpers import cli
 
