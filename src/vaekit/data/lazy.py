@@ -165,7 +165,7 @@ def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
     x.value_range = (lo, hi, binary)
 
 
-def memmap_reader(array: np.ndarray) -> Reader:
+def memmap_reader(array: np.ndarray, source: str = "data") -> Reader:
     """Rows of a (memory-mapped) array as float32; positions are read in sorted order,
     which is what a memory map serves fastest, and returned in the order asked."""
 
@@ -173,8 +173,33 @@ def memmap_reader(array: np.ndarray) -> Reader:
         if positions.size > 1 and np.any(positions[1:] < positions[:-1]):
             order = np.argsort(positions, kind="stable")
             rows = np.empty((len(positions), *array.shape[1:]), np.float32)
-            rows[order] = array[positions[order]]
+            rows[order] = to_float32(array[positions[order]], source, positions[order])
             return rows
-        return np.asarray(array[positions], dtype=np.float32)
+        return to_float32(array[positions], source, positions)
 
     return read
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(array: np.ndarray, source: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """``array`` as float32. A finite value beyond float32's range (float64 data) is refused,
+    naming its row (``rows``: the source rows of ``array``'s rows), instead of becoming inf."""
+    with np.errstate(over="ignore"):  # overflow is found and named below
+        out = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+        return out
+    lost = np.isinf(out)
+    if lost.any():
+        lost &= np.isfinite(array)
+    if lost.any():
+        first = np.unravel_index(int(lost.argmax()), lost.shape)
+        row = int(first[0]) if rows is None else int(rows[first[0]])
+        column = f", column {int(first[1])}" if array.ndim == 2 else ""
+        raise VaekitError(
+            f"{source}: {int(lost.sum())} value(s) are beyond float32's range (±{FLOAT32_MAX:.3g}), "
+            f"the precision vaekit computes in (first: {float(array[first]):g} in row {row}{column}); "
+            "rescale the data"
+        )
+    return out
