@@ -27,6 +27,18 @@ Reader = Callable[[np.ndarray], np.ndarray]  # source positions -> float32 rows
 Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (positions, rows) -> rows
 
 
+class UnreadableRows(VaekitError):
+    """Rows whose source cannot be read (damaged image files). ``items`` names each one
+    (the message shows a few), so a scan can carry on and report them all at once."""
+
+    SHOWN = 5
+
+    def __init__(self, where: str, items: list[str], what: str = "row(s)"):
+        self.where, self.items, self.what = where, items, what
+        more = f", and {len(items) - self.SHOWN} more" if len(items) > self.SHOWN else ""
+        super().__init__(f"{where}: {len(items)} {what} cannot be read: {', '.join(items[: self.SHOWN])}{more}")
+
+
 def memory_limit() -> int:
     """Bytes of float32 data kept in memory; above this, data are read on demand."""
     text = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
@@ -98,9 +110,14 @@ class LazyArray:
 
     def chunks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
         """Consecutive row blocks as tensors (about ``SCAN_ROWS_BYTES`` each by default)."""
+        for block in self.blocks(rows):
+            yield self[block]
+
+    def blocks(self, rows: int | None = None) -> Iterator[slice]:
+        """The slices :meth:`chunks` reads."""
         rows = rows or max(1, SCAN_ROWS_BYTES // max(1, 4 * math.prod(self.event_shape)))
         for start in range(0, len(self), rows):
-            yield self[start : start + rows]
+            yield slice(start, start + rows)
 
     def to_tensor(self) -> torch.Tensor:
         return torch.cat(list(self.chunks())) if len(self) else torch.empty(self.shape)
@@ -150,18 +167,27 @@ def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
     and remember its value range, so later checks need not read it again."""
     from vaekit.data.progress import progress
 
-    lo, hi, binary, row = math.inf, -math.inf, True, 0
+    lo, hi, binary = math.inf, -math.inf, True
+    unreadable: UnreadableRows | None = None
     with progress(f"checking {source}", len(x), quiet) as advance:
-        for chunk in x.chunks():
+        for block in x.blocks():
+            try:
+                chunk = x[block]
+            except UnreadableRows as err:  # go on, so that one message names every bad file
+                items = err.items if unreadable is None else unreadable.items + err.items
+                unreadable = UnreadableRows(err.where, items, err.what)
+                advance(min(block.stop, len(x)) - block.start)
+                continue
             flat = chunk.reshape(len(chunk), -1)
             bad = ~torch.isfinite(flat).all(1)
             if bad.any():
-                first = row + int(bad.nonzero()[0])
+                first = block.start + int(bad.nonzero()[0])
                 raise VaekitError(f"{source}: NaN or infinite values (first in row {first})")
             lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
             binary = binary and bool(((flat == 0) | (flat == 1)).all())
-            row += len(chunk)
             advance(len(chunk))
+    if unreadable is not None:
+        raise unreadable
     x.value_range = (lo, hi, binary)
 
 
