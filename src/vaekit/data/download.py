@@ -390,9 +390,10 @@ def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: 
                 with progress(file.name, total, quiet, unit_bytes=True) as advance:
                     def pull() -> bytes:
                         if time.monotonic() - start > deadline:
+                            of = "" if total is None else f" of {total}"
                             raise _Interrupted(
-                                f"gave up after {deadline:g} s with {raw.count} of {total or '?'} bytes "
-                                f"received (the deadline per file; set {ENV_DEADLINE}=SECONDS to allow longer)"
+                                f"gave up after {deadline:g} s with {raw.count}{of} bytes received "
+                                f"(the deadline per file; set {ENV_DEADLINE}=SECONDS to allow longer)"
                             )
                         chunk = read(CHUNK)
                         if not chunk and total is not None and raw.count < total:
@@ -404,6 +405,9 @@ def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: 
                     _verified(raw, file)
             out.flush()
             os.fsync(out.fileno())
+            if fcntl is not None:  # renamed while still locked, so no cleanup can take it first
+                os.replace(part, target)
+        if fcntl is None:  # Windows cannot rename an open file
             os.replace(part, target)
     except BaseException:
         part.unlink(missing_ok=True)
