@@ -71,6 +71,16 @@ def test_unreadable_images_are_named(tmp_path):
         load_data(str(tmp_path))
 
 
+def test_a_png_whose_damage_pil_reports_as_valueerror_is_named(tmp_path):
+    save(tmp_path / "ok.png", np.zeros((3, 3), np.uint8))
+    save(tmp_path / "short-header.png", np.zeros((3, 3), np.uint8))
+    data = bytearray((tmp_path / "short-header.png").read_bytes())
+    data[11] = 5  # the IHDR chunk claims 5 bytes instead of 13: PIL raises ValueError, not OSError
+    (tmp_path / "short-header.png").write_bytes(bytes(data))
+    with pytest.raises(VaekitError, match=r"1 image\(s\) cannot be read: short-header.png \(Truncated IHDR"):
+        load_data(str(tmp_path))
+
+
 def test_truncated_image_is_named(tmp_path):
     save(tmp_path / "a.png", np.zeros((16, 16), np.uint8))
     save(tmp_path / "b.png", np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8))
