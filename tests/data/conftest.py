@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -22,7 +23,13 @@ def private_cache(tmp_path, monkeypatch):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (behaviour, body)``; anything else is a 404."""
+    """Serves ``server.routes[path] = (behaviour, body)``; anything else is a 404.
+
+    Behaviours: ``ok``; ``interrupt`` (promise the whole body, send half, hang up);
+    ``unsized`` (no Content-Length: the body ends when the connection closes); ``drip``
+    (one byte every ``DRIP_PAUSE`` seconds, like a mirror that barely answers)."""
+
+    DRIP_PAUSE = 0.05
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         self.server.requests.append(self.path)
@@ -32,14 +39,27 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if behaviour != "unsized":
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if behaviour == "interrupt":  # promise the whole body, send half, hang up
+        if behaviour == "interrupt":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        if behaviour == "drip":
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(self.DRIP_PAUSE)
+            except OSError:  # the client gave up
+                self.close_connection = True
+            return
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client stopped reading (a refused download)
+            self.close_connection = True
 
     def log_message(self, *args):
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import time
 
@@ -18,11 +19,12 @@ IMAGES = idx_bytes(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
 LABELS = idx_bytes(np.array([4, 7], dtype=np.uint8))
 
 
-def toy(md5_only: bool = False) -> dl.RemoteDataset:
+def toy(md5_only: bool = False, sized: bool = False) -> dl.RemoteDataset:
     def remote(name, body):
+        size = {"size": len(body)} if sized else {}
         if md5_only:
-            return dl.RemoteFile(name, md5=md5(gz(body)))
-        return dl.RemoteFile(name, sha256=sha256(body))
+            return dl.RemoteFile(name, md5=md5(gz(body)), **size)
+        return dl.RemoteFile(name, sha256=sha256(body), **size)
 
     return dl.RemoteDataset("toy", (remote("images.gz", IMAGES), remote("labels.gz", LABELS)),
                             mirrors=(dead_url(),))
@@ -100,6 +102,7 @@ def test_offline_message_names_files_folder_and_urls(private_cache):
     for needed in ("images.gz", "labels.gz", str(private_cache / "toy"), f"{url}/images.gz",
                    "unreachable", "--data-dir", "--mirror", "VAEKIT_MIRROR"):
         assert needed in message, needed
+    assert "\n" not in message  # one line, however many mirrors were tried
     assert leftovers(private_cache / "toy") == []
 
 
@@ -189,19 +192,6 @@ def test_cache_dir_follows_vaekit_data(monkeypatch, tmp_path):
         assert dl.cache_dir() == tmp_path / "xdg" / "vaekit"
 
 
-def test_stale_partial_files_are_cleaned_young_ones_kept(tmp_path, http_server):
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    old, young = dest / ".images.gz.abc.part", dest / ".labels.gz.def.part"
-    old.write_bytes(b"x")
-    young.write_bytes(b"y")
-    past = time.time() - 3 * 24 * 3600
-    os.utime(old, (past, past))
-    serve(http_server)
-    dl.fetch(toy(), mirror=f"{http_server.url}/a", dest=dest, quiet=True)
-    assert not old.exists() and young.exists()
-
-
 def test_a_dataset_without_checksums_cannot_be_declared():
     with pytest.raises(ValueError, match="needs a checksum"):
         dl.RemoteDataset("x", (dl.RemoteFile("f"),), mirrors=())
@@ -214,3 +204,151 @@ def test_a_local_folder_can_serve_as_a_mirror(tmp_path, private_cache):
     (served / "labels.gz").write_bytes(gz(LABELS))
     got = dl.contents(toy(), mirror=served.as_uri(), quiet=True)
     assert got == {"images.gz": IMAGES, "labels.gz": LABELS}
+
+
+# ---------------------------------------------------------------------- hostile or broken mirrors
+def bomb(members: int, member_size: int = 16 << 20) -> bytes:
+    """A gzip file of ``members`` concatenated members of ``member_size`` zero bytes each:
+    ~1000x smaller than what it decompresses to, built without ever holding that much."""
+    return gz(bytes(member_size)) * members
+
+
+def test_a_gzip_bomb_is_stopped_at_the_pinned_size_without_inflating_it(http_server, tmp_path):
+    import tracemalloc
+
+    from vaekit.app.data import mnist
+
+    images = mnist.MNIST.files[0]  # the real pin: 47,040,016 bytes of training images
+    http_server.routes[f"/m/{images.name}"] = ("ok", bomb(16))  # 256 MiB decompressed, ~260 KB sent
+    tracemalloc.start()
+    try:
+        with pytest.raises(dl.DownloadFailed) as err:
+            dl.fetch_file(images, tmp_path, [f"{http_server.url}/m"], quiet=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "decompresses to more than 47040016 bytes" in str(err.value) and "bomb" in str(err.value)
+    assert peak < 47040016 // 4  # streamed in bounded pieces: not even the pinned size is held
+    assert leftovers(tmp_path) == []
+
+
+def test_a_gzip_bomb_in_a_data_dir_is_refused(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "images.gz").write_bytes(bomb(1, 1 << 20))
+    (folder / "labels.gz").write_bytes(gz(LABELS))
+    with pytest.raises(VaekitError, match=rf"images.gz: decompresses to more than {len(IMAGES)} bytes.* replace it"):
+        dl.contents(toy(sized=True), data_dir=folder, quiet=True)
+
+
+def gz_named(data: bytes, name: str) -> bytes:
+    """gzip with a file name in its header (which a gzip reader skips without output)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename=name, fileobj=buffer, mode="wb", mtime=0) as f:
+        f.write(data)
+    return buffer.getvalue()
+
+
+JUNK = np.random.default_rng(0).bytes(300_000)  # incompressible, and no gzip
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (("ok", JUNK), "the server announces 300000 bytes, more than the {limit}"),
+        # within the download cap (it allows for gzip's overhead), beyond the contents' size
+        (("unsized", JUNK[:30_000]), f"holds more than {len(IMAGES)} bytes, the size of the official file"),
+        (("unsized", gz_named(IMAGES, "n" * 300_000)), "larger than the {limit} bytes the file can take"),
+    ],
+    ids=["announced", "plain", "endless-gzip-header"],
+)
+def test_a_download_larger_than_the_file_can_be_is_stopped(http_server, private_cache, route, message):
+    serve(http_server, **{"images.gz": route})
+    dataset = toy(sized=True)
+    with pytest.raises(VaekitError) as err:
+        dl.contents(dataset, mirror=f"{http_server.url}/a", quiet=True)
+    limit = dataset.files[0].max_download
+    assert len(IMAGES) < 30_000 < limit
+    assert message.format(limit=limit) in str(err.value), str(err.value)
+    assert leftovers(private_cache / "toy") == []
+
+
+def test_a_mirror_that_trickles_hits_the_deadline_and_the_next_one_is_tried(
+    http_server, private_cache, monkeypatch
+):
+    # ~25 s of dripping if nothing stopped it; the deadline gives up after 0.3 s
+    serve(http_server, prefix="/slow", **{"images.gz": ("drip", gz(IMAGES) + bytes(500))})
+    monkeypatch.setenv("VAEKIT_DOWNLOAD_DEADLINE", "0.3")
+    with pytest.raises(VaekitError) as err:
+        dl.contents(toy(), mirror=f"{http_server.url}/slow", quiet=True)
+    message = str(err.value)
+    assert f"{http_server.url}/slow/images.gz: gave up after 0.3 s" in message
+    assert "VAEKIT_DOWNLOAD_DEADLINE" in message and "\n" not in message
+    assert leftovers(private_cache / "toy") == []
+    serve(http_server, prefix="/good")
+    got = dl.contents(toy(), mirror=f"{http_server.url}/slow,{http_server.url}/good", quiet=True)
+    assert got == {"images.gz": IMAGES, "labels.gz": LABELS}
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
+def test_a_bad_deadline_setting_is_named(monkeypatch, value, http_server):
+    serve(http_server)
+    monkeypatch.setenv("VAEKIT_DOWNLOAD_DEADLINE", value)
+    expected = f"VAEKIT_DOWNLOAD_DEADLINE must be a number of seconds above 0, got '{value}'"
+    with pytest.raises(VaekitError, match=expected):
+        dl.contents(toy(), mirror=f"{http_server.url}/a", quiet=True)
+    assert http_server.requests == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="umask is POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_cached_files_get_the_umasks_usual_mode(http_server, private_cache, umask):
+    serve(http_server)
+    old = os.umask(umask)
+    try:
+        dl.contents(toy(), mirror=f"{http_server.url}/a", quiet=True)
+    finally:
+        os.umask(old)
+    for name in ("images.gz", "labels.gz"):
+        assert (private_cache / "toy" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+KILLABLE = """
+import sys
+from vaekit.app.data import download as dl
+files = tuple(dl.RemoteFile(name, sha256="0" * 64) for name in ("images.gz", "labels.gz"))
+dl.fetch(dl.RemoteDataset("toy", files, mirrors=()), mirror=sys.argv[1], dest=sys.argv[2], quiet=True)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file locks and SIGKILL")
+def test_part_files_of_killed_downloads_are_removed_live_ones_kept(http_server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    dest = tmp_path / "dest"
+    serve(http_server, prefix="/slow", **{"images.gz": ("drip", bytes(100_000))})
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    other = subprocess.Popen([sys.executable, "-c", KILLABLE, f"{http_server.url}/slow", str(dest)], env=env,
+                             stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):  # until the other process is mid-download (its .part exists)
+            if [f for f in leftovers(dest) if f.endswith(".part")] or other.poll() is not None:
+                break
+            time.sleep(0.1)
+        theirs = [f for f in leftovers(dest) if f.endswith(".part")]
+        assert len(theirs) == 1, other.stderr.read() if other.poll() is not None else "no .part yet"
+        serve(http_server)
+        # a download running elsewhere keeps its .part, while this one proceeds
+        dl.fetch(toy(), mirror=f"{http_server.url}/a", dest=dest, quiet=True)
+        assert leftovers(dest) == sorted(["images.gz", "labels.gz", *theirs])
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+        other.stderr.close()
+    assert theirs[0] in leftovers(dest)  # killed: nothing of it ran to clean up
+    dl.fetch(toy(), mirror=dead_url(), dest=dest, quiet=True)  # the next use clears it
+    assert leftovers(dest) == ["images.gz", "labels.gz"]

@@ -59,6 +59,33 @@ def test_bad_arrays_are_refused(tmp_path, array, message):
         load_data(str(tmp_path / "bad.npy"))
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "memory-mapped"])
+def test_float64_values_beyond_float32_are_refused_not_made_infinite(tmp_path, monkeypatch, streamed):
+    if streamed:
+        monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", "100")  # the .npy is read in batches from disk
+    array = np.zeros((40, 3))
+    array[17, 2] = -1e39
+    array[30, 0] = 1e300
+    np.save(tmp_path / "big.npy", array)
+    with pytest.raises(VaekitError) as err:
+        load_data(str(tmp_path / "big.npy"))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'big.npy'}: ") and "beyond float32's range" in message
+    assert "-1e+39 in row 17, column 2" in message
+    assert "NaN or infinite" not in message and "\n" not in message
+
+
+def test_float64_images_beyond_float32_in_an_npz_name_the_row(tmp_path):
+    images = np.zeros((4, 1, 2, 2))
+    images[2, 0, 1, 0] = 5e38
+    np.savez(tmp_path / "big.npz", x=images)
+    with pytest.raises(VaekitError, match=r"big.npz: 1 value\(s\) are beyond float32's range .*5e\+38 in row 2\)"):
+        load_data(str(tmp_path / "big.npz"))
+    within = np.full((2, 2), 3e38)  # the largest float32 is 3.4e38: this fits
+    np.save(tmp_path / "fits.npy", within)
+    assert load_data(str(tmp_path / "fits.npy")).train.x.numpy().tolist() == within.astype(np.float32).tolist()
+
+
 def test_pickled_objects_are_never_loaded(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(VaekitError, match="pickled"):

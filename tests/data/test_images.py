@@ -71,6 +71,16 @@ def test_unreadable_images_are_named(tmp_path):
         load_data(str(tmp_path))
 
 
+def test_a_png_whose_damage_pil_reports_as_valueerror_is_named(tmp_path):
+    save(tmp_path / "ok.png", np.zeros((3, 3), np.uint8))
+    save(tmp_path / "short-header.png", np.zeros((3, 3), np.uint8))
+    data = bytearray((tmp_path / "short-header.png").read_bytes())
+    data[11] = 5  # the IHDR chunk claims 5 bytes instead of 13: PIL raises ValueError, not OSError
+    (tmp_path / "short-header.png").write_bytes(bytes(data))
+    with pytest.raises(VaekitError, match=r"1 image\(s\) cannot be read: short-header.png \(Truncated IHDR"):
+        load_data(str(tmp_path))
+
+
 def test_truncated_image_is_named(tmp_path):
     save(tmp_path / "a.png", np.zeros((16, 16), np.uint8))
     save(tmp_path / "b.png", np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8))
@@ -108,5 +118,78 @@ def test_streamed_folder_matches_the_in_memory_one(classes, monkeypatch):
     assert torch.equal(streamed.x[torch.tensor([4, 0, 2])], eager.x[[4, 0, 2]])
     assert torch.equal(streamed.labels, eager.labels)
     (folder / "dogs" / "1.png").write_bytes(b"gone bad")
-    with pytest.raises(VaekitError, match=r"dogs/1.png: cannot read the image"):
+    with pytest.raises(VaekitError, match=r"pets: 1 image\(s\) cannot be read: dogs/1.png \("):
         streamed.x[4]
+
+
+def truncate(path) -> None:
+    """Keep the header, cut the pixels: only decoding finds out."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_streamed_folder_names_every_unreadable_image(tmp_path, monkeypatch):
+    from vaekit.app.data import lazy
+
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        save(tmp_path / "f" / f"{i}.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    broken = [1, 2, 4, 5, 6, 8, 9]
+    for i in broken:
+        truncate(tmp_path / "f" / f"{i}.png")
+    monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", "100")
+    monkeypatch.setattr(lazy, "SCAN_ROWS_BYTES", 3 * 16 * 16 * 4)  # three images a chunk
+    x = load_data(str(tmp_path / "f")).train.x
+    assert is_lazy(x)
+    with pytest.raises(VaekitError) as err:
+        lazy.value_range(x)  # the scan training runs first reads every image, chunk by chunk
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'f'}: 7 image(s) cannot be read: 1.png (")
+    assert [name for name in ("1.png", "2.png", "4.png", "5.png", "6.png") if name in message] == [
+        "1.png", "2.png", "4.png", "5.png", "6.png"]
+    assert message.endswith(", and 2 more") and "\n" not in message
+    with pytest.raises(VaekitError, match=r"2 image\(s\) cannot be read: 8.png \(.*\), 9.png \("):
+        x[torch.tensor([9, 0, 8, 9])]  # a batch names its own bad files, each once
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_decompression_bombs_are_refused_naming_the_file(tmp_path, monkeypatch, streamed):
+    import warnings
+
+    from PIL import Image
+
+    if streamed:
+        monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", "100")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's limit, lowered so tiny files are bombs
+    save(tmp_path / "a-fine.png", np.zeros((8, 8), np.uint8))  # 64 pixels
+    save(tmp_path / "b-warned.png", np.zeros((12, 12), np.uint8))  # 144: PIL only warns up to 2x its limit
+    save(tmp_path / "c-bomb.png", np.zeros((20, 20), np.uint8))  # 400: PIL raises DecompressionBombError
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(VaekitError) as err:
+        warnings.simplefilter("always")
+        load_data(str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: 2 image(s) cannot be read: b-warned.png (144 pixels, more than the 100")
+    assert "c-bomb.png (400 pixels, more than the 100 allowed" in message and "decompression bomb" in message
+    assert "a-fine.png" not in message and "\n" not in message
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_dropping_an_alpha_channel_is_said_once(tmp_path, capsys, monkeypatch, streamed):
+    if streamed:
+        monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", "100")
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)
+    save(tmp_path / "a.png", rgba)
+    save(tmp_path / "b.png", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    save(tmp_path / "c.png", rng.integers(0, 256, (4, 4, 4), dtype=np.uint8))
+    capsys.readouterr()
+    data = load_data(str(tmp_path)).train
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "alpha" in line]
+    assert notes == [f"note: {tmp_path}: alpha channel (transparency) dropped from 2 image(s) (a.png and 1 more); "
+                     "their pixels keep the colour stored under it"]
+    expected = torch.from_numpy(rgba[..., :3].transpose(2, 0, 1) / 255.0).float()
+    torch.testing.assert_close(data.x[0], expected)
+    load_data(str(tmp_path), quiet=True)
+    assert "alpha" not in capsys.readouterr().err

@@ -49,6 +49,8 @@ def test_tsv_and_parquet(tmp_path):
         ("a,b\n1,2\n3,\n", None, r"line 3, column 'b': a missing value \(empty or NaN\)"),
         ("a,b\n1,NaN\n", None, r"line 2, column 'b': a missing value"),
         ("a,b\n1,inf\n", None, r"line 2, column 'b': an infinite value"),
+        ("a,b\n1,2\n3,1e39\n", None, r"line 3, column 'b': 1e\+39 is beyond float32's range"),
+        ("a,b,y\n1,2,0\n-4e38,1e300,1\n", "y", r"line 3, column 'a': -4e\+38 is beyond float32's range"),
         ("", None, "the file is empty"),
         ("a,b\n", None, r"the table is empty \(0 rows, 2 columns\)"),
         ("a,b\n1,2\n", "lable", r"no column named 'lable'; the columns are a, b"),
@@ -69,6 +71,9 @@ def test_parquet_rows_are_counted_from_one(tmp_path):
     pd.DataFrame({"a": [1.0, 2.0, np.nan]}).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(VaekitError, match=r"row 3, column 'a': a missing value"):
         load_data(str(tmp_path / "t.parquet"))
+    pd.DataFrame({"a": [1.0, 2.0], "b": [0.0, 1e39]}).to_parquet(tmp_path / "big.parquet")
+    with pytest.raises(VaekitError, match=r"big.parquet: row 2, column 'b': 1e\+39 is beyond float32's range"):
+        load_data(str(tmp_path / "big.parquet"))
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(VaekitError, match="not a readable parquet file"):
         load_data(str(tmp_path / "bad.parquet"))

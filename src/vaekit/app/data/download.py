@@ -1,8 +1,10 @@
 """Published dataset files: a local cache, mirrors, and atomic, verified downloads.
 
 Files live in ``$VAEKIT_DATA/<dataset>/<official file name>`` (default: the user cache dir,
-``~/.cache/vaekit`` on Linux). A download goes to a temporary ``.part`` file in that folder
-and is renamed to its official name only after its checksum matched, so a failed,
+``~/.cache/vaekit`` on Linux). A download streams to a temporary ``.part`` file in that folder
+and is checked as it arrives: it may not grow beyond what the file can be, nor decompress to
+more than the official contents, nor take longer than ``$VAEKIT_DOWNLOAD_DEADLINE`` seconds.
+It is renamed to its official name only after its checksum matched, so a failed,
 interrupted or corrupted transfer never leaves a file a later run would trust. Every read
 checks the checksum again: a file damaged in the cache is fetched anew, a damaged file in
 a user's ``--data-dir`` is reported (never touched).
@@ -10,36 +12,60 @@ a user's ``--data-dir`` is reported (never touched).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import os
+import secrets
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from vaekit.app.data.progress import progress, say
 from vaekit.errors import VaekitError
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale .part files are recognised by their age instead
+    fcntl = None
+
 ENV_CACHE = "VAEKIT_DATA"
 ENV_MIRROR = "VAEKIT_MIRROR"
-TIMEOUT = 30.0
+ENV_DEADLINE = "VAEKIT_DOWNLOAD_DEADLINE"
+TIMEOUT = 30.0  # seconds one network read may wait
+DEADLINE = 15 * 60.0  # seconds one file may take from one mirror (~30 KB/s for Fashion-MNIST's largest)
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+UNPINNED_SIZE = 1 << 30  # the most a file whose size is not pinned may decompress to
 
 
 @dataclass(frozen=True)
 class RemoteFile:
     """One published file. ``sha256``: of its decompressed contents (any faithful copy
-    passes, however it was compressed); ``md5``: of the file exactly as published."""
+    passes, however it was compressed); ``md5``: of the file exactly as published;
+    ``size``: bytes of the decompressed contents, which bounds what a download may bring
+    and what decompressing it may produce (a gzip bomb is stopped at that size)."""
 
     name: str
     sha256: str | None = None
     md5: str | None = None
+    size: int | None = None
+
+    @property
+    def max_contents(self) -> int:
+        return self.size or UNPINNED_SIZE
+
+    @property
+    def max_download(self) -> int:
+        # deflate's worst case (incompressible data, stored blocks) adds well under 1/1000,
+        # and gzip's optional header fields are at most 64 KiB
+        return self.max_contents + self.max_contents // 1000 + (64 << 10)
 
 
 @dataclass(frozen=True)
@@ -96,51 +122,92 @@ def status(dataset: RemoteDataset, folder: Path | None = None) -> tuple[int, int
 
 # ---------------------------------------------------------------------- reading
 def read_verified(path: Path, file: RemoteFile, quiet: bool = False) -> bytes:
-    """The decompressed contents of ``path``, checked against ``file``'s checksums."""
-    raw = path.read_bytes()
-    compressed = raw[:2] == GZIP_MAGIC
-    if file.md5:
-        if not compressed and not file.sha256:
-            raise Corrupt(
-                "cannot be verified: only the md5 of the published .gz file is known, "
-                "so keep the file compressed as published"
-            )
-        if compressed:
-            digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()
-            if digest != file.md5:
-                raise Corrupt(f"md5 {digest} does not match the published {file.md5}")
-    contents = decompress(raw, path.name, quiet) if compressed else raw
-    if file.sha256:
-        digest = hashlib.sha256(contents).hexdigest()
-        if digest != file.sha256:
-            raise Corrupt(
-                f"sha256 of the decompressed contents is {digest}, expected {file.sha256}"
-            )
-    return contents
+    """The decompressed contents of ``path``, checked against ``file``'s checksums and size."""
+    with open(path, "rb") as f, progress(f"reading {path.name}", os.fstat(f.fileno()).st_size, quiet,
+                                         unit_bytes=True) as advance:
+        def pull() -> bytes:
+            chunk = f.read(CHUNK)
+            advance(len(chunk))
+            return chunk
+
+        return _verified(_Raw(pull, file.max_download), file, keep=True)
 
 
-def decompress(raw: bytes, label: str, quiet: bool = False) -> bytes:
-    """gzip ``raw`` decompressed in chunks (CRC and length checked by zlib)."""
-    parts: list[bytes] = []
-    view = memoryview(raw)
-    inflater = zlib.decompressobj(wbits=31)
-    pos = 0
+class _Raw:
+    """The bytes of a file as they come (``pull`` gives the next piece, b"" at the end):
+    counted against ``limit``, md5-hashed and copied to ``sink`` on the way, with a
+    one-piece look-ahead so gzip can be detected before anything is decompressed."""
+
+    def __init__(self, pull: Callable[[], bytes], limit: int, sink: BinaryIO | None = None):
+        self._pull, self.limit, self.sink = pull, limit, sink
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.count = 0
+        self._ahead, self._at = b"", 0
+
+    def _next(self) -> bytes:
+        chunk = self._pull()
+        self.count += len(chunk)
+        if self.count > self.limit:
+            raise Corrupt(f"larger than the {self.limit} bytes the file can take; stopped there and refused")
+        self.md5.update(chunk)
+        if self.sink is not None:
+            self.sink.write(chunk)
+        return chunk
+
+    def peek(self, n: int) -> bytes:
+        while len(self._ahead) - self._at < n and (chunk := self._next()):
+            self._ahead, self._at = self._ahead[self._at:] + chunk, 0
+        return self._ahead[self._at : self._at + n]
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self._at >= len(self._ahead):
+            # gzip reads its zero padding a byte at a time: slicing one pulled piece
+            # (never re-copying the rest) keeps that linear
+            self._ahead, self._at = self._next(), 0
+        n = len(self._ahead) if n < 0 else n
+        out = self._ahead[self._at : self._at + n]
+        self._at += len(out)
+        return out
+
+
+def _verified(raw: _Raw, file: RemoteFile, keep: bool = False) -> bytes:
+    """Read ``raw`` to its end, decompressing gzip as it goes (never more than the file's
+    size), and check the checksums; the contents if ``keep`` (else b""). Raises :class:`Corrupt`."""
+    compressed = raw.peek(2) == GZIP_MAGIC
+    if file.md5 and not compressed and not file.sha256:
+        raise Corrupt(
+            "cannot be verified: only the md5 of the published .gz file is known, "
+            "so keep the file compressed as published"
+        )
+    # GzipFile decompresses in bounded pieces, handles several members and zero padding,
+    # and checks each member's CRC and length
+    source = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+    sha, parts, size = hashlib.sha256(), [], 0
     try:
-        with progress(f"decompressing {label}", len(raw), quiet, unit_bytes=True) as advance:
-            while pos < len(raw):
-                chunk = view[pos : pos + CHUNK]
-                parts.append(inflater.decompress(chunk))
-                rest = len(inflater.unused_data) if inflater.eof else 0
-                pos += len(chunk) - rest
-                advance(len(chunk) - rest)
-                if inflater.eof and pos < len(raw):
-                    if not any(view[pos:]):  # zero padding after the last member
-                        break
-                    inflater = zlib.decompressobj(wbits=31)  # a further gzip member
-    except zlib.error as err:
+        while chunk := source.read(CHUNK):
+            size += len(chunk)
+            if size > file.max_contents:
+                what = "decompresses to" if compressed else "holds"
+                bomb = ", or a decompression bomb" if compressed else ""
+                raise Corrupt(
+                    f"{what} more than {file.max_contents} bytes, the size of the official file "
+                    f"(damaged{bomb}); stopped there and refused"
+                )
+            sha.update(chunk)
+            if keep:
+                parts.append(chunk)
+    except EOFError:
+        raise Corrupt("the gzip data ends early (the file is truncated)") from None
+    except (gzip.BadGzipFile, zlib.error) as err:
         raise Corrupt(f"not a valid gzip file ({err})") from None
-    if not inflater.eof:
-        raise Corrupt("the gzip data ends early (the file is truncated)")
+    if file.md5 and compressed:
+        digest = raw.md5.hexdigest()
+        if digest != file.md5:
+            raise Corrupt(f"md5 {digest} does not match the published {file.md5}")
+    if file.sha256:
+        digest = sha.hexdigest()
+        if digest != file.sha256:
+            raise Corrupt(f"sha256 of the decompressed contents is {digest}, expected {file.sha256}")
     return b"".join(parts)
 
 
@@ -148,24 +215,34 @@ def decompress(raw: bytes, label: str, quiet: bool = False) -> bytes:
 def fetch_file(file: RemoteFile, folder: Path, bases: list[str], quiet: bool = False) -> Path:
     """Download ``file`` into ``folder`` from the first base URL that serves it intact."""
     target = folder / file.name
+    deadline = download_deadline()
     attempts = []
     for base in bases:
         url = f"{base}/{file.name}"
         say(f"downloading {url}", quiet)
         try:
-            part = _download(url, folder, file.name, quiet)
+            _download(url, file, target, deadline, quiet)
+        except Corrupt as err:
+            attempts.append(f"{url}: downloaded file rejected: {err}")
         except _TRANSFER_ERRORS as err:
             attempts.append(f"{url}: {_reason(err)}")
-            continue
-        try:
-            read_verified(part, file, quiet=True)
-        except Corrupt as err:
-            part.unlink(missing_ok=True)
-            attempts.append(f"{url}: downloaded file rejected: {err}")
-            continue
-        os.replace(part, target)
-        return target
+        else:
+            return target
     raise DownloadFailed(attempts)
+
+
+def download_deadline() -> float:
+    """Seconds one file may take from one mirror: ``$VAEKIT_DOWNLOAD_DEADLINE``, else ``DEADLINE``."""
+    text = os.environ.get(ENV_DEADLINE, "").strip()
+    if not text:
+        return DEADLINE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise VaekitError(f"{ENV_DEADLINE} must be a number of seconds above 0, got '{text}'")
+    return value
 
 
 def contents(
@@ -244,17 +321,14 @@ def _failure_message(
     failed: DownloadFailed, damaged: str | None,
 ) -> str:
     names = ", ".join(f.name for f in missing)
-    lines = [f"cannot get the {dataset.name} files {names}"]
-    if damaged:
-        lines[0] += f" (the cached copy was damaged: {damaged}; it was removed)"
-    lines.append(f"tried, for {missing[0].name}:")
-    lines += [f"  {attempt}" for attempt in failed.attempts]
-    lines.append(
+    damage = f" (the cached copy was damaged: {damaged}; it was removed)" if damaged else ""
+    tried = "; ".join(" ".join(attempt.split()) for attempt in failed.attempts)  # one line each
+    return (
+        f"cannot get the {dataset.name} files {names}{damage}; for {missing[0].name}, tried {tried}; "
         f"put the official files in {folder} (or pass --data-dir FOLDER holding them), "
         f"or name a reachable mirror with --mirror URL or {ENV_MIRROR} "
         "(files are fetched as URL/<official file name>)"
     )
-    return "\n".join(lines)
 
 
 def _from_folder(dataset: RemoteDataset, folder: Path, quiet: bool) -> dict[str, bytes]:
@@ -294,31 +368,79 @@ class _Interrupted(OSError):
     pass
 
 
-def _download(url: str, folder: Path, name: str, quiet: bool) -> Path:
-    """Stream ``url`` into a temporary ``.<name>.*.part`` file in ``folder``; return it."""
+def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: bool) -> None:
+    """Stream ``url`` through a locked temporary ``.part`` file next to ``target``, verifying
+    it on the way, and rename it to ``target`` once it passed."""
     from vaekit import __version__
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    start = time.monotonic()
+    fd, part = _new_part(target)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out:  # closing it releases the lock
             request = urllib.request.Request(url, headers={"User-Agent": f"vaekit/{__version__}"})
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with urllib.request.urlopen(request, timeout=min(TIMEOUT, deadline)) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                done = 0
-                with progress(name, total, quiet, unit_bytes=True) as advance:
-                    while chunk := response.read(CHUNK):
-                        out.write(chunk)
-                        done += len(chunk)
+                if total is not None and total > file.max_download:
+                    raise Corrupt(f"the server announces {total} bytes, more than the {file.max_download} "
+                                  "the file can take")
+                # read1 returns whatever one network read brought, so a trickle of bytes
+                # cannot keep a read (and the deadline check) waiting
+                read = getattr(response, "read1", response.read)
+                with progress(file.name, total, quiet, unit_bytes=True) as advance:
+                    def pull() -> bytes:
+                        if time.monotonic() - start > deadline:
+                            of = "" if total is None else f" of {total}"
+                            raise _Interrupted(
+                                f"gave up after {deadline:g} s with {raw.count}{of} bytes received "
+                                f"(the deadline per file; set {ENV_DEADLINE}=SECONDS to allow longer)"
+                            )
+                        chunk = read(CHUNK)
+                        if not chunk and total is not None and raw.count < total:
+                            raise _Interrupted(f"transfer interrupted after {raw.count} of {total} bytes")
                         advance(len(chunk))
-            if total is not None and done != total:
-                raise _Interrupted(f"transfer interrupted after {done} of {total} bytes")
+                        return chunk
+
+                    raw = _Raw(pull, file.max_download, sink=out)
+                    _verified(raw, file)
             out.flush()
             os.fsync(out.fileno())
+            if fcntl is not None:  # renamed while still locked, so no cleanup can take it first
+                os.replace(part, target)
+        if fcntl is None:  # Windows cannot rename an open file
+            os.replace(part, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+
+
+def _new_part(target: Path) -> tuple[int, Path]:
+    """A new, locked ``.<name>.<random>.part`` file next to ``target``. Its mode is the umask's
+    usual one (mkstemp's 0600 would carry over to the cached file); the lock, held until the
+    download ends, tells a later cleanup that a live process still writes it."""
+    while True:
+        part = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        if _lock(fd) != "busy":
+            return fd, part
+        os.close(fd)  # a cleanup took it between creation and locking: it removes the file
+
+
+def _lock(fd: int) -> str:
+    """Try to lock ``fd`` without waiting: "locked", "busy" (another process holds it), or
+    "unsupported" (no locks here: Windows, or a file system without them)."""
+    if fcntl is None:
+        return "unsupported"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "busy"
+    except OSError:
+        return "unsupported"
+    return "locked"
 
 
 def _reason(err: BaseException) -> str:
@@ -334,12 +456,21 @@ def _reason(err: BaseException) -> str:
 
 
 def _remove_stale_parts(folder: Path, age: float = 24 * 3600) -> None:
-    """Drop ``.part`` files a killed process left behind (never trusted, only clutter);
-    young ones may belong to a download running right now."""
+    """Drop ``.part`` files a killed process left behind (never trusted, only clutter): a
+    running download holds a lock on its own. Without locks, only old ones go."""
     now = time.time()
     for part in folder.glob(".*.part"):
         try:
-            if now - part.stat().st_mtime > age:
-                part.unlink()
+            if fcntl is None:
+                if now - part.stat().st_mtime > age:
+                    part.unlink()
+                continue
+            fd = os.open(part, os.O_RDONLY)
+            try:
+                state = _lock(fd)
+                if state == "locked" or (state == "unsupported" and now - os.fstat(fd).st_mtime > age):
+                    part.unlink()
+            finally:
+                os.close(fd)
         except OSError:
             pass

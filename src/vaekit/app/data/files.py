@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vaekit.app.data import Dataset, DataSplits
-from vaekit.app.data.lazy import LazyArray, memmap_reader, memory_limit, scan
+from vaekit.app.data.lazy import LazyArray, memmap_reader, memory_limit, scan, to_float32
 from vaekit.errors import VaekitError
 
 
@@ -37,7 +37,7 @@ def lazy_features(array: np.ndarray, source: str, name: str, quiet: bool = False
     """Like :func:`as_features`, but rows stay on disk until indexed (checked once here)."""
     _check_array(array, source)
     shape = array.shape[1:] if array.ndim != 3 else (1, *array.shape[1:])
-    x = LazyArray(memmap_reader(array), len(array), shape, name=name)
+    x = LazyArray(memmap_reader(array, source), len(array), shape, name=name)
     scan(x, source, quiet)
     return x
 
@@ -85,7 +85,7 @@ def as_features(array: np.ndarray, source: str) -> torch.Tensor:
     _check_array(array, source)
     if array.ndim == 3:  # [N, H, W]: greyscale images without a channel axis
         array = array[:, None]
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    x = torch.from_numpy(to_float32(array, source))
     bad = ~torch.isfinite(x)
     if bad.any():
         row = int(bad.reshape(len(x), -1).any(1).nonzero()[0])

@@ -8,30 +8,47 @@ greyscale). Values are grey levels scaled to [0, 1], shaped ``[N, C, H, W]``.
 
 Above the memory limit (:mod:`vaekit.app.data.lazy`) the images are decoded when a batch
 needs them instead of all at once.
+
+An alpha channel (transparency) is dropped, with a note on stderr. Images larger than
+PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 megapixels) are refused
+like damaged ones: a small file must not be able to claim gigabytes of memory.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from vaekit.app.data import Dataset, DataSplits
-from vaekit.app.data.lazy import LazyArray, memory_limit
-from vaekit.app.data.progress import progress
+from vaekit.app.data.lazy import LazyArray, UnreadableRows, memory_limit
+from vaekit.app.data.progress import progress, say
 from vaekit.errors import VaekitError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_MODES = ("auto", "grey", "rgb")
 _GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _WIDE = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # 16-bit grey: scaled by 65535, not 255
+_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 def load_folder(folder: Path, image_size: int = 0, image_mode: str = "auto",
                 quiet: bool = False) -> DataSplits:
     files, labels, classes = _list(folder)
-    sizes, modes = _headers(folder, files)
+    sizes, modes, alpha = _headers(folder, files)
+    if alpha:
+        more = f" and {len(alpha) - 1} more" if len(alpha) > 1 else ""
+        say(f"note: {folder}: alpha channel (transparency) dropped from {len(alpha)} image(s) "
+            f"({_rel(folder, alpha[0])}{more}); their pixels keep the colour stored under it", quiet)
     size = (image_size, image_size) if image_size else _common_size(folder, files, sizes)
     channels = 3 if image_mode == "rgb" or (image_mode == "auto" and not modes <= _GREY) else 1
     shape = (channels, size[1], size[0])
@@ -39,11 +56,13 @@ def load_folder(folder: Path, image_size: int = 0, image_mode: str = "auto",
 
     def read(positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(positions), *shape), np.float32)
+        bad = {}  # every file of the batch that fails, each once, named in folder order
         for k, i in enumerate(positions):
             try:
                 out[k] = read_image(files[i], size, channels)
-            except OSError as err:
-                raise VaekitError(f"{_rel(folder, files[i])}: cannot read the image ({err})") from None
+            except _errors() as err:
+                bad[int(i)] = f"{_rel(folder, files[i])} ({_problem(err, files[i])})"
+        _report_unreadable(folder, [bad[i] for i in sorted(bad)])
         return out
 
     if len(files) * int(np.prod(shape)) * 4 > memory_limit():
@@ -57,7 +76,7 @@ def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image as float32 ``[C, H, W]`` in [0, 1], resized to ``size`` (width, height)."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with _open(path) as img:
         if channels == 1 and img.mode in _WIDE:
             img = Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0, mode="F")
             scale = 1.0
@@ -102,21 +121,43 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES)
 
 
-def _headers(folder: Path, files: list[Path]) -> tuple[list[tuple[int, int]], set[str]]:
-    """Every image's (width, height) and the set of modes, from headers only."""
-    from PIL import Image, UnidentifiedImageError
-
-    sizes, modes, bad = [], set(), []
+def _headers(folder: Path, files: list[Path]) -> tuple[list[tuple[int, int]], set[str], list[Path]]:
+    """Every image's (width, height), the set of modes, and the images with an alpha
+    channel, from headers only."""
+    sizes, modes, alpha, bad = [], set(), [], []
     for path in files:
         try:
-            with Image.open(path) as img:
+            with _open(path) as img:
                 sizes.append(img.size)
                 modes.add(img.mode)
-        except (UnidentifiedImageError, OSError) as err:
-            bad.append(f"{_rel(folder, path)} ({_short(err, path)})")
+                if img.mode in _ALPHA or "transparency" in img.info:
+                    alpha.append(path)
+        except _errors() as err:
+            bad.append(f"{_rel(folder, path)} ({_problem(err, path)})")
             sizes.append((0, 0))
     _report_unreadable(folder, bad)
-    return sizes, modes
+    return sizes, modes, alpha
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[PILImage]:
+    """``PIL.Image.open``, with its decompression-bomb warning (between PIL's limit and twice
+    it, where PIL would still decode the whole image) raised as an error like the bomb itself."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        yield img
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises for a file it cannot or will not decode: OSError mostly, but a few
+    damaged PNG headers give ValueError or SyntaxError, and too many pixels a bomb error."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def _common_size(folder: Path, files: list[Path], sizes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -138,8 +179,8 @@ def _read_all(folder, files, size, channels, shape, quiet) -> np.ndarray:
         for i, path in enumerate(files):
             try:
                 out[i] = read_image(path, size, channels)
-            except OSError as err:
-                bad.append(f"{_rel(folder, path)} ({_short(err, path)})")
+            except _errors() as err:
+                bad.append(f"{_rel(folder, path)} ({_problem(err, path)})")
             advance(1)
     _report_unreadable(folder, bad)
     return out
@@ -147,12 +188,23 @@ def _read_all(folder, files, size, channels, shape, quiet) -> np.ndarray:
 
 def _report_unreadable(folder: Path, bad: list[str]) -> None:
     if bad:
-        shown = ", ".join(bad[:5]) + (f", and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise VaekitError(f"{folder}: {len(bad)} image(s) cannot be read: {shown}")
+        raise UnreadableRows(str(folder), bad, "image(s)")
 
 
 def _rel(folder: Path, path: Path) -> str:
     return str(path.relative_to(folder))
+
+
+def _problem(err: BaseException, path: Path) -> str:
+    """Why an image cannot be used, in a few words."""
+    from PIL import Image
+
+    if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        found = re.search(r"\((\d+) pixels\)", str(err))  # PIL's message: "Image size (N pixels) exceeds ..."
+        pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
+        return (f"{pixels}, more than the {Image.MAX_IMAGE_PIXELS:,} allowed (PIL.Image.MAX_IMAGE_PIXELS): "
+                "refused as a possible decompression bomb")
+    return _short(err, path)
 
 
 def _short(err: BaseException, path: Path) -> str:

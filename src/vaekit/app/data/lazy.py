@@ -27,6 +27,18 @@ Reader = Callable[[np.ndarray], np.ndarray]  # source positions -> float32 rows
 Transform = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (positions, rows) -> rows
 
 
+class UnreadableRows(VaekitError):
+    """Rows whose source cannot be read (damaged image files). ``items`` names each one
+    (the message shows a few), so a scan can carry on and report them all at once."""
+
+    SHOWN = 5
+
+    def __init__(self, where: str, items: list[str], what: str = "row(s)"):
+        self.where, self.items, self.what = where, items, what
+        more = f", and {len(items) - self.SHOWN} more" if len(items) > self.SHOWN else ""
+        super().__init__(f"{where}: {len(items)} {what} cannot be read: {', '.join(items[: self.SHOWN])}{more}")
+
+
 def memory_limit() -> int:
     """Bytes of float32 data kept in memory; above this, data are read on demand."""
     text = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
@@ -98,9 +110,14 @@ class LazyArray:
 
     def chunks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
         """Consecutive row blocks as tensors (about ``SCAN_ROWS_BYTES`` each by default)."""
+        for block in self.blocks(rows):
+            yield self[block]
+
+    def blocks(self, rows: int | None = None) -> Iterator[slice]:
+        """The slices :meth:`chunks` reads."""
         rows = rows or max(1, SCAN_ROWS_BYTES // max(1, 4 * math.prod(self.event_shape)))
         for start in range(0, len(self), rows):
-            yield self[start : start + rows]
+            yield slice(start, start + rows)
 
     def to_tensor(self) -> torch.Tensor:
         return torch.cat(list(self.chunks())) if len(self) else torch.empty(self.shape)
@@ -150,22 +167,31 @@ def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
     and remember its value range, so later checks need not read it again."""
     from vaekit.app.data.progress import progress
 
-    lo, hi, binary, row = math.inf, -math.inf, True, 0
+    lo, hi, binary = math.inf, -math.inf, True
+    unreadable: UnreadableRows | None = None
     with progress(f"checking {source}", len(x), quiet) as advance:
-        for chunk in x.chunks():
+        for block in x.blocks():
+            try:
+                chunk = x[block]
+            except UnreadableRows as err:  # go on, so that one message names every bad file
+                items = err.items if unreadable is None else unreadable.items + err.items
+                unreadable = UnreadableRows(err.where, items, err.what)
+                advance(min(block.stop, len(x)) - block.start)
+                continue
             flat = chunk.reshape(len(chunk), -1)
             bad = ~torch.isfinite(flat).all(1)
             if bad.any():
-                first = row + int(bad.nonzero()[0])
+                first = block.start + int(bad.nonzero()[0])
                 raise VaekitError(f"{source}: NaN or infinite values (first in row {first})")
             lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
             binary = binary and bool(((flat == 0) | (flat == 1)).all())
-            row += len(chunk)
             advance(len(chunk))
+    if unreadable is not None:
+        raise unreadable
     x.value_range = (lo, hi, binary)
 
 
-def memmap_reader(array: np.ndarray) -> Reader:
+def memmap_reader(array: np.ndarray, source: str = "data") -> Reader:
     """Rows of a (memory-mapped) array as float32; positions are read in sorted order,
     which is what a memory map serves fastest, and returned in the order asked."""
 
@@ -173,8 +199,33 @@ def memmap_reader(array: np.ndarray) -> Reader:
         if positions.size > 1 and np.any(positions[1:] < positions[:-1]):
             order = np.argsort(positions, kind="stable")
             rows = np.empty((len(positions), *array.shape[1:]), np.float32)
-            rows[order] = array[positions[order]]
+            rows[order] = to_float32(array[positions[order]], source, positions[order])
             return rows
-        return np.asarray(array[positions], dtype=np.float32)
+        return to_float32(array[positions], source, positions)
 
     return read
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def to_float32(array: np.ndarray, source: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """``array`` as float32. A finite value beyond float32's range (float64 data) is refused,
+    naming its row (``rows``: the source rows of ``array``'s rows), instead of becoming inf."""
+    with np.errstate(over="ignore"):  # overflow is found and named below
+        out = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+        return out
+    lost = np.isinf(out)
+    if lost.any():
+        lost &= np.isfinite(array)
+    if lost.any():
+        first = np.unravel_index(int(lost.argmax()), lost.shape)
+        row = int(first[0]) if rows is None else int(rows[first[0]])
+        column = f", column {int(first[1])}" if array.ndim == 2 else ""
+        raise VaekitError(
+            f"{source}: {int(lost.sum())} value(s) are beyond float32's range (±{FLOAT32_MAX:.3g}), "
+            f"the precision vaekit computes in (first: {float(array[first]):g} in row {row}{column}); "
+            "rescale the data"
+        )
+    return out

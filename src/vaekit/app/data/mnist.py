@@ -20,6 +20,11 @@ from vaekit.errors import VaekitError
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# Decompressed sizes, fixed by the IDX layout every member of the family shares (a 16-byte
+# header + 28x28 bytes per image; an 8-byte header + a byte per label). They cap downloads
+# and decompression, so a hostile mirror (the official hosts are plain http) cannot fill
+# the disk or memory.
+SIZES = (16 + 60000 * 28 * 28, 8 + 60000, 16 + 10000 * 28 * 28, 8 + 10000)
 
 # sha256 of the *decompressed* files, computed from the official files (the copies in
 # ../shared/data/mnist; three of their .gz files also match torchvision's published md5s,
@@ -28,10 +33,14 @@ FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 MNIST = dl.RemoteDataset(
     name="mnist",
     files=(
-        dl.RemoteFile(FILES[0], sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-        dl.RemoteFile(FILES[1], sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-        dl.RemoteFile(FILES[2], sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-        dl.RemoteFile(FILES[3], sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        dl.RemoteFile(FILES[0], size=SIZES[0],
+                      sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        dl.RemoteFile(FILES[1], size=SIZES[1],
+                      sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        dl.RemoteFile(FILES[2], size=SIZES[2],
+                      sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        dl.RemoteFile(FILES[3], size=SIZES[3],
+                      sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
     ),
     mirrors=(
         "http://yann.lecun.com/exdb/mnist",  # the official host
@@ -48,10 +57,10 @@ MNIST = dl.RemoteDataset(
 FASHION_MNIST = dl.RemoteDataset(
     name="fashion-mnist",
     files=(
-        dl.RemoteFile(FILES[0], md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        dl.RemoteFile(FILES[1], md5="25c81989df183df01b3e8a0aad5dffbe"),
-        dl.RemoteFile(FILES[2], md5="bef4ecab320f06d8554ea6380940ec79"),
-        dl.RemoteFile(FILES[3], md5="bb300cfdad3c16e7a12a480ee83cd310"),
+        dl.RemoteFile(FILES[0], md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d", size=SIZES[0]),
+        dl.RemoteFile(FILES[1], md5="25c81989df183df01b3e8a0aad5dffbe", size=SIZES[1]),
+        dl.RemoteFile(FILES[2], md5="bef4ecab320f06d8554ea6380940ec79", size=SIZES[2]),
+        dl.RemoteFile(FILES[3], md5="bb300cfdad3c16e7a12a480ee83cd310", size=SIZES[3]),
     ),
     mirrors=(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",  # the official host
@@ -68,10 +77,10 @@ FASHION_MNIST = dl.RemoteDataset(
 KMNIST = dl.RemoteDataset(
     name="kmnist",
     files=(
-        dl.RemoteFile(FILES[0], md5="bdb82020997e1d708af4cf47b453dcf7"),
-        dl.RemoteFile(FILES[1], md5="e144d726b3acfaa3e44228e80efcd344"),
-        dl.RemoteFile(FILES[2], md5="5c965bf0a639b31b8f53240b1b52f4d7"),
-        dl.RemoteFile(FILES[3], md5="7320c461ea6c1c855c0b718fb2a4b134"),
+        dl.RemoteFile(FILES[0], md5="bdb82020997e1d708af4cf47b453dcf7", size=SIZES[0]),
+        dl.RemoteFile(FILES[1], md5="e144d726b3acfaa3e44228e80efcd344", size=SIZES[1]),
+        dl.RemoteFile(FILES[2], md5="5c965bf0a639b31b8f53240b1b52f4d7", size=SIZES[2]),
+        dl.RemoteFile(FILES[3], md5="7320c461ea6c1c855c0b718fb2a4b134", size=SIZES[3]),
     ),
     mirrors=(
         "http://codh.rois.ac.jp/kmnist/dataset/kmnist",  # the official host

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vaekit.app.data import Dataset, DataSplits
+from vaekit.app.data.lazy import FLOAT32_MAX
 from vaekit.errors import VaekitError
 
 SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -40,8 +41,23 @@ def load_table(path: Path, label_column: str | None = None) -> DataSplits:
         if frame.shape[1] == 0:
             raise VaekitError(f"{path}: no feature columns besides the label column '{label_column}'")
     x = np.stack([_column(frame[c], path, str(c)) for c in frame.columns], axis=1)  # a copy
-    return DataSplits(train=Dataset(torch.from_numpy(x.astype(np.float32)), labels, path.stem,
+    return DataSplits(train=Dataset(torch.from_numpy(_float32(x, path, frame.columns)), labels, path.stem,
                                     classes=classes))
+
+
+def _float32(x: np.ndarray, path: Path, columns) -> np.ndarray:
+    """The (finite, float64) features as float32, or an error naming the first value beyond
+    float32's range (it would become inf after the finiteness check)."""
+    with np.errstate(over="ignore"):  # overflow is found and named below
+        out = x.astype(np.float32)
+    lost = np.isinf(out)
+    if lost.any():
+        i, j = np.unravel_index(int(lost.argmax()), lost.shape)
+        raise VaekitError(
+            f"{path}: {_where(path, int(i))}, column '{columns[j]}': {x[i, j]:g} is beyond float32's range "
+            f"(±{FLOAT32_MAX:.3g}), the precision vaekit computes in; rescale the column"
+        )
+    return out
 
 
 def _read(path: Path):
