@@ -67,3 +67,13 @@ def test_importing_vaekit_leaves_the_openmp_environment_alone():
     env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.stdout.strip() == "-", done.stderr
+
+
+def test_the_python_requirement_matches_what_the_code_uses():
+    # vaekit reads TOML with tomllib (Python 3.11+): the package metadata says so
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"] == ">=3.11"
+    assert sys.version_info >= (3, 11)
