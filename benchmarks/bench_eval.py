@@ -27,16 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from vaekit import runs  # noqa: E402
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import load_data  # noqa: E402
-from vaekit.evaluate import per_example  # noqa: E402
-from vaekit.model import build_model  # noqa: E402
+from vaekit.app.runs import build_model, load_run  # noqa: E402
+from vaekit.evaluation import per_example  # noqa: E402
 
 
 def make_model(run: str | None):
     if run:
-        return runs.load(run)[0]
+        return load_run(run)[0]
     torch.manual_seed(0)
     config = Config(hidden=[400], latent_dim=20, likelihood="bernoulli", binarize="none", seed=0)
     return build_model(config, (1, 28, 28))

@@ -1,4 +1,4 @@
-"""vaekit's per-step overhead: its training loop (`run_epoch`) against a bare loop with the
+"""vaekit's per-step overhead: its training loop (`vaekit.fit`, one epoch per call) against a bare loop with the
 same maths (same MLP, reparameterised draw, logit Bernoulli, closed-form KL, fused Adam)
 and none of vaekit's bookkeeping (distribution objects, finiteness check, statistics),
 timed in turns in one process.

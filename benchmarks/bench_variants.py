@@ -36,10 +36,12 @@ import common  # noqa: E402
 
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import run_splits  # noqa: E402
-from vaekit.model import labels_for  # noqa: E402
+from vaekit.app.runs import (
+    labels_for,  # noqa: E402
+    train,  # noqa: E402
+)
 from vaekit.objectives import elbo_terms, log_importance_weights  # noqa: E402
-from vaekit.runs import read_metrics  # noqa: E402
-from vaekit.train import train  # noqa: E402
+from vaekit.rundir import read_metrics  # noqa: E402
 
 HVAE = {"model": "hvae", "kl": "mc"}
 VARIANTS: dict[str, dict] = {
@@ -89,7 +91,7 @@ def run_variants(base: Config, out: Path, epochs: int, only: list[str] | None, e
         torch.manual_seed(0)
         with common.timed() as region:
             run = train(config, out / slug, overwrite=True, quiet=True, figures=False)
-        from vaekit.runs import load
+        from vaekit.app.runs import load
 
         model = load(run)
         split = run_splits(config)
@@ -119,7 +121,7 @@ def likelihood_rows(base: Config, out: Path, levels: int) -> list[dict]:
         "laplace, per-dim scale": {"likelihood": "laplace", "sigma": "per-dim", "sigma_min": 0.01},
         f"discretised logistic, {levels} levels": {"likelihood": "logistic", "levels": levels},
     }
-    from vaekit.runs import load
+    from vaekit.app.runs import load
 
     for name, settings in families.items():
         config = base.override({"binarize": "none", **settings})
@@ -160,8 +162,8 @@ def sample_quality(base: Config, out: Path, epochs: int, n: int = 1000) -> list[
     from sklearn.neural_network import MLPClassifier
 
     from vaekit.app.data import load_data
-    from vaekit.runs import load
-    from vaekit.sampling import decode_latents, fit_gmm_for_run, sample_gmm_latents
+    from vaekit.app.runs import fit_gmm_for_run, load
+    from vaekit.sampling import decode_latents, sample_gmm_latents
 
     split = run_splits(base)
     train_x = split["train"].x.reshape(len(split["train"]), -1).numpy()
