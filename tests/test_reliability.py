@@ -247,7 +247,7 @@ def test_config_edited_to_another_architecture(capsys, run):
     values["hidden"] = [32]
     (run / rundir.CONFIG).write_text(json.dumps(values))
     err = fails(capsys, "evaluate", run)
-    assert "weights do not match the model" in err and "the config needs (32, 12)" in err
+    assert "weights do not match the model" in err and "the model needs (32, 12)" in err
 
 
 def test_run_from_an_incompatible_format(capsys, run):
@@ -319,7 +319,7 @@ def test_checkpoint_tensors_that_do_not_fit(capsys, run):
     _rewrite_checkpoint(run, shrink)
     before = _snapshot(run)
     err = fails(capsys, "train", "--resume", run, "--epochs", "3")
-    assert "weights do not match the model" in err and "has shape (16, 3), the config needs (16, 12)" in err
+    assert "weights do not match the model" in err and "has shape (16, 3), the model needs (16, 12)" in err
     assert _snapshot(run) == before
 
 
@@ -507,7 +507,8 @@ def test_too_many_bad_steps_stop_with_advice_and_keep_the_checkpoint(capsys, gre
                 "--out", out, "--max-bad-steps", "5", "--hidden", "16", "--batch-size", "32", "--quiet",
                 "--no-figures")
     assert "5 steps in a row had a non-finite loss or gradient" in err
-    assert "learning rate" in err and "σ_G floor" in err and "outside [0, 1]" in err
+    assert "learning rate too high (lr = 0.001)" in err and "σ_G floor too small (sigma_min = 0.001)" in err
+    assert "outside [0, 1]" in err
     assert "No checkpoint had been written yet" in err
     assert rundir.read_metrics(out) == []
 

@@ -376,7 +376,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
         if wrong:
             k = wrong[0]
             found, needed = tuple(state[k].shape), tuple(expected[k].shape)
-            parts.append(f"{k} has shape {found}, the config needs {needed}")
+            parts.append(f"{k} has shape {found}, the model needs {needed}")
         raise VaekitError(f"{path}: weights do not match the model ({'; '.join(parts)})")
     kinds = [k for k in expected if state[k].dtype != expected[k].dtype]
     if kinds:

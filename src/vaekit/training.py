@@ -350,7 +350,7 @@ class _Trainer:
                 progress.skipped += 1
                 progress.bad_in_a_row += 1
                 if progress.bad_in_a_row >= max_bad:
-                    raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row))
+                    raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, self.model, self.optimizer))
             on_step(loss.item())
         # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
         used = progress.examples if progress.examples else float("nan")
@@ -476,12 +476,16 @@ def _gradient_check(params: list[torch.Tensor], grad_clip: float) -> torch.Tenso
     return torch.stack(sums).sum() if sums else torch.zeros(())
 
 
-def _bad_steps_message(count: int) -> str:
+def _bad_steps_message(count: int, model, optimizer) -> str:
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    floor = getattr(getattr(model, "likelihood", None), "sigma_min", None)
     return (
         f"training stopped: {count} steps in a row had a non-finite loss or gradient (each was "
-        "skipped, so the weights are not poisoned). Usual causes: a learning rate too high; with "
-        "a Gaussian likelihood, a σ_G floor too small or data on a huge scale; with the Bernoulli "
-        "likelihood, data outside [0, 1]."
+        "skipped, so the weights are not poisoned). Usual causes: a learning rate too high"
+        + ("" if lr is None else f" (lr = {float(lr):g})")
+        + "; with a Gaussian likelihood, a σ_G floor too small"
+        + ("" if floor is None else f" (sigma_min = {floor:g})")
+        + " or data on a huge scale; with the Bernoulli likelihood, data outside [0, 1]."
     )
 
 
