@@ -35,6 +35,9 @@ FIGURES = (
     ("interpolations.png", "interpolations", "paths between two encoded examples", "vaekit plot"),
 )
 LIKELIHOOD_CURVE = "likelihood_curve.png"
+# import name -> distribution name of what `vaekit report` and `vaekit explore` need (the
+# `app` extra), so that a missing one is named instead of failing with an ImportError
+APP_PACKAGES = {"plotly": "plotly", "jinja2": "jinja2", "starlette": "starlette", "uvicorn": "uvicorn"}
 TEMPLATE = "report.html.j2"
 
 # (key, label, format, better): the evaluation table's rows, in the order of `vaekit evaluate`.
@@ -68,6 +71,15 @@ class Run:
     figures: dict[str, str | None] = field(default_factory=dict)  # file name -> data URI
 
 
+def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACKAGES)) -> None:
+    """Raise a one-line :class:`VaekitError` naming what ``command`` misses, if anything."""
+    import importlib.util
+
+    missing = [APP_PACKAGES[m] for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise VaekitError(f"vaekit {command} needs {', '.join(missing)}: pip install 'vaekit[app]'")
+
+
 def read_run(run_dir: str | Path, name: str | None = None) -> Run:
     """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`."""
     from vaekit import catalog, runs
@@ -95,6 +107,7 @@ def write_report(run_dirs: list[str | Path], output: str | Path) -> Path:
         raise VaekitError(f"output folder {parent} does not exist")
     if not run_dirs:
         raise VaekitError("give at least one run directory")
+    require_app_packages("report", ("plotly", "jinja2"))
     from vaekit import runs
 
     names = unique_names([Path(r) for r in run_dirs])
@@ -140,7 +153,7 @@ def unique_names(paths: list[Path]) -> list[str]:
     depth = 1
     while True:
         names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+        if len(set(names)) == len(set(parts)) or depth >= max(len(p) for p in parts):
             break
         depth += 1
     # the same folder given twice is still two columns: number the repeats
