@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 
+from conftest import run_cli
 from vaekit import catalog, runs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -318,9 +318,8 @@ def create_app(explorer: Explorer, loopback: bool = True):
         method = q.get("method", "linear")
         if method not in ("linear", "spherical"):
             raise BadRequest("method must be linear or spherical")
-        label = _label(q, explorer)
-        if label is None and explorer.classes:
-            label = int(explorer.labels[a])  # a conditional path keeps the first example's class
+        # a conditional path keeps the first example's class unless told another
+        label = _label(q, explorer, default=None if not explorer.classes else int(explorer.labels[a]))
         return png(explorer.interpolation_png(a, b, steps, method, label))
 
     def example(request: Request) -> Response:
@@ -383,7 +382,7 @@ class _SecurityHeaders:
 
 def _only(request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query as a dict, refusing unknown or repeated parameters."""
-    keys = list(request.query_params.keys())
+    keys = [k for k, _ in request.query_params.multi_items()]
     unknown = sorted(set(keys) - set(allowed))
     if unknown:
         raise BadRequest(f"unknown parameter '{unknown[0]}'")
@@ -439,14 +438,14 @@ def _integer(q: dict[str, str], key: str, lo: int, hi: int, default: int | None 
     return value
 
 
-def _label(q: dict[str, str], explorer: Explorer) -> int | None:
+def _label(q: dict[str, str], explorer: Explorer, default: int | None = None) -> int | None:
     if not explorer.classes:
         if "label" in q:
             raise BadRequest("this model is not conditional: it takes no label")
         return None
-    if "label" not in q:
+    if "label" not in q and default is None:
         raise BadRequest(f"this conditional model needs label (0 to {explorer.classes - 1})")
-    return _integer(q, "label", 0, explorer.classes - 1)
+    return _integer(q, "label", 0, explorer.classes - 1, default=default)
 
 
 _PLOTLY_JS: list[bytes] = []
