@@ -161,10 +161,10 @@ def click_plane(page, fx: float, fy: float) -> None:
 def test_explorer_in_the_browser(page, explorer):
     page.goto(explorer.url)
     page.wait_for_selector("body[data-ready=true]")
-    # the scatter: every encoded example is a point (plus the marker of the decoded z)
+    # the scatter: every encoded example is a point
     n = page.evaluate("() => window.vaekitExplorer.info.n")
     assert n == 180  # digits' validation split
-    assert page.locator("#plane .scatterlayer .point").count() == n + 1
+    assert page.locator("#plane .scatterlayer .point").count() == n
     start_z, _ = wait_for_new_image(page, None)  # the centre is decoded on load
 
     # two clicks at different places decode two different images

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -68,7 +67,7 @@ def serving(explorer, loopback: bool = True):
     """The app under uvicorn in a thread, on a free port; stopped on leaving."""
     import uvicorn
 
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = explore.listening_socket("127.0.0.1", 0)
     config = uvicorn.Config(explore.create_app(explorer, loopback=loopback), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -469,6 +469,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def listening_socket(host: str, port: int):
+    """A TCP socket bound to ``host``:``port`` (0: a free port), listening.
+
+    Made with the protocol named (IPPROTO_TCP), not 0 as ``socket.create_server`` does:
+    asyncio sets TCP_NODELAY only on connections whose socket says TCP, and without it every
+    small response waited on the client's delayed ACK, 40 ms per decode."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = None, host: str = "127.0.0.1",
           port: int = 0, open_browser: bool = True, max_points: int = MAX_POINTS) -> None:
     """Load the run, print the URL and serve until Ctrl-C (or SIGTERM)."""
@@ -486,8 +506,8 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
     # the other cores to the browser.
     torch.set_num_threads(1)
     loopback = is_loopback(host)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host.strip("[]"), port), family=family)
+    sock = listening_socket(host, port)
+    family = sock.family
     bound = sock.getsockname()[1]
     shown_host = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
     url = f"http://{shown_host}:{bound}/"

@@ -17,6 +17,10 @@ async function fetchImage(url) {
     throw new Error(`${response.status}: ${message}`);
   }
   const blob = await response.blob();
+  // The request's own round trip, from the browser's resource timing: what the page measures
+  // around fetch also holds any time the page's thread spent drawing meanwhile.
+  const entry = performance.getEntriesByName(response.url).pop();
+  performance.clearResourceTimings();
   // a data URL, not an object URL: nothing to revoke, and equal images compare equal
   const dataUrl = await new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -24,7 +28,8 @@ async function fetchImage(url) {
     reader.onerror = () => reject(reader.error);
     reader.readAsDataURL(blob);
   });
-  return { dataUrl, ms: performance.now() - started };
+  const ms = performance.now() - started;
+  return { dataUrl, ms, network: entry ? entry.responseEnd - entry.startTime : ms };
 }
 
 function labelParam() {
@@ -54,12 +59,14 @@ async function decode() {
       state.again = false;
       const z = state.z.map((v) => Number(v.toPrecision(7)));
       try {
-        const { dataUrl, ms } = await fetchImage(`/api/decode?z=${z.join(",")}${labelParam()}`);
+        const { dataUrl, ms, network } = await fetchImage(`/api/decode?z=${z.join(",")}${labelParam()}`);
         const img = $("decoded");
         img.src = dataUrl;
         img.dataset.z = z.join(",");
         state.lastMs = ms;
-        $("roundtrip").textContent = `z = (${z.map((v) => v.toFixed(2)).join(", ")}), decoded in ${ms.toFixed(0)} ms`;
+        state.lastNetworkMs = network;
+        $("roundtrip").textContent =
+          `z = (${z.map((v) => v.toFixed(2)).join(", ")}); round trip ${network.toFixed(0)} ms`;
         showError("");
       } catch (err) {
         showError(err.message);
@@ -79,9 +86,23 @@ function setZ(z, fromSlider) {
       $(`value-${i}`).textContent = value.toFixed(2);
     });
   }
-  const [u, v] = zToPlane(z);
-  Plotly.restyle($("plane"), { x: [[u]], y: [[v]] }, [state.markerTrace]);
-  decode();
+  decode(); // the request first: drawing the marker must not delay it
+  drawMarker(...zToPlane(z));
+}
+
+// The decoded point as a cross of two layout shapes: moving shapes redraws no trace (a
+// marker trace would redraw every point, slow for a large WebGL scatter).
+function drawMarker(u, v) {
+  const plane = $("plane");
+  const xa = plane._fullLayout.xaxis, ya = plane._fullLayout.yaxis;
+  const du = 8 / Math.abs(xa._m), dv = 8 / Math.abs(ya._m); // 8 pixels each way
+  const line = { color: "#111", width: 3 };
+  Plotly.relayout(plane, {
+    shapes: [
+      { type: "line", x0: u - du, x1: u + du, y0: v - dv, y1: v + dv, line, name: "decoded z" },
+      { type: "line", x0: u - du, x1: u + du, y0: v + dv, y1: v - dv, line },
+    ],
+  });
 }
 
 function buildSliders() {
@@ -126,11 +147,6 @@ function buildPlot() {
       hovertemplate: `#%{customdata} · ${key < 0 ? "" : "class "}${name}<extra></extra>`,
     });
   });
-  state.markerTrace = traces.length;
-  traces.push({
-    type: "scatter", mode: "markers", name: "decoded z", x: [null], y: [null], hoverinfo: "skip",
-    marker: { symbol: "x-thin", size: 16, line: { width: 3, color: "#111" } },
-  });
   const layout = {
     margin: { l: 60, r: 10, t: 10, b: 50 }, hovermode: "closest", dragmode: "zoom",
     xaxis: { title: { text: info.axis_titles[0] }, zeroline: false },
@@ -139,7 +155,11 @@ function buildPlot() {
   };
   if (info.plane !== "line") layout.yaxis.scaleanchor = "x";
   const plane = $("plane");
-  return Plotly.newPlot(plane, traces, layout, { displaylogo: false, responsive: true }).then(() => {
+  // Double-click does not zoom out here: clicks are how points get decoded, and two of them
+  // in quick succession would reset the zoom (and redraw every point). The toolbar's home
+  // button zooms out.
+  const config = { displaylogo: false, responsive: true, doubleClick: false };
+  return Plotly.newPlot(plane, traces, layout, config).then(() => {
     plane.on("plotly_hover", (event) => {
       const point = event.points[0];
       if (point.customdata !== undefined) showExample(point.customdata);
@@ -149,7 +169,10 @@ function buildPlot() {
       if (point.customdata !== undefined) pick(point.customdata);
     });
     plane.on("plotly_relayout", (change) => {
-      if (Object.keys(change).some((k) => k.startsWith("xaxis") || k.startsWith("yaxis"))) refreshGrid();
+      if (Object.keys(change).some((k) => k.startsWith("xaxis") || k.startsWith("yaxis"))) {
+        drawMarker(...zToPlane(state.z)); // the cross keeps its size in pixels
+        refreshGrid();
+      }
     });
     // A click without a drag anywhere in the plot area decodes that point. Plotly takes the
     // mouse for zooming, so press and release are watched in the capture phase.
