@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import SRC, run_cli
 from vaekit import explore
 from vaekit.config import Config
 
@@ -277,3 +281,28 @@ def test_cli_errors_are_one_line(tmp_path, tiny_run):
     done = run_cli("explore", tiny_run, "--no-browser", "--port", "70000")
     assert done.returncode == 2 and "--port must be" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serving_beyond_this_machine_warns(tiny_run):
+    """`--host 0.0.0.0` serves (the URL is printed) with a warning on stderr; SIGTERM stops it."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaekit", "explore", str(tiny_run), "--host", "0.0.0.0", "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert lines and "http://0.0.0.0:" in lines[0], lines
+        port = int(lines[0].rsplit(":", 1)[1].split("/")[0])
+        assert Client(f"http://127.0.0.1:{port}").get("/api/info").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate(timeout=20)
+    assert "warning: serving on 0.0.0.0" in err
+    assert "Traceback" not in err

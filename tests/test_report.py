@@ -100,6 +100,11 @@ def test_gap_decomposition_and_curve_are_shown_when_stored(fixture_runs, tmp_pat
     assert "0.125 ± 0.010" in page.cells and "0.068 ± 0.020" in page.cells
     assert "test split" in page.cells and "validation split" in page.cells
     assert 'id="likelihood-curve"' in html
+    # two runs' curves on one plot, each with its ELBO line
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    html = report.write_report([run, other], tmp_path / "two.html").read_text()
+    assert html.count('test: log-likelihood estimate"') == 2 and html.count('test: ELBO"') == 2
 
 
 def test_several_runs_show_the_differing_settings(fixture_runs, tmp_path):

@@ -284,11 +284,13 @@ def training_curves_html(runs_: list[Run]) -> str | None:
 
 
 def likelihood_curves_html(runs_: list[Run]) -> str:
-    """The importance-sampled estimate against K (± its standard error, log axis) with each
-    run's ELBO as a dashed line: the gap made visible, runs on one plot."""
-    import plotly.graph_objects as go
+    """Left: the importance-sampled estimate against K (± its standard error, log axis) with
+    each run's ELBO as a dashed line. Right: the estimate minus the ELBO, the gap as K grows,
+    which compares runs whose likelihoods lie far apart."""
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                        subplot_titles=("log-likelihood estimate and ELBO", "estimate − ELBO (the gap)"))
     ks: set[int] = set()
     for i, r in enumerate(runs_):
         colour = COLOURS[i % len(COLOURS)]
@@ -297,22 +299,31 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
             if not curve:
                 continue
             label = f"{r.name}, {result.get('split', 'data')}"
-            ks.update(p["k"] for p in curve)
+            k = [p["k"] for p in curve]
+            estimate = [p["estimate"] for p in curve]
+            errors = {"type": "data", "array": [p.get("se") or 0.0 for p in curve], "visible": True}
+            ks.update(k)
             fig.add_scatter(
-                x=[p["k"] for p in curve], y=[p["estimate"] for p in curve], mode="lines+markers",
-                name=f"{label}: log-likelihood estimate", line={"color": colour},
-                error_y={"type": "data", "array": [p.get("se") or 0.0 for p in curve], "visible": True},
+                x=k, y=estimate, mode="lines+markers", name=f"{label}: log-likelihood estimate",
+                line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=label,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>%{{y:.3f}} nats<extra>{file}</extra>",
             )
-            if isinstance(result.get("elbo"), int | float):
-                ks = [curve[0]["k"], curve[-1]["k"]]
-                fig.add_scatter(x=ks, y=[result["elbo"]] * 2, mode="lines", name=f"{label}: ELBO",
-                                line={"color": colour, "dash": "dash"},
-                                hovertemplate=f"{label}: ELBO %{{y:.3f}}<extra></extra>")
+            elbo = result.get("elbo")
+            if not isinstance(elbo, int | float):
+                continue
+            fig.add_scatter(x=[k[0], k[-1]], y=[elbo, elbo], mode="lines", name=f"{label}: ELBO",
+                            line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=label,
+                            hovertemplate=f"{label}: ELBO %{{y:.3f}}<extra></extra>")
+            fig.add_scatter(
+                x=k, y=[e - elbo for e in estimate], mode="lines+markers", showlegend=False,
+                line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=label,
+                hovertemplate=f"{label}<br>K = %{{x}}<br>estimate − ELBO %{{y:.3f}} nats<extra>{file}</extra>",
+            )
     # ticks at the evaluated K only: a log axis's default minor labels (2, 5, ...) read as K
     fig.update_xaxes(type="log", title_text="importance samples K", tickvals=sorted(ks))
-    fig.update_yaxes(title_text="per-example mean (nats)")
-    fig.update_layout(template="plotly_white", height=380, margin={"l": 60, "r": 20, "t": 30, "b": 50},
+    fig.update_yaxes(title_text="per-example mean (nats)", row=1, col=1)
+    fig.update_yaxes(title_text="nats", rangemode="tozero", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=400, margin={"l": 60, "r": 20, "t": 40, "b": 50},
                       legend={"orientation": "h", "y": -0.25})
     return fig.to_html(full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG,
                        div_id="likelihood-curve")

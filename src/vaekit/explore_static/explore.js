@@ -96,13 +96,12 @@ function drawMarker(u, v) {
   const plane = $("plane");
   const xa = plane._fullLayout.xaxis, ya = plane._fullLayout.yaxis;
   const du = 8 / Math.abs(xa._m), dv = 8 / Math.abs(ya._m); // 8 pixels each way
-  const line = { color: "#111", width: 3 };
-  Plotly.relayout(plane, {
-    shapes: [
-      { type: "line", x0: u - du, x1: u + du, y0: v - dv, y1: v + dv, line, name: "decoded z" },
-      { type: "line", x0: u - du, x1: u + du, y0: v + dv, y1: v - dv, line },
-    ],
-  });
+  // black on a white halo: visible on points of any colour and on the decoded grid
+  const cross = (line) => [
+    { type: "line", x0: u - du, x1: u + du, y0: v - dv, y1: v + dv, line },
+    { type: "line", x0: u - du, x1: u + du, y0: v + dv, y1: v - dv, line },
+  ];
+  Plotly.relayout(plane, { shapes: [...cross({ color: "#fff", width: 6 }), ...cross({ color: "#000", width: 3 })] });
 }
 
 function buildSliders() {
@@ -148,10 +147,14 @@ function buildPlot() {
     });
   });
   const layout = {
+    // category10 without its grey, which vanishes on the grey of the decoded grid
+    colorway: ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#111111",
+      "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+      "#dbdb8d", "#9edae5", "#393b79"],
     margin: { l: 60, r: 10, t: 10, b: 50 }, hovermode: "closest", dragmode: "zoom",
     xaxis: { title: { text: info.axis_titles[0] }, zeroline: false },
     yaxis: { title: { text: info.axis_titles[1] }, zeroline: false },
-    legend: { title: { text: info.labels ? "class" : "" }, itemsizing: "constant" },
+    legend: { title: { text: info.labels ? "class" : "" }, itemsizing: "constant", y: 0.93, yanchor: "top" },
   };
   if (info.plane !== "line") layout.yaxis.scaleanchor = "x";
   const plane = $("plane");
