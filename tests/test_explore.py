@@ -306,3 +306,29 @@ def test_serving_beyond_this_machine_warns(tiny_run):
             _, err = process.communicate(timeout=20)
     assert "warning: serving on 0.0.0.0" in err
     assert "Traceback" not in err
+
+
+def test_table_rows_are_drawn_in_their_own_units(tmp_path):
+    """A standardised table: examples are shown in the data's units, each feature from its
+    own minimum (black) to its maximum (white); class names come from the label column."""
+    from vaekit.train import train
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(120, 5)) * [1, 10, 100, 1000, 5] + 50
+    lines = ["a,b,c,d,e,kind"] + [",".join(f"{v:.6f}" for v in row) + f",{'xy'[i % 2]}"
+                                  for i, row in enumerate(values)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    config = Config(data=str(tmp_path / "t.csv"), label_column="kind", standardize=True, likelihood="gaussian",
+                    hidden=[8], latent_dim=2, epochs=1, validation_fraction=0.25)
+    run = train(config, tmp_path / "run", quiet=True, figures=False)
+    explorer = explore.load_explorer(run)
+    assert explorer.class_names == ["x", "y"]
+    with serving(explorer) as client:
+        shown = image(client.get("/api/example?i=0"))
+    assert shown.shape == (2, 3)  # 5 features wrapped 3 to a row
+    # the example in its original units, scaled per feature over the shown examples
+    original = explorer.display(explorer.x).double().numpy()
+    assert original[:, 3].std() > 300 and abs(original[:, 0].mean() - 50) < 1  # the data's units, not z-scores
+    lo, hi = original.min(0), original.max(0)
+    expected = np.rint((original[0] - lo) / (hi - lo) * 255)
+    assert np.abs(shown.reshape(-1)[:5] - expected).max() <= 1

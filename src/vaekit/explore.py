@@ -62,8 +62,8 @@ class Explorer:
     plane_kind: str  # latent | pca | line
     axis_titles: tuple[str, str]
     display: Any = None  # maps model-space values to the data's units (standardised data)
-    lo: float = 0.0  # the grey-level range images are drawn in
-    hi: float = 1.0
+    lo: Any = 0.0  # the range drawn from black to white: one for images, per feature for vectors
+    hi: Any = 1.0
     total: int = 0  # examples in the split before subsampling
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model, shared by threads
     cache: OrderedDict = field(default_factory=OrderedDict)
@@ -145,16 +145,17 @@ class Explorer:
     def _pixels(self, images: torch.Tensor) -> np.ndarray:
         """[N, *event] values -> [N, H, W] or [N, H, W, 3] uint8 over [lo, hi]."""
         a = images.detach().float().numpy()
-        if a.ndim == 2:  # vectors: wrapped into a square-ish block, row by row
-            d = a.shape[1]
+        lo, hi = self.lo, self.hi
+        scaled = (np.clip(a, lo, hi) - lo) / np.maximum(np.asarray(hi) - lo, 1e-12)
+        if scaled.ndim == 2:  # vectors: wrapped into a square-ish block, row by row
+            d = scaled.shape[1]
             cols = math.ceil(math.sqrt(d))
             rows = math.ceil(d / cols)
-            padded = np.full((len(a), rows * cols), self.lo, np.float32)
-            padded[:, :d] = a
-            a = padded.reshape(len(a), rows, cols)
-        elif a.ndim == 4:  # [N, C, H, W]
-            a = a.transpose(0, 2, 3, 1) if a.shape[1] == 3 else a[:, 0]
-        scaled = (np.clip(a, self.lo, self.hi) - self.lo) / max(self.hi - self.lo, 1e-12)
+            padded = np.zeros((len(scaled), rows * cols), np.float32)
+            padded[:, :d] = scaled
+            scaled = padded.reshape(len(scaled), rows, cols)
+        elif scaled.ndim == 4:  # [N, C, H, W]
+            scaled = scaled.transpose(0, 2, 3, 1) if scaled.shape[1] == 3 else scaled[:, 0]
         return np.rint(scaled * 255).astype(np.uint8)
 
     # -- what the page needs
@@ -214,8 +215,11 @@ def load_explorer(run_dir: str | Path, data: str | None = None, split: str | Non
     center, basis, plane, kind, titles = _plane(mu)
     st = recorded_standardization(run_dir)
     display = None if st is None else st.invert
-    shown = x if display is None else display(x)
-    lo, hi = min(0.0, float(shown.min())), max(1.0, float(shown.max()))
+    shown = (x if display is None else display(x)).double().numpy()
+    if shown.ndim == 2:  # table rows: each feature from its own minimum (black) to maximum (white)
+        lo, hi = shown.min(0), shown.max(0)
+    else:  # images: one grey scale, [0, 1] unless the data reach beyond it
+        lo, hi = min(0.0, float(shown.min())), max(1.0, float(shown.max()))
     labels = dataset.labels
     names = None
     if labels is not None:
