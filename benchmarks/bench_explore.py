@@ -132,9 +132,9 @@ def main() -> None:
         grid = [f"/api/grid?x0={-3 + i * 0.01}&x1=3&y0=-3&y1=3&cols=15&rows=15" for i in range(20)]
         show("HTTP: decoded grid, 15 x 15 points", timed_gets(connection, grid))
         connection.close()
-        clicks = browser_clicks(url, args.clicks)
+        clicks = browser_clicks(url, args.clicks) if args.clicks > 0 else None
         if clicks is None:
-            print("browser clicks: skipped (no Playwright or chromium)")
+            print("browser clicks: skipped (none asked for, or no Playwright or chromium)")
         else:
             show("chromium: the request's round trip", clicks["network"])
             show("chromium: fetch to PNG data URL", clicks["fetch"])

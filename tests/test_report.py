@@ -157,3 +157,9 @@ def test_a_missing_app_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
     with pytest.raises(VaekitError, match=r"needs plotly: pip install 'vaekit\[app\]'"):
         report.require_app_packages("report")
+
+
+def test_the_new_commands_document_their_options():
+    for command, option in (("report", "--output"), ("runs", "--json"), ("explore", "--no-browser")):
+        done = run_cli(command, "--help")
+        assert done.returncode == 0 and option in done.stdout, done.stderr

@@ -506,9 +506,6 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
     if not 0 <= port <= 65535:
         raise VaekitError(f"--port must be from 0 (any free port) to 65535, got {port}")
     explorer = load_explorer(run_dir, data, split, max_points)
-    # Decoding one point is a small matrix product: one thread answers fastest, and leaves
-    # the other cores to the browser.
-    torch.set_num_threads(1)
     loopback = is_loopback(host)
     sock = listening_socket(host, port)
     family = sock.family
