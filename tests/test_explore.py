@@ -332,3 +332,16 @@ def test_table_rows_are_drawn_in_their_own_units(tmp_path):
     lo, hi = original.min(0), original.max(0)
     expected = np.rint((original[0] - lo) / (hi - lo) * 255)
     assert np.abs(shown.reshape(-1)[:5] - expected).max() <= 1
+
+
+def test_other_data_are_encoded_and_checked(tiny_run, tmp_path):
+    from vaekit.data import load_data
+    from vaekit.errors import VaekitError
+
+    digits = load_data("digits").train.x[:40].numpy()
+    np.save(tmp_path / "some.npy", digits)
+    other = explore.load_explorer(tiny_run, data=str(tmp_path / "some.npy"))
+    assert (len(other.mu), other.split, other.labels) == (40, "all", None)
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 3), dtype=np.float32))
+    with pytest.raises(VaekitError, match="shaped"):
+        explore.load_explorer(tiny_run, data=str(tmp_path / "wrong.npy"))
