@@ -1,0 +1,237 @@
+"""The runs under a folder, one summary each: what ``vaekit runs`` shows.
+
+Everything comes from what a run directory holds, read through :mod:`vaekit.runs`
+(config, metrics, stored evaluations); nothing is loaded into a model.
+
+Status rule (a run keeps no record of its process, so this is read from its files):
+
+* **finished**: the metrics reach the planned epochs and ``evaluation.json`` exists
+  (training writes it only after its last epoch).
+* **running**: otherwise, when the run wrote one of its files (metrics, weights,
+  checkpoint, config) recently: within twice the longest epoch so far or twice
+  ``checkpoint_minutes`` (a timed checkpoint is written between steps), whichever is
+  shorter, plus a minute; 10 minutes stand for the epoch time before the first one ends.
+* **stopped**: otherwise, when the newest file is a checkpoint taken part-way through an
+  epoch: what Ctrl-C or SIGTERM leaves (the step is finished and checkpointed).
+* **killed**: anything else: the process ended without a stopping checkpoint (SIGKILL, a
+  crash, a reboot).
+
+Limits of the rule: a signal that arrives between epochs (during validation) leaves an
+end-of-epoch checkpoint and reads as killed; a kill shortly after a timed mid-epoch
+checkpoint reads as stopped; a run whose process hangs reads as killed once it has been
+silent long enough. Stopped and killed runs both continue with ``vaekit train --resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import VaekitError
+
+STATUSES = ("finished", "running", "stopped", "killed")
+FIRST_EPOCH_GUESS = 600.0  # seconds assumed for an epoch before one has finished
+GRACE = 60.0  # slack on top of the expected silence (final evaluation, a slow disk)
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    """Every run directory (one holding ``config.json`` and ``run.json``) under ``folder``,
+    ``folder`` itself included, sorted by path; hidden folders are skipped and a run's own
+    sub-folders are not searched."""
+    from vaekit import runs
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VaekitError(f"folder not found: {folder}")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if runs.CONFIG in files and runs.INFO in files:
+            found.append(Path(root))
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def summarise_run(run_dir: str | Path, name: str | None = None, now: float | None = None) -> dict[str, Any]:
+    """One row of the table: name, data, model, epochs done and planned, status, best
+    validation ELBO, test log-likelihood and training wall time (the epochs' seconds summed).
+    A run that cannot be read gets status ``unreadable`` and the reason in ``problem``."""
+    from vaekit import runs
+
+    run_dir = Path(run_dir)
+    row: dict[str, Any] = {
+        "name": name or run_dir.name, "path": str(run_dir), "data": None, "model": None,
+        "epochs_done": None, "epochs_planned": None, "status": "unreadable",
+        "best_validation_elbo": None, "best_epoch": None, "test_log_likelihood": None,
+        "test_log_likelihood_se": None, "test_importance_samples": None, "wall_seconds": None,
+        "problem": None,
+    }
+    try:
+        config = runs.load_config(run_dir)
+        metrics = runs.read_metrics(run_dir)
+    except VaekitError as err:
+        row["problem"] = str(err)
+        return row
+    row.update(data=config.data, model=describe_model(config), epochs_planned=config.epochs,
+               epochs_done=metrics[-1]["epoch"] if metrics else 0,
+               status=run_status(run_dir, config, metrics, now))
+    best = best_validation(metrics)
+    if best is not None:
+        row["best_validation_elbo"], row["best_epoch"] = best
+    seconds = [m["seconds"] for m in metrics if isinstance(m.get("seconds"), int | float)]
+    row["wall_seconds"] = sum(seconds) if seconds else None
+    test = test_evaluation(run_dir)
+    if test is not None:
+        row["test_log_likelihood"] = test.get("log_likelihood")
+        row["test_log_likelihood_se"] = test.get("log_likelihood_se")
+        row["test_importance_samples"] = test.get("importance_samples")
+    return row
+
+
+def runs_table(folder: str | Path, now: float | None = None) -> list[dict[str, Any]]:
+    """:func:`summarise_run` for every run under ``folder``, named by their path inside it."""
+    folder = Path(folder)
+    rows = []
+    for run_dir in find_runs(folder):
+        name = run_dir.relative_to(folder).as_posix()
+        rows.append(summarise_run(run_dir, run_dir.resolve().name if name == "." else name, now))
+    return rows
+
+
+def describe_model(config) -> str:
+    """A short description such as ``vae mlp 400 d=2 bernoulli``."""
+    body = ",".join(map(str, config.channels if config.architecture == "conv" else config.hidden))
+    parts = [config.model, config.architecture]
+    if config.architecture != "linear" and body:
+        parts.append(body)
+    latent = f"d={config.latent_dim}"
+    if config.model == "hvae":
+        latent += f"+{config.latent_dim2 or config.latent_dim // 2}"
+    parts += [latent, config.likelihood]
+    if config.objective != "elbo":
+        parts.append(f"{config.objective} k={config.k}")
+    return " ".join(parts)
+
+
+def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """(best validation ELBO, its epoch), or None when no epoch has a finite one."""
+    scored = [(m["validation_elbo"], m["epoch"]) for m in metrics
+              if isinstance(m.get("validation_elbo"), int | float) and math.isfinite(m["validation_elbo"])]
+    return max(scored, key=lambda s: s[0]) if scored else None
+
+
+def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The stored evaluation of the test split: ``evaluation-test.json`` (``vaekit evaluate``),
+    else ``evaluation.json`` where training evaluated the test split; None if neither."""
+    from vaekit import runs
+
+    run_dir = Path(run_dir)
+    for path in (run_dir / "evaluation-test.json", run_dir / runs.EVALUATION):
+        if not path.is_file():
+            continue
+        try:
+            result = runs.read_json(path, "a stored evaluation")
+        except VaekitError:
+            continue
+        if isinstance(result, dict) and result.get("split") == "test":
+            return result
+    return None
+
+
+def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: float | None = None) -> str:
+    """finished, running, stopped or killed, by the rule in this module's docstring."""
+    from vaekit import runs
+
+    run_dir = Path(run_dir)
+    done = metrics[-1]["epoch"] if metrics else 0
+    if done >= config.epochs and (run_dir / runs.EVALUATION).is_file():
+        return "finished"
+    written = {}
+    for name in (runs.METRICS, runs.WEIGHTS, runs.CHECKPOINT, runs.BEST, runs.CONFIG):
+        try:
+            written[name] = (run_dir / name).stat().st_mtime
+        except OSError:
+            continue
+    if not written:
+        return "killed"
+    now = time.time() if now is None else now
+    if now - max(written.values()) <= expected_silence(config, metrics):
+        return "running"
+    checkpoint = written.get(runs.CHECKPOINT)
+    if checkpoint is not None and checkpoint >= max(written.values()) and _mid_epoch(run_dir / runs.CHECKPOINT):
+        return "stopped"
+    return "killed"
+
+
+def expected_silence(config, metrics: list[dict[str, Any]]) -> float:
+    """The longest a training process goes without writing a file, in seconds, with slack."""
+    seconds = [m["seconds"] for m in metrics if isinstance(m.get("seconds"), int | float)]
+    interval = max(seconds) if seconds else FIRST_EPOCH_GUESS
+    if config.checkpoint_minutes > 0:
+        interval = min(interval, 60.0 * config.checkpoint_minutes)
+    return 2.0 * interval + GRACE
+
+
+def _mid_epoch(path: Path) -> bool:
+    """Whether a checkpoint was taken inside an epoch. Only the safetensors header is read:
+    a table of many runs should not read (and checksum) every run's optimiser state."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vaekit", "{}"))
+    except Exception:  # noqa: BLE001 - any unreadable header means "no usable checkpoint"
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("in_epoch"), dict)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
+    """The rows as a text table (rich), one line per run, problems listed below it."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for title, justify in (("run", "left"), ("data", "left"), ("model", "left"), ("epochs", "right"),
+                           ("status", "left"), ("best val. ELBO", "right"), ("test log p(x)", "right"),
+                           ("wall time", "right")):
+        table.add_column(title, justify=justify, no_wrap=True)
+    for r in rows:
+        epochs = "—" if r["epochs_planned"] is None else f"{r['epochs_done']}/{r['epochs_planned']}"
+        best = "—" if r["best_validation_elbo"] is None else f"{r['best_validation_elbo']:.2f} (ep. {r['best_epoch']})"
+        test = "—"
+        if r["test_log_likelihood"] is not None:
+            test = f"{r['test_log_likelihood']:.2f}"
+            if r["test_log_likelihood_se"] is not None:
+                test += f" ± {r['test_log_likelihood_se']:.2f}"
+        table.add_row(r["name"], _short(r["data"]), r["model"] or "—", epochs, r["status"], best, test,
+                      format_duration(r["wall_seconds"]))
+    buffer = io.StringIO()
+    # a wide virtual terminal: rows are never folded, whatever the real one (or a pipe) is
+    Console(file=buffer, width=width or 240, color_system=None, highlight=False).print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    lines += [f"{r['name']}: {r['problem']}" for r in rows if r["problem"]]
+    return "\n".join(lines).strip("\n")
+
+
+def _short(data: str | None) -> str:
+    if data is None:
+        return "—"
+    return Path(data).name if ("/" in data or os.sep in data) else data

@@ -1,0 +1,143 @@
+"""`vaekit runs`: the table of runs under a folder, and the status rule read from their files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from vaekit import catalog, runs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def copy_run(name: str, dest: Path, age: float = 3600.0) -> Path:
+    """A copy of a fixture run whose files were all last written ``age`` seconds ago."""
+    shutil.copytree(FIXTURES / name, dest)
+    stamp = time.time() - age
+    for path in dest.iterdir():
+        os.utime(path, (stamp, stamp))
+    return dest
+
+
+def set_epochs(run_dir: Path, epochs: int) -> None:
+    config = json.loads((run_dir / runs.CONFIG).read_text())
+    config["epochs"] = epochs
+    (run_dir / runs.CONFIG).write_text(json.dumps(config))
+
+
+def touch(path: Path, age: float) -> None:
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+
+
+def write_checkpoint(path: Path, in_epoch: dict | None) -> None:
+    runs.atomic_write(path, runs.encode_tensors({"w": torch.zeros(1)}, {"epoch": 1, "in_epoch": in_epoch}))
+
+
+def status(run_dir: Path) -> str:
+    return catalog.summarise_run(run_dir)["status"]
+
+
+def test_a_complete_run_is_finished(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    assert status(run) == "finished"
+    (run / runs.EVALUATION).unlink()  # all epochs, but no final evaluation yet
+    assert status(run) == "killed"
+
+
+def test_recent_writes_mean_running(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    set_epochs(run, 10)
+    touch(run / runs.CONFIG, 3600)
+    assert status(run) == "killed"
+    touch(run / runs.METRICS, 5)  # an epoch just ended
+    assert status(run) == "running"
+
+
+def test_running_allows_for_the_longest_epoch(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    set_epochs(run, 10)
+    rows = runs.read_metrics(run)
+    rows[-1]["seconds"] = 300.0  # a slow epoch: silence up to 2 × 300 s + 60 s is expected
+    runs.write_metrics(run, rows)
+    touch(run / runs.CONFIG, 3600)
+    touch(run / runs.METRICS, 500)
+    assert status(run) == "running"
+    touch(run / runs.METRICS, 700)
+    assert status(run) == "killed"
+
+
+def test_a_mid_epoch_checkpoint_written_last_means_stopped(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    set_epochs(run, 10)
+    touch(run / runs.CONFIG, 3600)
+    write_checkpoint(run / runs.CHECKPOINT, {"step": 3})
+    touch(run / runs.CHECKPOINT, 1800)
+    assert status(run) == "stopped"
+    touch(run / runs.METRICS, 1000)  # progress after that checkpoint was lost: not a clean stop
+    assert status(run) == "killed"
+
+
+def test_an_end_of_epoch_checkpoint_means_killed(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    set_epochs(run, 10)
+    touch(run / runs.CONFIG, 3600)
+    write_checkpoint(run / runs.CHECKPOINT, None)
+    touch(run / runs.CHECKPOINT, 1800)
+    assert status(run) == "killed"
+    (run / runs.CHECKPOINT).write_bytes(b"not safetensors")
+    touch(run / runs.CHECKPOINT, 1800)
+    assert status(run) == "killed"
+
+
+def test_the_table_of_a_folder(tmp_path):
+    copy_run("vae-v0.1", tmp_path / "runs" / "a")
+    copy_run("cvae-v0.1", tmp_path / "runs" / "group" / "b")
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    evaluation = {"split": "test", "n": 10, "log_likelihood": -80.5, "log_likelihood_se": 0.25,
+                  "importance_samples": 1000}
+    (tmp_path / "runs" / "a" / "evaluation-test.json").write_text(json.dumps(evaluation))
+    rows = catalog.runs_table(tmp_path / "runs")
+    assert [r["name"] for r in rows] == ["a", "group/b"]
+    a, b = rows
+    assert a["data"] == "digits" and a["model"] == "vae mlp 16 d=2 bernoulli"
+    assert (a["epochs_done"], a["epochs_planned"], a["status"]) == (2, 2, "finished")
+    metrics = runs.read_metrics(tmp_path / "runs" / "a")
+    assert a["best_validation_elbo"] == max(m["validation_elbo"] for m in metrics)
+    assert a["wall_seconds"] == pytest.approx(sum(m["seconds"] for m in metrics))
+    assert (a["test_log_likelihood"], a["test_log_likelihood_se"]) == (-80.5, 0.25)
+    assert b["model"].startswith("cvae") and b["test_log_likelihood"] is None  # digits has no test split
+    text = catalog.format_runs(rows)
+    assert "group/b" in text and "-80.50 ± 0.25" in text and "finished" in text
+
+
+def test_an_unreadable_run_is_listed_with_its_problem(tmp_path):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    (run / runs.CONFIG).write_text("{not json")
+    row, = catalog.runs_table(tmp_path)
+    assert row["status"] == "unreadable"
+    assert "not valid JSON" in row["problem"]
+    assert "a: " in catalog.format_runs([row])
+
+
+def test_cli_runs_table_and_json(tmp_path):
+    copy_run("vae-v0.1", tmp_path / "runs" / "a")
+    done = run_cli("runs", tmp_path / "runs")
+    assert done.returncode == 0, done.stderr
+    assert "finished" in done.stdout and "2/2" in done.stdout
+    done = run_cli("runs", tmp_path / "runs", "--json")
+    rows = json.loads(done.stdout)
+    assert rows[0]["name"] == "a" and rows[0]["status"] == "finished"
+    done = run_cli("runs", tmp_path / "missing")
+    assert done.returncode == 2 and "folder not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no runs under" in run_cli("runs", empty).stdout

@@ -1,0 +1,165 @@
+"""`vaekit report`: one self-contained HTML file about one run or several side by side.
+(That it opens offline in a real browser with no errors is checked in test_browser.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from vaekit import report
+from vaekit.errors import VaekitError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+class Page(HTMLParser):
+    """The tags, attributes and table cells of a page."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.cells: list[str] = []
+        self._cell: list[str] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture(scope="module")
+def fixture_runs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    vae, cvae = root / "vae", root / "cvae"
+    shutil.copytree(FIXTURES / "vae-v0.1", vae)
+    shutil.copytree(FIXTURES / "cvae-v0.1", cvae)
+    return vae, cvae
+
+
+def test_one_run_report_is_self_contained(tiny_run, tmp_path):
+    out = report.write_report([tiny_run], tmp_path / "r.html")
+    html = out.read_text()
+    page = Page(html)
+    # nothing is fetched: no script, style, image or frame from anywhere else
+    for tag, attrs in page.tags:
+        for key in ("src", "href"):
+            value = attrs.get(key) or ""
+            assert not re.match(r"^(https?:)?//", value), (tag, attrs)
+            if tag in ("img", "script", "link", "iframe"):
+                assert value == "" or value.startswith("data:"), (tag, attrs)
+    assert len(html) > 3_000_000  # plotly's JavaScript is inlined
+    figures = {a["data-figure"] for t, a in page.tags if t == "figure" and "data-figure" in a}
+    assert figures == {f for f, *_ in report.FIGURES}
+    images = [a for t, a in page.tags if t == "img"]
+    assert len(images) == len(report.FIGURES)  # the tiny run has every figure
+    assert all(a["src"].startswith("data:image/png;base64,") for a in images)
+    assert 'id="training-curves"' in html
+
+
+def test_the_evaluation_table_shows_the_stored_numbers(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    stored = json.loads((vae / "evaluation.json").read_text())
+    html = report.write_report([vae], tmp_path / "r.html").read_text()
+    page = Page(html)
+    assert f"{stored['elbo']:.3f} ± {stored['elbo_se']:.3f}" in page.cells
+    assert f"{stored['log_likelihood']:.3f} ± {stored['log_likelihood_se']:.3f}" in page.cells
+    assert f"{stored['gap']:.3f} ± {stored['gap_se']:.3f}" in page.cells
+    assert f"{stored['bits_per_dim']:.4f} ± {stored['bits_per_dim_se']:.4f}" in page.cells
+    assert "0 of 2" in page.cells  # active units of d
+    # figures the run lacks (it was trained with --no-figures) say what draws them
+    assert html.count(f"not in the run: <code>vaekit plot {vae}</code>") == len(report.FIGURES)
+
+
+def test_gap_decomposition_and_curve_are_shown_when_stored(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    run = tmp_path / "run"
+    shutil.copytree(vae, run)
+    result = json.loads((run / "evaluation.json").read_text())
+    result.update(split="test", importance_samples=1000, amortisation_gap=0.125, amortisation_gap_se=0.01,
+                  approximation_gap=0.0675, approximation_gap_se=0.02,
+                  curve=[{"k": 1, "estimate": -44.3, "se": 0.01}, {"k": 10, "estimate": -44.2, "se": 0.01}])
+    (run / "evaluation-test.json").write_text(json.dumps(result))
+    html = report.write_report([run], tmp_path / "r.html").read_text()
+    page = Page(html)
+    assert "0.125 ± 0.010" in page.cells and "0.068 ± 0.020" in page.cells
+    assert "test split" in page.cells and "validation split" in page.cells
+    assert 'id="likelihood-curve"' in html
+    # two runs' curves on one plot, each with its ELBO line
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    html = report.write_report([run, other], tmp_path / "two.html").read_text()
+    assert html.count('test: log-likelihood estimate"') == 2 and html.count('test: ELBO"') == 2
+
+
+def test_several_runs_show_the_differing_settings(fixture_runs, tmp_path):
+    vae, cvae = fixture_runs
+    html = report.write_report([vae, cvae], tmp_path / "r.html").read_text()
+    diff = html[html.index('id="config-diff"'):]
+    diff = Page(diff[: diff.index("</table>")]).cells
+    assert diff[:3] == ["setting", "vae", "cvae"]
+    rows = {diff[i]: diff[i + 1 : i + 3] for i in range(3, len(diff), 3)}
+    assert rows["model"] == ["vae", "cvae"]
+    assert rows["binarize"] == ["dynamic", "static"]
+    assert "hidden" not in rows and "latent_dim" not in rows  # equal in both
+    assert html.count('class="best"') >= 1  # the better run of a score row is marked
+
+
+def test_runs_with_one_name_get_told_apart(tmp_path):
+    paths = [tmp_path / "x" / "run", tmp_path / "y" / "run", tmp_path / "x" / "run"]
+    assert report.unique_names(paths) == ["x/run", "y/run", "x/run (2)"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "nowhere", "-o", "r.html"], "run directory not found"),
+        (["report", "empty", "-o", "r.html"], "no config.json"),
+        (["report", "empty", "-o", "r.pdf"], "must end in .html"),
+        (["report", "empty", "-o", "missing/r.html"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_report(fixture_runs, tmp_path):
+    vae, cvae = fixture_runs
+    done = run_cli("report", vae, cvae, "-o", tmp_path / "both.html")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "both.html").stat().st_size > 3_000_000
+
+
+def test_a_missing_app_package_is_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    with pytest.raises(VaekitError, match=r"needs plotly: pip install 'vaekit\[app\]'"):
+        report.require_app_packages("report")
+
+
+def test_the_new_commands_document_their_options():
+    for command, option in (("report", "--output"), ("runs", "--json"), ("explore", "--no-browser")):
+        done = run_cli(command, "--help")
+        assert done.returncode == 0 and option in done.stdout, done.stderr
