@@ -79,7 +79,7 @@ def shoot_explorer(browser, run: Path, path: Path, grid: bool) -> None:
 
 
 def shoot_report(browser, runs: list[Path], folder: Path) -> None:
-    from vaekit.report import write_report
+    from vaekit.app.report import write_report
 
     scratch = Path(tempfile.mkdtemp())
     try:

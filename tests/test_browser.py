@@ -74,7 +74,7 @@ def save_screenshot(page, name: str) -> None:
 
 # ---------------------------------------------------------------------- the report
 def test_report_opens_offline_without_errors(page, tiny_run, tmp_path):
-    from vaekit.report import write_report
+    from vaekit.app.report import write_report
 
     other = tmp_path / "fixture"
     shutil.copytree(FIXTURES / "vae-v0.1", other)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from vaekit import catalog, runs
+from vaekit import rundir
+from vaekit.app import catalog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -27,9 +28,9 @@ def copy_run(name: str, dest: Path, age: float = 3600.0) -> Path:
 
 
 def set_epochs(run_dir: Path, epochs: int) -> None:
-    config = json.loads((run_dir / runs.CONFIG).read_text())
+    config = json.loads((run_dir / rundir.CONFIG).read_text())
     config["epochs"] = epochs
-    (run_dir / runs.CONFIG).write_text(json.dumps(config))
+    (run_dir / rundir.CONFIG).write_text(json.dumps(config))
 
 
 def touch(path: Path, age: float) -> None:
@@ -38,7 +39,7 @@ def touch(path: Path, age: float) -> None:
 
 
 def write_checkpoint(path: Path, in_epoch: dict | None) -> None:
-    runs.atomic_write(path, runs.encode_tensors({"w": torch.zeros(1)}, {"epoch": 1, "in_epoch": in_epoch}))
+    rundir.atomic_write(path, rundir.encode_tensors({"w": torch.zeros(1)}, {"epoch": 1, "in_epoch": in_epoch}))
 
 
 def status(run_dir: Path) -> str:
@@ -48,52 +49,52 @@ def status(run_dir: Path) -> str:
 def test_a_complete_run_is_finished(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
     assert status(run) == "finished"
-    (run / runs.EVALUATION).unlink()  # all epochs, but no final evaluation yet
+    (run / rundir.EVALUATION).unlink()  # all epochs, but no final evaluation yet
     assert status(run) == "killed"
 
 
 def test_recent_writes_mean_running(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
     set_epochs(run, 10)
-    touch(run / runs.CONFIG, 3600)
+    touch(run / rundir.CONFIG, 3600)
     assert status(run) == "killed"
-    touch(run / runs.METRICS, 5)  # an epoch just ended
+    touch(run / rundir.METRICS, 5)  # an epoch just ended
     assert status(run) == "running"
 
 
 def test_running_allows_for_the_longest_epoch(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
     set_epochs(run, 10)
-    rows = runs.read_metrics(run)
+    rows = rundir.read_metrics(run)
     rows[-1]["seconds"] = 300.0  # a slow epoch: silence up to 2 × 300 s + 60 s is expected
-    runs.write_metrics(run, rows)
-    touch(run / runs.CONFIG, 3600)
-    touch(run / runs.METRICS, 500)
+    rundir.write_metrics(run, rows)
+    touch(run / rundir.CONFIG, 3600)
+    touch(run / rundir.METRICS, 500)
     assert status(run) == "running"
-    touch(run / runs.METRICS, 700)
+    touch(run / rundir.METRICS, 700)
     assert status(run) == "killed"
 
 
 def test_a_mid_epoch_checkpoint_written_last_means_stopped(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
     set_epochs(run, 10)
-    touch(run / runs.CONFIG, 3600)
-    write_checkpoint(run / runs.CHECKPOINT, {"step": 3})
-    touch(run / runs.CHECKPOINT, 1800)
+    touch(run / rundir.CONFIG, 3600)
+    write_checkpoint(run / rundir.CHECKPOINT, {"step": 3})
+    touch(run / rundir.CHECKPOINT, 1800)
     assert status(run) == "stopped"
-    touch(run / runs.METRICS, 1000)  # progress after that checkpoint was lost: not a clean stop
+    touch(run / rundir.METRICS, 1000)  # progress after that checkpoint was lost: not a clean stop
     assert status(run) == "killed"
 
 
 def test_an_end_of_epoch_checkpoint_means_killed(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
     set_epochs(run, 10)
-    touch(run / runs.CONFIG, 3600)
-    write_checkpoint(run / runs.CHECKPOINT, None)
-    touch(run / runs.CHECKPOINT, 1800)
+    touch(run / rundir.CONFIG, 3600)
+    write_checkpoint(run / rundir.CHECKPOINT, None)
+    touch(run / rundir.CHECKPOINT, 1800)
     assert status(run) == "killed"
-    (run / runs.CHECKPOINT).write_bytes(b"not safetensors")
-    touch(run / runs.CHECKPOINT, 1800)
+    (run / rundir.CHECKPOINT).write_bytes(b"not safetensors")
+    touch(run / rundir.CHECKPOINT, 1800)
     assert status(run) == "killed"
 
 
@@ -109,7 +110,7 @@ def test_the_table_of_a_folder(tmp_path):
     a, b = rows
     assert a["data"] == "digits" and a["model"] == "vae mlp 16 d=2 bernoulli"
     assert (a["epochs_done"], a["epochs_planned"], a["status"]) == (2, 2, "finished")
-    metrics = runs.read_metrics(tmp_path / "runs" / "a")
+    metrics = rundir.read_metrics(tmp_path / "runs" / "a")
     assert a["best_validation_elbo"] == max(m["validation_elbo"] for m in metrics)
     assert a["wall_seconds"] == pytest.approx(sum(m["seconds"] for m in metrics))
     assert (a["test_log_likelihood"], a["test_log_likelihood_se"]) == (-80.5, 0.25)
@@ -120,7 +121,7 @@ def test_the_table_of_a_folder(tmp_path):
 
 def test_an_unreadable_run_is_listed_with_its_problem(tmp_path):
     run = copy_run("vae-v0.1", tmp_path / "a")
-    (run / runs.CONFIG).write_text("{not json")
+    (run / rundir.CONFIG).write_text("{not json")
     row, = catalog.runs_table(tmp_path)
     assert row["status"] == "unreadable"
     assert "not valid JSON" in row["problem"]

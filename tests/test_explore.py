@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from conftest import SRC, run_cli
-from vaekit import explore
-from vaekit.config import Config
+from vaekit.app import explore
+from vaekit.app.config import Config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 pytest.importorskip("starlette")
@@ -115,7 +115,7 @@ def cvae(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deep(tmp_path_factory):
     """A run with a 3-D latent space: shown in the plane of two principal components."""
-    from vaekit.train import train
+    from vaekit.app.runs import train
 
     config = Config(data="digits", hidden=[16], latent_dim=3, epochs=1, batch_size=256, binarize="dynamic")
     run = train(config, tmp_path_factory.mktemp("explore") / "deep", quiet=True, figures=False)
@@ -311,7 +311,7 @@ def test_serving_beyond_this_machine_warns(tiny_run):
 def test_table_rows_are_drawn_in_their_own_units(tmp_path):
     """A standardised table: examples are shown in the data's units, each feature from its
     own minimum (black) to its maximum (white); class names come from the label column."""
-    from vaekit.train import train
+    from vaekit.app.runs import train
 
     rng = np.random.default_rng(0)
     values = rng.normal(size=(120, 5)) * [1, 10, 100, 1000, 5] + 50
@@ -335,7 +335,7 @@ def test_table_rows_are_drawn_in_their_own_units(tmp_path):
 
 
 def test_other_data_are_encoded_and_checked(tiny_run, tmp_path):
-    from vaekit.data import load_data
+    from vaekit.app.data import load_data
     from vaekit.errors import VaekitError
 
     digits = load_data("digits").train.x[:40].numpy()

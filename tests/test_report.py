@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from vaekit import report
+from vaekit.app import report
 from vaekit.errors import VaekitError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -513,7 +513,7 @@ def report(
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
     table, interactive training curves, log-likelihood-vs-K curve and figures; several runs
     side by side, with the settings that differ."""
-    from vaekit.report import write_report
+    from vaekit.app.report import write_report
 
     print(f"wrote {write_report(run_dirs, output)}")
 
@@ -530,7 +530,7 @@ def runs_command(
     (a file written within twice the longest epoch, or twice checkpoint_minutes, plus a
     minute); stopped (the newest file is a mid-epoch checkpoint, as Ctrl-C or SIGTERM
     leave); killed (anything else). Stopped and killed runs continue with --resume."""
-    from vaekit.catalog import format_runs, runs_table
+    from vaekit.app.catalog import format_runs, runs_table
 
     rows = runs_table(folder)
     if as_json:
@@ -554,6 +554,6 @@ def explore(
     """Serve a local web page to explore the latent space: the encoded data coloured by
     class, a click decodes any point, sliders move z, two picked examples are interpolated,
     the decoded grid lies under the points at the current zoom. Ctrl-C stops it."""
-    from vaekit.explore import serve
+    from vaekit.app.explore import serve
 
     serve(run_dir, data=data, split=split, host=host, port=port, open_browser=browser, max_points=points)

@@ -42,14 +42,14 @@ def find_runs(folder: str | Path) -> list[Path]:
     """Every run directory (one holding ``config.json`` and ``run.json``) under ``folder``,
     ``folder`` itself included, sorted by path; hidden folders are skipped and a run's own
     sub-folders are not searched."""
-    from vaekit import runs
+    from vaekit import rundir
 
     folder = Path(folder)
     if not folder.is_dir():
         raise VaekitError(f"folder not found: {folder}")
     found = []
     for root, dirs, files in os.walk(folder):
-        if runs.CONFIG in files and runs.INFO in files:
+        if rundir.CONFIG in files and rundir.INFO in files:
             found.append(Path(root))
             dirs.clear()
             continue
@@ -61,7 +61,8 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
     """One row of the table: name, data, model, epochs done and planned, status, best
     validation ELBO, test log-likelihood and training wall time (the epochs' seconds summed).
     A run that cannot be read gets status ``unreadable`` and the reason in ``problem``."""
-    from vaekit import runs
+    from vaekit import rundir
+    from vaekit.app.runs import load_config
 
     run_dir = Path(run_dir)
     row: dict[str, Any] = {
@@ -72,8 +73,8 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
         "problem": None,
     }
     try:
-        config = runs.load_config(run_dir)
-        metrics = runs.read_metrics(run_dir)
+        config = load_config(run_dir)
+        metrics = rundir.read_metrics(run_dir)
     except VaekitError as err:
         row["problem"] = str(err)
         return row
@@ -128,14 +129,14 @@ def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:
 def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
     """The stored evaluation of the test split: ``evaluation-test.json`` (``vaekit evaluate``),
     else ``evaluation.json`` where training evaluated the test split; None if neither."""
-    from vaekit import runs
+    from vaekit import rundir
 
     run_dir = Path(run_dir)
-    for path in (run_dir / "evaluation-test.json", run_dir / runs.EVALUATION):
+    for path in (run_dir / "evaluation-test.json", run_dir / rundir.EVALUATION):
         if not path.is_file():
             continue
         try:
-            result = runs.read_json(path, "a stored evaluation")
+            result = rundir.read_json(path, "a stored evaluation")
         except VaekitError:
             continue
         if isinstance(result, dict) and result.get("split") == "test":
@@ -145,14 +146,14 @@ def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
 
 def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: float | None = None) -> str:
     """finished, running, stopped or killed, by the rule in this module's docstring."""
-    from vaekit import runs
+    from vaekit import rundir
 
     run_dir = Path(run_dir)
     done = metrics[-1]["epoch"] if metrics else 0
-    if done >= config.epochs and (run_dir / runs.EVALUATION).is_file():
+    if done >= config.epochs and (run_dir / rundir.EVALUATION).is_file():
         return "finished"
     written = {}
-    for name in (runs.METRICS, runs.WEIGHTS, runs.CHECKPOINT, runs.BEST, runs.CONFIG):
+    for name in (rundir.METRICS, rundir.WEIGHTS, rundir.CHECKPOINT, rundir.BEST, rundir.CONFIG):
         try:
             written[name] = (run_dir / name).stat().st_mtime
         except OSError:
@@ -162,8 +163,8 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
     now = time.time() if now is None else now
     if now - max(written.values()) <= expected_silence(config, metrics):
         return "running"
-    checkpoint = written.get(runs.CHECKPOINT)
-    if checkpoint is not None and checkpoint >= max(written.values()) and _mid_epoch(run_dir / runs.CHECKPOINT):
+    checkpoint = written.get(rundir.CHECKPOINT)
+    if checkpoint is not None and checkpoint >= max(written.values()) and _mid_epoch(run_dir / rundir.CHECKPOINT):
         return "stopped"
     return "killed"
 

@@ -82,14 +82,16 @@ def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACK
 
 def read_run(run_dir: str | Path, name: str | None = None) -> Run:
     """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`."""
-    from vaekit import catalog, runs
+    from vaekit import rundir
+    from vaekit.app import catalog
+    from vaekit.app.runs import load_config
 
     run_dir = Path(run_dir)
-    config = runs.load_config(run_dir)  # a clear error for a folder that is not a run
+    config = load_config(run_dir)  # a clear error for a folder that is not a run
     run = Run(name or run_dir.resolve().name, run_dir, catalog.summarise_run(run_dir, name),
-              config.to_dict(), runs.read_metrics(run_dir))
+              config.to_dict(), rundir.read_metrics(run_dir))
     for path in sorted(run_dir.glob("evaluation*.json")):
-        result = runs.read_json(path, "a stored evaluation")
+        result = rundir.read_json(path, "a stored evaluation")
         if isinstance(result, dict) and "n" in result:
             run.evaluations[path.name] = result
     for file, *_ in (*FIGURES, (LIKELIHOOD_CURVE,)):
@@ -108,23 +110,23 @@ def write_report(run_dirs: list[str | Path], output: str | Path) -> Path:
     if not run_dirs:
         raise VaekitError("give at least one run directory")
     require_app_packages("report", ("plotly", "jinja2"))
-    from vaekit import runs
+    from vaekit import rundir
 
     names = unique_names([Path(r) for r in run_dirs])
     html = render([read_run(r, n) for r, n in zip(run_dirs, names, strict=True)])
-    runs.atomic_write(output, html)
+    rundir.atomic_write(output, html)
     return output
 
 
 def render(runs_: list[Run]) -> str:
-    """The report's HTML for already read runs."""
+    """The report's HTML for already read rundir."""
     import jinja2
     import plotly.offline
 
     from vaekit import __version__
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("vaekit", "templates"),
+        loader=jinja2.PackageLoader("vaekit.app", "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

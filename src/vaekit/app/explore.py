@@ -179,7 +179,7 @@ def explorer_data(config, run_dir: Path, data: str | None, split: str | None):
     """(split name, Dataset) to show: the run's default split (test where the data have one,
     else validation), or ``split``, or all of other ``data``; the run's recorded treatment
     (binarisation, standardisation) applied. The one place the explorer reads data."""
-    from vaekit.data import select_default_split, select_split
+    from vaekit.app.data import select_default_split, select_split
 
     if data is None and split is None:
         return select_default_split(config, run_dir)
@@ -191,9 +191,8 @@ def load_explorer(run_dir: str | Path, data: str | None = None, split: str | Non
                   max_points: int = MAX_POINTS, seed: int = 0) -> Explorer:
     """Load the run, its data (a seeded random subset of ``max_points`` where larger) and
     encode them: the state the app serves."""
-    from vaekit.data import recorded_standardization
-    from vaekit.model import labels_for
-    from vaekit.runs import load_run
+    from vaekit.app.data import recorded_standardization
+    from vaekit.app.runs import labels_for, load_run
 
     if max_points < 1:
         raise VaekitError(f"--points must be at least 1, got {max_points}")
@@ -498,7 +497,7 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
     """Load the run, print the URL and serve until Ctrl-C (or SIGTERM)."""
     import socket
 
-    from vaekit.report import require_app_packages
+    from vaekit.app.report import require_app_packages
 
     require_app_packages("explore", ("plotly", "starlette", "uvicorn"))
     import uvicorn
