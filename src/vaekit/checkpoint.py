@@ -4,7 +4,8 @@ One file, ``checkpoint.safetensors`` in the run directory. Its tensors are the m
 weights (``model.*``), the optimiser's state (``optimizer.<param>.<name>``), every random
 generator's state (``rng.torch``: the generator ``rsample`` draws from, which training keeps
 in a forked copy of torch's global one; ``rng.cuda`` on a GPU; ``rng.order``: the data
-order; ``rng.draws``: dynamic binarisation) and, inside an epoch, the epoch's running sums.
+order; ``rng.draws``: dynamic binarisation; under torch.distributed, ``rng.rank<r>.torch``
+(and ``.cuda``) for every rank r > 0) and, inside an epoch, the epoch's running sums.
 Everything else (counters, the metrics so far, the best validation score, the optimiser's
 hyper-parameters, the training settings, the resolved config of a CLI run, a fingerprint of
 the data) is JSON in the safetensors header. :func:`vaekit.rundir.encode_tensors` adds a SHA-256 over
@@ -16,6 +17,11 @@ Exact resume: checkpoints are taken only between optimisation steps. One taken i
 epoch stores the data-order generator's state from *before* the epoch's shuffle and the
 number of batches done; resuming replays the same shuffle and skips those batches, so every
 later random draw and every floating-point operation is the one the uninterrupted run makes.
+
+Data-parallel runs (:mod:`vaekit.distributed`): everything but the per-rank generators is the
+same on every rank and counts global minibatches, so a checkpoint resumes at any world size;
+at the world size that wrote it, exactly; at another, each rank it did not hold starts a
+fresh stream seeded from (seed, rank, position).
 """
 
 from __future__ import annotations
@@ -85,9 +91,12 @@ class TrainState:
 
 # ---------------------------------------------------------------------- writing
 def save(run: rundir.RunDirectory, model, optimizer, state: TrainState, settings: dict[str, Any],
-         config: dict[str, Any] | None = None) -> None:
+         config: dict[str, Any] | None = None, ranks: dict[str, torch.Tensor] | None = None,
+         distributed: dict[str, Any] | None = None) -> None:
     """Write the run's ``checkpoint.safetensors`` atomically (tensors copied to the CPU, so it
-    loads on any device). ``settings``: fit's training settings; ``config``: a CLI run's."""
+    loads on any device). ``settings``: fit's training settings; ``config``: a CLI run's;
+    ``ranks``: the generator states of ranks other than 0 (``rng.rank<r>.torch``, ...);
+    ``distributed``: ``{"world_size", "backend"}`` of a data-parallel run."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -101,6 +110,7 @@ def save(run: rundir.RunDirectory, model, optimizer, state: TrainState, settings
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    tensors.update(ranks or {})
     tensors["rng.order"] = state.order.get_state()
     tensors["rng.draws"] = state.draws.get_state()
     epoch = None
@@ -125,6 +135,8 @@ def save(run: rundir.RunDirectory, model, optimizer, state: TrainState, settings
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "rng": {"device": device.type},
     }
+    if distributed is not None:
+        meta["distributed"] = distributed
     rundir.atomic_write(run.checkpoint_path, rundir.encode_tensors(tensors, meta))
 
 
@@ -157,8 +169,8 @@ _SCHEMA = {
 }
 
 
-def load(run_dir: str | Path) -> Checkpoint:
-    """Read and check ``run_dir``'s checkpoint; nothing in it is executed."""
+def read(run_dir: str | Path) -> bytes:
+    """The bytes of ``run_dir``'s checkpoint file (checked by :func:`load`)."""
     run = rundir.RunDirectory(run_dir)
     run.check_exists()
     path = run.checkpoint_path
@@ -168,7 +180,19 @@ def load(run_dir: str | Path) -> Checkpoint:
             "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0); "
             "start it again with --overwrite"
         )
-    tensors, meta = rundir.read_tensors(path, "the checkpoint")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise VaekitError(f"cannot read {path} (the checkpoint): {err.strerror or err}") from None
+
+
+def load(run_dir: str | Path, data: bytes | None = None) -> Checkpoint:
+    """Read and check ``run_dir``'s checkpoint; nothing in it is executed. ``data``: the
+    file's bytes as read elsewhere (rank 0 sends them to the other ranks), checked alike."""
+    path = rundir.RunDirectory(run_dir).checkpoint_path
+    if data is None:
+        data = read(run_dir)
+    tensors, meta = rundir.decode_tensors(data, path, "the checkpoint")
     if "format" not in meta:
         raise VaekitError(f"{path}: not a vaekit checkpoint (its header has no vaekit format)")
     if meta["format"] != FORMAT:
@@ -184,13 +208,16 @@ def load(run_dir: str | Path) -> Checkpoint:
         raise VaekitError(f"{path}: checkpoint field 'metrics' must be a list of epoch records")
     if not isinstance(meta.get("settings", {}), (dict, type(None))):
         raise VaekitError(f"{path}: checkpoint field 'settings' has the wrong type")
+    if not isinstance(meta.get("distributed", {}), dict):
+        raise VaekitError(f"{path}: checkpoint field 'distributed' has the wrong type")
     return Checkpoint(path, meta, tensors)
 
 
-def restore(ckpt: Checkpoint, model, optimizer) -> TrainState:
+def restore(ckpt: Checkpoint, model, optimizer, rank: int = 0) -> TrainState:
     """Put the checkpoint's weights, optimiser state and every generator state back; return
     the training counters. Call it last before training, inside a forked RNG state: it sets
-    torch's global generators to the run's."""
+    torch's global generators to the run's (rank ``rank``'s; a rank the checkpoint did not
+    hold gets a fresh stream from the seed, the rank and the position)."""
     meta, tensors, path = ckpt.meta, ckpt.tensors, ckpt.path
     rundir.load_state(model, _strip(tensors, "model."), path)
     _restore_optimizer(optimizer, meta["optimizer"], _strip(tensors, "optimizer."), path)
@@ -214,10 +241,19 @@ def restore(ckpt: Checkpoint, model, optimizer) -> TrainState:
             in_epoch=in_epoch, bad_in_a_row=meta["bad_in_a_row"], best=meta["best"],
             metrics=meta["metrics"],
         )
-        torch.set_rng_state(tensors["rng.torch"])
+        prefix = "rng." if rank == 0 else f"rng.rank{rank}."
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        if device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        if prefix + "torch" in tensors:
+            torch.set_rng_state(tensors[prefix + "torch"])
+            if device.type == "cuda" and prefix + "cuda" in tensors:
+                torch.cuda.set_rng_state(tensors[prefix + "cuda"], device)
+        else:  # a rank the run did not have before: a stream of its own for the rest of it
+            from vaekit.devices import seed_draws
+            from vaekit.distributed import rank_seed
+
+            seed = int((ckpt.settings or {}).get("seed", 0))
+            step = 0 if in_epoch is None else in_epoch.step
+            seed_draws(device, rank_seed(seed, rank, state.epoch, step))
         # checkpoints of vaekit 0.1 also hold numpy's and Python's generators, which nothing
         # in training draws from any more: they are left alone
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -80,6 +80,25 @@ def forked_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
         yield
 
 
+def seed_draws(device: torch.device, seed: int) -> None:
+    """Seed torch's CPU generator and ``device``'s (the ones a model there draws from), and
+    no other device's."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
+def mixed_seed(*words: int) -> int:
+    """A 62-bit seed mixed from ``words`` (numpy's SeedSequence): streams seeded from
+    different words do not overlap the way ``seed + i`` streams would."""
+    import numpy as np
+
+    state = np.random.SeedSequence([w & (2**63 - 1) for w in words]).generate_state(2, np.uint32)
+    return int(state[0]) << 30 ^ int(state[1])
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

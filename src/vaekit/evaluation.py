@@ -43,6 +43,8 @@ its own draws, as follows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,8 +55,8 @@ import torch
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _torch_kl
 
-from vaekit import sources
-from vaekit.devices import forked_rng, model_device
+from vaekit import distributed, sources
+from vaekit.devices import forked_rng, mixed_seed, model_device, seed_draws
 from vaekit.errors import VaekitError
 from vaekit.model import PointMass
 
@@ -151,12 +153,23 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
                  on_progress, labels) -> dict[str, torch.Tensor]:
     ks = curve_points(k_total) if curve else []
     device = model_device(model)
+    group = distributed.current()
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
     result: dict[str, torch.Tensor] = {}
     batch_size = examples_per_batch(batch_size, k_total)
+    starts = range(0, len(x), batch_size)
+    # Each batch draws from a stream of its own: the first from the generator as the caller
+    # left it, batch b from one seeded by (that state, b). A batch's numbers then do not
+    # depend on which process scores it, so a sharded evaluation equals one process's.
+    base = _stream_base(device)
     # One buffer for every batch's log-weights, taken before the decoder's large temporaries:
     # allocating it per batch let glibc's heap grow to gigabytes over a 10k-image run.
     buffer = None
-    for start in range(0, len(x), batch_size):
+    for b, start in enumerate(starts):
+        if b % world != rank:
+            continue
+        if b:
+            seed_draws(device, mixed_seed(base, b))
         xb = x[start : start + batch_size].to(device)  # a tensor (x may be a lazily read array)
         yb = None if labels is None else labels[start : start + batch_size].to(device)
         if buffer is None:
@@ -174,9 +187,41 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
                     _decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress, buffer, yb))
         for key, value in scores.items():
             if key not in result:  # filled in place: many small tensors would pin the heap
-                result[key] = torch.empty(len(x), dtype=value.dtype)
+                result[key] = torch.zeros(len(x), dtype=value.dtype)
             result[key][start : start + len(xb)] = value.cpu()
-    return result
+    seed_draws(device, mixed_seed(base, len(starts)))  # what follows draws alike on every rank
+    return result if group is None else _gather(result, len(x), group)
+
+
+def _stream_base(device: torch.device) -> int:
+    """A seed summarising the generator state evaluation starts from."""
+    h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
+    if device.type == "cuda":
+        h.update(torch.cuda.get_rng_state(device).numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def _gather(result: dict[str, torch.Tensor], n: int, group) -> dict[str, torch.Tensor]:
+    """Every rank's rows of every score, on every rank: each rank's tensors hold zeros where
+    another rank scored, so one all-reduce (a sum with zeros: exact) assembles them."""
+    layout = [[key, str(value.dtype).removeprefix("torch.")] for key, value in result.items()]
+    layouts = [json.loads(text) for text in distributed.exchange(json.dumps(layout).encode(), group)]
+    layout = next((entry for entry in layouts if entry), [])
+    stacked = torch.zeros(len(layout), n, dtype=torch.float64)
+    for i, (key, _) in enumerate(layout):
+        if key in result:
+            stacked[i] = result[key]
+    stacked = distributed.all_sum(stacked, group)
+    return {key: stacked[i].to(getattr(torch, dtype)) for i, (key, dtype) in enumerate(layout)}
+
+
+def share(n: int, batch_size: int, importance_samples: int) -> int:
+    """How many of ``n`` examples this process scores (all of them outside torch.distributed)."""
+    group = distributed.current()
+    if group is None:
+        return n
+    size = examples_per_batch(batch_size, importance_samples)
+    return sum(min(size, n - s) for b, s in enumerate(range(0, n, size)) if b % group.world == group.rank)
 
 
 def check_samples(importance_samples: int, iwae_k: int | None) -> tuple[int, int]:

@@ -120,6 +120,10 @@ class RunDirectory:
     def read_info(self) -> dict[str, Any]:
         return load_info(self.path)
 
+    def update_info(self, **changes: Any) -> None:
+        """Rewrite ``run.json`` with ``changes`` merged in (the other keys kept)."""
+        write_json(self.path / INFO, {**self.read_info(), **changes})
+
     def has_config(self) -> bool:
         return (self.path / CONFIG).is_file()
 
@@ -291,15 +295,21 @@ def read_tensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[s
     """(tensors, vaekit metadata) of a safetensors file, refusing anything else (a pickle,
     a truncated file) and any file whose vaekit checksum does not match its content.
     A safetensors file from elsewhere (no vaekit metadata) gives empty metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise VaekitError(f"{path.parent}: no {path.name} ({what})") from None
     except OSError as err:
         raise VaekitError(f"cannot read {path} ({what}): {err.strerror or err}") from None
+    return decode_tensors(data, path, what)
+
+
+def decode_tensors(data: bytes, path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_tensors` of a file's bytes read elsewhere (another rank sent them);
+    ``path`` names the file in messages."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
         tensors = load(data)
         size = int.from_bytes(data[:8], "little")

@@ -55,22 +55,36 @@ class Source:
             return len(self.loader)
         return -(-len(self) // batch_size)
 
-    def batches(self, batch_size: int, order: torch.Tensor, start_step: int = 0) -> Iterator[tuple]:
-        """(x, y) minibatches in the order of the permutation ``order``, from ``start_step``
-        (tensors and Datasets); a DataLoader yields its own batches from the start."""
+    def batches(self, batch_size: int, order: torch.Tensor, start_step: int = 0,
+                rank: int = 0, world: int = 1) -> Iterator[tuple]:
+        """``(x, y, size)`` for each minibatch in the order of the permutation ``order``,
+        from ``start_step`` (tensors and Datasets); a DataLoader yields its own batches from
+        the start. ``size`` counts the whole minibatch; with ``world`` ranks, ``x`` and ``y``
+        are rank ``rank``'s share of it (every ``world``-th example, the only rows read),
+        and None for a rank whose share is empty (a last minibatch smaller than ``world``)."""
         if self.kind == "loader":
-            yield from (split_item(item) for item in self.loader)
+            for item in self.loader:
+                x, y = split_item(item)
+                yield x, y, len(x)
             return
-        starts = range(start_step * batch_size, len(self), batch_size)
+        steps = [order[s : s + batch_size] for s in range(start_step * batch_size, len(self), batch_size)]
+        parts = [rows[rank::world] for rows in steps]
         if self.kind == "tensor":
-            for s in starts:
-                index = order[s : s + batch_size]
-                yield self.x[index], None if self.labels is None else self.labels[index]
+            for rows, index in zip(steps, parts, strict=True):
+                if not len(index):
+                    yield None, None, len(rows)
+                    continue
+                yield self.x[index], None if self.labels is None else self.labels[index], len(rows)
             return
-        sampler = [order[s : s + batch_size].tolist() for s in starts]
-        for item in DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
-                               generator=_quiet_generator()):
-            yield split_item(item)
+        # an empty share can only be the last one (batch_size >= world): read the others
+        sampler = [index.tolist() for index in parts if len(index)]
+        items = iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
+                                generator=_quiet_generator()))
+        for rows, index in zip(steps, parts, strict=True):
+            if not len(index):
+                yield None, None, len(rows)
+                continue
+            yield (*split_item(next(items)), len(rows))
 
     def in_order(self, batch_size: int) -> Iterator[tuple]:
         """(x, y) minibatches over every example once, in the data's order."""
@@ -83,6 +97,27 @@ class Source:
                 yield split_item(item)
         else:
             yield from (split_item(item) for item in self.loader)
+
+    def part_in_order(self, batch_size: int, rank: int, world: int) -> Iterator[tuple]:
+        """``(x, y, size)`` for every minibatch of :meth:`in_order`, read only when it is
+        rank ``rank``'s (every ``world``-th from ``rank``), else ``(None, None, size)``; a
+        DataLoader yields its own batches on every rank."""
+        if self.kind == "loader":
+            for x, y in self.in_order(batch_size):
+                yield x, y, len(x)
+            return
+        starts = range(0, len(self), batch_size)
+        mine = [s for i, s in enumerate(starts) if i % world == rank]
+        if self.kind == "tensor":
+            read = ((self.x[s : s + batch_size], None if self.labels is None else self.labels[s : s + batch_size])
+                    for s in mine)
+        else:
+            sampler = [list(range(s, min(s + batch_size, len(self)))) for s in mine]
+            read = (split_item(item) for item in DataLoader(self.dataset, batch_sampler=sampler,
+                                                            collate_fn=default_collate, generator=_quiet_generator()))
+        for i, s in enumerate(starts):
+            size = min(batch_size, len(self) - s)
+            yield (*next(read), size) if i % world == rank else (None, None, size)
 
     def first_batch(self, batch_size: int) -> tuple:
         return next(iter(self.in_order(batch_size)))

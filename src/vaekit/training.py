@@ -12,11 +12,22 @@ Datasets (whose order vaekit draws), ends bit for bit where the uninterrupted ru
 Random draws (the reparameterisation, the data order, dynamic binarisation) come from
 generators seeded from ``seed`` inside a forked copy of torch's global state: the caller's
 random state is left as it was.
+
+Under an initialised ``torch.distributed`` process group (``torchrun``), ``fit`` trains data
+parallel (see docs/distributed.md): every rank computes the same permutation of the data
+(from ``seed`` and the epoch) and takes every ``world``-th example of each global minibatch
+of ``batch_size``; gradients are averaged by ``DistributedDataParallel`` with each rank's
+loss weighted by its share, so a step is the one a single process takes on the whole
+minibatch; dynamic binarisation draws are made for the whole minibatch on every rank, so
+an example's draw does not depend on the rank that holds it; metrics, the skip decision for
+non-finite steps, signals and checkpoint timing are agreed by one small all-reduce per
+step. Rank 0 alone touches the run directory.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import sys
 import threading
@@ -28,7 +39,7 @@ from typing import Any
 
 import torch
 
-from vaekit import checkpoint
+from vaekit import checkpoint, distributed
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import Interrupted, VaekitError, WriteError
@@ -76,8 +87,10 @@ class History:
 
 class Loop:
     """The running loop as callbacks see it: ``model``, ``optimizer``, ``epoch`` (counting
-    from 1), ``epochs``, ``step`` (within the epoch), ``steps_per_epoch``, ``history``, ``out``;
-    ``stop()`` asks it to end after the current epoch (with its checkpoint)."""
+    from 1), ``epochs``, ``step`` (within the epoch), ``steps_per_epoch``, ``history``, ``out``
+    (None on ranks other than 0, which never write the run directory), ``rank`` and
+    ``world_size`` (0 and 1 in one process); ``stop()`` asks it to end after the current
+    epoch (with its checkpoint; under torch.distributed every rank stops when one asks)."""
 
     def __init__(self, model, optimizer, epochs: int, steps_per_epoch: int, history: History,
                  out: RunDirectory | None):
@@ -85,6 +98,7 @@ class Loop:
         self.steps_per_epoch, self.history, self.out = steps_per_epoch, history, out
         self.epoch, self.step, self.stop_requested = 0, 0, False
         self.last_validation: float | None = None
+        self.rank, self.world_size = 0, 1
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -137,6 +151,12 @@ def fit(
 
     A step whose loss or gradient is not finite makes no update and is counted; after
     ``max_bad_steps`` in a row training stops with a clear error.
+
+    Under ``torchrun`` (an initialised process group) ``batch_size`` is the global minibatch,
+    split across the ranks; the ``objective``'s loss must then be a mean over the batch's
+    examples (vaekit's are; free bits' floor applies to each rank's share). A DataLoader
+    must shard with a ``DistributedSampler`` (its batch size is per rank). Rank 0 alone
+    writes ``out``; the other ranks never open it.
     """
     if objective is None:
         objective = elbo_objective
@@ -148,47 +168,112 @@ def fit(
         raise VaekitError(f"batch_size must be at least 1, got {batch_size}")
     if resume and out is None:
         raise VaekitError("resume=True continues the run in a run directory: give out=")
-    device = resolve_device(device)
+    group = distributed.current()
+    device = distributed.local_device(resolve_device(device))
     source = Source(train_data, what="the training data")
     if len(source) == 0:
         raise VaekitError("the training data is empty")
     val_source = None if validation is None else Source(validation, what="the validation data")
+    if group is not None:
+        _check_distributed(group, source, batch_size)
     settings = {"batch_size": batch_size, "seed": seed, "objective": _describe(objective),
                 "dynamic_binarization": dynamic_binarization, "precision": precision,
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
                 "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best}
-    run = _run_directory(out, overwrite, resume)
+    # rank 0 alone prepares (or finds) the run directory; a refusal stops every rank
+    run = distributed.together(lambda: _run_directory(out, overwrite, resume), group, main_only=True)
+    where = None if out is None else Path(out.path if isinstance(out, RunDirectory) else out)
+    world = {"world_size": 1 if group is None else group.world,
+             "backend": None if group is None else group.backend_for(device)}
     model.to(device)
-    with forked_rng(device, None if resume else seed):
+    rank = 0 if group is None else group.rank
+    with forked_rng(device, None if resume else distributed.rank_seed(seed, rank)):
         _materialize(model, source, batch_size, device)
         optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
         # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
-        fingerprint = "" if run is None else training_fingerprint(source, val_source)
+        fingerprint = "" if out is None else training_fingerprint(source, val_source)
+        if group is not None and out is not None:
+            _check_same_data(group, fingerprint)
         if resume:
-            ckpt = checkpoint.load(run.path)
-            checkpoint.check_settings(ckpt, settings)
-            if ckpt.meta["data_fingerprint"] != fingerprint:
-                raise VaekitError(
-                    f"the data are not the data {run.path} was trained on: resuming on other data "
-                    "would not continue the same run"
-                )
-            state = checkpoint.restore(ckpt, model, optimizer)
-            run.remove_temporary_files()
-            run.write_metrics(state.metrics)
+            def check() -> bytes:
+                raw = checkpoint.read(run.path)
+                ckpt = checkpoint.load(run.path, raw)
+                checkpoint.check_settings(ckpt, settings)
+                if ckpt.meta["data_fingerprint"] != fingerprint:
+                    raise VaekitError(
+                        f"the data are not the data {run.path} was trained on: resuming on other data "
+                        "would not continue the same run"
+                    )
+                return raw
+
+            raw = distributed.together(check, group, main_only=True)
+            if group is not None:
+                raw = distributed.broadcast(raw, group)
+            ckpt = checkpoint.load(where, raw)
+            state = checkpoint.restore(ckpt, model, optimizer, rank)
+            distributed.together(lambda: _resumed(run, state, world), group, main_only=True)
         else:
             state = TrainState.fresh(seed, fingerprint)
-            if run is not None:
+
+            def start() -> None:
+                if run is None:
+                    return
                 try:
                     run.write_info(model.event_shape, model=type(model).__name__, device=str(device),
-                                   precision=precision)
+                                   precision=precision, **world, trained_with=[{"epoch": 0, "step": 0, **world}])
                     run.write_metrics([])
                 except VaekitError:
                     run.discard()  # no half-written run left to mistake for a real one
                     raise
+
+            distributed.together(start, group, main_only=True)
         trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
-                           device, list(callbacks), progress)
+                           device, list(callbacks), progress, group, where, world)
         return trainer.train(figures)
+
+
+def _check_distributed(group: distributed.Group, source: Source, batch_size: int) -> None:
+    """What data parallelism needs of the data: a minibatch with an example for every rank,
+    and a DataLoader that shards."""
+    if source.kind == "loader":
+        from torch.utils.data import DistributedSampler
+
+        sampler = getattr(source.loader.batch_sampler, "sampler", None) or source.loader.sampler
+        if not isinstance(sampler, DistributedSampler):
+            raise VaekitError(
+                "under torch.distributed a DataLoader must shard its data: give it "
+                "sampler=DistributedSampler(dataset, seed=...) (its batch size is then per rank), "
+                "or pass the tensors or the Dataset and let fit split each minibatch"
+            )
+    elif batch_size < group.world:
+        raise VaekitError(
+            f"batch_size {batch_size} is smaller than the {group.world} processes: the global "
+            "minibatch is split across them, and each needs at least one example"
+        )
+
+
+def _check_same_data(group: distributed.Group, fingerprint: str) -> None:
+    prints = distributed.exchange(fingerprint.encode(), group)
+    other = next((r for r, f in enumerate(prints) if f != prints[0]), None)
+    if other is not None:
+        raise VaekitError(
+            f"rank {other} reads other data than rank 0 (their fingerprints differ): every "
+            "process must read the same training and validation data"
+        )
+
+
+def _resumed(run: RunDirectory, state: TrainState, world: dict) -> None:
+    """Rank 0's part of a resume: leftovers of a killed write removed, metrics back to the
+    checkpoint's, and the run record told when the world size or backend changed."""
+    run.remove_temporary_files()
+    run.write_metrics(state.metrics)
+    info = run.read_info()
+    if {k: info.get(k, 1 if k == "world_size" else None) for k in world} != world:
+        step = 0 if state.in_epoch is None else state.in_epoch.step
+        history = info.get("trained_with") or [{"epoch": 0, "step": 0, "world_size": info.get("world_size", 1),
+                                                "backend": info.get("backend")}]
+        run.update_info(**world, trained_with=[*history, {"epoch": state.epoch, "step": step, **world}])
 
 
 def _run_directory(out, overwrite: bool, resume: bool) -> RunDirectory | None:
@@ -253,25 +338,53 @@ class _Trainer:
 
     def __init__(self, model, optimizer, objective, source: Source, val_source: Source | None,
                  state: TrainState, settings: dict, run: RunDirectory | None, device: torch.device,
-                 callbacks: list[Callback], progress: bool):
+                 callbacks: list[Callback], progress: bool, group: distributed.Group | None = None,
+                 where: Path | None = None, world: dict | None = None):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.source, self.val_source, self.state = source, val_source, state
         self.settings, self.run, self.device = settings, run, device
+        # run: the run directory on the rank that writes it (rank 0); where: its path, on every rank
+        self.group, self.where, self.world = group, where, world or {}
+        self.main = group is None or group.main
         self.batch_size, self.epochs = settings["batch_size"], settings["epochs"]
-        if progress:
+        if progress and self.main:
             callbacks = [ProgressBar(), *callbacks]
         self.callbacks = callbacks
         # Per-step overhead is what bounds small-batch training on a CPU (docs/performance.md):
         # the parameter list is gathered once, gradients are dropped by hand (zero_grad wraps a
         # profiler region), and one synchronising check per step covers loss and gradients.
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.history = History(epochs=state.metrics, best=state.best, out=None if run is None else run.path)
+        self.history = History(epochs=state.metrics, best=state.best, out=where)
         self.loop = Loop(model, optimizer, self.epochs, source.steps(self.batch_size), self.history, run)
+        self.loop.rank, self.loop.world_size = (0, 1) if group is None else (group.rank, group.world)
+        self.saver = _Checkpoints(run, model, optimizer, state, settings, group, where, world)
+        self.parallel = None if group is None else _data_parallel(model, objective, device)
+        self.example = None  # shape and dtype of one example, for binarisation draws of a rank with none
+        if group is not None and settings["dynamic_binarization"] and source.kind != "loader":
+            x0, _ = source.first_batch(1)
+            self.example = (tuple(x0.shape[1:]), x0.dtype)
 
     def train(self, figures: bool) -> History:
-        saver = _Checkpoints(self.run, self.model, self.optimizer, self.state, self.settings)
-        loop = self.loop
-        with _StopOnSignal(self.run is not None) as stop:
+        try:
+            return self._train(figures)
+        except RuntimeError as err:
+            if self.group is None or not distributed.lost_peer(err):
+                raise
+            raise VaekitError(self._lost(err)) from None
+
+    def _lost(self, err: BaseException) -> str:
+        """What rank 0 (or any survivor) says when a collective fails because a rank is gone."""
+        kept = self.saver.kept() if self.run is not None else ""
+        return (
+            f"training stopped: another of the {self.group.world} processes of this job is gone "
+            f"({distributed.reason(err)}); this one had reached {self.state.where()}. {kept} "
+            f"Continue with: vaekit train --resume {self.where} (under torchrun with any number of "
+            "processes, or as one process)"
+        ).replace("  ", " ")
+
+    def _train(self, figures: bool) -> History:
+        saver, loop = self.saver, self.loop
+        with _StopOnSignal(self.where is not None) as stop:
             for callback in self.callbacks:
                 callback.on_fit_start(loop)
             for epoch in range(self.state.epoch + 1, self.epochs + 1):
@@ -281,43 +394,63 @@ class _Trainer:
                 current = self.state.in_epoch
                 saver.epoch_started()
 
-                def on_step(loss: float, current: EpochProgress = current) -> None:
+                def on_step(loss: float, signum: int, due: bool, current: EpochProgress = current) -> None:
                     loop.step = current.step
                     for callback in self.callbacks:
                         callback.on_step_end(loop, loss)
                     mid_epoch = self.source.kind != "loader"  # a DataLoader's position cannot be saved
-                    if mid_epoch and (stop.signum is not None or saver.time_due()):
+                    if mid_epoch and (signum or due):
                         saver.save()
-                    stop.check(self.state, self.run, mid_epoch)
+                    stop.check(self.state, self.where, mid_epoch, signum)
+
+                def poll() -> tuple[int, bool]:
+                    return stop.signum or 0, saver.time_due()
 
                 self.model.train()
                 try:
-                    stats = self.train_epoch(current, epoch, on_step)
+                    stats = self.train_epoch(current, epoch, on_step, poll)
                 except NonFiniteTraining as err:
-                    raise VaekitError(f"{err} {saver.kept()}") from None
+                    raise self._everywhere(VaekitError(f"{err} {saver.kept()}")) from None
                 record = self.end_epoch(epoch, stats, current, saver.epoch_seconds())
                 for callback in self.callbacks:
                     callback.on_epoch_end(loop, record)
+                signum, loop.stop_requested = self._agree(stop.signum or 0, loop.stop_requested)
                 last = epoch == self.epochs or loop.stop_requested
-                if saver.epoch_due(epoch, last) or stop.signum is not None:
+                if saver.epoch_due(epoch, last) or signum:
                     saver.save()
-                stop.check(self.state, self.run, True)
+                stop.check(self.state, self.where, True, signum)
                 if loop.stop_requested:
                     self.history.stopped_early = epoch < self.epochs
                     break
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
         self.model.eval()
-        if self.run is not None:
+        if self.where is not None:
             self.finish(figures)
         self.model.train()
         return self.history
 
-    def train_epoch(self, progress: EpochProgress, epoch: int, on_step) -> dict[str, float]:
+    def _everywhere(self, err: VaekitError) -> VaekitError:
+        """Mark an error every rank raises alike (the CLI prints it on rank 0 only)."""
+        if self.group is not None:
+            err.shared = True
+        return err
+
+    def _agree(self, signum: int, stop: bool) -> tuple[int, bool]:
+        """A signal any rank received and a stop any rank's callback asked for, on every rank."""
+        if self.group is None:
+            return signum, stop
+        flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM, stop], dtype=torch.float64)
+        sigint, sigterm, stop_any = distributed.all_max(flags, self.group).tolist()
+        return _signal_of(sigint, sigterm), bool(stop_any)
+
+    def train_epoch(self, progress: EpochProgress, epoch: int, on_step, poll=lambda: (0, False)) -> dict[str, float]:
         """One pass in random minibatches; the per-example mean terms, skipped steps and
         clamped encoder log-variances. ``progress`` continues an epoch a checkpoint
         interrupted: the shuffle is replayed from the order generator's state saved before
-        it and the batches already done are skipped."""
+        it and the batches already done are skipped. ``poll()`` gives this rank's (signal,
+        checkpoint due) after each step; ``on_step`` gets the minibatch's loss and those
+        flags as every rank agreed them."""
         state, n, size = self.state, len(self.source), self.batch_size
         state.order.set_state(progress.order_start)
         order = torch.randperm(n, generator=state.order) if self.source.kind != "loader" else None
@@ -327,42 +460,102 @@ class _Trainer:
         dynamic = self.settings["dynamic_binarization"]
         max_bad = self.settings["max_bad_steps"]
         amp = autocast(self.device, self.settings["precision"])
-        for x, y in self.source.batches(size, order, progress.step):
-            if dynamic:
-                x = torch.bernoulli(x, generator=state.draws)
-            x = x.to(self.device, non_blocking=True)
-            batch = Batch(x, _labels(self.model, y, self.device), (epoch - 1) + done / n)
-            with amp:
-                loss, terms = _call_objective(self.objective, self.model, batch)
+        group = self.group
+        rank, world = (0, 1) if group is None else (group.rank, group.world)
+        if group is not None and self.source.kind == "loader":
+            _set_epoch(self.source.loader, epoch)
+        for x, y, total in self.source.batches(size, order, progress.step, rank, world):
+            if group is None:
+                if dynamic:
+                    x = torch.bernoulli(x, generator=state.draws)
+            elif dynamic:
+                x = self._binarize(x, total, rank, world)
+            if x is not None:
+                x = x.to(self.device, non_blocking=True)
+                batch = Batch(x, _labels(self.model, y, self.device), (epoch - 1) + done / n)
             for p in self.params:
                 p.grad = None
-            loss.backward()
+            if group is None:
+                with amp:
+                    loss, terms = _call_objective(self.objective, self.model, batch)
+                loss.backward()
+            else:
+                share = 0 if x is None else len(x)
+                with amp:
+                    loss, terms = self.parallel(batch if share else None)
+                # DDP averages the ranks' gradients: weighting each rank's mean loss by its
+                # share of the minibatch makes that the gradient of the minibatch's mean
+                weight = 1.0 if self.source.kind == "loader" else share * world / total
+                (loss * weight).backward()
             norm = _gradient_check(self.params, self.settings["grad_clip"])
             progress.step += 1
-            done += len(x)
-            progress.clamped += int(getattr(self.model, "clamped", 0))
-            if bool(torch.isfinite(loss + norm)):
+            if group is None:
+                done += len(x)
+                progress.clamped += int(getattr(self.model, "clamped", 0))
+                finite = bool(torch.isfinite(loss + norm))
+                sums = torch.stack([_term(terms, k, x) for k in TERMS]).cpu() if finite else None
+                examples, loss_value = len(x), None
+                signum, due = poll()
+            else:
+                finite, loss_value, sums, examples, clamped, signum, due = self._reduce_step(
+                    loss, terms, x, norm, poll())
+                done += examples
+                progress.clamped += clamped
+            if finite:
                 self.optimizer.step()
-                progress.totals += torch.stack([_term(terms, k, x) for k in TERMS]).cpu()
-                progress.examples += len(x)
+                progress.totals += sums
+                progress.examples += examples
                 progress.bad_in_a_row = 0
             else:
                 progress.skipped += 1
                 progress.bad_in_a_row += 1
                 if progress.bad_in_a_row >= max_bad:
                     raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, self.model, self.optimizer))
-            on_step(loss.item())
+            on_step(loss.item() if loss_value is None else loss_value, signum, due)
         # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
         used = progress.examples if progress.examples else float("nan")
         means = (progress.totals / used).tolist()
         return {**dict(zip(TERMS, means, strict=True)), "skipped_steps": progress.skipped,
                 "logvar_clamped": progress.clamped}
 
+    def _binarize(self, x: torch.Tensor | None, total: int, rank: int, world: int) -> torch.Tensor | None:
+        """x ~ Bernoulli(x), drawn for the whole minibatch on every rank (one shared
+        generator) and taken at this rank's rows, so each example's draw is the one a single
+        process makes (for one process, ``u < x`` is exactly ``torch.bernoulli``). A
+        DataLoader's batches have no global positions: each rank takes its own block."""
+        if self.source.kind == "loader":
+            shape, dtype, rows = (world * len(x), *x.shape[1:]), x.dtype, slice(rank * len(x), (rank + 1) * len(x))
+        else:
+            shape, dtype = (total, *self.example[0]), self.example[1]
+            rows = slice(rank, None, world)
+        u = torch.rand(shape, generator=self.state.draws, dtype=dtype if dtype.is_floating_point else torch.float32)
+        return None if x is None else (u[rows] < x).to(x.dtype)
+
+    def _reduce_step(self, loss, terms, x, norm, flags: tuple[int, bool]):
+        """One all-reduce per step: the minibatch's loss, term sums, examples, clamped
+        log-variances, and the ranks' signals and rank 0's checkpoint clock."""
+        share = 0 if x is None else len(x)
+        device = loss.device
+        sums = (torch.stack([_term(terms, k, x) for k in TERMS]).double() if share
+                else torch.zeros(len(TERMS), dtype=torch.float64, device=device))
+        signum, due = flags
+        extra = torch.tensor([share, int(getattr(self.model, "clamped", 0)) if share else 0,
+                              signum == signal.SIGINT, signum == signal.SIGTERM, due],
+                             dtype=torch.float64, device=device)
+        local = torch.cat([(loss.detach().double() * share).reshape(1), sums.to(device), extra])
+        reduced = distributed.all_sum(local, self.group).cpu()
+        examples = int(reduced[1 + len(TERMS)])
+        loss_value = float(reduced[0]) / max(1, examples)
+        finite = math.isfinite(loss_value) and bool(torch.isfinite(norm))
+        sigint, sigterm, due_any = reduced[2 + len(TERMS) + 1 :].tolist()
+        return (finite, loss_value, reduced[1 : 1 + len(TERMS)].float() if finite else None, examples,
+                int(reduced[2 + len(TERMS)]), _signal_of(sigint, sigterm), bool(due_any))
+
     def end_epoch(self, epoch: int, stats: dict, current: EpochProgress, seconds: float) -> dict:
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         if self.val_source is not None:
             seed = self.settings["seed"] if self.settings["dynamic_binarization"] else None
-            val = validation_terms(self.model, self.val_source, self.device, binarize_seed=seed)
+            val = validation_terms(self.model, self.val_source, self.device, binarize_seed=seed, group=self.group)
             record.update({f"validation_{k}": v for k, v in val.items()})
             self.loop.last_validation = val["elbo"]
         sigma = getattr(getattr(self.model, "likelihood", None), "sigma", None)
@@ -372,52 +565,98 @@ class _Trainer:
         state = self.state
         state.epoch, state.in_epoch, state.bad_in_a_row = epoch, None, current.bad_in_a_row
         state.metrics.append(record)
-        if self.run is not None:
+        improved = self._track_best(record)
+
+        def write() -> None:
+            if self.run is None:
+                return
             self.run.append_metrics(record)
             self.run.save_weights(self.model)
-        self._track_best(record)
+            # the best weights after the epoch's: a kill in between re-does the epoch after
+            # resume and writes the same file again, whereas the other order could lose them
+            if improved and self.settings["save_best"]:
+                self.run.save_weights(self.model, "best", epoch=record["epoch"], validation_elbo=state.best["value"])
+
+        distributed.together(write, self.group, main_only=True)
         return record
 
-    def _track_best(self, record: dict) -> None:
-        """Remember the best validation ELBO; with ``save_best`` keep its weights.
-
-        Written before the epoch's checkpoint: a kill in between re-does the epoch after resume
-        and writes the same file again, whereas the other order could lose the best weights."""
+    def _track_best(self, record: dict) -> bool:
+        """Remember the best validation ELBO; whether this epoch is it."""
         value = record.get("validation_elbo")
         if value is None or value != value:
-            return
+            return False
         state = self.state
         if state.best is None or value > state.best["value"]:
             state.best = {"metric": "validation_elbo", "value": value, "epoch": record["epoch"]}
             self.history.best = state.best
-            if self.run is not None and self.settings["save_best"]:
-                self.run.save_weights(self.model, "best", epoch=record["epoch"], validation_elbo=value)
+            return True
+        return False
 
     def finish(self, figures: bool) -> None:
-        """The quick evaluation (``evaluation.json``) and the figures of a run directory."""
+        """The quick evaluation (``evaluation.json``) and the figures of a run directory
+        (the evaluation shared by every rank, the writing and drawing rank 0's)."""
         from vaekit.evaluation import evaluate
 
         shown = self.val_source or self.source
-        x, labels = _evaluation_data(shown, self.settings["dynamic_binarization"], self.settings["seed"])
+        x, labels = _evaluation_data(shown, self.settings["dynamic_binarization"], self.settings["seed"],
+                                     whole=self.group is not None)
         name = "validation" if self.val_source is not None else "train"
         if len(x):
             result = evaluate(self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
                               importance_samples=FINAL_K, seed=self.settings["seed"])
-            self.run.write_evaluation({"split": name, **result})
-        if figures:
+            distributed.together(lambda: self.run and self.run.write_evaluation({"split": name, **result}),
+                                 self.group, main_only=True)
+        if figures and self.run is not None:
             from vaekit import plots
 
-            train_x, train_labels = _evaluation_data(self.source, False, self.settings["seed"], limit=20000)
+            train_x, train_labels = _evaluation_data(self.source, False, self.settings["seed"], limit=20000,
+                                                     whole=self.group is not None)
             plots.draw_all(self.run.path, self.model, train_x, train_labels, x, labels,
                            self.run.read_metrics())
 
 
-def _evaluation_data(source: Source, binarize: bool, seed: int, limit: int | None = None):
+class _ObjectiveStep(torch.nn.Module):
+    """The objective as a module's forward, for DistributedDataParallel (which prepares its
+    gradient all-reduce in forward, while objectives call ``encode``/``decode``). A rank
+    whose share of a minibatch is empty still takes part, with a zero loss over every
+    parameter."""
+
+    def __init__(self, model: torch.nn.Module, objective: Callable):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch | None):
+        if batch is None:
+            return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0, {}
+        return _call_objective(self.objective, self.model, batch)
+
+
+def _data_parallel(model, objective, device: torch.device):
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # find_unused_parameters: a custom objective may leave some parameters out of a step
+    return DistributedDataParallel(_ObjectiveStep(model, objective), device_ids=ids, find_unused_parameters=True)
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch - 1)  # the sampler's shuffle: a function of its seed and the epoch
+
+
+def _signal_of(sigint: float, sigterm: float) -> int:
+    return int(signal.SIGTERM) if sigterm else int(signal.SIGINT) if sigint else 0
+
+
+def _evaluation_data(source: Source, binarize: bool, seed: int, limit: int | None = None, whole: bool = False):
     """Tensors of ``source`` for the final evaluation and figures (a DataLoader or Dataset
     read once; at most ``limit`` examples); binarised once, from ``seed``, when training
-    binarised dynamically."""
+    binarised dynamically. ``whole``: a DataLoader's whole dataset, not the rank's shard."""
     from vaekit.sources import as_tensors
 
+    if whole and source.kind == "loader":
+        source = Source(source.loader.dataset, what=source.what)
     x, labels = as_tensors(source)
     if limit is not None and len(x) > limit:
         x, labels = x[:limit], None if labels is None else labels[:limit]
@@ -442,23 +681,43 @@ def _term(terms: dict, key: str, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_terms(model, source: Source, device: torch.device, batch_size: int = 1000,
-                     binarize_seed: int | None = None) -> dict[str, float]:
+                     binarize_seed: int | None = None, group: distributed.Group | None = None) -> dict[str, float]:
     """Per-example means of ELBO, reconstruction and KL over ``source`` (one draw per
     example, the KL in closed form where there is one; fp32, no gradients). With
-    ``binarize_seed`` the data are binarised by one fixed draw (binary data stay as they are)."""
+    ``binarize_seed`` the data are binarised by one fixed draw (binary data stay as they are).
+    With ``group`` each rank scores every ``world``-th batch and the sums are all-reduced
+    (the binarisation draws are the same; the reparameterisation draws are each rank's)."""
     was_training = model.training
     model.eval()
     draws = None if binarize_seed is None else torch.Generator().manual_seed(binarize_seed)
     totals, n = torch.zeros(len(TERMS), dtype=torch.float64), 0
-    for x, y in source.in_order(batch_size):
-        if draws is not None:
-            x = torch.bernoulli(x, generator=draws)
-        x = x.to(device)
-        terms = elbo_terms(model, x, 1, "auto", _labels(model, y, device))
-        totals += torch.stack([terms[k].double().sum() for k in TERMS]).cpu()
-        n += len(x)
+    if group is None:
+        for x, y in source.in_order(batch_size):
+            if draws is not None:
+                x = torch.bernoulli(x, generator=draws)
+            totals, n = _add_terms(model, x, y, device, totals, n)
+    else:
+        example = None
+        if draws is not None and source.kind != "loader":
+            x0, _ = source.first_batch(1)
+            example = (tuple(x0.shape[1:]), x0.dtype)
+        for x, y, size in source.part_in_order(batch_size, group.rank, group.world):
+            if draws is not None:
+                shape, dtype = ((size, *example[0]), example[1]) if example else (x.shape, x.dtype)
+                u = torch.rand(shape, generator=draws, dtype=dtype if dtype.is_floating_point else torch.float32)
+                x = None if x is None else (u < x).to(x.dtype)  # torch.bernoulli's draw, made on every rank
+            if x is not None:
+                totals, n = _add_terms(model, x, y, device, totals, n)
+        summed = distributed.all_sum(torch.cat([totals, torch.tensor([float(n)], dtype=torch.float64)]), group)
+        totals, n = summed[: len(TERMS)], float(summed[-1])
     model.train(was_training)
     return dict(zip(TERMS, (totals / n).tolist(), strict=True))
+
+
+def _add_terms(model, x, y, device, totals, n):
+    x = x.to(device)
+    terms = elbo_terms(model, x, 1, "auto", _labels(model, y, device))
+    return totals + torch.stack([terms[k].double().sum() for k in TERMS]).cpu(), n + len(x)
 
 
 class NonFiniteTraining(VaekitError):
@@ -490,11 +749,16 @@ def _bad_steps_message(count: int, model, optimizer) -> str:
 
 
 class _Checkpoints:
-    """When to write checkpoints, and writing them (nothing without a run directory)."""
+    """When to write checkpoints, and writing them (nothing without a run directory). Under
+    torch.distributed every rank takes part (each sends its generator state) and rank 0
+    writes."""
 
-    def __init__(self, run: RunDirectory | None, model, optimizer, state: TrainState, settings: dict):
+    def __init__(self, run: RunDirectory | None, model, optimizer, state: TrainState, settings: dict,
+                 group: distributed.Group | None = None, where: Path | None = None, world: dict | None = None):
         self.run, self.model, self.optimizer = run, model, optimizer
         self.state, self.settings = state, settings
+        self.group, self.world = group, world
+        self.enabled = run is not None or where is not None
         self.config = None
         if run is not None and run.has_config():
             self.config = run.read_config()
@@ -510,6 +774,7 @@ class _Checkpoints:
         return before + time.perf_counter() - self.started
 
     def time_due(self) -> bool:
+        """Rank 0's clock (the others learn it from the step's all-reduce)."""
         minutes = self.settings["checkpoint_minutes"]
         return self.run is not None and minutes > 0 and time.monotonic() - self.last >= 60 * minutes
 
@@ -518,19 +783,43 @@ class _Checkpoints:
         return every > 0 and (epoch % every == 0 or last)
 
     def save(self) -> None:
-        if self.run is None:
+        if not self.enabled:
             return
         current = self.state.in_epoch
         if current is not None:
             current.seconds, self.started = self.epoch_seconds(), time.perf_counter()
-        try:
-            checkpoint.save(self.run, self.model, self.optimizer, self.state, self.settings, self.config)
-        except WriteError as err:
-            hint = f"Once that is fixed, continue with: vaekit train --resume {self.run.path}"
-            if self.run.checkpoint_path.is_file():
-                raise WriteError(f"{err}. {hint}") from None
-            raise
+        ranks = None if self.group is None else self._rank_states()
+
+        def write() -> None:
+            if self.run is None:
+                return
+            try:
+                checkpoint.save(self.run, self.model, self.optimizer, self.state, self.settings, self.config,
+                                ranks, None if self.group is None else self.world)
+            except WriteError as err:
+                hint = f"Once that is fixed, continue with: vaekit train --resume {self.run.path}"
+                if self.run.checkpoint_path.is_file():
+                    raise WriteError(f"{err}. {hint}") from None
+                raise
+
+        distributed.together(write, self.group, main_only=True)
         self.last = time.monotonic()
+
+    def _rank_states(self) -> dict[str, torch.Tensor]:
+        """Every rank's reparameterisation generator (rank 0's is the checkpoint's own
+        ``rng.torch``), sent as safetensors bytes."""
+        from vaekit.rundir import decode_tensors, encode_tensors
+
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        mine = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(device)
+        states = {}
+        for rank, data in enumerate(distributed.exchange(encode_tensors(mine), self.group)):
+            if rank:
+                tensors, _ = decode_tensors(data, Path(f"rank {rank}"), "a generator state")
+                states.update({f"rng.rank{rank}.{k}": v for k, v in tensors.items()})
+        return states
 
     def kept(self) -> str:
         if self.run is None:
@@ -543,7 +832,8 @@ class _Checkpoints:
 class _StopOnSignal:
     """With a run directory, SIGINT and SIGTERM ask the loop to finish its step, checkpoint
     and stop; a second signal stops at once (the last complete checkpoint is still there).
-    The previous handlers are restored on the way out."""
+    The previous handlers are restored on the way out. Under torch.distributed the ranks
+    agree on the signal after each step (any rank's counts), so they stop together."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -568,15 +858,16 @@ class _StopOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def check(self, state: TrainState, run: RunDirectory | None, saved: bool) -> None:
-        if self.signum is None:
+    def check(self, state: TrainState, run_path: Path | None, saved: bool, signum: int) -> None:
+        """Stop (raise :class:`Interrupted`) when ``signum``, the agreed signal, is set."""
+        if not signum:
             return
-        name = signal.Signals(self.signum).name
+        name = signal.Signals(signum).name
         where = state.where() if saved else f"epoch {state.epoch} (a DataLoader's epoch restarts)"
         raise Interrupted(
-            f"stopped by {name}; the checkpoint holds {where}. Resume with: vaekit train --resume {run.path} "
+            f"stopped by {name}; the checkpoint holds {where}. Resume with: vaekit train --resume {run_path} "
             "(or fit(..., resume=True))",
-            self.signum,
+            signum,
         )
 
 
