@@ -151,6 +151,8 @@ class SharedError(VaekitError):
     """An error raised on every rank because one rank failed (``rank``: where it happened).
     The CLI prints it on rank 0 only."""
 
+    shared = True
+
     def __init__(self, message: str, rank: int, exit_code: int = 2):
         super().__init__(message)
         self.rank, self.exit_code = rank, exit_code

@@ -27,6 +27,7 @@ step. Rank 0 alone touches the run directory.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import signal
 import sys
@@ -358,7 +359,7 @@ class _Trainer:
         self.loop = Loop(model, optimizer, self.epochs, source.steps(self.batch_size), self.history, run)
         self.loop.rank, self.loop.world_size = (0, 1) if group is None else (group.rank, group.world)
         self.saver = _Checkpoints(run, model, optimizer, state, settings, group, where, world)
-        self.parallel = None if group is None else _data_parallel(model, objective, device)
+        self.parallel = None if group is None else _data_parallel(model, objective, source, self.batch_size, device)
         self.example = None  # shape and dtype of one example, for binarisation draws of a rank with none
         if group is not None and settings["dynamic_binarization"] and source.kind != "loader":
             x0, _ = source.first_batch(1)
@@ -371,13 +372,18 @@ class _Trainer:
             if self.group is None or not distributed.lost_peer(err):
                 raise
             raise VaekitError(self._lost(err)) from None
+        finally:
+            # DDP's communication threads go now, not after the process group is destroyed
+            # (the traceback of an interruption would keep them alive until then: a C++ abort)
+            self.parallel = None
 
     def _lost(self, err: BaseException) -> str:
         """What rank 0 (or any survivor) says when a collective fails because a rank is gone."""
         kept = self.saver.kept() if self.run is not None else ""
         return (
             f"training stopped: another of the {self.group.world} processes of this job is gone "
-            f"({distributed.reason(err)}); this one had reached {self.state.where()}. {kept} "
+            f"({distributed.reason(err)}); this one had reached {self.state.where()}. {kept}"
+            f"{'' if self.saver.holds is None else f' It holds {self.saver.holds}.'} "
             f"Continue with: vaekit train --resume {self.where} (under torchrun with any number of "
             "processes, or as one process)"
         ).replace("  ", " ")
@@ -631,12 +637,35 @@ class _ObjectiveStep(torch.nn.Module):
         return _call_objective(self.objective, self.model, batch)
 
 
-def _data_parallel(model, objective, device: torch.device):
+def _data_parallel(model, objective, source: Source, batch_size: int, device: torch.device):
+    """The model and objective under DistributedDataParallel (which also makes every rank
+    start from rank 0's weights). Buffers are not broadcast at every step: vaekit's are
+    constants, and a user's BatchNorm statistics stay each rank's own (rank 0's are saved)."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # find_unused_parameters: a custom objective may leave some parameters out of a step
-    return DistributedDataParallel(_ObjectiveStep(model, objective), device_ids=ids, find_unused_parameters=True)
+    # torch 2.13 renamed the switch (and syncs buffers once at the start, which is wanted)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    buffers = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+    return DistributedDataParallel(_ObjectiveStep(model, objective), device_ids=ids, **buffers,
+                                   find_unused_parameters=_leaves_parameters_out(model, objective, source,
+                                                                                 batch_size, device))
+
+
+def _leaves_parameters_out(model, objective, source: Source, batch_size: int, device: torch.device) -> bool:
+    """Whether the objective leaves some trainable parameter without a gradient, tried on a
+    few examples (no draws leak out, buffers are put back). DDP then has to search the graph
+    for them at every step; otherwise it is told not to, which costs nothing."""
+    x, y = source.first_batch(min(batch_size, 8))
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    with forked_rng(device):
+        loss, _ = _call_objective(objective, model, Batch(x[:8].to(device), _labels(model, y, device, 8), 0.0))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers, strict=True):
+            b.copy_(saved)
+    return any(g is None for g in grads)
 
 
 def _set_epoch(loader, epoch: int) -> None:
@@ -759,6 +788,7 @@ class _Checkpoints:
         self.state, self.settings = state, settings
         self.group, self.world = group, world
         self.enabled = run is not None or where is not None
+        self.holds = None if state.epoch == 0 and state.in_epoch is None else state.where()  # the last checkpoint's
         self.config = None
         if run is not None and run.has_config():
             self.config = run.read_config()
@@ -803,7 +833,7 @@ class _Checkpoints:
                 raise
 
         distributed.together(write, self.group, main_only=True)
-        self.last = time.monotonic()
+        self.last, self.holds = time.monotonic(), self.state.where()
 
     def _rank_states(self) -> dict[str, torch.Tensor]:
         """Every rank's reparameterisation generator (rank 0's is the checkpoint's own

@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume")
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume", "dist_backend")
+DistBackend = Annotated[str, Opt(help="Under torchrun: the torch.distributed backend, auto (NCCL for GPUs, gloo for the CPU) | gloo | nccl.")]
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
 
@@ -79,13 +80,26 @@ def train(
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
     resume: Annotated[Path | None, Opt(help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
+    dist_backend: DistBackend = "auto",
 ) -> None:
-    """Train a VAE (or AE) and write a run directory with weights, metrics and figures."""
+    """Train a VAE (or AE) and write a run directory with weights, metrics and figures.
+    Under torchrun, data parallel: --batch-size is the global minibatch, split across the
+    processes; rank 0 alone writes the run directory (docs/distributed.md)."""
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
+    from vaekit.app.launch import process_group
+
+    with process_group(dist_backend):
+        _train(flags, out, config, overwrite, figures, quiet, resume)
+
+
+def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, figures: bool, quiet: bool,
+           resume: Path | None) -> None:
     from vaekit.app.config import Config, read_config_file
+    from vaekit.app.launch import rank
     from vaekit.app.runs import train as run_training
     from vaekit.app.threads import tune_allocator
 
+    quiet = quiet or rank() != 0
     tune_allocator()  # a CLI process keeps freed memory for reuse (vaekit.app.threads)
     if resume is not None:
         from vaekit.app.runs import resume as resume_training
@@ -133,14 +147,31 @@ def evaluate(
     samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
     threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    dist_backend: DistBackend = "auto",
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
-    and mutual information; per-example means in nats, each with its Monte-Carlo standard error."""
+    and mutual information; per-example means in nats, each with its Monte-Carlo standard error.
+    Under torchrun the batches are shared out and the results gathered exactly: the numbers
+    are one process's (docs/distributed.md)."""
+    args = {k: v for k, v in locals().items() if k != "dist_backend"}
+    from vaekit.app.launch import process_group
+
+    with process_group(dist_backend):
+        _evaluate(**args)
+
+
+def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed, per_example, gap_decomposition,
+              local_steps, curve, save, quiet, as_json, binarize, data_dir, mirror, samples, threads, device) -> None:
+    from vaekit.app.launch import rank
     from vaekit.app.threads import ThreadPolicy, tune_allocator
-    from vaekit.devices import forked_rng, model_device
-    from vaekit.evaluation import check_samples, format_table, summarise, write_per_example
+    from vaekit.devices import forked_rng, model_device, resolve_device
+    from vaekit.distributed import local_device
+    from vaekit.evaluation import check_samples, format_table, share, summarise, write_per_example
     from vaekit.evaluation import per_example as score_examples
 
+    main = rank() == 0
+    quiet = quiet or not main
+    device = str(local_device(resolve_device(device)))
     overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
     model, config, dataset, split = _model_and_data(run_dir, data, split, overrides, device)
     _positive("--batch-size", batch_size)
@@ -156,7 +187,7 @@ def evaluate(
     tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
     policy = ThreadPolicy(threads, quiet=quiet or as_json)
     labels = _labels(model, dataset)
-    total = len(dataset) * (2 if gap_decomposition else 1)
+    total = share(len(dataset), batch_size, k) * (2 if gap_decomposition else 1)
     with forked_rng(model_device(model), seed), _progress(quiet, f"evaluating (K = {k})", total) as advance:
         scores = score_examples(
             model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
@@ -166,6 +197,8 @@ def evaluate(
         result = {"split": split, "seed": seed, **summarise(
             model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             labels=labels)}
+    if not main:
+        return  # rank 0 writes and prints
     notes = []
     if per_example is not None:
         write_per_example(scores, per_example, dataset.labels)
@@ -482,22 +515,67 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="vaekit")
     except SystemExit as done:  # typer's normal way out, including usage errors
+        interruption = _interruption(done)
+        if interruption is not None:  # typer turns Ctrl-C (and torchrun's SIGTERM) into exit 130
+            from vaekit.app.launch import settle
+
+            settle()
+            return _report(interruption)
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except Interrupted as err:
-        print(str(err), file=sys.stderr)
-        return err.exit_code
-    except VaekitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # the machine's problem, not a bug: one line, no traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
+    except BaseException as err:
+        from vaekit.app.launch import settle
+
+        settle()
+        return _report(err)
     return 0
+
+
+def _interruption(done: SystemExit) -> KeyboardInterrupt | None:
+    """The interruption behind typer's exit, if that is what it was."""
+    err: BaseException | None = done
+    for _ in range(4):
+        err = err.__cause__ or err.__context__
+        if err is None or isinstance(err, KeyboardInterrupt):
+            return err
+    return None
+
+
+def _report(err: BaseException) -> int:
+    """Print what ended the command (one line); return the exit status."""
+    if isinstance(err, KeyboardInterrupt) and isinstance(err.__context__, VaekitError):
+        err = err.__context__  # a termination request cut short the report of an error: report it
+    if isinstance(err, Interrupted):
+        _say(str(err), err)
+        return err.exit_code
+    if isinstance(err, VaekitError):
+        _say(f"error: {err}", err)
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        _say(str(err) or "interrupted")
+        return getattr(err, "exit_code", 130)
+    if isinstance(err, OSError):  # the machine's problem, not a bug: one line, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        _say(f"error: {where}{err.strerror or err}")
+        return 2
+    from vaekit.distributed import lost_peer, reason
+
+    if isinstance(err, RuntimeError) and lost_peer(err):
+        _say(f"error: another process of this torchrun job is gone ({reason(err)})")
+        return 2
+    raise err
+
+
+def _say(message: str, err: BaseException | None = None) -> None:
+    """Print on stderr: rank 0 everything, another rank only what is its own (an error every
+    rank raised alike, or an interruption, is rank 0's to report)."""
+    from vaekit.app.launch import rank
+
+    here = rank()
+    if here == 0:
+        print(message, file=sys.stderr)
+    elif not (getattr(err, "shared", False) or isinstance(err, Interrupted)):
+        print(f"[rank {here}] {message}", file=sys.stderr)
 
 
 def entry() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vaekit import checkpoint, likelihoods, nets, objectives
+from vaekit import checkpoint, distributed, likelihoods, nets, objectives
 from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
@@ -48,13 +48,18 @@ def train(
         config = with_classes(config, train_set.labels)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
-        run = RunDirectory(out).prepare(overwrite)
-        try:
-            run.write_config(config.to_dict())
-            write_run_data(run.path, config, splits)
-        except VaekitError:
-            run.discard()  # no half-written run left to mistake for a real one
-            raise
+        run = RunDirectory(out)
+
+        def prepare() -> None:  # rank 0's alone under torchrun
+            run.prepare(overwrite)
+            try:
+                run.write_config(config.to_dict())
+                write_run_data(run.path, config, splits)
+            except VaekitError:
+                run.discard()  # no half-written run left to mistake for a real one
+                raise
+
+        distributed.together(prepare, distributed.current(), main_only=True)
         _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
     return run.path
 
@@ -72,12 +77,21 @@ def resume(
     from vaekit.app.data import run_splits
 
     run = RunDirectory(run_dir)
-    ckpt = checkpoint.load(run.path)
-    config = resume_config(ckpt, load_config(run.path), changes or {})
-    if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
-        raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
-    done = ckpt.meta["epoch"]
-    if ckpt.meta["in_epoch"] is not None:
+    group = distributed.current()
+
+    def read() -> dict[str, Any]:  # rank 0 reads the run directory; the others get what it says
+        ckpt = checkpoint.load(run.path)
+        config = resume_config(ckpt, load_config(run.path), changes or {})
+        if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
+            raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
+        return {"config": config.to_dict(), "event_shape": list(ckpt.event_shape), "epoch": ckpt.meta["epoch"],
+                "in_epoch": ckpt.meta["in_epoch"], "checkpoint": str(ckpt.path)}
+
+    stored = distributed.broadcast_json(distributed.together(read, group, main_only=True), group)
+    config = Config.from_dict(stored["config"], f"{run.path}'s config")
+    event_shape = tuple(stored["event_shape"])
+    done = stored["epoch"]
+    if stored["in_epoch"] is not None:
         done, what = done + 1, f"is part-way through epoch {done + 1}"
     else:
         what = f"has already trained {done} epochs"
@@ -87,21 +101,26 @@ def resume(
     with ThreadPolicy(config.threads, quiet=True) as policy:
         splits = run_splits(config, quiet=quiet)
         check_data(splits["train"], config, quiet=True)
-        if splits["train"].event_shape != ckpt.event_shape:
-            raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
-        model = build_model(config, ckpt.event_shape)
-        previous = run.file(CONFIG).read_bytes()
-        run.write_config(config.to_dict())  # before fit: its checkpoints store the run's config
-        step = ckpt.meta["in_epoch"]
+        if splits["train"].event_shape != event_shape:
+            raise VaekitError(f"{stored['checkpoint']}: event shape {list(event_shape)} does not match the data")
+        model = build_model(config, event_shape)
+        previous: list[bytes] = []
+
+        def write_config() -> None:  # before fit: its checkpoints store the run's config
+            previous.append(run.file(CONFIG).read_bytes())
+            run.write_config(config.to_dict())
+
+        distributed.together(write_config, group, main_only=True)
+        step = stored["in_epoch"]
         where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
         started = _Started(None if quiet else f"resuming {run.path} after {where} of {config.epochs} epochs")
         try:
             _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
                  callbacks=[started])
         except BaseException:
-            if not started.started:  # fit refused the checkpoint (data, tensors): leave the run as it was
+            if not started.started and previous:  # fit refused the checkpoint: leave the run as it was
                 with contextlib.suppress(VaekitError):
-                    atomic_write(run.file(CONFIG), previous)
+                    atomic_write(run.file(CONFIG), previous[0])
             raise
     return run.path
 
