@@ -32,7 +32,7 @@ RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit
 @app.command()
 def train(
     data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")] = None,
-    out: Annotated[Path | None, Opt("--out", "-o", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
+    out: Annotated[str | None, Opt("--out", "-o", metavar="PATH", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
     binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
@@ -79,7 +79,7 @@ def train(
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
-    resume: Annotated[Path | None, Opt(help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
+    resume: Annotated[str | None, Opt(metavar="PATH", help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
     dist_backend: DistBackend = "auto",
 ) -> None:
     """Train a VAE (or AE) and write a run directory with weights, metrics and figures.
@@ -88,8 +88,11 @@ def train(
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     from vaekit.app.launch import process_group
 
+    # the run directories are strings, not typer Paths: typer stats a Path while parsing, and
+    # under torchrun only rank 0 may touch the run directory
     with process_group(dist_backend):
-        _train(flags, out, config, overwrite, figures, quiet, resume)
+        _train(flags, None if out is None else Path(out), config, overwrite, figures, quiet,
+               None if resume is None else Path(resume))
 
 
 def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, figures: bool, quiet: bool,

@@ -1,0 +1,216 @@
+"""Data-parallel training and evaluation under torchrun: 2 processes, gloo, on the CPU.
+
+Every test starts ``torchrun --standalone`` (a free port each time) on tiny models on the
+digits. The equivalence runs train the deterministic autoencoder (``--model ae``): its
+steps draw nothing but the dynamic binarisation, which vaekit draws per example whatever
+the rank, so 2 ranks with a global minibatch B must take the steps 1 process takes with B.
+(A VAE's reparameterisation draws are each rank's own: equal only in distribution.)
+
+Tolerance, measured on this machine (max |Δw| between the 2-rank and the 1-process run):
+6e-8 after 34 steps, 1.8e-7 after 440, 5.4e-7 after 1760 (weights up to 1.5 in size). The
+two runs add the same float32 numbers in a different order (each rank sums its share, DDP
+adds the two sums), so each step differs by about one rounding (6e-8 relative) and the
+differences grow slowly. The tests allow 1e-6 up to 100 steps and 1e-5 beyond.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SRC, run_cli
+
+DRIVER = Path(__file__).resolve().parent / "ddp_driver.py"
+AE = ["--data", "digits", "--model", "ae", "--hidden", "16", "--latent-dim", "2", "--binarize", "dynamic",
+      "--seed", "0", "--no-figures", "-q"]
+TIMEOUT = 240
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", **extra)
+
+
+def _torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+
+
+def _audited(run: Path, log: Path, *cli: str) -> subprocess.CompletedProcess:
+    """`vaekit CLI...` in 2 ranks, each recording its accesses to ``run`` in ``log``.<rank>."""
+    env = _env(VAEKIT_AUDIT_WATCH=str(run), VAEKIT_AUDIT_LOG=str(log))
+    return subprocess.run(_torchrun(str(DRIVER), *cli), env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def _accesses(log: Path) -> dict[int, list]:
+    return {rank: json.loads(Path(f"{log}.{rank}").read_text()) for rank in (0, 1)}
+
+
+def _train_in_process(out: Path, epochs: int, batch_size: int) -> None:
+    from vaekit.app.cli import main
+
+    assert main(["train", *AE, "--epochs", str(epochs), "--batch-size", str(batch_size), "--out", str(out)]) == 0
+
+
+def _max_weight_difference(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_take_the_steps_one_process_takes_and_only_rank_0_touches_the_run(tmp_path):
+    """B = 101 on the 1617 training digits: 51 + 50 examples per step, and a last minibatch of
+    one example, so rank 1's share of it is empty (it joins with a zero loss)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train_in_process(one, epochs=2, batch_size=101)
+    done = _audited(two, tmp_path / "audit", "train", *AE, "--epochs", "2", "--batch-size", "101", "--out", str(two))
+    assert done.returncode == 0, done.stderr
+    assert _max_weight_difference(one, two) < 1e-6  # 34 steps
+    for a, b in zip(_metrics(one), _metrics(two), strict=True):
+        assert a["train_reconstruction"] == pytest.approx(b["train_reconstruction"], rel=1e-6)
+        assert a["validation_reconstruction"] == pytest.approx(b["validation_reconstruction"], rel=1e-6)
+        assert a["train_skipped_steps"] == b["train_skipped_steps"] == 0
+    info = json.loads((two / "run.json").read_text())
+    assert (info["world_size"], info["backend"]) == (2, "gloo")
+    evaluation = json.loads((two / "evaluation.json").read_text())
+    assert evaluation["n"] == 180 and evaluation["split"] == "validation"
+    seen = _accesses(tmp_path / "audit")
+    assert seen[1] == [], seen[1][:5]  # rank 1 never touched the run directory, not even to look
+    written = {Path(path).name for event, path in seen[0] if event == "os.rename"}
+    assert {"config.json", "run.json", "checkpoint.safetensors", "model.safetensors", "evaluation.json"} <= written
+
+
+def test_resume_at_another_world_size_1_2_1(tmp_path):
+    """One process trains epoch 1, two ranks epoch 2 (rank 0 alone reading the checkpoint),
+    one process epoch 3: the same weights as 3 epochs in one process, within float error,
+    and the run record lists each stretch's world size."""
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    _train_in_process(whole, epochs=3, batch_size=37)
+    _train_in_process(run, epochs=1, batch_size=37)
+    done = _audited(run, tmp_path / "audit", "train", "--resume", str(run), "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    seen = _accesses(tmp_path / "audit")
+    assert seen[1] == [], seen[1][:5]
+    assert any(Path(path).name == "checkpoint.safetensors" and event == "open" for event, path in seen[0])
+    from vaekit.app.cli import main
+
+    assert main(["train", "--resume", str(run), "--epochs", "3", "-q", "--no-figures"]) == 0
+    assert _max_weight_difference(whole, run) < 1e-5  # 132 steps
+    assert _metrics(whole)[0] == {**_metrics(run)[0], "seconds": _metrics(whole)[0]["seconds"]}  # epoch 1: bit for bit
+    info = json.loads((run / "run.json").read_text())
+    assert [(s["epoch"], s["world_size"], s["backend"]) for s in info["trained_with"]] == [
+        (0, 1, None), (1, 2, "gloo"), (2, 1, None)]
+
+
+def _worker_pids(marker: str) -> dict[int, int]:
+    """rank -> pid of the workers whose environment carries ``marker``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = dict(line.split("=", 1) for line in (entry / "environ").read_text().split("\0") if "=" in line)
+        except OSError:
+            continue
+        if env.get("VAEKIT_TEST_JOB") == marker and "RANK" in env and "TORCHELASTIC_RUN_ID" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def _start_long_run(out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    marker = uuid.uuid4().hex
+    process = subprocess.Popen(
+        _torchrun("-m", "vaekit", "train", *AE, "--epochs", "400", "--batch-size", "37", "--out", str(out), *extra),
+        env=_env(VAEKIT_TEST_JOB=marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not (out / "checkpoint.safetensors").exists():  # training is under way in both ranks
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return process, marker
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_message_and_a_checkpoint_to_resume(tmp_path):
+    out = tmp_path / "run"
+    process, marker = _start_long_run(out, "--checkpoint-minutes", "0.002")  # checkpoints inside epochs too
+    ranks = _worker_pids(marker)
+    assert sorted(ranks) == [0, 1]
+    killed = time.monotonic()
+    os.kill(ranks[1], signal.SIGKILL)
+    _, err = process.communicate(timeout=60)  # bounded: no hang
+    ended = time.monotonic() - killed
+    assert process.returncode != 0
+    assert "another of the 2 processes of this job is gone" in err or "torchrun stops every process" in err, err
+    assert f"vaekit train --resume {out}" in err or "stopped by SIGTERM" in err
+    assert ended < 60
+    from vaekit import checkpoint
+    from vaekit.app.cli import main
+
+    ckpt = checkpoint.load(out)  # complete and checked
+    done = ckpt.meta["epoch"] + (ckpt.meta["in_epoch"] is not None)
+    assert main(["train", "--resume", str(out), "--epochs", str(done + 1), "-q", "--no-figures"]) == 0
+    assert len(_metrics(out)) == done + 1
+
+
+def test_sigterm_to_torchrun_checkpoints_and_stops_like_one_process(tmp_path):
+    """torchrun passes SIGTERM to every rank; they agree on the step to stop after, rank 0
+    writes the checkpoint (every rank's generator in it) and says where it is."""
+    out = tmp_path / "run"
+    process, _ = _start_long_run(out)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert "stopped by SIGTERM; the checkpoint holds epoch" in err, err
+    assert err.count("stopped by SIGTERM; the checkpoint holds") == 1  # rank 0 alone says so
+    from vaekit import checkpoint
+
+    ckpt = checkpoint.load(out)
+    where = f"epoch {ckpt.meta['epoch']}" if ckpt.meta["in_epoch"] is None else \
+        f"epoch {ckpt.meta['epoch'] + 1}, step {ckpt.meta['in_epoch']['step']}"
+    assert f"the checkpoint holds {where}." in err
+    assert ckpt.meta["distributed"] == {"world_size": 2, "backend": "gloo"}
+    assert "rng.rank1.torch" in ckpt.tensors and not torch.equal(ckpt.tensors["rng.rank1.torch"],
+                                                                  ckpt.tensors["rng.torch"])
+
+
+def test_distributed_evaluation_equals_one_process(tiny_run, tmp_path):
+    """180 validation digits in batches of 50 (ranks 0 and 1 take two each): every figure, and
+    every example's scores, are those of one process (each batch draws from its own stream)."""
+    args = ["evaluate", str(tiny_run), "--importance-samples", "64", "--batch-size", "50", "--no-save",
+            "--json", "-q", "--gap-decomposition", "--local-steps", "5"]
+    one = run_cli(*args, "--per-example", str(tmp_path / "one.csv"))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(_torchrun("-m", "vaekit", *args, "--per-example", str(tmp_path / "two.csv")),
+                         env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert two.returncode == 0, two.stderr
+    printed = [line for line in two.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1  # rank 0 alone prints
+    a, b = json.loads(one.stdout), json.loads(printed[0])
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-12), key
+        else:
+            assert a[key] == b[key], key
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+
+
+def test_dist_backend_outside_torchrun_and_unknown_backends_are_refused(capsys, tmp_path):
+    from vaekit.app.cli import main
+
+    assert main(["train", "--data", "digits", "--dist-backend", "nccl", "--out", str(tmp_path / "r")]) == 2
+    assert "--dist-backend applies under torchrun" in capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--dist-backend", "mpi", "--out", str(tmp_path / "r")]) == 2
+    assert "--dist-backend must be one of auto, gloo, nccl" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
