@@ -33,6 +33,8 @@ from conftest import SRC, run_cli
 DRIVER = Path(__file__).resolve().parent / "ddp_driver.py"
 AE = ["--data", "digits", "--model", "ae", "--hidden", "16", "--latent-dim", "2", "--binarize", "dynamic",
       "--seed", "0", "--no-figures", "-q"]
+VAE = ["--data", "digits", "--hidden", "16", "--latent-dim", "2", "--binarize", "dynamic", "--seed", "0",
+       "--no-figures", "-q"]
 TIMEOUT = 240
 
 
@@ -129,10 +131,10 @@ def _worker_pids(marker: str) -> dict[int, int]:
     return found
 
 
-def _start_long_run(out: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+def _start_long_run(out: Path, *extra: str, model: list[str] = AE) -> tuple[subprocess.Popen, str]:
     marker = uuid.uuid4().hex
     process = subprocess.Popen(
-        _torchrun("-m", "vaekit", "train", *AE, "--epochs", "400", "--batch-size", "37", "--out", str(out), *extra),
+        _torchrun("-m", "vaekit", "train", *model, "--epochs", "400", "--batch-size", "37", "--out", str(out), *extra),
         env=_env(VAEKIT_TEST_JOB=marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIMEOUT
     while not (out / "checkpoint.safetensors").exists():  # training is under way in both ranks
@@ -164,11 +166,13 @@ def test_a_killed_rank_ends_the_job_with_a_clear_message_and_a_checkpoint_to_res
     assert len(_metrics(out)) == done + 1
 
 
-def test_sigterm_to_torchrun_checkpoints_and_stops_like_one_process(tmp_path):
+def test_sigterm_to_torchrun_checkpoints_and_stops_like_one_process_and_resumes_exactly(tmp_path):
     """torchrun passes SIGTERM to every rank; they agree on the step to stop after, rank 0
-    writes the checkpoint (every rank's generator in it) and says where it is."""
-    out = tmp_path / "run"
-    process, _ = _start_long_run(out)
+    writes the checkpoint (every rank's generator in it) and says where it is. A VAE (rank
+    1 draws its own reparameterisation noise) resumed with 2 ranks ends bit for bit where
+    the uninterrupted 2-rank run does."""
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    process, _ = _start_long_run(out, model=VAE)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert "stopped by SIGTERM; the checkpoint holds epoch" in err, err
@@ -182,6 +186,14 @@ def test_sigterm_to_torchrun_checkpoints_and_stops_like_one_process(tmp_path):
     assert ckpt.meta["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert "rng.rank1.torch" in ckpt.tensors and not torch.equal(ckpt.tensors["rng.rank1.torch"],
                                                                   ckpt.tensors["rng.torch"])
+    epochs = str(ckpt.meta["epoch"] + 1)
+    for command in (["--resume", str(out), "--epochs", epochs],
+                    [*VAE, "--batch-size", "37", "--epochs", epochs, "--out", str(whole)]):
+        done = subprocess.run(_torchrun("-m", "vaekit", "train", *command), env=_env(), capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        assert done.returncode == 0, done.stderr
+    a, b = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_distributed_evaluation_equals_one_process(tiny_run, tmp_path):
@@ -214,3 +226,29 @@ def test_dist_backend_outside_torchrun_and_unknown_backends_are_refused(capsys, 
     assert main(["train", "--data", "digits", "--dist-backend", "mpi", "--out", str(tmp_path / "r")]) == 2
     assert "--dist-backend must be one of auto, gloo, nccl" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_fit_in_a_script_of_ones_own_on_tensors_datasets_and_lazily_read_arrays(tmp_path):
+    """``vaekit.fit`` under a process group the script set up: the same steps as one process
+    for a tensor, a Dataset and an array read on demand, each rank reading only its rows; a
+    DataLoader must shard (DistributedSampler) and is refused otherwise, on every rank."""
+    import ddp_library as script
+
+    done = subprocess.run(_torchrun(str(Path(script.__file__)), str(tmp_path)), env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    expected = script.train(script.data())  # one process, the tensor
+    for kind in ("tensor", "dataset", "lazy"):
+        got = load_file(tmp_path / f"{kind}.safetensors")
+        assert max(float((got[k] - expected[k]).abs().max()) for k in expected) < 1e-6, kind  # 18 steps
+    probes = 8 + 1  # a few first rows, read by every rank before training (unused parameters, example shape)
+    reads = {rank: json.loads((tmp_path / f"rows.{rank}").read_text())[probes:] for rank in (0, 1)}
+    from collections import Counter
+
+    assert Counter(reads[0] + reads[1]) == {row: script.EPOCHS for row in range(script.N)}
+    shares = [sum(len(range(rank, min(script.BATCH, script.N - s), 2)) for s in range(0, script.N, script.BATCH))
+              for rank in (0, 1)]
+    assert [len(reads[0]), len(reads[1])] == [script.EPOCHS * share for share in shares]
+    loader = json.loads((tmp_path / "loader.json").read_text())
+    assert "a DataLoader must shard its data" in loader["refused"]
+    assert -80 < loader["elbo"] < 0

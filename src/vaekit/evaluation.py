@@ -39,6 +39,13 @@ its own draws, as follows.
 * Mutual information: the sample standard deviation of its per-draw terms / √n.
 
 ``tests/test_evaluate.py`` checks these against the scatter of repeated runs with other seeds.
+
+Random streams and processes: each batch of examples draws from a stream of its own (the
+first from the generator as the caller left it, batch b from one seeded by that state and
+b), so an example's scores do not depend on which process scores its batch. Under an
+initialised ``torch.distributed`` process group (``torchrun``) the batches are shared out,
+batch b to rank b mod W, and the per-example scores gathered on every rank exactly: the
+summaries are then the numbers one process computes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -138,8 +145,11 @@ def per_example(
     ``reconstruction``, log p(x | z = f(x)), exists. ``on_progress`` is called after every
     chunk with the work done in examples (fractions of a batch; a gap decomposition scores
     every example twice). Draws use torch's global generator: seed it (:func:`evaluate` does,
-    in a forked generator state). ``labels``: every row's class, for a conditional model (its
-    numbers are then log p(x | y)). Batches go to the model's device; results are on the CPU.
+    in a forked generator state); each batch reseeds it from its entry state and its index,
+    and it is left seeded from that state and the number of batches. Under torch.distributed
+    this process scores its share of the batches and returns every row. ``labels``: every
+    row's class, for a conditional model (its numbers are then log p(x | y)). Batches go to
+    the model's device; results are on the CPU.
     """
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     if batch_size < 1:

@@ -74,8 +74,12 @@ def process_group(backend: str | None = "auto") -> Iterator[None]:
         raise VaekitError(f"could not join the torchrun job's process group ({reason(err)})") from None
     try:
         yield
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: another rank may be gone
+        raise
+    # every rank done with every collective before any closes its connections
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 class Terminated(KeyboardInterrupt):
