@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under torchrun: ``vaekit.fit`` in a script that sets up
 its own process group, on a tensor, a Dataset and a lazily read array of the same 300
 digits; rank 0 saves each model's weights in OUT, every rank counts the rows its lazy
-array read (OUT/rows.<rank>), and the DataLoader rules are tried.
+array read (OUT/rows.<rank>; OUT/scan.<rank> for the app's check of such data), and the
+DataLoader rules are tried.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_library.py OUT
 """
@@ -19,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import vaekit
 from vaekit.app.config import Config
-from vaekit.app.data.lazy import LazyArray, memmap_reader
+from vaekit.app.data import lazy
+from vaekit.app.data.lazy import LazyArray, memmap_reader, scan
 from vaekit.app.runs import build_model
 from vaekit.errors import VaekitError
 
@@ -54,9 +56,14 @@ def main(out: Path) -> None:
         rows.extend(int(p) for p in positions)
         return read(positions)
 
+    lazy.SCAN_ROWS_BYTES = 50 * 64 * 4  # chunks of 50 rows: 6 to share out
+    scanned = LazyArray(counted, N, (64,))
+    scan(scanned, "digits", quiet=True)  # the app's check of data read on demand: shared out too
+    checked, rows[:] = {"rows": list(rows), "range": scanned.value_range}, []
     weights = {"tensor": train(x), "dataset": train(TensorDataset(x)),
                "lazy": train(LazyArray(counted, N, (64,)))}
     (out / f"rows.{rank}").write_text(json.dumps(rows))
+    (out / f"scan.{rank}").write_text(json.dumps(checked))
     refused = ""
     try:
         train(DataLoader(TensorDataset(x), batch_size=BATCH))

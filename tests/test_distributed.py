@@ -249,6 +249,9 @@ def test_fit_in_a_script_of_ones_own_on_tensors_datasets_and_lazily_read_arrays(
     shares = [sum(len(range(rank, min(script.BATCH, script.N - s), 2)) for s in range(0, script.N, script.BATCH))
               for rank in (0, 1)]
     assert [len(reads[0]), len(reads[1])] == [script.EPOCHS * share for share in shares]
+    scans = [json.loads((tmp_path / f"scan.{rank}").read_text()) for rank in (0, 1)]
+    assert sorted(scans[0]["rows"] + scans[1]["rows"]) == list(range(script.N))  # each chunk read once
+    assert scans[0]["range"] == scans[1]["range"] == [0.0, 1.0, False]
     loader = json.loads((tmp_path / "loader.json").read_text())
     assert "a DataLoader must shard its data" in loader["refused"]
     assert -80 < loader["elbo"] < 0

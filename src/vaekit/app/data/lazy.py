@@ -164,13 +164,20 @@ def value_range(x: torch.Tensor | LazyArray) -> tuple[float, float, bool]:
 
 def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
     """Read ``x`` once in chunks: refuse NaN/infinite values (naming the first bad row)
-    and remember its value range, so later checks need not read it again."""
+    and remember its value range, so later checks need not read it again. Under torchrun
+    each process reads every W-th chunk and the processes pool what they found."""
+    from vaekit import distributed
     from vaekit.app.data.progress import progress
 
+    group = distributed.current()
+    blocks = list(x.blocks())
+    if group is not None:
+        blocks = blocks[group.rank :: group.world]
     lo, hi, binary = math.inf, -math.inf, True
     unreadable: UnreadableRows | None = None
-    with progress(f"checking {source}", len(x), quiet) as advance:
-        for block in x.blocks():
+    bad_row: int | None = None
+    with progress(f"checking {source}", sum(min(b.stop, len(x)) - b.start for b in blocks), quiet) as advance:
+        for block in blocks:
             try:
                 chunk = x[block]
             except UnreadableRows as err:  # go on, so that one message names every bad file
@@ -181,14 +188,36 @@ def scan(x: LazyArray, source: str, quiet: bool = False) -> None:
             flat = chunk.reshape(len(chunk), -1)
             bad = ~torch.isfinite(flat).all(1)
             if bad.any():
-                first = block.start + int(bad.nonzero()[0])
-                raise VaekitError(f"{source}: NaN or infinite values (first in row {first})")
+                bad_row = block.start + int(bad.nonzero()[0])
+                break
             lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
             binary = binary and bool(((flat == 0) | (flat == 1)).all())
             advance(len(chunk))
+    if group is not None:
+        lo, hi, binary, bad_row, unreadable = _pooled(group, lo, hi, binary, bad_row, unreadable)
+    if bad_row is not None:
+        raise VaekitError(f"{source}: NaN or infinite values (first in row {bad_row})")
     if unreadable is not None:
         raise unreadable
     x.value_range = (lo, hi, binary)
+
+
+def _pooled(group, lo: float, hi: float, binary: bool, bad_row: int | None, unreadable: UnreadableRows | None):
+    """Every process's findings of :func:`scan`, combined on every process."""
+    import json
+
+    from vaekit.distributed import exchange
+
+    mine = {"lo": lo, "hi": hi, "binary": binary, "bad": bad_row,
+            "unreadable": None if unreadable is None else [unreadable.where, unreadable.items, unreadable.what]}
+    found = [json.loads(text) for text in exchange(json.dumps(mine).encode(), group)]
+    bad = [f["bad"] for f in found if f["bad"] is not None]
+    parts = [f["unreadable"] for f in found if f["unreadable"] is not None]
+    pooled = None
+    if parts:
+        pooled = UnreadableRows(parts[0][0], [item for part in parts for item in part[1]], parts[0][2])
+    return (min(f["lo"] for f in found), max(f["hi"] for f in found), all(f["binary"] for f in found),
+            min(bad) if bad else None, pooled)
 
 
 def memmap_reader(array: np.ndarray, source: str = "data") -> Reader:
