@@ -56,6 +56,10 @@ class Callback:
     def on_fit_end(self, loop: Loop) -> None:
         """After the last epoch, before the final evaluation."""
 
+    def on_results(self, loop: Loop, evaluation: dict[str, Any] | None) -> None:
+        """At the very end: the final evaluation (None without a run directory) and the
+        figures are written (trackers log them here)."""
+
 
 @dataclass
 class History:
@@ -308,9 +312,10 @@ class _Trainer:
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
         self.model.eval()
-        if self.run is not None:
-            self.finish(figures)
+        evaluation = self.finish(figures) if self.run is not None else None
         self.model.train()
+        for callback in self.callbacks:
+            callback.on_results(loop, evaluation)
         return self.history
 
     def train_epoch(self, progress: EpochProgress, epoch: int, on_step) -> dict[str, float]:
@@ -393,23 +398,26 @@ class _Trainer:
             if self.run is not None and self.settings["save_best"]:
                 self.run.save_weights(self.model, "best", epoch=record["epoch"], validation_elbo=value)
 
-    def finish(self, figures: bool) -> None:
-        """The quick evaluation (``evaluation.json``) and the figures of a run directory."""
+    def finish(self, figures: bool) -> dict | None:
+        """The quick evaluation (``evaluation.json``, returned) and the figures of a run directory."""
         from vaekit.evaluation import evaluate
 
         shown = self.val_source or self.source
         x, labels = _evaluation_data(shown, self.settings["dynamic_binarization"], self.settings["seed"])
         name = "validation" if self.val_source is not None else "train"
+        result = None
         if len(x):
-            result = evaluate(self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
-                              importance_samples=FINAL_K, seed=self.settings["seed"])
-            self.run.write_evaluation({"split": name, **result})
+            result = {"split": name, **evaluate(
+                self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
+                importance_samples=FINAL_K, seed=self.settings["seed"])}
+            self.run.write_evaluation(result)
         if figures:
             from vaekit import plots
 
             train_x, train_labels = _evaluation_data(self.source, False, self.settings["seed"], limit=20000)
             plots.draw_all(self.run.path, self.model, train_x, train_labels, x, labels,
                            self.run.read_metrics())
+        return result
 
 
 def _evaluation_data(source: Source, binarize: bool, seed: int, limit: int | None = None):

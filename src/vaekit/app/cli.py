@@ -66,6 +66,7 @@ def train(
     checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
     save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
     max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.")] = None,
+    log: Annotated[str | None, Opt("--log", help="Experiment trackers, comma-separated: tensorboard (into RUN/tensorboard) | mlflow (a file store in RUN/mlruns unless $MLFLOW_TRACKING_URI).")] = None,
     channels: Annotated[str | None, Opt(help="Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image side must be divisible by 2^layers).")] = None,
     latent_dim2: Annotated[int | None, Opt(help="Model hvae: size of the top latent layer z2 (0: half of --latent-dim).")] = None,
     hidden2: Annotated[str | None, Opt(help="Model hvae: hidden sizes between z1 and z2, e.g. 100,100.")] = None,

@@ -34,8 +34,9 @@ PRECISIONS = ("fp32", "bf16")
 # not be the run's).
 MAY_CHANGE_ON_RESUME = (
     "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best",
+    "device", "save_best", "log",
 )
+TRACKERS = ("tensorboard", "mlflow")
 
 
 class Binarization(NamedTuple):
@@ -103,12 +104,21 @@ class Config:
     checkpoint_minutes: float = 10.0
     save_best: bool = True
     max_bad_steps: int = 20
+    log: str = ""  # experiment trackers, comma-separated: tensorboard, mlflow
 
     # ------------------------------------------------------------------ typed values
     # The string mini-languages of the TOML/JSON record, parsed once per config.
     @cached_property
     def binarization(self) -> Binarization:
         return Binarization(*parse_binarize(self.binarize))
+
+    @cached_property
+    def trackers(self) -> tuple[str, ...]:
+        """The experiment trackers ``log`` names, checked."""
+        names = tuple(n for n in self.log.replace(",", " ").split() if n)
+        for name in names:
+            _choice("log", name, TRACKERS)
+        return names
 
     @cached_property
     def sigma_value(self) -> float | str:
@@ -129,7 +139,8 @@ class Config:
         _choice("objective", self.objective, OBJECTIVES)
         self.__dict__.pop("binarization", None)  # a field may have been set since: parse afresh
         self.__dict__.pop("sigma_value", None)
-        _ = self.binarization, self.sigma_value
+        self.__dict__.pop("trackers", None)
+        _ = self.binarization, self.sigma_value, self.trackers
         _choice("precision", self.precision, PRECISIONS)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise VaekitError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{self.device}'")

@@ -25,6 +25,7 @@ from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
 from vaekit.model import AE, VAE, TwoLayerVAE
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
+from vaekit.trackers import check_installed, trackers
 from vaekit.training import Callback, fit
 
 
@@ -39,8 +40,10 @@ def train(
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
     from vaekit.app.data import run_splits, write_run_data
 
+
     config.validate()
     device = resolve_device(config.device)
+    check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
@@ -84,6 +87,8 @@ def resume(
     if config.epochs < done:
         raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
     device = resolve_device(config.device)
+
+    check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:
         splits = run_splits(config, quiet=quiet)
         check_data(splits["train"], config, quiet=True)
@@ -123,6 +128,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     """:func:`vaekit.fit` with the config's settings as typed arguments."""
     from vaekit.app.threads import ThreadCheck
 
+    callbacks = [ThreadCheck(policy), *callbacks, *trackers(config.trackers, config.to_dict())]
     train_set, val_set = splits["train"], splits["validation"]
     conditional = bool(getattr(model, "num_classes", 0))
     policy.tune(step_flops(model, config), quiet=quiet)
@@ -135,7 +141,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=[ThreadCheck(policy), *callbacks], progress=not quiet,
+        save_best=config.save_best, figures=figures, callbacks=callbacks, progress=not quiet,
     )
     if not quiet:
         print(f"run written to {run.path}")
