@@ -180,12 +180,12 @@ def fit(
             state = checkpoint.restore(ckpt, model, optimizer)
             run.remove_temporary_files()
             run.write_metrics(state.metrics)
+            run.write_info(model.event_shape, **_run_record(model, device, settings))
         else:
             state = TrainState.fresh(seed, fingerprint)
             if run is not None:
                 try:
-                    run.write_info(model.event_shape, model=type(model).__name__, device=str(device),
-                                   precision=precision)
+                    run.write_info(model.event_shape, **_run_record(model, device, settings))
                     run.write_metrics([])
                 except VaekitError:
                     run.discard()  # no half-written run left to mistake for a real one
@@ -193,6 +193,12 @@ def fit(
         trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
                            device, list(callbacks), progress)
         return trainer.train(figures)
+
+
+def _run_record(model, device: torch.device, settings: dict) -> dict:
+    """What run.json says about how the run is trained (the plan `vaekit runs` reads)."""
+    return {"model": type(model).__name__, "device": str(device), "precision": settings["precision"],
+            "epochs": settings["epochs"], "checkpoint_minutes": settings["checkpoint_minutes"]}
 
 
 def _run_directory(out, overwrite: bool, resume: bool) -> RunDirectory | None:
