@@ -32,6 +32,7 @@ class Source:
         self.loader: DataLoader | None = None
         self.dataset: Dataset | None = None
         self.x = self.labels = None
+        self.pinned = False
         if isinstance(data, DataLoader):
             self.kind, self.loader = "loader", data
         elif isinstance(data, Dataset) and not _is_tensor_like(data):
@@ -41,6 +42,13 @@ class Source:
             self.x, self.labels = _tensor_pair(data, labels, what)
         if labels is not None and self.kind != "tensor":
             raise VaekitError(f"{what}: labels go inside a Dataset's or DataLoader's items, as (x, y)")
+
+    def pin(self) -> None:
+        """Page-locked host memory, for asynchronous copies to a CUDA device: a tensor is
+        pinned once, a Dataset's batches as they are collated (a DataLoader is used as given)."""
+        self.pinned = True
+        if self.kind == "tensor" and torch.is_tensor(self.x):
+            self.x = self.x.pin_memory()
 
     def __len__(self) -> int:
         if self.kind == "tensor":
@@ -69,7 +77,7 @@ class Source:
             return
         sampler = [order[s : s + batch_size].tolist() for s in starts]
         for item in DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
-                               generator=_quiet_generator()):
+                               generator=_quiet_generator(), pin_memory=self.pinned):
             yield split_item(item)
 
     def in_order(self, batch_size: int) -> Iterator[tuple]:

@@ -157,6 +157,8 @@ def fit(
     if len(source) == 0:
         raise VaekitError("the training data is empty")
     val_source = None if validation is None else Source(validation, what="the validation data")
+    if device.type == "cuda":
+        source.pin()
     settings = {"batch_size": batch_size, "seed": seed, "objective": _describe(objective),
                 "dynamic_binarization": dynamic_binarization, "precision": precision,
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
