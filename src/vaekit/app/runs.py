@@ -395,12 +395,24 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, config) from a run directory started from a config."""
+    """(model in eval mode on ``device``, config) from a run directory started from a config;
+    ``weights``: ``last`` (model.safetensors) or ``best`` (the best validation epoch's)."""
+    model, config, _ = load_run_epoch(run_dir, weights, device)
+    return model, config
+
+
+def load_run_epoch(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
+    """As :func:`load_run`, plus the epoch the weights are from (``None`` where unknown)."""
     config = load_config(run_dir)
     run = RunDirectory(run_dir)
     model = build_model(config, tuple(run.read_info()["event_shape"]))
-    run.load_weights(model, weights)
-    return model.to(resolve_device(device)).eval(), config
+    meta = run.load_weights(model, weights)
+    if weights == "best":
+        epoch = meta.get("epoch")
+    else:  # written at the end of every epoch
+        metrics = run.read_metrics()
+        epoch = metrics[-1]["epoch"] if metrics else None
+    return model.to(resolve_device(device)).eval(), config, epoch
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

@@ -249,7 +249,12 @@ def select_split(
                 "with other data use --split all"
             )
         options = _applicable(data, data_options(config))
-        loaded = load_data(data, config.data_dir, **options, label_required=_conditional(config))
+        loaded = load_data(data, config.data_dir, **options, label_required=False)
+        if _conditional(config) and loaded.train is not None and loaded.train.labels is None:
+            column = options.get("label_column")
+            where = f"'{column}' column" if column else "labels (class sub-folders, or a .npz 'labels' array)"
+            raise VaekitError(f"{data}: this conditional model needs each example's class, but the data have "
+                              f"no {where}")
         whole = _all(_as_recorded(loaded, config, record, own=False), config)
         return _apply_recorded(whole, config, record)
     if split == "all":
