@@ -12,23 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaekit.errors import VaekitError
-from vaekit.rundir import RUN_FILES
 
 
 def output_path(given: Path | None, run_dir: Path, default: str, suffixes: tuple[str, ...],
                 overwrite: bool, companions: tuple[str, ...] = ()) -> Path:
     """The file to write: ``given``, or ``run_dir / default``; checked for its suffix and
     folder, and refused if it (or a ``companions`` file written next to it, named by
-    replacing its suffix) exists, unless ``overwrite``. The run's records and weights are
-    never replaced."""
+    replacing its suffix) exists, unless ``overwrite``."""
     path = run_dir / default if given is None else given
     if path.suffix.lower() not in suffixes:
         raise VaekitError(f"output {path} must end in {' or '.join(suffixes)}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise VaekitError(f"output folder {parent} does not exist")
-    if path.parent.resolve() == run_dir.resolve() and path.name in RUN_FILES:
-        raise VaekitError(f"{path} is one of the run's own records; write to another name (-o)")
     for target in (path, *(path.with_suffix(s) for s in companions)):
         if target.exists() and not overwrite:
             raise VaekitError(f"{target} already exists; pass --overwrite to replace it, or -o another file")

@@ -138,7 +138,7 @@ def load_data(
         return images.load_folder(path, image_size, image_mode, quiet)
     names = [*builtin.DATASETS, *mnist.REMOTE]
     kinds = "/".join(sorted([*files.LOADERS, *tabular.SUFFIXES]))
-    if not path.exists() and (suffix or len(path.parts) > 1 or spec.startswith(".")):
+    if not path.exists() and (len(path.parts) > 1 or spec.startswith(".")):
         raise VaekitError(f"data not found: {spec} (no such file or folder)")
     if path.exists():
         raise VaekitError(f"'{spec}' is not a {kinds} file or a folder of images")
@@ -292,9 +292,9 @@ def same_data(spec: str | None, config) -> bool:
 
 
 def absolute_spec(spec: str) -> str:
-    """A file or folder as an absolute path (what it names no longer depends on the current
-    folder); dataset names as they are."""
-    return spec if is_named(spec) else os.path.abspath(spec)
+    """An existing file or folder as an absolute path (what it names no longer depends on the
+    current folder); dataset names, and names of nothing, as they are."""
+    return spec if is_named(spec) or not os.path.exists(spec) else os.path.abspath(spec)
 
 
 def is_named(spec: str) -> bool:
@@ -418,10 +418,10 @@ def _as_recorded(loaded: DataSplits, config, record: dict, own: bool) -> DataSpl
             found = source_fingerprint(data)
             if expected.get(part) and found != expected[part]:
                 raise VaekitError(
-                    f"{config.data} differs from the data this run was trained on (its fingerprint in "
-                    f"{RUN_DATA} does not match): the file or folder changed since training, so its "
-                    "numbers would not be the run's. To score it as it is now, copy it elsewhere and "
-                    "pass that with --data"
+                    f"{config.data} differs from the one this run recorded in {RUN_DATA} (the data it was "
+                    "trained on; their fingerprints do not match): the file or folder changed since "
+                    "training, so its numbers would not be the run's. To score it as it is now, copy it "
+                    "elsewhere and pass that with --data"
                 )
             parts[part] = dataclasses.replace(data, origin=found)
     if "classes" in record:
