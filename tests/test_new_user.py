@@ -350,7 +350,8 @@ def test_missing_data_says_not_found(tmp_path, capsys, monkeypatch, spec, messag
 def test_a_text_column_suggests_label_column(wine, capsys):
     status, _, err = cli(capsys, "train", "--data", wine / "wine.csv", "--out", wine / "o")
     assert status == 2
-    assert "'barolo' is not a number; if column 'cultivar' holds class labels, name it with --label-column cultivar" in err
+    assert ("'barolo' is not a number; if column 'cultivar' holds class labels, "
+            "name it with --label-column cultivar") in err
 
 
 def test_evaluating_an_autoencoder_prints_no_empty_rows(tmp_path, capsys):
