@@ -7,6 +7,7 @@ Every user error ends as one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -251,7 +252,7 @@ def sample(
         raise VaekitError(f"--sampler must be 'prior' or 'gmm', got '{sampler}'")
     _positive("--components", components)
     _threads(threads)
-    name = f"samples-{sampler}" + ("" if label is None else f"-{label}")
+    name = f"samples-{sampler}" + ("" if label is None else "-" + re.sub(r"[^\w.-]", "_", label))
     output = output_path(output, run_dir, f"{name}.png", (".png", ".npy", ".csv"), overwrite)
     model, config = load_run(run_dir, weights, device=device)
     record = read_run_data(run_dir)
