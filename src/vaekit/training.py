@@ -120,6 +120,9 @@ def fit(
     figures: bool = False,
     callbacks: Iterable[Callback] = (),
     progress: bool = False,
+    class_names: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    data_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` passes; returns the :class:`History`.
 
@@ -138,6 +141,9 @@ def fit(
     - ``out``: write a run directory (refused if it holds a run, unless ``overwrite``);
       ``resume=True`` continues the run there. ``figures``: draw its figures at the end.
     - ``callbacks``: :class:`Callback` objects; ``progress``: a progress bar on stderr.
+    - ``class_names`` (label ``i`` is ``class_names[i]``) and ``feature_names`` (the columns
+      of ``[N, D]`` data) label the figures; ``data_units`` maps ``[N, D]`` values back to
+      the data's units for them (e.g. undoing a standardisation).
 
     A step whose loss or gradient is not finite makes no update and is counted; after
     ``max_bad_steps`` in a row training stops with a clear error.
@@ -194,6 +200,7 @@ def fit(
                     raise
         trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
                            device, list(callbacks), progress)
+        trainer.names = {"class_names": class_names, "feature_names": feature_names, "data_units": data_units}
         return trainer.train(figures)
 
 
@@ -279,6 +286,7 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.history = History(epochs=state.metrics, best=state.best, out=None if run is None else run.path)
         self.loop = Loop(model, optimizer, self.epochs, source.steps(self.batch_size), self.history, run)
+        self.names: dict[str, Any] = {}  # class and feature names, data units: for the figures
 
     def train(self, figures: bool) -> History:
         saver = _Checkpoints(self.run, self.model, self.optimizer, self.state, self.settings)
@@ -424,7 +432,7 @@ class _Trainer:
 
             train_x, train_labels = _evaluation_data(self.source, False, self.settings["seed"], limit=20000)
             plots.draw_all(self.run.path, self.model, train_x, train_labels, x, labels,
-                           self.run.read_metrics())
+                           self.run.read_metrics(), **self.names)
         return result
 
 
@@ -626,7 +634,8 @@ class ProgressBar(Callback):
             self.pending, self.last = 0, now
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:
-        self.bar.update(self.task, advance=self.pending)
+        val = "" if loop.last_validation is None else f"  validation ELBO {loop.last_validation:.2f}"
+        self.bar.update(self.task, advance=self.pending, description=f"epoch {loop.epoch}/{loop.epochs}{val}")
         self.pending = 0
 
     def on_fit_end(self, loop: Loop) -> None:

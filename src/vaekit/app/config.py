@@ -25,7 +25,10 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "lap
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", "sigmoid")
 KL_ESTIMATORS = ("analytic", "mc")
 OBJECTIVES = ("elbo", "iwae")
-BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+BINARIZE_MODES = ("auto", "none", "dynamic", "static", "threshold")
+# Grey-level renderings of binary drawings: binarize = "auto" draws them dynamically for the
+# Bernoulli likelihood (its ELBO is a bound only on binary data), the literature's protocol.
+BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
@@ -59,7 +62,7 @@ class Config:
     # data
     data: str = "digits"
     data_dir: str | None = None
-    binarize: str = "none"
+    binarize: str = "auto"  # auto: dynamic for the bernoulli likelihood on BINARY_IMAGE_DATA, else none
     validation_fraction: float = 0.1
     mirror: str | None = None
     image_size: int = 0
@@ -110,7 +113,19 @@ class Config:
     # The string mini-languages of the TOML/JSON record, parsed once per config.
     @cached_property
     def binarization(self) -> Binarization:
-        return Binarization(*parse_binarize(self.binarize))
+        return Binarization(*parse_binarize(self.binarize_protocol))
+
+    @property
+    def binarize_protocol(self) -> str:
+        """``binarize`` with ``auto`` decided: ``dynamic`` for the Bernoulli likelihood on
+        the digits and the MNIST family, ``none`` otherwise."""
+        if self.binarize != "auto":
+            return self.binarize
+        return "dynamic" if self.likelihood == "bernoulli" and self.data in BINARY_IMAGE_DATA else "none"
+
+    def resolved(self) -> Config:
+        """A copy with ``auto`` settings decided (what a run records in config.json)."""
+        return dataclasses.replace(self, binarize=self.binarize_protocol).validate()
 
     @cached_property
     def trackers(self) -> tuple[str, ...]:
@@ -182,7 +197,7 @@ class Config:
             parse_mirrors(self.mirror)
         if self.label_column == "":
             raise VaekitError("label_column must name a column, got an empty string")
-        if self.standardize and self.binarize != "none":
+        if self.standardize and self.binarization.kind != "none":
             raise VaekitError(
                 "standardize is for continuous data and cannot be combined with "
                 f"binarize = '{self.binarize}'; use one or the other"
@@ -296,9 +311,12 @@ def parse_sigma(text: str) -> tuple[str, float | None]:
 
 
 def parse_binarize(text: str) -> tuple[str, float | None]:
-    """``none`` | ``dynamic`` | ``static`` | ``threshold:0.5``."""
+    """``none`` | ``dynamic`` | ``static`` | ``threshold:0.5`` (``auto`` is decided by
+    :attr:`Config.binarize_protocol` before it gets here)."""
     if text in ("none", "dynamic", "static"):
         return text, None
+    if text == "auto":
+        raise VaekitError("binarize 'auto' depends on the data and likelihood: decide it with Config.binarize_protocol")
     if text.startswith("threshold"):
         _, _, value = text.partition(":")
         try:
@@ -309,7 +327,7 @@ def parse_binarize(text: str) -> tuple[str, float | None]:
             raise VaekitError(f"binarize 'threshold:LEVEL' needs LEVEL in [0, 1], got '{text}'")
         return "threshold", level
     raise VaekitError(
-        f"binarize must be one of none, dynamic, static, threshold:LEVEL; got '{text}'"
+        f"binarize must be one of auto, none, dynamic, static, threshold:LEVEL; got '{text}'"
     )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,18 @@ def train(
     figures: bool = True,
 ) -> Path:
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
-    from vaekit.app.data import run_splits, write_run_data
-
+    from vaekit.app.data import absolute_spec, run_splits, write_run_data
 
     config.validate()
+    # decided once and recorded: the run's data stay the same file whatever the current folder later
+    config = dataclasses.replace(config.resolved(), data=absolute_spec(config.data))
     device = resolve_device(config.device)
     check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
         check_data(train_set, config, quiet)
-        config = with_classes(config, train_set.labels)
+        config = with_classes(config, train_set.labels, train_set.classes)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
         run = RunDirectory(out).prepare(overwrite)
@@ -129,6 +131,9 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     from vaekit.app.threads import ThreadCheck
 
     callbacks = [ThreadCheck(policy), *callbacks, *trackers(config.trackers, config.to_dict())]
+    terminal = sys.stderr.isatty()
+    if not quiet:
+        callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
     train_set, val_set = splits["train"], splits["validation"]
     conditional = bool(getattr(model, "num_classes", 0))
     policy.tune(step_flops(model, config), quiet=quiet)
@@ -141,10 +146,94 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=callbacks, progress=not quiet,
+        save_best=config.save_best, figures=figures, callbacks=callbacks, progress=not quiet and terminal,
+        class_names=train_set.classes, feature_names=train_set.features,
+        data_units=None if train_set.standardization is None else train_set.standardization.invert,
     )
     if not quiet:
         print(f"run written to {run.path}")
+
+
+class ProgressLines(Callback):
+    """Progress where stderr is not a terminal (CI logs, nohup, a notebook's subprocess), where
+    a progress bar shows nothing: one line per epoch, at most one every ``every`` seconds
+    (the first and the last epoch always), and a line within an epoch that runs longer than
+    ``step_every`` seconds without one."""
+
+    def __init__(self, every: float = 5.0, step_every: float = 60.0):
+        self.every, self.step_every = every, step_every
+
+    def on_fit_start(self, loop) -> None:
+        self.started = self.last = time.monotonic()
+        self.first = len(loop.history.epochs) + 1
+
+    def on_step_end(self, loop, loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.step_every:
+            _say(f"epoch {loop.epoch}/{loop.epochs}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
+            self.last = now
+
+    def on_epoch_end(self, loop, record: dict) -> None:
+        now = time.monotonic()
+        epoch = record["epoch"]
+        if epoch not in (self.first, loop.epochs) and now - self.last < self.every and not loop.stop_requested:
+            return
+        self.last = now
+        parts = [f"epoch {epoch}/{loop.epochs}", f"train ELBO {_nats(record.get('train_elbo'))}"]
+        if record.get("validation_elbo") is not None:
+            parts.append(f"validation ELBO {_nats(record['validation_elbo'])}")
+        done = epoch - self.first + 1
+        per_epoch = (now - self.started) / done
+        parts.append(f"{_duration(per_epoch)}/epoch")
+        if epoch < loop.epochs:
+            parts.append(f"about {_duration(per_epoch * (loop.epochs - epoch))} left")
+        _say("  ".join(parts))
+
+
+class Summary(Callback):
+    """A few lines at the end of training (stdout): the final train and validation ELBO, the
+    best validation epoch, the final evaluation's log-likelihood and active units, and the
+    wall time."""
+
+    def on_fit_start(self, loop) -> None:
+        self.started = time.monotonic()
+
+    def on_results(self, loop, evaluation: dict | None) -> None:
+        epochs = loop.history.epochs
+        if not epochs:
+            return
+        last = epochs[-1]
+        line = (f"trained {last['epoch']} epochs (this session {_duration(time.monotonic() - self.started)}): "
+                f"train ELBO {_nats(last.get('train_elbo'))}")
+        if last.get("validation_elbo") is not None:
+            line += f", validation ELBO {_nats(last['validation_elbo'])}"
+        best = loop.history.best
+        if best is not None and best["epoch"] != last["epoch"]:
+            line += f" (best {_nats(best['value'])} at epoch {best['epoch']})"
+        print(line)
+        if evaluation and evaluation.get("log_likelihood") is not None:
+            se = evaluation.get("log_likelihood_se")
+            units = evaluation.get("active_units_per_dim") or []
+            print(f"{evaluation.get('split', 'data')}: log-likelihood {_nats(evaluation['log_likelihood'])}"
+                  + ("" if se is None else f" ± {se:.2g}")
+                  + f" nats (K = {evaluation.get('importance_samples')}), "
+                  f"active units {evaluation.get('active_units')} of {len(units)}")
+        elif evaluation and evaluation.get("reconstruction") is not None:
+            print(f"{evaluation.get('split', 'data')}: reconstruction log-likelihood "
+                  f"{_nats(evaluation['reconstruction'])} nats")
+
+
+def _nats(value) -> str:
+    return "nan" if value is None or value != value else f"{value:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def objective_for(config: Config):
@@ -218,9 +307,10 @@ def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
     return cls(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
 
 
-def with_classes(config: Config, labels: torch.Tensor | None) -> Config:
-    """``config`` with ``classes`` set from the training labels for a conditional model
-    (unchanged otherwise); a clear error when a CVAE has no labels to condition on."""
+def with_classes(config: Config, labels: torch.Tensor | None, names: list[str] | None = None) -> Config:
+    """``config`` with ``classes`` set from the training labels (and class ``names``, all of
+    which count even if the training split misses one) for a conditional model (unchanged
+    otherwise); a clear error when a CVAE has no labels to condition on."""
     if config.model != "cvae":
         return config
     if labels is None:
@@ -230,7 +320,7 @@ def with_classes(config: Config, labels: torch.Tensor | None) -> Config:
         )
     if int(labels.min()) < 0:
         raise VaekitError(f"class labels must be non-negative for model 'cvae'; found {int(labels.min())}")
-    needed = int(labels.max()) + 1
+    needed = max(int(labels.max()) + 1, len(names or ()))
     if config.classes and config.classes < needed:
         raise VaekitError(f"classes is {config.classes}, but the labels run up to {needed - 1}")
     if needed > MAX_CLASSES and not config.classes:
@@ -247,10 +337,16 @@ MAX_CLASSES = 100_000
 def labels_for(model, dataset) -> torch.Tensor | None:
     """The labels to pass along with ``dataset`` to ``model``: its labels when the model is
     conditional, ``None`` otherwise (unconditional models ignore labels)."""
-    if not getattr(model, "num_classes", 0):
+    classes = getattr(model, "num_classes", 0)
+    if not classes:
         return None
     if dataset.labels is None:
         raise VaekitError(f"this conditional model needs class labels, but {dataset.name} has none")
+    lo, hi = (int(dataset.labels.min()), int(dataset.labels.max())) if len(dataset.labels) else (0, 0)
+    if lo < 0 or hi >= classes:
+        bad = hi if hi >= classes else lo
+        raise VaekitError(f"{dataset.name}: label {bad} is not one of this conditional model's classes "
+                          f"0..{classes - 1}")
     return dataset.labels
 
 
@@ -299,12 +395,24 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, config) from a run directory started from a config."""
+    """(model in eval mode on ``device``, config) from a run directory started from a config;
+    ``weights``: ``last`` (model.safetensors) or ``best`` (the best validation epoch's)."""
+    model, config, _ = load_run_epoch(run_dir, weights, device)
+    return model, config
+
+
+def load_run_epoch(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
+    """As :func:`load_run`, plus the epoch the weights are from (``None`` where unknown)."""
     config = load_config(run_dir)
     run = RunDirectory(run_dir)
     model = build_model(config, tuple(run.read_info()["event_shape"]))
-    run.load_weights(model, weights)
-    return model.to(resolve_device(device)).eval(), config
+    meta = run.load_weights(model, weights)
+    if weights == "best":
+        epoch = meta.get("epoch")
+    else:  # written at the end of every epoch
+        metrics = run.read_metrics()
+        epoch = metrics[-1]["epoch"] if metrics else None
+    return model.to(resolve_device(device)).eval(), config, epoch
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

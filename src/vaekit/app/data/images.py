@@ -69,7 +69,8 @@ def load_folder(folder: Path, image_size: int = 0, image_mode: str = "auto",
         x = LazyArray(read, len(files), shape, name=folder.name)
     else:
         x = torch.from_numpy(_read_all(folder, files, size, channels, shape, quiet))
-    return DataSplits(train=Dataset(x, label_tensor, folder.name or "images", classes=classes))
+    return DataSplits(train=Dataset(x, label_tensor, folder.name or "images", classes=classes,
+                                    files=[_rel(folder, f) for f in files]))
 
 
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
