@@ -494,15 +494,18 @@ def write_per_example(
     for key in PER_EXAMPLE_COLUMNS:
         if key in scores:
             columns[key] = scores[key].cpu().numpy()
+    from vaekit.rundir import write_output
+
     if path.suffix.lower() == ".npy":
         table = np.zeros(len(columns["index"]), dtype=[(k, v.dtype) for k, v in columns.items()])
         for key, value in columns.items():
             table[key] = value
-        np.save(path, table)
+        write_output(path, lambda f: np.save(f, table))
     else:
         fmt = ["%d" if v.dtype.kind in "iu" else "%.10g" for v in columns.values()]
         stacked = np.column_stack([v.astype(np.float64) for v in columns.values()])
-        np.savetxt(path, stacked, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+        write_output(path, lambda f: np.savetxt(f, stacked, delimiter=",", header=",".join(columns),
+                                                comments="", fmt=fmt))
     return path
 
 

@@ -173,9 +173,13 @@ def evaluate(
     if curve and result.get("curve"):
         from vaekit import plots
 
-        notes.append(f"wrote {plots.likelihood_curve_figure(result, run_dir / 'likelihood_curve.png')}")
+        notes.append(_store_in_run(run_dir / "likelihood_curve.png",
+                                   lambda path: plots.likelihood_curve_figure(result, path), "the curve"))
     if save and (data is None or data == config.data):
-        notes.append(_save_evaluation(run_dir / f"evaluation-{split}.json", result))
+        from vaekit.rundir import write_json
+
+        notes.append(_store_in_run(run_dir / f"evaluation-{split}.json",
+                                   lambda path: write_json(path, result), "the result"))
     if as_json:
         print(json.dumps(result))
     else:
@@ -319,10 +323,11 @@ def plot(
     from vaekit import plots
     from vaekit.app.data import run_splits
     from vaekit.app.runs import load_run
-    from vaekit.rundir import read_metrics
+    from vaekit.rundir import read_metrics, remove_temporary_files
 
     model, config = load_run(run_dir, device=device)
     splits = run_splits(config, run_dir=run_dir)
+    remove_temporary_files(run_dir)  # what killed writers left in the run
     train, shown = splits["train"], splits.get("validation") or splits.get("test") or splits["train"]
     paths = plots.draw_all(run_dir, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir))
     for path in paths:
@@ -397,14 +402,18 @@ def _model_and_data(run_dir: Path, data: str | None, split: str | None, override
     return model, config, dataset, split
 
 
-def _save_evaluation(path: Path, result: dict) -> str:
-    from vaekit.rundir import write_json
+def _store_in_run(path: Path, write, what: str) -> str:
+    """Write ``path`` into a run directory (clearing what killed writers left there first);
+    a run that cannot be written (read-only, someone else's) gets a warning, not a failure:
+    the printed result is what counts."""
+    from vaekit.rundir import remove_temporary_files
 
+    remove_temporary_files(path.parent)
     try:
-        write_json(path, result)
-    except OSError as err:  # a read-only run someone sent: the printed result is what counts
-        return f"warning: could not store the result in {path} ({err.strerror or err})"
-    return f"stored the result in {path}"
+        write(path)
+    except VaekitError as err:
+        return f"warning: could not store {what} in the run: {err}"
+    return f"stored {what} in {path}" if what == "the result" else f"wrote {path}"
 
 
 def _original_units(x, run_dir: Path):

@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vaekit import checkpoint, likelihoods, nets, objectives
+from vaekit import checkpoint, likelihoods, nets, objectives, rundir
 from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
@@ -40,20 +41,25 @@ def train(
     from vaekit.app.data import run_splits, write_run_data
 
     config.validate()
+    RunDirectory(out).check_target(overwrite)  # before the data are read: a quick refusal
     device = resolve_device(config.device)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
         check_data(train_set, config, quiet)
         config = with_classes(config, train_set.labels)
+        check_model_size(config, train_set.event_shape)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
+        # Everything that can be checked has been: only now is the folder touched. An old run
+        # (--overwrite) stays as it was until the new one starts training (fit commits it).
         run = RunDirectory(out).prepare(overwrite)
         try:
             run.write_config(config.to_dict())
-            write_run_data(run.path, config, splits)
-        except VaekitError:
+            write_run_data(run, config, splits)
+        except BaseException:
             run.discard()  # no half-written run left to mistake for a real one
+            run.release()
             raise
         _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
     return run.path
@@ -68,12 +74,20 @@ def resume(
 ) -> Path:
     """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
     settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``,
-    ``device``)."""
+    ``device``, ``mirror``)."""
+    run = RunDirectory(run_dir).lock()  # one writer at a time; released when this returns
+    try:
+        _resume(run, changes or {}, quiet, figures)
+    finally:
+        run.release()
+    return run.path
+
+
+def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bool) -> None:
     from vaekit.app.data import run_splits
 
-    run = RunDirectory(run_dir)
     ckpt = checkpoint.load(run.path)
-    config = resume_config(ckpt, load_config(run.path), changes or {})
+    config = resume_config(ckpt, load_config(run.path), changes)
     if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
         raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
     done = ckpt.meta["epoch"]
@@ -85,11 +99,13 @@ def resume(
         raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
     device = resolve_device(config.device)
     with ThreadPolicy(config.threads, quiet=True) as policy:
-        splits = run_splits(config, quiet=quiet)
+        # a run's own mirror list is someone else's choice of server: only the user's flag counts
+        splits = run_splits(dataclasses.replace(config, mirror=changes.get("mirror")), quiet=quiet)
         check_data(splits["train"], config, quiet=True)
         if splits["train"].event_shape != ckpt.event_shape:
             raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
-        model = build_model(config, ckpt.event_shape)
+        stored = {k[len("model."):]: tuple(v.shape) for k, v in ckpt.tensors.items() if k.startswith("model.")}
+        model = build_checked(config, ckpt.event_shape, stored, ckpt.path)
         previous = run.file(CONFIG).read_bytes()
         run.write_config(config.to_dict())  # before fit: its checkpoints store the run's config
         step = ckpt.meta["in_epoch"]
@@ -103,7 +119,6 @@ def resume(
                 with contextlib.suppress(VaekitError):
                     atomic_write(run.file(CONFIG), previous)
             raise
-    return run.path
 
 
 class _Started(Callback):
@@ -293,12 +308,50 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, config) from a run directory started from a config."""
+    """(model in eval mode on ``device``, config) from a run directory started from a config.
+    The stored weights' shapes are checked against the config before the model is built,
+    so a config edited to ask for a huge model allocates nothing. The config's ``mirror`` is
+    dropped: a run's own choice of download server is never used (the caller's flag is)."""
     config = load_config(run_dir)
     run = RunDirectory(run_dir)
-    model = build_model(config, tuple(run.read_info()["event_shape"]))
+    shape = tuple(run.read_info()["event_shape"])
+    model = build_checked(config, shape, run.weights_shapes(weights), run.weights_path(weights))
     run.load_weights(model, weights)
-    return model.to(resolve_device(device)).eval(), config
+    return model.to(resolve_device(device)).eval(), dataclasses.replace(config, mirror=None)
+
+
+def build_checked(config: Config, event_shape: tuple[int, ...], stored: dict[str, tuple[int, ...]],
+                  where: Path) -> VAE:
+    """:func:`build_model`, once the model's tensor shapes (found on the meta device, where
+    nothing is allocated) match the ``stored`` ones; refused otherwise."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    problem = rundir.mismatch(rundir.state_shapes(skeleton), stored)
+    if problem:
+        raise VaekitError(f"{where}: {problem}")
+    return build_model(config, event_shape)
+
+
+def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose parameters alone would not fit in this machine's memory (a
+    typo such as ``hidden = 100000000``), before anything is allocated."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
+               if not isinstance(p, torch.nn.parameter.UninitializedParameter))
+    memory = _physical_memory()
+    if memory and size > memory:
+        raise VaekitError(
+            f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
+            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

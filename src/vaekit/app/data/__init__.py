@@ -234,8 +234,9 @@ def select_default_split(config, run_dir: str | Path | None = None) -> tuple[str
 
 
 # ---------------------------------------------------------------------- the run's record
-def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None]) -> dict:
-    """Write ``data.json``: how the run's data were binarised and standardised."""
+def write_run_data(run_dir, config, splits: dict[str, Dataset | None]) -> dict:
+    """Write ``data.json`` (into a folder or a :class:`~vaekit.rundir.RunDirectory`): how the
+    run's data were binarised and standardised."""
     from vaekit.rundir import RunDirectory
 
     kind = config.binarization.kind
@@ -251,7 +252,8 @@ def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None
         "standardization": None if st is None else st.to_dict(),
         "read_on_demand": any(s is not None and is_lazy(s.x) for s in splits.values()),
     }
-    RunDirectory(run_dir).write_data_record(record)
+    run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    run.write_data_record(record)
     return record
 
 
