@@ -57,11 +57,12 @@ def train(
         try:
             run.write_config(config.to_dict())
             write_run_data(run, config, splits)
+            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
         except BaseException:
-            run.discard()  # no half-written run left to mistake for a real one
-            run.release()
+            run.discard()  # before training started: no half-written run left to mistake for a real one
             raise
-        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+        finally:
+            run.release()
     return run.path
 
 

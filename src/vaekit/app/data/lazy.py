@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -255,7 +256,8 @@ def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes, streamed (memory stays small whatever its size); remembered
     in the data cache by the file's path, size, modification and change times, so a large
     file is read once until it changes."""
-    return _remembered(Path(path), lambda: [_signature(Path(path))], lambda: _stream(Path(path)))
+    path = Path(path)
+    return _remembered(path, [("", path)], lambda: _stream(path))
 
 
 def files_digest(folder: Path, files: list[Path]) -> str:
@@ -267,12 +269,10 @@ def files_digest(folder: Path, files: list[Path]) -> str:
             h.update(f"{path.relative_to(folder)}:{_stream(path)}\n".encode())
         return h.hexdigest()
 
-    return _remembered(Path(folder), lambda: [f"{p.relative_to(folder)}:{_signature(p)}" for p in files], compute)
+    return _remembered(Path(folder), [(str(p.relative_to(folder)), p) for p in files], compute)
 
 
-def _signature(path: Path) -> str:
-    info = path.stat()
-    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+RECENT_NS = 2 * 10**9  # a file changed this recently may change again within its mtime's resolution
 
 
 def _stream(path: Path) -> str:
@@ -283,12 +283,17 @@ def _stream(path: Path) -> str:
         raise VaekitError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _remembered(path: Path, signature: Callable[[], list[str]], compute: Callable[[], str]) -> str:
+def _remembered(key_path: Path, files: list[tuple[str, Path]], compute: Callable[[], str]) -> str:
     from vaekit.app.data.download import cache_dir
     from vaekit.rundir import read_json, write_json
 
-    key = os.path.realpath(path)
-    stamp = hashlib.sha256(json.dumps(signature()).encode()).hexdigest()
+    try:
+        stats = [(name, path.stat()) for name, path in files]
+    except OSError as err:
+        raise VaekitError(f"cannot read {key_path}: {err.strerror or err}") from None
+    signature = [f"{n}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}:{s.st_ino}" for n, s in stats]
+    stamp = hashlib.sha256(json.dumps(signature).encode()).hexdigest()
+    key = os.path.realpath(key_path)
     store = cache_dir() / FINGERPRINTS
     try:
         known = read_json(store, "remembered data fingerprints")
@@ -299,6 +304,9 @@ def _remembered(path: Path, signature: Callable[[], list[str]], compute: Callabl
     if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp and isinstance(entry[1], str):
         return entry[1]
     digest = compute()
+    newest = max((s.st_mtime_ns for _, s in stats), default=0)
+    if time.time_ns() - newest < RECENT_NS:
+        return digest  # too fresh to remember: a change in the same clock tick would go unseen
     known.pop(key, None)
     known[key] = [stamp, digest]
     try:
