@@ -195,7 +195,7 @@ def test_object_array_with_a_malicious_pickle_is_never_unpickled(capsys, tmp_pat
 def test_truncated_weights(capsys, run, tmp_path):
     (run / rundir.WEIGHTS).write_bytes((run / rundir.WEIGHTS).read_bytes()[:-40])
     err = fails(capsys, "sample", run, "-o", tmp_path / "s.npy")
-    assert "model.safetensors: the weights is not a readable safetensors file" in err
+    assert "model.safetensors (the weights) is not a readable safetensors file" in err
     assert not (tmp_path / "s.npy").exists()
 
 
@@ -280,7 +280,7 @@ def test_truncated_checkpoint(capsys, run):
     (run / rundir.CHECKPOINT).write_bytes((run / rundir.CHECKPOINT).read_bytes()[:1000])
     before = _snapshot(run)
     err = fails(capsys, "train", "--resume", run, "--epochs", "3", "--quiet")
-    assert "the checkpoint is not a readable safetensors file" in err
+    assert "checkpoint.safetensors (the checkpoint) is not a readable safetensors file" in err
     assert _snapshot(run) == before
 
 

@@ -171,37 +171,51 @@ def fit(
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
                 "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best}
     run = _run_directory(out, overwrite, resume)
-    model.to(device)
-    with forked_rng(device, None if resume else seed):
-        _materialize(model, source, batch_size, device)
-        optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
-        # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
-        fingerprint = "" if run is None else training_fingerprint(source, val_source)
-        if resume:
-            ckpt = checkpoint.load(run.path)
-            checkpoint.check_settings(ckpt, settings)
-            if ckpt.meta["data_fingerprint"] != fingerprint:
-                raise VaekitError(
-                    f"the data are not the data {run.path} was trained on: resuming on other data "
-                    "would not continue the same run"
-                )
-            state = checkpoint.restore(ckpt, model, optimizer)
-            run.remove_temporary_files()
-            run.write_metrics(state.metrics)
-            run.write_info(model.event_shape, **_run_record(model, device, settings))
-        else:
-            state = TrainState.fresh(seed, fingerprint)
-            if run is not None:
-                try:
+    try:
+        model.to(device)
+        with forked_rng(device, None if resume else seed):
+            # a run directory replaces an old run only once the model has met the data
+            _materialize(model, source, batch_size, device, always=run is not None)
+            optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
+            # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
+            fingerprint = "" if run is None else training_fingerprint(source, val_source)
+            if resume:
+                ckpt = checkpoint.load(run.path)
+                checkpoint.check_settings(ckpt, settings)
+                _check_same_data(ckpt, fingerprint, source, val_source, run)
+                state = checkpoint.restore(ckpt, model, optimizer)
+                state.fingerprint = fingerprint
+                run.remove_temporary_files()
+                run.write_metrics(state.metrics)
+                run.write_info(model.event_shape, **_run_record(model, device, settings))
+            else:
+                state = TrainState.fresh(seed, fingerprint)
+                if run is not None:
                     run.write_info(model.event_shape, **_run_record(model, device, settings))
                     run.write_metrics([])
-                except VaekitError:
-                    run.discard()  # no half-written run left to mistake for a real one
-                    raise
-        trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
-                           device, list(callbacks), progress)
-        trainer.names = {"class_names": class_names, "feature_names": feature_names, "data_units": data_units}
-        return trainer.train(figures)
+            if run is not None:
+                run.commit()  # from here on the run is the new one
+            trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
+                               device, list(callbacks), progress)
+            trainer.names = {"class_names": class_names, "feature_names": feature_names, "data_units": data_units}
+            return trainer.train(figures)
+    except BaseException:
+        if run is not None:
+            run.discard()  # a run that never started: the folder is as it was (no-op once started)
+        raise
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _check_same_data(ckpt, fingerprint: str, source: Source, val_source: Source | None, run: RunDirectory) -> None:
+    stored = ckpt.meta["data_fingerprint"]
+    # checkpoints of earlier versions fingerprinted large or on-demand data by sampled rows only
+    if stored != fingerprint and stored != training_fingerprint(source, val_source, sampled=True):
+        raise VaekitError(
+            f"the data are not the data {run.path} was trained on: resuming on other data "
+            "would not continue the same run"
+        )
 
 
 def _run_record(model, device: torch.device, settings: dict) -> dict:
@@ -215,26 +229,31 @@ def _run_directory(out, overwrite: bool, resume: bool) -> RunDirectory | None:
         return None
     run = out if isinstance(out, RunDirectory) else RunDirectory(out)
     if resume:
-        run.check_exists()
+        run.lock()
     elif not run.prepared:
         run.prepare(overwrite)
     return run
 
 
-def _materialize(model, source: Source, batch_size: int, device: torch.device) -> None:
-    """One forward pass without gradients on a first batch: networks with lazily sized
-    layers and the model's data and latent shapes are settled before the optimiser sees the
-    parameters. Draws from the forked generator, before the run's own draws start."""
+def _materialize(model, source: Source, batch_size: int, device: torch.device, always: bool = False) -> None:
+    """One forward pass without gradients, in eval mode, on a first batch: networks with
+    lazily sized layers and the model's data and latent shapes are settled before the
+    optimiser sees the parameters, and (``always``) a model that does not fit the data fails
+    here, before a run directory is touched. Draws from a forked generator, before the run's
+    own draws start."""
     needs = (model.event_shape is None or getattr(model, "latent_dim", 1) is None
              or any(isinstance(p, torch.nn.UninitializedParameter) for p in model.parameters()))
-    if not needs:
+    if not (needs or always):
         return
     x, y = source.first_batch(min(batch_size, 8))
     was_training = model.training
-    with torch.no_grad(), forked_rng(device):
-        q = model.encode(x[:8].to(device), _labels(model, y, device, 8))
-        model.decode(q.mean, _labels(model, y, device, 8))
-    model.train(was_training)
+    model.eval()
+    try:
+        with torch.no_grad(), forked_rng(device):
+            q = model.encode(x[:8].to(device), _labels(model, y, device, 8))
+            model.decode(q.mean, _labels(model, y, device, 8))
+    finally:
+        model.train(was_training)
 
 
 def _labels(model, y, device, n: int | None = None):

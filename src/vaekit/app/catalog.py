@@ -24,7 +24,6 @@ silent long enough. Stopped and killed runs both continue with ``vaekit train --
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -189,12 +188,11 @@ def expected_silence(config, metrics: list[dict[str, Any]]) -> float:
 def _mid_epoch(path: Path) -> bool:
     """Whether a checkpoint was taken inside an epoch. Only the safetensors header is read:
     a table of many runs should not read (and checksum) every run's optimiser state."""
-    from safetensors import safe_open
+    from vaekit import rundir
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("vaekit", "{}"))
-    except Exception:  # noqa: BLE001 - any unreadable header means "no usable checkpoint"
+        meta = rundir.read_header(path, "the checkpoint")[1]
+    except (OSError, VaekitError):  # any unreadable header means "no usable checkpoint"
         return False
     return isinstance(meta, dict) and isinstance(meta.get("in_epoch"), dict)
 

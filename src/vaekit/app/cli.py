@@ -215,10 +215,13 @@ def evaluate(
     if curve and result.get("curve"):
         from vaekit import plots
 
-        notes.append(f"wrote {plots.likelihood_curve_figure(result, run_dir / 'likelihood_curve.png')}")
+        notes.append(_store_in_run(run_dir / "likelihood_curve.png",
+                                   lambda path: plots.likelihood_curve_figure(result, path), "the curve"))
     if save and same_data(data, config):
+        from vaekit.rundir import write_json
+
         name = f"evaluation-{split}.json" if weights == "last" else f"evaluation-{split}-{weights}.json"
-        notes.append(_save_evaluation(run_dir / name, result))
+        notes.append(_store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
     if as_json:
         print(json.dumps(result))
     else:
@@ -419,9 +422,10 @@ def plot(
     from vaekit import plots
     from vaekit.app.data import read_run_data, run_splits
     from vaekit.app.runs import load_run
-    from vaekit.rundir import FIGURES, read_metrics
+    from vaekit.rundir import FIGURES, RunDirectory, read_metrics, remove_temporary_files
 
     _threads(threads)
+    RunDirectory(run_dir).check_exists()
     folder = run_dir if output is None else output
     if not folder.is_dir():
         raise VaekitError(f"output folder {folder} does not exist")
@@ -431,6 +435,7 @@ def plot(
             raise VaekitError(f"{folder} already holds {', '.join(there[:3])}; pass --overwrite to replace them")
     model, config = load_run(run_dir, weights, device=device)
     splits = run_splits(config, run_dir=run_dir)
+    remove_temporary_files(run_dir)  # what killed writers left in the run
     train, shown = splits["train"], splits.get("validation") or splits.get("test") or splits["train"]
     with _thread_policy(threads):
         paths = plots.draw_all(folder, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir),
@@ -549,14 +554,18 @@ def _data_units(run_dir: Path):
     return None if st is None else st.invert
 
 
-def _save_evaluation(path: Path, result: dict) -> str:
-    from vaekit.rundir import write_json
+def _store_in_run(path: Path, write, what: str) -> str:
+    """Write ``path`` into a run directory (clearing what killed writers left there first);
+    a run that cannot be written (read-only, someone else's) gets a warning, not a failure:
+    the printed result is what counts."""
+    from vaekit.rundir import remove_temporary_files
 
+    remove_temporary_files(path.parent)
     try:
-        write_json(path, result)
-    except OSError as err:  # a read-only run someone sent: the printed result is what counts
-        return f"warning: could not store the result in {path} ({err.strerror or err})"
-    return f"stored the result in {path}"
+        write(path)
+    except VaekitError as err:
+        return f"warning: could not store {what} in the run: {err}"
+    return f"stored {what} in {path}" if what == "the result" else f"wrote {path}"
 
 
 def _original_units(x, run_dir: Path):

@@ -37,7 +37,7 @@ PRECISIONS = ("fp32", "bf16")
 # not be the run's).
 MAY_CHANGE_ON_RESUME = (
     "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best", "log",
+    "device", "save_best", "log", "mirror",
 )
 TRACKERS = ("tensorboard", "mlflow")
 
@@ -268,7 +268,9 @@ class Config:
         return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from vaekit.rundir import write_json
+
+        write_json(path, self.to_dict())
 
 
 # ---------------------------------------------------------------------- parsing helpers

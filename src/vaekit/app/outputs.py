@@ -19,6 +19,9 @@ def output_path(given: Path | None, run_dir: Path, default: str, suffixes: tuple
     """The file to write: ``given``, or ``run_dir / default``; checked for its suffix and
     folder, and refused if it (or a ``companions`` file written next to it, named by
     replacing its suffix) exists, unless ``overwrite``."""
+    from vaekit.rundir import RunDirectory
+
+    RunDirectory(run_dir).check_exists()  # "a file, not a run directory" before any output talk
     path = run_dir / default if given is None else given
     if path.suffix.lower() not in suffixes:
         raise VaekitError(f"output {path} must end in {' or '.join(suffixes)}")

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vaekit import checkpoint, likelihoods, nets, objectives
+from vaekit import checkpoint, likelihoods, nets, objectives, rundir
 from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
@@ -44,6 +45,7 @@ def train(
     config.validate()
     # decided once and recorded: the run's data stay the same file whatever the current folder later
     config = dataclasses.replace(config.resolved(), data=absolute_spec(config.data))
+    RunDirectory(out).check_target(overwrite)  # before the data are read: a quick refusal
     device = resolve_device(config.device)
     check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
@@ -51,16 +53,21 @@ def train(
         train_set = splits["train"]
         check_data(train_set, config, quiet)
         config = with_classes(config, train_set.labels, train_set.classes)
+        check_model_size(config, train_set.event_shape)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
+        # Everything that can be checked has been: only now is the folder touched. An old run
+        # (--overwrite) stays as it was until the new one starts training (fit commits it).
         run = RunDirectory(out).prepare(overwrite)
         try:
             run.write_config(config.to_dict())
-            write_run_data(run.path, config, splits)
-        except VaekitError:
-            run.discard()  # no half-written run left to mistake for a real one
+            write_run_data(run, config, splits)
+            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+        except BaseException:
+            run.discard()  # before training started: no half-written run left to mistake for a real one
             raise
-        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+        finally:
+            run.release()
     return run.path
 
 
@@ -73,12 +80,20 @@ def resume(
 ) -> Path:
     """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
     settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``,
-    ``device``)."""
+    ``device``, ``mirror``)."""
+    run = RunDirectory(run_dir).lock()  # one writer at a time; released when this returns
+    try:
+        _resume(run, changes or {}, quiet, figures)
+    finally:
+        run.release()
+    return run.path
+
+
+def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bool) -> None:
     from vaekit.app.data import run_splits
 
-    run = RunDirectory(run_dir)
     ckpt = checkpoint.load(run.path)
-    config = resume_config(ckpt, load_config(run.path), changes or {})
+    config = resume_config(ckpt, load_config(run.path), changes)
     if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
         raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
     done = ckpt.meta["epoch"]
@@ -92,11 +107,13 @@ def resume(
 
     check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:
-        splits = run_splits(config, quiet=quiet)
+        # a run's own mirror list is someone else's choice of server: only the user's flag counts
+        splits = run_splits(dataclasses.replace(config, mirror=changes.get("mirror")), quiet=quiet)
         check_data(splits["train"], config, quiet=True)
         if splits["train"].event_shape != ckpt.event_shape:
             raise VaekitError(f"{ckpt.path}: event shape {list(ckpt.event_shape)} does not match the data")
-        model = build_model(config, ckpt.event_shape)
+        stored = {k[len("model."):]: tuple(v.shape) for k, v in ckpt.tensors.items() if k.startswith("model.")}
+        model = build_checked(config, ckpt.event_shape, stored, ckpt.path)
         previous = run.file(CONFIG).read_bytes()
         run.write_config(config.to_dict())  # before fit: its checkpoints store the run's config
         step = ckpt.meta["in_epoch"]
@@ -110,7 +127,6 @@ def resume(
                 with contextlib.suppress(VaekitError):
                     atomic_write(run.file(CONFIG), previous)
             raise
-    return run.path
 
 
 class _Started(Callback):
@@ -402,17 +418,55 @@ def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.dev
 
 
 def load_run_epoch(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
-    """As :func:`load_run`, plus the epoch the weights are from (``None`` where unknown)."""
+    """As :func:`load_run`, plus the epoch the weights are from (``None`` where unknown).
+    The stored weights' shapes are checked against the config before the model is built,
+    so a config edited to ask for a huge model allocates nothing. The config's ``mirror`` is
+    dropped: a run's own choice of download server is never used (the caller's flag is)."""
     config = load_config(run_dir)
     run = RunDirectory(run_dir)
-    model = build_model(config, tuple(run.read_info()["event_shape"]))
+    shape = tuple(run.read_info()["event_shape"])
+    model = build_checked(config, shape, run.weights_shapes(weights), run.weights_path(weights))
     meta = run.load_weights(model, weights)
     if weights == "best":
         epoch = meta.get("epoch")
     else:  # written at the end of every epoch
         metrics = run.read_metrics()
         epoch = metrics[-1]["epoch"] if metrics else None
-    return model.to(resolve_device(device)).eval(), config, epoch
+    return model.to(resolve_device(device)).eval(), dataclasses.replace(config, mirror=None), epoch
+
+
+def build_checked(config: Config, event_shape: tuple[int, ...], stored: dict[str, tuple[int, ...]],
+                  where: Path) -> VAE:
+    """:func:`build_model`, once the model's tensor shapes (found on the meta device, where
+    nothing is allocated) match the ``stored`` ones; refused otherwise."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    problem = rundir.mismatch(rundir.state_shapes(skeleton), stored)
+    if problem:
+        raise VaekitError(f"{where}: {problem}")
+    return build_model(config, event_shape)
+
+
+def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose parameters alone would not fit in this machine's memory (a
+    typo such as ``hidden = 100000000``), before anything is allocated."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
+               if not isinstance(p, torch.nn.parameter.UninitializedParameter))
+    memory = _physical_memory()
+    if memory and size > memory:
+        raise VaekitError(
+            f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
+            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

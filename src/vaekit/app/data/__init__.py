@@ -343,10 +343,11 @@ def source_fingerprint(data: Dataset) -> str:
 
 
 # ---------------------------------------------------------------------- the run's record
-def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None]) -> dict:
-    """Write ``data.json``: how the run's data were binarised and standardised, their class
-    names and feature names, and for a file or folder its absolute path and the fingerprints
-    of what was loaded from it (later reads of the run's own data are checked against them)."""
+def write_run_data(run_dir, config, splits: dict[str, Dataset | None]) -> dict:
+    """Write ``data.json`` (into a folder or a :class:`~vaekit.rundir.RunDirectory`): how the
+    run's data were binarised and standardised, their class names and feature names, and for
+    a file or folder its absolute path and the fingerprints of what was loaded from it (later
+    reads of the run's own data are checked against them)."""
     from vaekit.rundir import RunDirectory
 
     kind = config.binarization.kind
@@ -369,7 +370,8 @@ def write_run_data(run_dir: str | Path, config, splits: dict[str, Dataset | None
     if not is_named(config.data):
         record["source"] = {"path": absolute_spec(config.data),
                             "fingerprints": {k: v.origin for k, v in origins.items() if v is not None and v.origin}}
-    RunDirectory(run_dir).write_data_record(record)
+    run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    run.write_data_record(record)
     return record
 
 
