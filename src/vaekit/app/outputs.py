@@ -21,7 +21,8 @@ def output_path(given: Path | None, run_dir: Path, default: str, suffixes: tuple
     replacing its suffix) exists, unless ``overwrite``."""
     from vaekit.rundir import RunDirectory
 
-    RunDirectory(run_dir).check_exists()  # "a file, not a run directory" before any output talk
+    if given is None:  # into the run: "a file, not a run directory" before any talk of folders
+        RunDirectory(run_dir).check_exists()
     path = run_dir / default if given is None else given
     if path.suffix.lower() not in suffixes:
         raise VaekitError(f"output {path} must end in {' or '.join(suffixes)}")
