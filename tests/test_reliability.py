@@ -540,3 +540,15 @@ def test_clamped_log_variances_are_counted(grey, tmp_path):
     # the clamp passes no gradient, so every entry stays clamped: all N x latent_dim of them
     assert stats["train_logvar_clamped"] == len(x) * config.latent_dim
     assert model.encode(x).variance.max() <= np.exp(LOGVAR_MAX) * (1 + 1e-6)
+
+
+def test_a_run_whose_every_step_was_skipped_is_an_error_not_a_nan_result(capsys, tmp_path):
+    # fewer steps in the whole run than --max-bad-steps: the old loop exited 0 with NaNs
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.random.default_rng(0).random((60, 12)).astype(np.float32) * 1e30)
+    out = tmp_path / "o"
+    err = fails(capsys, "train", "--data", huge, "--likelihood", "gaussian", "--binarize", "none", "--out", out,
+                "--max-bad-steps", "50", "--epochs", "2", "--batch-size", "32", "--hidden", "8", "-q", "--no-figures")
+    assert "training made no update: all 4 steps had a non-finite loss or gradient" in err
+    assert "learning rate too high" in err
+    assert not (out / "evaluation.json").exists()

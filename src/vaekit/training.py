@@ -346,12 +346,25 @@ class _Trainer:
                     break
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
+        self._check_learned()
         self.model.eval()
         evaluation = self.finish(figures) if self.run is not None else None
         self.model.train()
         for callback in self.callbacks:
             callback.on_results(loop, evaluation)
         return self.history
+
+    def _check_learned(self) -> None:
+        """A run whose every step was skipped (non-finite loss or gradient), but never
+        max_bad_steps of them in a row, learned nothing: an error, not an exit 0 with NaNs."""
+        records = self.history.epochs
+        if records and all(r.get("train_elbo") != r.get("train_elbo") for r in records):
+            steps = sum(r.get("train_skipped_steps", 0) for r in records)
+            kept = "" if self.run is None else f" The checkpoint is kept in {self.run.checkpoint_path}."
+            raise VaekitError(
+                f"training made no update: all {steps} steps had a non-finite loss or gradient and were "
+                f"skipped. {_bad_steps_message(steps, self.model, self.optimizer).split('. ', 1)[1]}{kept}"
+            )
 
     def train_epoch(self, progress: EpochProgress, epoch: int, on_step) -> dict[str, float]:
         """One pass in random minibatches; the per-example mean terms, skipped steps and
