@@ -142,3 +142,18 @@ def test_cli_runs_table_and_json(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no runs under" in run_cli("runs", empty).stdout
+
+
+def test_a_run_trained_from_python_is_listed_with_its_plan(tmp_path):
+    import torch
+
+    import vaekit
+
+    x = (torch.rand(60, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    model = vaekit.VAE(torch.nn.Linear(6, 4), torch.nn.Linear(2, 6), "bernoulli", latent_dim=2)
+    vaekit.fit(model, x[:50], validation=x[50:], epochs=2, batch_size=10, device="cpu", out=tmp_path / "py")
+    [row] = catalog.runs_table(tmp_path)
+    assert row["name"] == "py" and row["problem"] is None
+    assert (row["epochs_done"], row["epochs_planned"], row["status"]) == (2, 2, "finished")
+    assert row["model"] == "VAE (from Python)"
+    assert row["best_validation_elbo"] is not None

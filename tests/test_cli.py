@@ -65,7 +65,7 @@ def test_sample_encode_reconstruct_plot(cli_run):
     done = run_cli("encode", run, "--data", "digits", "-o", root / "z.csv")
     assert done.returncode == 0, done.stderr
     lines = (root / "z.csv").read_text().splitlines()
-    assert lines[0] == "mu_1,mu_2,mu_3,logvar_1,logvar_2,logvar_3,label" and len(lines) == 1798
+    assert lines[0] == "mu_1,mu_2,mu_3,logvar_1,logvar_2,logvar_3,label,row" and len(lines) == 1798
     assert run_cli("encode", run, "--data", "digits", "-o", root / "z.npy").returncode == 0
     assert np.load(root / "z.npy").shape == (1797, 3)
     assert np.load(root / "z.logvar.npy").shape == (1797, 3)
@@ -136,8 +136,8 @@ def test_the_default_split_reads_the_data_once(tiny_run, monkeypatch):
     calls = []
     real = data.load_data
     monkeypatch.setattr(data, "load_data", lambda *a, **k: calls.append(a) or real(*a, **k))
-    _, _, dataset, split = _model_and_data(tiny_run, None, None)
+    _, _, dataset, split, _ = _model_and_data(tiny_run, None, None)
     assert split == "validation" and len(dataset) == 180  # digits has no test split
     assert len(calls) == 1
-    _, _, explicit, _ = _model_and_data(tiny_run, None, "validation")
+    _, _, explicit, _, _ = _model_and_data(tiny_run, None, "validation")
     assert torch.equal(explicit.x, dataset.x)  # the same draws as naming the split

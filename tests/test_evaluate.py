@@ -412,6 +412,7 @@ EXPECTED_KEYS = {
     "mutual_information", "marginal_kl", "importance_samples", "iwae_k", "elbo_se",
     "reconstruction_se", "kl_se", "log_likelihood_se", "gap_se", "iwae_bound_se", "nll_se",
     "bits_per_dim_se", "mutual_information_se", "mutual_information_max", "marginal_kl_se", "seed",
+    "weights", "epoch",  # which weights were scored, and the epoch they are from
 }
 
 

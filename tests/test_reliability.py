@@ -195,7 +195,7 @@ def test_object_array_with_a_malicious_pickle_is_never_unpickled(capsys, tmp_pat
 def test_truncated_weights(capsys, run, tmp_path):
     (run / rundir.WEIGHTS).write_bytes((run / rundir.WEIGHTS).read_bytes()[:-40])
     err = fails(capsys, "sample", run, "-o", tmp_path / "s.npy")
-    assert "model.safetensors: the weights is not a readable safetensors file" in err
+    assert "model.safetensors (the weights) is not a readable safetensors file" in err
     assert not (tmp_path / "s.npy").exists()
 
 
@@ -280,7 +280,7 @@ def test_truncated_checkpoint(capsys, run):
     (run / rundir.CHECKPOINT).write_bytes((run / rundir.CHECKPOINT).read_bytes()[:1000])
     before = _snapshot(run)
     err = fails(capsys, "train", "--resume", run, "--epochs", "3", "--quiet")
-    assert "the checkpoint is not a readable safetensors file" in err
+    assert "checkpoint.safetensors (the checkpoint) is not a readable safetensors file" in err
     assert _snapshot(run) == before
 
 
@@ -540,3 +540,15 @@ def test_clamped_log_variances_are_counted(grey, tmp_path):
     # the clamp passes no gradient, so every entry stays clamped: all N x latent_dim of them
     assert stats["train_logvar_clamped"] == len(x) * config.latent_dim
     assert model.encode(x).variance.max() <= np.exp(LOGVAR_MAX) * (1 + 1e-6)
+
+
+def test_a_run_whose_every_step_was_skipped_is_an_error_not_a_nan_result(capsys, tmp_path):
+    # fewer steps in the whole run than --max-bad-steps: the old loop exited 0 with NaNs
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.random.default_rng(0).random((60, 12)).astype(np.float32) * 1e30)
+    out = tmp_path / "o"
+    err = fails(capsys, "train", "--data", huge, "--likelihood", "gaussian", "--binarize", "none", "--out", out,
+                "--max-bad-steps", "50", "--epochs", "2", "--batch-size", "32", "--hidden", "8", "-q", "--no-figures")
+    assert "training made no update: all 4 steps had a non-finite loss or gradient" in err
+    assert "learning rate too high" in err
+    assert not (out / "evaluation.json").exists()

@@ -174,16 +174,14 @@ def read(run_dir: str | Path) -> bytes:
     run = rundir.RunDirectory(run_dir)
     run.check_exists()
     path = run.checkpoint_path
-    if not path.is_file():
+    try:
+        return rundir.read_regular(path, "the checkpoint", None)
+    except FileNotFoundError:
         raise VaekitError(
             f"{run.path} has no {path.name} to resume from (the run stopped before its "
             "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0); "
             "start it again with --overwrite"
-        )
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise VaekitError(f"cannot read {path} (the checkpoint): {err.strerror or err}") from None
+        ) from None
 
 
 def load(run_dir: str | Path, data: bytes | None = None) -> Checkpoint:

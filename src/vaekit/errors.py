@@ -18,3 +18,7 @@ class Interrupted(VaekitError):
 
 class WriteError(VaekitError):
     """A file could not be written (full disk, no permission); what was there is unchanged."""
+
+
+class RunInUse(VaekitError):
+    """Another process is writing the run directory (it holds the run's lock)."""

@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -535,12 +535,14 @@ def bits_per_dim(model, x: torch.Tensor, nll: float | None,
 
 # ---------------------------------------------------------------------- output
 def write_per_example(
-    scores: dict[str, torch.Tensor], path: str | Path, labels: torch.Tensor | None = None
+    scores: dict[str, torch.Tensor], path: str | Path, labels: torch.Tensor | None = None,
+    extra: dict[str, Sequence] | None = None,
 ) -> Path:
     """Per-example scores (anomaly scores: low log-likelihood = unusual) to ``.csv`` (a header
-    row) or ``.npy`` (a structured array with named fields; loads with allow_pickle=False)."""
-    path = Path(path)
-    columns = {"index": np.arange(len(next(iter(scores.values()))))}
+    row) or ``.npy`` (a structured array with named fields; loads with allow_pickle=False).
+    ``extra``: further columns after the scores (e.g. each example's row in its file, its
+    file name, its class name), numbers or strings."""
+    columns: dict[str, Sequence] = {"index": np.arange(len(next(iter(scores.values()))))}
     if labels is not None:
         columns["label"] = labels.cpu().numpy().astype(np.int64)
     scores = dict(scores)
@@ -549,15 +551,42 @@ def write_per_example(
     for key in PER_EXAMPLE_COLUMNS:
         if key in scores:
             columns[key] = scores[key].cpu().numpy()
+    return write_table(path, {**columns, **(extra or {})})
+
+
+def write_table(path: str | Path, columns: dict[str, Sequence], float_format: str = "%.10g") -> Path:
+    """Columns of equal length (numbers or strings) to ``.csv`` (a header row, quoted where a
+    value needs it) or ``.npy`` (a structured array; loads with allow_pickle=False), written
+    atomically."""
+    import csv
+    import io
+
+    from vaekit.rundir import write_output
+
+    path = Path(path)
+    arrays = {k: np.asarray(v) for k, v in columns.items()}
+    arrays = {k: v.astype(str) if v.dtype.kind == "O" else v for k, v in arrays.items()}
+    n = len(next(iter(arrays.values())))
     if path.suffix.lower() == ".npy":
-        table = np.zeros(len(columns["index"]), dtype=[(k, v.dtype) for k, v in columns.items()])
-        for key, value in columns.items():
+        table = np.zeros(n, dtype=[(k, v.dtype) for k, v in arrays.items()])
+        for key, value in arrays.items():
             table[key] = value
-        np.save(path, table)
-    else:
-        fmt = ["%d" if v.dtype.kind in "iu" else "%.10g" for v in columns.values()]
-        stacked = np.column_stack([v.astype(np.float64) for v in columns.values()])
-        np.savetxt(path, stacked, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+        write_output(path, lambda f: np.save(f, table))
+        return path
+
+    def cell(v) -> str:
+        if isinstance(v, np.integer | np.bool_):
+            return str(int(v))
+        if isinstance(v, np.floating):
+            return float_format % v
+        return str(v)
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(arrays)
+    for i in range(n):
+        writer.writerow([cell(v[i]) for v in arrays.values()])
+    write_output(path, lambda f: f.write(text.getvalue().encode()))
     return path
 
 
@@ -582,17 +611,22 @@ def format_table(result: dict) -> str:
     """The report as a short table: value ± standard error, per-example means in nats."""
     lines = [f"{result.get('split', 'data')}: {result['n']} examples; per-example means in nats "
              "± Monte-Carlo standard error (for this fixed data)"]
+    if result.get("weights"):
+        lines[0] += f"; {result['weights']} weights (epoch {result.get('epoch')})"
     for key, indent, meaning in _ROWS:
-        if key not in result:
+        if result.get(key) is None:  # not computed, or meaningless (an autoencoder has no ELBO)
             continue
         value, se = result[key], result.get(f"{key}_se")
-        shown = "—" if value is None else f"{value:11.4f}" + (f" ± {se:.4f}" if se is not None else "")
+        shown = f"{value:11.4f}" + (f" ± {se:.4f}" if se is not None else "")
         meaning = meaning.format(K=result.get("importance_samples"), k=result.get("iwae_k"),
                                  logn=result.get("mutual_information_max") or math.nan)
-        lines.append(f"{indent + key:<22}{shown:<24}{meaning}")
+        lines.append(f"{indent + key:<23}{shown:<24}{meaning}")
+    if result.get("elbo") is None and result.get("reconstruction") is not None:
+        lines.append("(a deterministic autoencoder: no posterior or prior, so no ELBO, KL or likelihood; "
+                     "reconstruction is log p(x | z = encoder(x)))")
     if result.get("active_units") is not None:
         shown = f"{result['active_units']:>6} of {len(result['active_units_per_dim'])}"
-        lines.append(f"{'active_units':<22}{shown:<24}A_u = Cov_x(E_q[z_u]) > {ACTIVE_THRESHOLD}")
+        lines.append(f"{'active_units':<23}{shown:<24}A_u = Cov_x(E_q[z_u]) > {ACTIVE_THRESHOLD}")
     if result.get("bits_per_dim_note"):
         lines.append(f"bits_per_dim: {result['bits_per_dim_note']}")
     return "\n".join(lines)

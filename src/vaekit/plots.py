@@ -9,11 +9,13 @@ between two encoded examples). For a conditional model (b) has one panel per cla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from vaekit.errors import VaekitError
@@ -23,12 +25,19 @@ __all__ = ["FIGURES", "draw_all"]
 
 
 def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_labels,
-             metrics: list[dict]) -> list[Path]:
+             metrics: list[dict], class_names: list[str] | None = None,
+             feature_names: list[str] | None = None, data_units: Callable | None = None) -> list[Path]:
     """Draw every figure of a run into ``run_dir``: figure (a) from the training data
-    ``train_x`` (coloured by ``train_labels``), the per-example figures from ``shown_x``
-    (validation or test data); return the paths written. Matplotlib's object API only: no
-    backend is chosen and no global figure state is touched."""
+    ``train_x`` (coloured by ``train_labels``, named by ``class_names``), the per-example
+    figures from ``shown_x`` (validation or test data); return the paths written. For rows
+    of features (``[N, D]`` data, columns named by ``feature_names``) the pictures are plots
+    of the features instead of images, their values mapped by ``data_units`` (e.g. undoing a
+    standardisation) where given. Matplotlib's object API only: no backend is chosen and no
+    global figure state is touched."""
     run_dir = Path(run_dir)
+    if shown_x.dim() == 2:
+        return _draw_all_tables(run_dir, model, train_x, train_labels, shown_x, shown_labels, metrics,
+                                class_names, feature_names, data_units)
     given = _labels(model, shown_labels)
     # a conditional model decodes the path under one class: join two examples of that class
     second = min(1, len(shown_x) - 1)
@@ -36,8 +45,8 @@ def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_l
         same = (given[1:] == given[0]).nonzero()
         second = int(same[0]) + 1 if len(same) else second
     paths = [
-        latent_figure(model, train_x, train_labels, run_dir / "latent.png"),
-        manifold_figure(model, run_dir / "manifold.png"),
+        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names),
+        manifold_figure(model, run_dir / "manifold.png", class_names=class_names),
         reconstructions_figure(model, shown_x, run_dir / "reconstructions.png", labels=given),
         samples_figure(model, run_dir / "samples.png"),
         traversals_figure(model, shown_x[:1], run_dir / "traversals.png",
@@ -68,14 +77,30 @@ def _labels(model, labels: torch.Tensor | None) -> torch.Tensor | None:
     return labels
 
 
+def _class_colours(k: int):
+    """K distinct colours: tab10's (or tab20's) first K in order, not K spread over the whole
+    map (tab10 resampled to 3 gave two blues); a continuous map beyond 20."""
+    for name, size in (("tab10", 10), ("tab20", 20)):
+        if k <= size:
+            return ListedColormap(colormaps[name].colors[:k])
+    return colormaps["viridis"].resampled(k)
+
+
+def _class_name(label: int, class_names: list[str] | None) -> str:
+    label = int(label)
+    return class_names[label] if class_names and 0 <= label < len(class_names) else str(label)
+
+
 def _figure(**kwargs):
     fig = Figure(**kwargs)
     return fig, fig.subplots()
 
 
-def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
+def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path,
+                  class_names: list[str] | None = None) -> Path:
     """Figure (a): posterior means μ (not samples) of all of ``x``; for d > 2 the plane of
-    their first two principal components; for d = 1 the means against example index."""
+    their first two principal components; for d = 1 the means against example index.
+    Points are coloured by label, named by ``class_names`` where given."""
     mu = posterior_means(model, x, labels=_labels(model, labels)).cpu().numpy()
     d = mu.shape[1]
     if d == 1:
@@ -92,12 +117,12 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
     fig, ax = _figure(figsize=(7, 6))
     if labels is not None:
         classes = np.unique(labels.numpy())
-        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"].resampled(len(classes))
+        cmap = _class_colours(len(classes))
         index = np.searchsorted(classes, labels.numpy())
         sc = ax.scatter(points[:, 0], points[:, 1], c=index, cmap=cmap, s=4, alpha=0.7,
                         vmin=-0.5, vmax=len(classes) - 0.5)
         bar = fig.colorbar(sc, ax=ax, ticks=range(len(classes)))
-        bar.ax.set_yticklabels([str(c) for c in classes])
+        bar.ax.set_yticklabels([_class_name(c, class_names) for c in classes])
         bar.set_label("class")
     else:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
@@ -106,7 +131,8 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
 
 
 @torch.no_grad()
-def manifold_figure(model, path: Path, n: int = 20, label: int | None = None) -> Path:
+def manifold_figure(model, path: Path, n: int = 20, label: int | None = None,
+                    class_names: list[str] | None = None) -> Path:
     """Figure (b): an n×n grid over the unit square mapped through the inverse Gaussian CDF
     (as in Kingma & Welling), decoded in one batched call. For d > 2 the grid spans z₁, z₂
     with the other coordinates at the prior mean 0; for d = 1 it is a single row.
@@ -115,7 +141,7 @@ def manifold_figure(model, path: Path, n: int = 20, label: int | None = None) ->
     panel per class: the same latent grid decoded under each label."""
     classes = getattr(model, "num_classes", 0)
     if classes and label is None:
-        return _manifold_per_class(model, path, classes, min(n, 10))
+        return _manifold_per_class(model, path, classes, min(n, 10), class_names)
     z, values, rows, cols = _latent_grid(model.latent_dim, n)
     y = None if not classes else torch.full((len(z),), int(label), dtype=torch.long)
     images = _decode(model, z, y)
@@ -123,7 +149,7 @@ def manifold_figure(model, path: Path, n: int = 20, label: int | None = None) ->
     _show_tiles(ax, images, rows, cols, extent=(values[0], values[-1]))
     d = model.latent_dim
     suffix = "" if d <= 2 else f" (z₃…z_{d} = 0)"
-    which = "" if not classes else f", class {label}"
+    which = "" if not classes else f", class {_class_name(label, class_names)}"
     ax.set(title=f"decoded latent grid: E[x|z] over Φ⁻¹ of a unit-square grid{suffix}{which}",
            xlabel="z₁", ylabel="z₂" if d > 1 else "")
     return _save(fig, path)
@@ -141,7 +167,7 @@ def _latent_grid(d: int, n: int):
     return z, values, n, n
 
 
-def _manifold_per_class(model, path: Path, classes: int, n: int) -> Path:
+def _manifold_per_class(model, path: Path, classes: int, n: int, class_names: list[str] | None = None) -> Path:
     z, _, rows, cols = _latent_grid(model.latent_dim, n)
     per_row = min(classes, 5)
     grid_rows = -(-classes // per_row)
@@ -152,20 +178,25 @@ def _manifold_per_class(model, path: Path, classes: int, n: int) -> Path:
         if c < classes:
             images = _decode(model, z, torch.full((len(z),), c, dtype=torch.long))
             _show_tiles(ax, images, rows, cols)
-            ax.set_title(f"class {c}")
+            ax.set_title(f"class {_class_name(c, class_names)}")
     fig.suptitle("decoded latent grid per class: E[x|z, y] over the same grid of (z₁, z₂)")
     return _save(fig, path)
 
 
 @torch.no_grad()
 def reconstructions_figure(
-    model, x: torch.Tensor, path: Path, n: int = 10, labels: torch.Tensor | None = None
+    model, x: torch.Tensor, path: Path, n: int = 10, labels: torch.Tensor | None = None,
+    feature_names: list[str] | None = None, data_units: Callable | None = None,
 ) -> Path:
-    """Originals (top row) above their reconstructions E[x | z = μ(x)] (bottom row)."""
+    """Originals (top row) above their reconstructions E[x | z = μ(x)] (bottom row); for rows
+    of features, each feature's reconstruction against its original value, one panel per
+    feature."""
     from vaekit.sampling import reconstruct
 
     originals = x[:n]
     recon = reconstruct(model, originals, None if labels is None else labels[:n])
+    if originals.dim() == 2:
+        return _feature_scatter(_units(originals, data_units), _units(recon, data_units), path, feature_names)
     fig, ax = _figure(figsize=(max(6, n * 0.9), 2.6))
     _show_tiles(ax, torch.cat([originals, recon]), 2, len(originals))
     ax.set(title="reconstructions: originals (top), E[x | z = μ(x)] (bottom)")
@@ -343,3 +374,225 @@ def _save(fig: Figure, path: Path) -> Path:
     # rendered in memory, then renamed into place: never a half-written PNG
     write_output(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     return path
+
+
+# ---------------------------------------------------------------------- rows of features
+MAX_PANELS = 16  # features drawn one panel each (the title says how many more there are)
+
+
+def _draw_all_tables(run_dir: Path, model, train_x, train_labels, shown_x, shown_labels, metrics,
+                     class_names, feature_names, data_units) -> list[Path]:
+    given = _labels(model, shown_labels)
+    second = min(1, len(shown_x) - 1)
+    if given is not None:
+        same = (given[1:] == given[0]).nonzero()
+        second = int(same[0]) + 1 if len(same) else second
+    pick = None if given is None else given[[0, second]]
+    names = {"feature_names": feature_names, "data_units": data_units}
+    paths = [
+        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names),
+        manifold_figure_features(model, run_dir / "manifold.png", class_names=class_names, **names),
+        reconstructions_figure(model, shown_x, run_dir / "reconstructions.png", n=2000, labels=given, **names),
+        # the model's draws against the data it was fitted to (the larger set, not the held-out one)
+        samples_figure_features(model, train_x[:2000], run_dir / "samples.png", **names),
+        traversals_figure_features(model, shown_x[:1], run_dir / "traversals.png",
+                                   labels=None if given is None else given[:1], **names),
+        interpolations_figure_features(model, shown_x[0:1], shown_x[second:second + 1],
+                                       run_dir / "interpolations.png", labels=pick, **names),
+    ]
+    if metrics:
+        paths.append(curves_figure(metrics, run_dir / "curves.png"))
+    return paths
+
+
+def _units(x: torch.Tensor, data_units: Callable | None) -> np.ndarray:
+    """Model-space rows as float64 numpy, in the data's units where a map is given."""
+    x = x.detach().cpu()
+    return (x if data_units is None else data_units(x)).double().numpy()
+
+
+def feature_names_for(d: int, names: list[str] | None) -> list[str]:
+    """The columns' names, or x1 … xD where the data have none."""
+    return list(names) if names and len(names) == d else [f"x{j + 1}" for j in range(d)]
+
+
+def _panels(count: int, width: float = 2.6, height: float = 2.4):
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    fig = Figure(figsize=(width * cols, height * rows + 0.7))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_axis_off()
+    return fig, list(axes.flat[:count])
+
+
+def _shown_features(d: int) -> tuple[list[int], str]:
+    shown = list(range(min(d, MAX_PANELS)))
+    return shown, "" if d <= MAX_PANELS else f" (first {MAX_PANELS} of {d} features)"
+
+
+def _feature_scatter(originals: np.ndarray, recon: np.ndarray, path: Path,
+                     feature_names: list[str] | None) -> Path:
+    """Each feature's reconstruction E[x | z = μ(x)] against its original value, with the
+    diagonal (perfect reconstruction) and R² (1 − residual / total variance)."""
+    a, b = originals, recon
+    names = feature_names_for(a.shape[1], feature_names)
+    shown, note = _shown_features(a.shape[1])
+    fig, axes = _panels(len(shown))
+    for ax, j in zip(axes, shown, strict=True):
+        ax.scatter(a[:, j], b[:, j], s=6, alpha=0.5)
+        lo, hi = min(a[:, j].min(), b[:, j].min()), max(a[:, j].max(), b[:, j].max())
+        ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=0.8, linestyle="--")
+        total = ((a[:, j] - a[:, j].mean()) ** 2).sum()
+        r2 = 1 - ((a[:, j] - b[:, j]) ** 2).sum() / total if total > 0 else float("nan")
+        ax.set_title(f"{_short(names[j])}\nR² {r2:.2f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set(xlabel="original", ylabel="reconstruction")
+    fig.suptitle(f"reconstructions E[x | z = μ(x)] against the originals, {len(a)} examples{note}")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def samples_figure_features(model, x: torch.Tensor | None, path: Path, feature_names: list[str] | None = None,
+                            n: int = 2000, samples: torch.Tensor | None = None,
+                            data_units: Callable | None = None, title: str | None = None) -> Path:
+    """Each feature's distribution: draws x ~ p(x|z), z ~ the prior (a generator seeded with
+    0), against the data ``x`` where given. ``samples``: draws already made."""
+    from vaekit.sampling import eval_mode
+
+    if samples is None:
+        with eval_mode(model):
+            samples = model.sample(n, mean=False, generator=torch.Generator().manual_seed(0))
+    drawn = _units(samples, data_units)
+    data = None if x is None else _units(x, data_units)
+    names = feature_names_for(drawn.shape[1], feature_names)
+    shown, note = _shown_features(drawn.shape[1])
+    fig, axes = _panels(len(shown))
+    count = len(drawn) if data is None else min(len(drawn), len(data))
+    for ax, j in zip(axes, shown, strict=True):
+        values = drawn[:, j] if data is None else np.concatenate([drawn[:, j], data[:, j]])
+        lo, hi = np.quantile(values, [0.005, 0.995])  # a few wild draws would squash the rest
+        edges = int(np.clip(2 * np.sqrt(count), 8, 40))  # as many bins as the smaller set fills
+        bins = np.linspace(lo, hi, edges) if hi > lo else edges
+        if data is not None:
+            ax.hist(data[:, j], bins=bins, density=True, color="0.75", label="data")
+        ax.hist(drawn[:, j], bins=bins, density=True, histtype="step", linewidth=1.4, color="C0",
+                label="samples")
+        ax.set_title(_short(names[j]), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+    axes[0].legend(fontsize=7)
+    against = "" if data is None else f", against {len(data)} training rows"
+    fig.suptitle((title or f"{len(drawn)} samples x ~ p(x|z), z ~ the prior") + f"{against}{note}")
+    return _save(fig, path)
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+@torch.no_grad()
+def manifold_figure_features(model, path: Path, feature_names: list[str] | None = None,
+                             class_names: list[str] | None = None, n: int = 25,
+                             data_units: Callable | None = None) -> Path:
+    """Figure (b) for rows of features: each feature's decoded value E[x|z] over a grid of
+    (z₁, z₂) (Φ⁻¹ of a unit-square grid; the other coordinates at 0), one heat map per
+    feature; for d = 1 each feature against z. A conditional model decodes under class 0."""
+    classes = getattr(model, "num_classes", 0)
+    z, values, rows, cols = _latent_grid(model.latent_dim, n)
+    y = None if not classes else torch.zeros(len(z), dtype=torch.long)
+    decoded = _units(_decode(model, z, y), data_units)
+    names = feature_names_for(decoded.shape[1], feature_names)
+    shown, note = _shown_features(decoded.shape[1])
+    under = "" if not classes else f", class {_class_name(0, class_names)}"
+    if rows == 1:
+        fig, axes = _panels(len(shown))
+        for ax, j in zip(axes, shown, strict=True):
+            ax.plot(values.numpy(), decoded[:, j])
+            ax.set_title(_short(names[j]), fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0].set(xlabel="z")
+        fig.suptitle(f"decoded E[x|z] along the 1-D latent space{under}{note}")
+        return _save(fig, path)
+    fig, axes = _panels(len(shown), width=2.9)
+    a, b = float(values[0]), float(values[-1])
+    for ax, j in zip(axes, shown, strict=True):
+        image = ax.imshow(decoded[:, j].reshape(rows, cols), extent=(a, b, a, b), aspect="auto",
+                          cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax.set_title(_short(names[j]), fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set(xlabel="z₁", ylabel="z₂")
+    d = model.latent_dim
+    rest = "" if d <= 2 else f", z₃…z_{d} = 0"
+    fig.suptitle(f"decoded E[x|z] of each feature over the (z₁, z₂) plane{rest}{under}{note}")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def traversals_figure_features(model, x: torch.Tensor, path: Path, labels: torch.Tensor | None = None,
+                               feature_names: list[str] | None = None, steps: int = 21,
+                               width: float = 3.0, data_units: Callable | None = None) -> Path:
+    """Latent traversals for rows of features: from the posterior mean of ``x[0]``, each
+    feature's decoded value (one panel per feature, on its own scale) as one latent
+    coordinate at a time moves over [−width, width] (one line per coordinate, up to 8: those
+    the encoder uses most); dotted: the example's own value."""
+    from vaekit.sampling import decode_latents, encode_posterior, traversal
+
+    q = encode_posterior(model, x[:1], None if labels is None else labels[:1])
+    start = q.mean[0].cpu()
+    dims = sorted(torch.argsort(q.variance[0].cpu())[: min(8, model.latent_dim)].tolist())
+    values = torch.linspace(-width, width, steps)
+    y = None if labels is None else int(labels[0])
+    decoded = _units(decode_latents(model, torch.cat([traversal(start, d, values) for d in dims]), y), data_units)
+    decoded = decoded.reshape(len(dims), steps, -1)
+    original = _units(x[:1], data_units)[0]
+    names = feature_names_for(decoded.shape[2], feature_names)
+    shown, note = _shown_features(decoded.shape[2])
+    fig, axes = _panels(len(shown))
+    for ax, j in zip(axes, shown, strict=True):
+        for k, d in enumerate(dims):
+            ax.plot(values.numpy(), decoded[k, :, j], color=f"C{k % 10}", label=f"z{d + 1}")
+        ax.axhline(float(original[j]), color="0.3", linestyle=":", linewidth=1)
+        ax.set_title(_short(names[j]), fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set(xlabel="latent coordinate's value")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"traversals from μ(x): each feature as one latent coordinate moves over [−{width:g}, {width:g}] "
+                 f"(dotted: the example's value){note}", fontsize=10)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def interpolations_figure_features(model, x0: torch.Tensor, x1: torch.Tensor, path: Path,
+                                   labels: torch.Tensor | None = None,
+                                   feature_names: list[str] | None = None, steps: int = 21,
+                                   data_units: Callable | None = None) -> Path:
+    """Decoded paths between the posterior means of two rows, one panel per feature: linear
+    (solid) and spherical (dashed) interpolation, the two original rows as dots at the ends."""
+    from vaekit.sampling import decode_latents, encode_posterior, interpolate
+
+    y0 = y1 = None
+    if labels is not None:
+        y0, y1 = labels[:1], labels[1:2]
+    z0 = encode_posterior(model, x0[:1], y0).mean[0].cpu()
+    z1 = encode_posterior(model, x1[:1], y1).mean[0].cpu()
+    label = None if y0 is None else int(y0[0])
+    paths = {m: _units(decode_latents(model, interpolate(z0, z1, steps, m), label), data_units)
+             for m in ("linear", "spherical")}
+    ends = _units(torch.cat([x0[:1], x1[:1]]), data_units)
+    names = feature_names_for(ends.shape[1], feature_names)
+    shown, note = _shown_features(ends.shape[1])
+    t = np.linspace(0, 1, steps)
+    fig, axes = _panels(len(shown))
+    for ax, j in zip(axes, shown, strict=True):
+        ax.plot(t, paths["linear"][:, j], color="C0", label="linear")
+        ax.plot(t, paths["spherical"][:, j], color="C1", linestyle="--", label="spherical")
+        ax.plot([0, 1], ends[:, j], "o", color="0.2", markersize=4, label="original rows")
+        ax.set_title(_short(names[j]), fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set(xlabel="along the path (0: first row, 1: second)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"interpolation between two encoded rows, decoded: linear (solid), spherical (dashed); "
+                 f"dots: the two rows{note}", fontsize=10)
+    return _save(fig, path)

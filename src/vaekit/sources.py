@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from vaekit.errors import VaekitError
 
-FULL_HASH_BYTES = 512 * 1024**2  # above this (or for data read on demand), hash a sample of rows
+FULL_HASH_BYTES = 512 * 1024**2  # earlier versions hashed only sampled rows above this (and for data read on demand)
 SAMPLED_ROWS = 4096
 SAMPLED_ITEMS = 64  # items of a Dataset hashed for its fingerprint
 
@@ -32,6 +32,7 @@ class Source:
         self.loader: DataLoader | None = None
         self.dataset: Dataset | None = None
         self.x = self.labels = None
+        self.pinned = False
         if isinstance(data, DataLoader):
             self.kind, self.loader = "loader", data
         elif isinstance(data, Dataset) and not _is_tensor_like(data):
@@ -41,6 +42,13 @@ class Source:
             self.x, self.labels = _tensor_pair(data, labels, what)
         if labels is not None and self.kind != "tensor":
             raise VaekitError(f"{what}: labels go inside a Dataset's or DataLoader's items, as (x, y)")
+
+    def pin(self) -> None:
+        """Page-locked host memory, for asynchronous copies to a CUDA device: a tensor is
+        pinned once, a Dataset's batches as they are collated (a DataLoader is used as given)."""
+        self.pinned = True
+        if self.kind == "tensor" and torch.is_tensor(self.x):
+            self.x = self.x.pin_memory()
 
     def __len__(self) -> int:
         if self.kind == "tensor":
@@ -79,7 +87,7 @@ class Source:
         # an empty share can only be the last one (batch_size >= world): read the others
         sampler = [index.tolist() for index in parts if len(index)]
         items = iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=default_collate,
-                                generator=_quiet_generator()))
+                                generator=_quiet_generator(), pin_memory=self.pinned))
         for rows, index in zip(steps, parts, strict=True):
             if not len(index):
                 yield None, None, len(rows)
@@ -138,11 +146,12 @@ class Source:
         return h.hexdigest()
 
 
-def training_fingerprint(train: Source, validation: Source | None) -> str:
+def training_fingerprint(train: Source, validation: Source | None, sampled: bool = False) -> str:
     """The fingerprint a checkpoint records of its training and validation data (for tensors
-    the same as vaekit 0.1 wrote, so its runs resume)."""
+    the same as vaekit 0.1 wrote, so its runs resume). ``sampled``: the weaker fingerprint
+    earlier versions recorded for large or on-demand data (accepted on resume)."""
     if train.kind == "tensor" and (validation is None or validation.kind == "tensor"):
-        return fingerprint(train.x, None if validation is None else validation.x)
+        return fingerprint(train.x, None if validation is None else validation.x, sampled=sampled)
     parts = [train.fingerprint(), "" if validation is None else validation.fingerprint()]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
 
@@ -177,16 +186,22 @@ def split_item(item) -> tuple:
     raise VaekitError(f"a data item must be a tensor x or a pair (x, y); got {type(item).__name__}")
 
 
-def fingerprint(*arrays) -> str:
-    """SHA-256 of the given arrays: of every value for in-memory tensors up to
-    ``FULL_HASH_BYTES`` (MNIST: 0.2 s), else of the shape and ``SAMPLED_ROWS`` evenly spaced
-    rows, so huge or on-demand data are not read in full."""
+def fingerprint(*arrays, sampled: bool = False) -> str:
+    """SHA-256 of the given arrays, covering every value: of in-memory tensors directly; of
+    an array read on demand through its ``content_fingerprint()`` (a digest of its whole
+    source, e.g. a streamed hash of the file, and of which rows it takes). Arrays without
+    one (and everything above ``FULL_HASH_BYTES`` with ``sampled``, as earlier versions did)
+    are hashed by their shape and ``SAMPLED_ROWS`` evenly spaced rows."""
     h = hashlib.sha256()
     for x in arrays:
         if x is None:
             continue
         h.update(json.dumps(list(x.shape)).encode())
-        if not (torch.is_tensor(x) and x.numel() * x.element_size() <= FULL_HASH_BYTES):
+        content = None if sampled else getattr(x, "content_fingerprint", lambda: None)()
+        if content is not None:
+            h.update(content.encode())
+            continue
+        if not (torch.is_tensor(x) and (not sampled or x.numel() * x.element_size() <= FULL_HASH_BYTES)):
             x = x[torch.linspace(0, len(x) - 1, min(len(x), SAMPLED_ROWS)).long()]
         h.update(x.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()

@@ -68,6 +68,10 @@ class Callback:
     def on_fit_end(self, loop: Loop) -> None:
         """After the last epoch, before the final evaluation."""
 
+    def on_results(self, loop: Loop, evaluation: dict[str, Any] | None) -> None:
+        """At the very end: the final evaluation (None without a run directory) and the
+        figures are written (trackers log them here)."""
+
 
 @dataclass
 class History:
@@ -131,6 +135,9 @@ def fit(
     figures: bool = False,
     callbacks: Iterable[Callback] = (),
     progress: bool = False,
+    class_names: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    data_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` passes; returns the :class:`History`.
 
@@ -149,6 +156,9 @@ def fit(
     - ``out``: write a run directory (refused if it holds a run, unless ``overwrite``);
       ``resume=True`` continues the run there. ``figures``: draw its figures at the end.
     - ``callbacks``: :class:`Callback` objects; ``progress``: a progress bar on stderr.
+    - ``class_names`` (label ``i`` is ``class_names[i]``) and ``feature_names`` (the columns
+      of ``[N, D]`` data) label the figures; ``data_units`` maps ``[N, D]`` values back to
+      the data's units for them (e.g. undoing a standardisation).
 
     A step whose loss or gradient is not finite makes no update and is counted; after
     ``max_bad_steps`` in a row training stops with a clear error.
@@ -177,61 +187,109 @@ def fit(
     val_source = None if validation is None else Source(validation, what="the validation data")
     if group is not None:
         _check_distributed(group, source, batch_size)
+    if device.type == "cuda":
+        source.pin()
     settings = {"batch_size": batch_size, "seed": seed, "objective": _describe(objective),
                 "dynamic_binarization": dynamic_binarization, "precision": precision,
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
                 "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best}
-    # rank 0 alone prepares (or finds) the run directory; a refusal stops every rank
+    # rank 0 alone prepares (or locks) the run directory; a refusal stops every rank
     run = distributed.together(lambda: _run_directory(out, overwrite, resume), group, main_only=True)
     where = None if out is None else Path(out.path if isinstance(out, RunDirectory) else out)
     world = {"world_size": 1 if group is None else group.world,
              "backend": None if group is None else group.backend_for(device)}
-    model.to(device)
     rank = 0 if group is None else group.rank
-    with forked_rng(device, None if resume else distributed.rank_seed(seed, rank)):
-        _materialize(model, source, batch_size, device)
-        optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
-        # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
-        fingerprint = "" if out is None else training_fingerprint(source, val_source)
-        if group is not None and out is not None:
-            _check_same_data(group, fingerprint)
-        if resume:
-            def check() -> bytes:
-                raw = checkpoint.read(run.path)
-                ckpt = checkpoint.load(run.path, raw)
-                checkpoint.check_settings(ckpt, settings)
-                if ckpt.meta["data_fingerprint"] != fingerprint:
-                    raise VaekitError(
-                        f"the data are not the data {run.path} was trained on: resuming on other data "
-                        "would not continue the same run"
-                    )
-                return raw
+    try:
+        model.to(device)
+        with forked_rng(device, None if resume else distributed.rank_seed(seed, rank)):
+            # a run directory replaces an old run only once the model has met the data
+            _materialize(model, source, batch_size, device, always=where is not None)
+            optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
+            # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
+            # (and only rank 0's: the others compare a sample of rows, which reads little)
+            fingerprint = "" if run is None else training_fingerprint(source, val_source)
+            if group is not None and where is not None:
+                _check_ranks_same_data(group, training_fingerprint(source, val_source, sampled=True))
+            if resume:
+                def check() -> bytes:
+                    raw = checkpoint.read(run.path)
+                    ckpt = checkpoint.load(run.path, raw)
+                    checkpoint.check_settings(ckpt, settings)
+                    _check_same_data(ckpt, fingerprint, source, val_source, run)
+                    return raw
 
-            raw = distributed.together(check, group, main_only=True)
-            if group is not None:
-                raw = distributed.broadcast(raw, group)
-            ckpt = checkpoint.load(where, raw)
-            state = checkpoint.restore(ckpt, model, optimizer, rank)
-            distributed.together(lambda: _resumed(run, state, world), group, main_only=True)
-        else:
-            state = TrainState.fresh(seed, fingerprint)
+                raw = distributed.together(check, group, main_only=True)
+                if group is not None:
+                    raw = distributed.broadcast(raw, group)
+                state = checkpoint.restore(checkpoint.load(where, raw), model, optimizer, rank)
+                state.fingerprint = fingerprint
 
-            def start() -> None:
-                if run is None:
-                    return
-                try:
-                    run.write_info(model.event_shape, model=type(model).__name__, device=str(device),
-                                   precision=precision, **world, trained_with=[{"epoch": 0, "step": 0, **world}])
-                    run.write_metrics([])
-                except VaekitError:
-                    run.discard()  # no half-written run left to mistake for a real one
-                    raise
+                def resumed() -> None:
+                    run.remove_temporary_files()
+                    run.write_metrics(state.metrics)
+                    run.write_info(model.event_shape, **_run_record(model, device, settings, world,
+                                                                    _history(run, state, world)))
+                    run.commit()  # from here on the run is the new one
 
-            distributed.together(start, group, main_only=True)
-        trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
-                           device, list(callbacks), progress, group, where, world)
-        return trainer.train(figures)
+                distributed.together(resumed, group, main_only=True)
+            else:
+                state = TrainState.fresh(seed, fingerprint)
+
+                def start() -> None:
+                    if run is not None:
+                        run.write_info(model.event_shape, **_run_record(model, device, settings, world,
+                                                                        [{"epoch": 0, "step": 0, **world}]))
+                        run.write_metrics([])
+                        run.commit()  # from here on the run is the new one
+
+                distributed.together(start, group, main_only=True)
+            trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
+                               device, list(callbacks), progress, group, where, world)
+            trainer.names = {"class_names": class_names, "feature_names": feature_names, "data_units": data_units}
+            return trainer.train(figures)
+    except BaseException:
+        if run is not None:
+            run.discard()  # a run that never started: the folder is as it was (no-op once started)
+        raise
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _check_same_data(ckpt, fingerprint: str, source: Source, val_source: Source | None, run: RunDirectory) -> None:
+    stored = ckpt.meta["data_fingerprint"]
+    # checkpoints of earlier versions fingerprinted large or on-demand data by sampled rows only
+    if stored != fingerprint and stored != training_fingerprint(source, val_source, sampled=True):
+        raise VaekitError(
+            f"the data are not the data {run.path} was trained on: resuming on other data "
+            "would not continue the same run"
+        )
+
+
+def _run_record(model, device: torch.device, settings: dict, world: dict, trained_with: list) -> dict:
+    """What run.json says about how the run is trained (the plan `vaekit runs` reads), with
+    the world size and backend of each stretch of it."""
+    return {"model": type(model).__name__, "device": str(device), "precision": settings["precision"],
+            "epochs": settings["epochs"], "checkpoint_minutes": settings["checkpoint_minutes"], **world,
+            "trained_with": trained_with}
+
+
+def _history(run: RunDirectory, state: TrainState, world: dict) -> list:
+    """run.json's ``trained_with`` on a resume: a stretch added when the world size or the
+    backend changes (runs of earlier versions count as one process)."""
+    try:
+        info = run.read_info()
+    except VaekitError:
+        info = {}
+    before = {"world_size": info.get("world_size", 1), "backend": info.get("backend")}
+    history = info.get("trained_with")
+    if not isinstance(history, list):
+        history = [{"epoch": 0, "step": 0, **before}]
+    if before == world:
+        return history
+    step = 0 if state.in_epoch is None else state.in_epoch.step
+    return [*history, {"epoch": state.epoch, "step": step, **world}]
 
 
 def _check_distributed(group: distributed.Group, source: Source, batch_size: int) -> None:
@@ -254,7 +312,7 @@ def _check_distributed(group: distributed.Group, source: Source, batch_size: int
         )
 
 
-def _check_same_data(group: distributed.Group, fingerprint: str) -> None:
+def _check_ranks_same_data(group: distributed.Group, fingerprint: str) -> None:
     prints = distributed.exchange(fingerprint.encode(), group)
     other = next((r for r, f in enumerate(prints) if f != prints[0]), None)
     if other is not None:
@@ -264,44 +322,36 @@ def _check_same_data(group: distributed.Group, fingerprint: str) -> None:
         )
 
 
-def _resumed(run: RunDirectory, state: TrainState, world: dict) -> None:
-    """Rank 0's part of a resume: leftovers of a killed write removed, metrics back to the
-    checkpoint's, and the run record told when the world size or backend changed."""
-    run.remove_temporary_files()
-    run.write_metrics(state.metrics)
-    info = run.read_info()
-    if {k: info.get(k, 1 if k == "world_size" else None) for k in world} != world:
-        step = 0 if state.in_epoch is None else state.in_epoch.step
-        history = info.get("trained_with") or [{"epoch": 0, "step": 0, "world_size": info.get("world_size", 1),
-                                                "backend": info.get("backend")}]
-        run.update_info(**world, trained_with=[*history, {"epoch": state.epoch, "step": step, **world}])
-
-
 def _run_directory(out, overwrite: bool, resume: bool) -> RunDirectory | None:
     if out is None:
         return None
     run = out if isinstance(out, RunDirectory) else RunDirectory(out)
     if resume:
-        run.check_exists()
+        run.lock()
     elif not run.prepared:
         run.prepare(overwrite)
     return run
 
 
-def _materialize(model, source: Source, batch_size: int, device: torch.device) -> None:
-    """One forward pass without gradients on a first batch: networks with lazily sized
-    layers and the model's data and latent shapes are settled before the optimiser sees the
-    parameters. Draws from the forked generator, before the run's own draws start."""
+def _materialize(model, source: Source, batch_size: int, device: torch.device, always: bool = False) -> None:
+    """One forward pass without gradients, in eval mode, on a first batch: networks with
+    lazily sized layers and the model's data and latent shapes are settled before the
+    optimiser sees the parameters, and (``always``) a model that does not fit the data fails
+    here, before a run directory is touched. Draws from a forked generator, before the run's
+    own draws start."""
     needs = (model.event_shape is None or getattr(model, "latent_dim", 1) is None
              or any(isinstance(p, torch.nn.UninitializedParameter) for p in model.parameters()))
-    if not needs:
+    if not (needs or always):
         return
     x, y = source.first_batch(min(batch_size, 8))
     was_training = model.training
-    with torch.no_grad(), forked_rng(device):
-        q = model.encode(x[:8].to(device), _labels(model, y, device, 8))
-        model.decode(q.mean, _labels(model, y, device, 8))
-    model.train(was_training)
+    model.eval()
+    try:
+        with torch.no_grad(), forked_rng(device):
+            q = model.encode(x[:8].to(device), _labels(model, y, device, 8))
+            model.decode(q.mean, _labels(model, y, device, 8))
+    finally:
+        model.train(was_training)
 
 
 def _labels(model, y, device, n: int | None = None):
@@ -364,6 +414,7 @@ class _Trainer:
         if group is not None and settings["dynamic_binarization"] and source.kind != "loader":
             x0, _ = source.first_batch(1)
             self.example = (tuple(x0.shape[1:]), x0.dtype)
+        self.names: dict[str, Any] = {}  # class and feature names, data units: for the figures
 
     def train(self, figures: bool) -> History:
         try:
@@ -430,10 +481,12 @@ class _Trainer:
                     break
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
+        self._check_learned()
         self.model.eval()
-        if self.where is not None:
-            self.finish(figures)
+        evaluation = self.finish(figures) if self.where is not None else None
         self.model.train()
+        for callback in self.callbacks:
+            callback.on_results(loop, evaluation)
         return self.history
 
     def _everywhere(self, err: VaekitError) -> VaekitError:
@@ -449,6 +502,18 @@ class _Trainer:
         flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM, stop], dtype=torch.float64)
         sigint, sigterm, stop_any = distributed.all_max(flags, self.group).tolist()
         return _signal_of(sigint, sigterm), bool(stop_any)
+
+    def _check_learned(self) -> None:
+        """A run whose every step was skipped (non-finite loss or gradient), but never
+        max_bad_steps of them in a row, learned nothing: an error, not an exit 0 with NaNs."""
+        records = self.history.epochs
+        if records and all(r.get("train_elbo") != r.get("train_elbo") for r in records):
+            steps = sum(r.get("train_skipped_steps", 0) for r in records)
+            kept = "" if self.run is None else f" The checkpoint is kept in {self.run.checkpoint_path}."
+            raise self._everywhere(VaekitError(
+                f"training made no update: all {steps} steps had a non-finite loss or gradient and were "
+                f"skipped. {_bad_steps_message(steps, self.model, self.optimizer).split('. ', 1)[1]}{kept}"
+            ))
 
     def train_epoch(self, progress: EpochProgress, epoch: int, on_step, poll=lambda: (0, False)) -> dict[str, float]:
         """One pass in random minibatches; the per-example mean terms, skipped steps and
@@ -598,27 +663,29 @@ class _Trainer:
             return True
         return False
 
-    def finish(self, figures: bool) -> None:
-        """The quick evaluation (``evaluation.json``) and the figures of a run directory
-        (the evaluation shared by every rank, the writing and drawing rank 0's)."""
+    def finish(self, figures: bool) -> dict | None:
+        """The quick evaluation (``evaluation.json``, returned) and the figures of a run
+        directory (the evaluation shared by every rank, the writing and drawing rank 0's)."""
         from vaekit.evaluation import evaluate
 
         shown = self.val_source or self.source
         x, labels = _evaluation_data(shown, self.settings["dynamic_binarization"], self.settings["seed"],
                                      whole=self.group is not None)
         name = "validation" if self.val_source is not None else "train"
+        result = None
         if len(x):
-            result = evaluate(self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
-                              importance_samples=FINAL_K, seed=self.settings["seed"])
-            distributed.together(lambda: self.run and self.run.write_evaluation({"split": name, **result}),
-                                 self.group, main_only=True)
+            result = {"split": name, **evaluate(
+                self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
+                importance_samples=FINAL_K, seed=self.settings["seed"])}
+            distributed.together(lambda: self.run and self.run.write_evaluation(result), self.group, main_only=True)
         if figures and self.run is not None:
             from vaekit import plots
 
             train_x, train_labels = _evaluation_data(self.source, False, self.settings["seed"], limit=20000,
                                                      whole=self.group is not None)
             plots.draw_all(self.run.path, self.model, train_x, train_labels, x, labels,
-                           self.run.read_metrics())
+                           self.run.read_metrics(), **self.names)
+        return result
 
 
 class _ObjectiveStep(torch.nn.Module):
@@ -931,7 +998,8 @@ class ProgressBar(Callback):
             self.pending, self.last = 0, now
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:
-        self.bar.update(self.task, advance=self.pending)
+        val = "" if loop.last_validation is None else f"  validation ELBO {loop.last_validation:.2f}"
+        self.bar.update(self.task, advance=self.pending, description=f"epoch {loop.epoch}/{loop.epochs}{val}")
         self.pending = 0
 
     def on_fit_end(self, loop: Loop) -> None:

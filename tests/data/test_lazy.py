@@ -112,3 +112,50 @@ def test_dynamic_training_batches_from_the_memory_map(big_npy, tmp_path, monkeyp
     assert (run / "latent.png").is_file()
     metrics = json.loads((run / "metrics.jsonl").read_text())
     assert np.isfinite(metrics["train_elbo"]) and np.isfinite(metrics["validation_elbo"])
+
+
+def test_a_changed_row_of_data_read_on_demand_is_caught_on_resume(tmp_path, monkeypatch):
+    from vaekit.app.runs import resume
+    from vaekit.sources import SAMPLED_ROWS
+
+    # more rows than a sampled fingerprint looks at, so some row was never part of it
+    n = 5000
+    x = np.random.default_rng(0).random((n, 4)).astype(np.float32)
+    path = tmp_path / "big.npy"
+    np.save(path, x)
+    monkeypatch.setenv("VAEKIT_MEMORY_LIMIT", "10000")
+    config = Config(data=str(path), likelihood="gaussian", hidden=[8], latent_dim=2, epochs=1, batch_size=500,
+                    validation_fraction=0.0, threads=1)
+    run = train(config, tmp_path / "run", quiet=True, figures=False)
+    assert is_lazy(load_data(str(path)).train.x)
+    resume(run, {"epochs": 2}, quiet=True, figures=False)  # the same data resume
+    sampled = set(torch.linspace(0, n - 1, SAMPLED_ROWS).long().tolist())
+    row = next(i for i in range(n) if i not in sampled)
+    x[row, 1] += 0.25
+    np.save(path, x)
+    with pytest.raises(VaekitError, match="the data are not the data"):
+        resume(run, {"epochs": 3}, quiet=True, figures=False)
+
+
+def test_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch, private_cache):
+    import hashlib
+    import os
+    import time
+
+    from vaekit.app.data import lazy
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    assert lazy.file_digest(path) == hashlib.sha256(b"x" * 1000).hexdigest()
+    assert (private_cache / lazy.FINGERPRINTS).is_file()
+    with monkeypatch.context() as m:
+        m.setattr(lazy, "_stream", lambda p: pytest.fail("read again"))
+        assert lazy.file_digest(path) == hashlib.sha256(b"x" * 1000).hexdigest()  # remembered
+    path.write_bytes(b"y" * 1000)  # the same size; new modification and change times
+    assert lazy.file_digest(path) == hashlib.sha256(b"y" * 1000).hexdigest()
+    # a file changed just now is not remembered (a second change in the same clock tick)
+    with monkeypatch.context() as m:
+        m.setattr(lazy, "_stream", lambda p: "read again")
+        assert lazy.file_digest(path) == "read again"

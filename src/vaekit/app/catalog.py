@@ -24,11 +24,11 @@ silent long enough. Stopped and killed runs both continue with ``vaekit train --
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from vaekit.errors import VaekitError
@@ -39,7 +39,7 @@ GRACE = 60.0  # slack on top of the expected silence (final evaluation, a slow d
 
 
 def find_runs(folder: str | Path) -> list[Path]:
-    """Every run directory (one holding ``config.json`` and ``run.json``) under ``folder``,
+    """Every run directory (one holding ``run.json``: the CLI's and ``vaekit.fit``'s) under ``folder``,
     ``folder`` itself included, sorted by path; hidden folders are skipped and a run's own
     sub-folders are not searched."""
     from vaekit import rundir
@@ -49,7 +49,7 @@ def find_runs(folder: str | Path) -> list[Path]:
         raise VaekitError(f"folder not found: {folder}")
     found = []
     for root, dirs, files in os.walk(folder):
-        if rundir.CONFIG in files and rundir.INFO in files:
+        if rundir.INFO in files:
             found.append(Path(root))
             dirs.clear()
             continue
@@ -73,12 +73,19 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
         "problem": None,
     }
     try:
-        config = load_config(run_dir)
         metrics = rundir.read_metrics(run_dir)
+        if (run_dir / rundir.CONFIG).is_file():
+            config = load_config(run_dir)
+            data, model = config.data, describe_model(config)
+        else:  # trained from Python (vaekit.fit): run.json holds the plan
+            info = rundir.load_info(run_dir)
+            config = SimpleNamespace(epochs=info.get("epochs"),
+                                     checkpoint_minutes=info.get("checkpoint_minutes", 10.0))
+            data, model = "(from Python)", f"{info.get('model', 'model')} (from Python)"
     except VaekitError as err:
         row["problem"] = str(err)
         return row
-    row.update(data=config.data, model=describe_model(config), epochs_planned=config.epochs,
+    row.update(data=data, model=model, epochs_planned=config.epochs,
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
                status=run_status(run_dir, config, metrics, now))
     best = best_validation(metrics)
@@ -150,7 +157,7 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
 
     run_dir = Path(run_dir)
     done = metrics[-1]["epoch"] if metrics else 0
-    if done >= config.epochs and (run_dir / rundir.EVALUATION).is_file():
+    if config.epochs is not None and done >= config.epochs and (run_dir / rundir.EVALUATION).is_file():
         return "finished"
     written = {}
     for name in (rundir.METRICS, rundir.WEIGHTS, rundir.CHECKPOINT, rundir.BEST, rundir.CONFIG):
@@ -181,12 +188,11 @@ def expected_silence(config, metrics: list[dict[str, Any]]) -> float:
 def _mid_epoch(path: Path) -> bool:
     """Whether a checkpoint was taken inside an epoch. Only the safetensors header is read:
     a table of many runs should not read (and checksum) every run's optimiser state."""
-    from safetensors import safe_open
+    from vaekit import rundir
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("vaekit", "{}"))
-    except Exception:  # noqa: BLE001 - any unreadable header means "no usable checkpoint"
+        meta = rundir.read_header(path, "the checkpoint")[1]
+    except (OSError, VaekitError):  # any unreadable header means "no usable checkpoint"
         return False
     return isinstance(meta, dict) and isinstance(meta.get("in_epoch"), dict)
 

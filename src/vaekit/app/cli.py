@@ -7,6 +7,7 @@ Every user error ends as one line on stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -29,53 +30,85 @@ DistBackend = Annotated[str, Opt(help="Under torchrun: the torch.distributed bac
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
 
+def _default(name: str) -> str:
+    """A setting's default as ``train --help`` shows it (the flags default to "not given", so
+    that a --config file can set them; this is what applies when neither does)."""
+    from dataclasses import MISSING, fields
+
+    from vaekit.app.config import Config
+
+    f = next(f for f in fields(Config) if f.name == name)
+    value = f.default if f.default is not MISSING else f.default_factory()
+    if isinstance(value, bool):
+        return name.replace("_", "-") if value else "no-" + name.replace("_", "-")
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "none" if value == "" else str(value)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from vaekit import __version__
+
+        print(f"vaekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, Opt("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Variational Autoencoders on PyTorch: train, evaluate, sample, reconstruct, encode, plot."""
+
+
 @app.command()
 def train(
-    data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")] = None,
+    data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.", show_default=_default("data"))] = None,
     out: Annotated[str | None, Opt("--out", "-o", metavar="PATH", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
-    binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
-    validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.")] = None,
+    binarize: Annotated[str | None, Opt(help="auto | none | dynamic | static | threshold:LEVEL (auto: dynamic for the bernoulli likelihood on digits and the MNIST family, whose ELBO is a bound only on binary data; none otherwise).", show_default=_default("binarize"))] = None,
+    validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.", show_default=_default("validation_fraction"))] = None,
     mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download published datasets from as URL/<file name> (default: $VAEKIT_MIRROR, else the official hosts, then mirrors).")] = None,
-    image_size: Annotated[int | None, Opt(help="Image folders: resize every image to N x N (0: keep sizes, which must then all match).")] = None,
-    image_mode: Annotated[str | None, Opt(help="Image folders: auto | grey | rgb (auto: grey when every image is).")] = None,
+    image_size: Annotated[int | None, Opt(help="Image folders: resize every image to N x N (0: keep sizes, which must then all match).", show_default=_default("image_size"))] = None,
+    image_mode: Annotated[str | None, Opt(help="Image folders: auto | grey | rgb (auto: grey when every image is).", show_default=_default("image_mode"))] = None,
     label_column: Annotated[str | None, Opt(help="CSV/Parquet: the column holding labels (not used as a feature).")] = None,
-    standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.")] = None,
-    validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).")] = None,
-    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder) | cvae (conditional on the label) | hvae (two stochastic layers).")] = None,
-    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model) | conv.")] = None,
-    hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).")] = None,
-    activation: Annotated[str | None, Opt(help="relu | tanh | elu | softplus | gelu | silu | leaky_relu | sigmoid.")] = None,
-    latent_dim: Annotated[int | None, Opt(help="Latent dimensions d.")] = None,
-    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian | continuous-bernoulli | logistic (discretised) | laplace.")] = None,
-    sigma: Annotated[str | None, Opt(help="Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.")] = None,
-    sigma_min: Annotated[float | None, Opt(help="Floor on a learned σ_G.")] = None,
-    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M per data point.")] = None,
-    kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.")] = None,
-    beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).")] = None,
-    epochs: Annotated[int | None, Opt(help="Passes over the training data.")] = None,
-    batch_size: Annotated[int | None, Opt(help="Examples per minibatch.")] = None,
-    lr: Annotated[float | None, Opt(help="Adam learning rate.")] = None,
-    weight_decay: Annotated[float | None, Opt(help="Adam weight decay.")] = None,
-    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = None,
-    precision: Annotated[str | None, Opt(help="fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).")] = None,
-    checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).")] = None,
-    checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).")] = None,
-    save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.")] = None,
-    max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.")] = None,
-    channels: Annotated[str | None, Opt(help="Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image side must be divisible by 2^layers).")] = None,
-    latent_dim2: Annotated[int | None, Opt(help="Model hvae: size of the top latent layer z2 (0: half of --latent-dim).")] = None,
-    hidden2: Annotated[str | None, Opt(help="Model hvae: hidden sizes between z1 and z2, e.g. 100,100.")] = None,
-    classes: Annotated[int | None, Opt(help="Model cvae: number of classes (0: from the training labels).")] = None,
-    levels: Annotated[int | None, Opt(help="Logistic likelihood: grey levels of the data (256 for 8-bit images, 17 for digits).")] = None,
-    k: Annotated[int | None, Opt("--k", help="Objective iwae: importance samples per data point.")] = None,
-    kl_warmup: Annotated[int | None, Opt(help="Epochs of linear KL warm-up from 0 to beta (0: none).")] = None,
-    free_bits: Annotated[float | None, Opt(help="Free bits: KL floor per latent dimension in nats (0: off).")] = None,
-    objective: Annotated[str | None, Opt(help="Training objective: elbo | iwae (the importance-weighted bound with --k samples).")] = None,
+    standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.", show_default=_default("standardize"))] = None,
+    validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).", show_default=_default("validation_split"))] = None,
+    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder) | cvae (conditional on the label) | hvae (two stochastic layers).", show_default=_default("model"))] = None,
+    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model) | conv.", show_default=_default("architecture"))] = None,
+    hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).", show_default=_default("hidden"))] = None,
+    activation: Annotated[str | None, Opt(help="relu | tanh | elu | softplus | gelu | silu | leaky_relu | sigmoid.", show_default=_default("activation"))] = None,
+    latent_dim: Annotated[int | None, Opt(help="Latent dimensions d.", show_default=_default("latent_dim"))] = None,
+    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian | continuous-bernoulli | logistic (discretised) | laplace.", show_default=_default("likelihood"))] = None,
+    sigma: Annotated[str | None, Opt(help="Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.", show_default=_default("sigma"))] = None,
+    sigma_min: Annotated[float | None, Opt(help="Floor on a learned σ_G.", show_default=_default("sigma_min"))] = None,
+    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M per data point.", show_default=_default("samples"))] = None,
+    kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.", show_default=_default("kl"))] = None,
+    beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).", show_default=_default("beta"))] = None,
+    epochs: Annotated[int | None, Opt(help="Passes over the training data.", show_default=_default("epochs"))] = None,
+    batch_size: Annotated[int | None, Opt(help="Examples per minibatch.", show_default=_default("batch_size"))] = None,
+    lr: Annotated[float | None, Opt(help="Adam learning rate.", show_default=_default("lr"))] = None,
+    weight_decay: Annotated[float | None, Opt(help="Adam weight decay.", show_default=_default("weight_decay"))] = None,
+    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).", show_default=_default("grad_clip"))] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).", show_default=_default("seed"))] = None,
+    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).", show_default=_default("threads"))] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", show_default=_default("device"))] = None,
+    precision: Annotated[str | None, Opt(help="fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).", show_default=_default("precision"))] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).", show_default=_default("checkpoint_every"))] = None,
+    checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).", show_default=_default("checkpoint_minutes"))] = None,
+    save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.", show_default=_default("save_best"))] = None,
+    max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.", show_default=_default("max_bad_steps"))] = None,
+    log: Annotated[str | None, Opt("--log", help="Experiment trackers, comma-separated: tensorboard (into RUN/tensorboard) | mlflow (a file store in RUN/mlruns unless $MLFLOW_TRACKING_URI).", show_default=_default("log"))] = None,
+    channels: Annotated[str | None, Opt(help="Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image side must be divisible by 2^layers).", show_default=_default("channels"))] = None,
+    latent_dim2: Annotated[int | None, Opt(help="Model hvae: size of the top latent layer z2 (0: half of --latent-dim).", show_default=_default("latent_dim2"))] = None,
+    hidden2: Annotated[str | None, Opt(help="Model hvae: hidden sizes between z1 and z2, e.g. 100,100.", show_default=_default("hidden2"))] = None,
+    classes: Annotated[int | None, Opt(help="Model cvae: number of classes (0: from the training labels).", show_default=_default("classes"))] = None,
+    levels: Annotated[int | None, Opt(help="Logistic likelihood: grey levels of the data (256 for 8-bit images, 17 for digits).", show_default=_default("levels"))] = None,
+    k: Annotated[int | None, Opt("--k", help="Objective iwae: importance samples per data point.", show_default=_default("k"))] = None,
+    kl_warmup: Annotated[int | None, Opt(help="Epochs of linear KL warm-up from 0 to beta (0: none).", show_default=_default("kl_warmup"))] = None,
+    free_bits: Annotated[float | None, Opt(help="Free bits: KL floor per latent dimension in nats (0: off).", show_default=_default("free_bits"))] = None,
+    objective: Annotated[str | None, Opt(help="Training objective: elbo | iwae (the importance-weighted bound with --k samples).", show_default=_default("objective"))] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
     figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
@@ -128,20 +161,25 @@ def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, 
     run_training(resolved, out, overwrite=overwrite, quiet=quiet, figures=figures)
 
 
+Weights = Annotated[str, Opt(help="last (model.safetensors) | best (best.safetensors, the best validation epoch's weights).")]
+Threads = Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free).")]
+Overwrite = Annotated[bool, Opt(help="Replace output files that already exist.")]
+
+
 @app.command()
 def evaluate(
     run_dir: RunDir,
-    data: Annotated[str | None, Opt(help="Other data to score (default: the run's own).")] = None,
+    data: Annotated[str | None, Opt(help="Other data to score (default: the run's own). A table needs no label column unless the model is conditional.")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
     importance_samples: Annotated[int, Opt(help="Importance samples K per example for the log-likelihood (published MNIST numbers use 5000).")] = 1000,
     iwae_k: Annotated[int | None, Opt(help="k of the reported IWAE bound L_k (default 50, or K if smaller).")] = None,
     batch_size: Annotated[int, Opt(help="Examples per evaluation batch (memory does not grow with K).")] = 1000,
     seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
-    per_example: Annotated[Path | None, Opt(help="Write every example's ELBO and log-likelihood (anomaly scores) to FILE.csv or FILE.npy.")] = None,
+    per_example: Annotated[Path | None, Opt(help="Write every example's ELBO and log-likelihood (anomaly scores) to FILE.csv or FILE.npy, with its row in the file (row), image file (file) and class name (label_name).")] = None,
     gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by fitting a Gaussian to each example (slower).")] = False,
     local_steps: Annotated[int, Opt(help="Adam steps per example's Gaussian for --gap-decomposition.")] = 200,
     curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
-    save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json in the run directory (the run's own data only).")] = True,
+    save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json (evaluation-SPLIT-best.json for --weights best) in the run directory (the run's own data only).")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
@@ -150,6 +188,8 @@ def evaluate(
     samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
     threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    overwrite: Annotated[bool, Opt(help="Replace an existing --per-example file.")] = False,
     dist_backend: DistBackend = "auto",
 ) -> None:
     """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
@@ -164,8 +204,11 @@ def evaluate(
 
 
 def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed, per_example, gap_decomposition,
-              local_steps, curve, save, quiet, as_json, binarize, data_dir, mirror, samples, threads, device) -> None:
+              local_steps, curve, save, quiet, as_json, binarize, data_dir, mirror, samples, threads, device,
+              weights, overwrite) -> None:
+    from vaekit.app.data import same_data
     from vaekit.app.launch import rank
+    from vaekit.app.outputs import output_path, source_columns
     from vaekit.app.threads import ThreadPolicy, tune_allocator
     from vaekit.devices import forked_rng, model_device, resolve_device
     from vaekit.distributed import local_device
@@ -176,7 +219,6 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
     quiet = quiet or not main
     device = str(local_device(resolve_device(device)))
     overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
-    model, config, dataset, split = _model_and_data(run_dir, data, split, overrides, device)
     _positive("--batch-size", batch_size)
     _positive("--local-steps", local_steps)
     if samples is not None:
@@ -184,9 +226,9 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
         importance_samples = samples
     k, iwae_k = check_samples(importance_samples, iwae_k)
     if per_example is not None:
-        _check_output(per_example, (".csv", ".npy"))
-    if threads < 0:
-        raise VaekitError(f"--threads must be 0 (auto) or more, got {threads}")
+        output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
+    _threads(threads)
+    model, config, dataset, split, epoch = _model_and_data(run_dir, data, split, overrides, device, weights)
     tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
     policy = ThreadPolicy(threads, quiet=quiet or as_json)
     labels = _labels(model, dataset)
@@ -200,18 +242,23 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
         result = {"split": split, "seed": seed, **summarise(
             model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
             labels=labels)}
+    result.update(weights=weights, epoch=epoch)
     if not main:
         return  # rank 0 writes and prints
     notes = []
     if per_example is not None:
-        write_per_example(scores, per_example, dataset.labels)
+        write_per_example(scores, per_example, dataset.labels, extra=source_columns(dataset))
         notes.append(f"wrote per-example scores to {per_example}")
     if curve and result.get("curve"):
         from vaekit import plots
 
-        notes.append(f"wrote {plots.likelihood_curve_figure(result, run_dir / 'likelihood_curve.png')}")
-    if save and (data is None or data == config.data):
-        notes.append(_save_evaluation(run_dir / f"evaluation-{split}.json", result))
+        notes.append(_store_in_run(run_dir / "likelihood_curve.png",
+                                   lambda path: plots.likelihood_curve_figure(result, path), "the curve"))
+    if save and same_data(data, config):
+        from vaekit.rundir import write_json
+
+        name = f"evaluation-{split}.json" if weights == "last" else f"evaluation-{split}-{weights}.json"
+        notes.append(_store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
     if as_json:
         print(json.dumps(result))
     else:
@@ -224,47 +271,64 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
 def sample(
     run_dir: RunDir,
     n: Annotated[int, Opt("-n", "--n", help="How many samples.")] = 64,
-    output: Annotated[Path, Opt("--output", "-o", help="FILE.png (a grid) or FILE.npy (the array).")] = Path("samples.png"),
+    output: Annotated[Path | None, Opt("--output", "-o", help="FILE.png (a grid of images; for rows of features, each feature's histogram), FILE.npy (the array) or FILE.csv (rows of features, in the data's units, headed by the column names). Default: samples-SAMPLER.png in the run directory.")] = None,
     seed: Annotated[int, Opt(help="Seed for the prior draws.")] = 0,
-    draw: Annotated[bool, Opt(help="Draw x ~ p(x|z) instead of showing the mean E[x|z].")] = False,
-    label: Annotated[int | None, Opt(help="Conditional model: the class to draw (default: all classes in turn).")] = None,
+    draw: Annotated[bool, Opt(help="Draw x ~ p(x|z) instead of showing the mean E[x|z] (for synthetic table rows you usually want draws).")] = False,
+    label: Annotated[str | None, Opt(help="Conditional model: the class to draw, by index or by name (default: all classes in turn).")] = None,
     sampler: Annotated[str, Opt(help="prior (z ~ p(z)) | gmm (z ~ a Gaussian mixture fitted to the training posterior means).")] = "prior",
     components: Annotated[int, Opt(help="Sampler gmm: mixture components.")] = 10,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    threads: Threads = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Draw samples from the prior (or an ex-post Gaussian mixture) and decode them."""
-
+    from vaekit.app.data import read_run_data
+    from vaekit.app.outputs import class_index, output_path
     from vaekit.app.runs import load_run
 
     _positive("-n", n)
-    _check_output(output, (".png", ".npy"))
     if sampler not in ("prior", "gmm"):
         raise VaekitError(f"--sampler must be 'prior' or 'gmm', got '{sampler}'")
     _positive("--components", components)
-    model, config = load_run(run_dir, device=device)
+    _threads(threads)
+    name = f"samples-{sampler}" + ("" if label is None else "-" + re.sub(r"[^\w.-]", "_", label))
+    output = output_path(output, run_dir, f"{name}.png", (".png", ".npy", ".csv"), overwrite)
+    model, config = load_run(run_dir, weights, device=device)
+    record = read_run_data(run_dir)
+    _check_table_output(output, model)
+    y = None
     if label is not None:
         classes = getattr(model, "num_classes", 0)
         if not classes:
             raise VaekitError(f"--label needs a conditional model (--model cvae); {run_dir} is '{config.model}'")
-        if not 0 <= label < classes:
-            raise VaekitError(f"--label must be in 0..{classes - 1} for this model, got {label}")
+        y = class_index(label, classes, record.get("classes"))
     from vaekit.devices import forked_rng, model_device
     from vaekit.sampling import decode_latents
 
-    with forked_rng(model_device(model), seed):
+    with _thread_policy(threads), forked_rng(model_device(model), seed):
         if sampler == "gmm":
             from vaekit.app.runs import fit_gmm_for_run
             from vaekit.sampling import sample_gmm_latents
 
             gmm = fit_gmm_for_run(model, config, components, seed, run_dir)
-            images = decode_latents(model, sample_gmm_latents(gmm, n, seed), label, mean=not draw)
+            images = decode_latents(model, sample_gmm_latents(gmm, n, seed), y, mean=not draw)
             title = f"{n} samples from {run_dir}, z from a {components}-component mixture"
         else:
-            images = decode_latents(model, model.prior_draws(n), label, mean=not draw)
+            images = decode_latents(model, model.prior_draws(n), y, mean=not draw)
             title = f"{n} samples from {run_dir}"
-    if label is not None:
+    if y is not None:
         title += f", class {label}"
-    _write_images(_original_units(images, run_dir), output, title)
+    if images.dim() == 2 and output.suffix.lower() == ".png":
+        from vaekit import plots
+
+        what = "draws x ~ p(x|z)" if draw else "means E[x|z]"
+        shown = _training_rows(config, run_dir)
+        plots.samples_figure_features(model, shown, output, record.get("features"), samples=images,
+                                      data_units=_data_units(run_dir), title=f"{title}: {what}")
+        print(f"wrote {output}")
+        return
+    _write_rows(_original_units(images, run_dir), output, title, record.get("features"))
 
 
 @app.command()
@@ -272,26 +336,53 @@ def reconstruct(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Data to reconstruct (default: the run's own).")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all.")] = None,
-    n: Annotated[int, Opt("-n", "--n", help="How many examples (the first n of the split).")] = 10,
-    output: Annotated[Path, Opt("--output", "-o", help="FILE.png (originals above reconstructions) or FILE.npy.")] = Path("reconstructions.png"),
+    n: Annotated[int | None, Opt("-n", "--n", help="How many examples, the first n of the split (default: 10 images, or every row of a table).")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", help="FILE.png (originals above reconstructions; for rows of features, each feature's reconstruction against its original), FILE.npy or FILE.csv (rows of features in the data's units, with each row's place in its file). Default: reconstructions-SPLIT.png in the run directory.")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    threads: Threads = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Reconstruct examples through the posterior mean: E[x | z = μ(x)]."""
+    from vaekit.app.data import read_run_data
+    from vaekit.app.outputs import default_name, output_path, source_columns
     from vaekit.sampling import reconstruct as reconstruct_batch
 
-    _positive("-n", n)
-    _check_output(output, (".png", ".npy"))
-    model, _, dataset, _ = _model_and_data(run_dir, data, split, None, device)
+    if n is not None:
+        _positive("-n", n)
+    _threads(threads)
+    if output is not None:
+        output_path(output, run_dir, "", (".png", ".npy", ".csv"), overwrite)
+    model, _, dataset, split, _ = _model_and_data(run_dir, data, split, None, device, weights)
+    output = output_path(output, run_dir, default_name("reconstructions", data, split, ".png"),
+                         (".png", ".npy", ".csv"), overwrite)
+    _check_table_output(output, model)
     labels = _labels(model, dataset)
-    originals = dataset.x[:n]
-    recon = reconstruct_batch(model, originals, None if labels is None else labels[:n])
-    if output.suffix.lower() == ".npy":
-        _write_images(_original_units(recon, run_dir), output, "")
+    import torch
+
+    count = n or (10 if dataset.is_image else len(dataset))
+    shown = dataset.subset(torch.arange(min(count, len(dataset))))
+    with _thread_policy(threads):
+        recon = reconstruct_batch(model, shown.x, None if labels is None else labels[: len(shown)])
+    suffix = output.suffix.lower()
+    if suffix == ".csv":
+        from vaekit.evaluation import write_table
+
+        features = _feature_names(recon.shape[1], read_run_data(run_dir).get("features"))
+        values = _original_units(recon, run_dir).double().numpy()
+        ids = source_columns(shown)
+        write_table(output, {"row": ids.pop("row"), **dict(zip(features, values.T, strict=True)), **ids},
+                    float_format="%.8g")
+        print(f"wrote {len(values)} reconstructed rows to {output}")
+    elif suffix == ".npy":
+        _write_rows(_original_units(recon, run_dir), output, "")
     else:
         from vaekit import plots
 
-        plots.reconstructions_figure(model, originals, output, n=len(originals),
-                                     labels=None if labels is None else labels[:n])
+        plots.reconstructions_figure(model, shown.x, output, n=len(shown),
+                                     labels=None if labels is None else labels[: len(shown)],
+                                     feature_names=read_run_data(run_dir).get("features"),
+                                     data_units=_data_units(run_dir))
         print(f"wrote {output}")
 
 
@@ -300,30 +391,42 @@ def encode(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Data to encode (default: the run's own).")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: all).")] = None,
-    output: Annotated[Path, Opt("--output", "-o", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv.")] = Path("latents.npy"),
+    output: Annotated[Path | None, Opt("--output", "-o", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv (with each example's row in its file, image file and class name). Default: latents-SPLIT.npy in the run directory.")] = None,
     batch_size: Annotated[int, Opt(help="Examples per batch.")] = 1000,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    threads: Threads = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write every example's posterior mean μ(x) and log-variance log σ²(x)."""
     import numpy as np
     import torch
 
+    from vaekit.app.outputs import default_name, output_path, source_columns
+    from vaekit.evaluation import write_table
     from vaekit.rundir import write_output
     from vaekit.sampling import encode_posterior
 
     _positive("--batch-size", batch_size)
-    _check_output(output, (".npy", ".npz", ".csv"))
-    model, _, dataset, _ = _model_and_data(run_dir, data, split or "all", None, device)
+    _threads(threads)
+    suffixes, companions = (".npy", ".npz", ".csv"), (".logvar.npy",)
+    if output is not None:
+        output_path(output, run_dir, "", suffixes, overwrite, companions)
+    model, _, dataset, split, _ = _model_and_data(run_dir, data, split or "all", None, device, weights)
+    output = output_path(output, run_dir, default_name("latents", data, split, ".npy"), suffixes, overwrite,
+                         companions)
     labels_in = _labels(model, dataset)
     mus, logvars = [], []
-    for i in range(0, len(dataset), batch_size):
-        q = encode_posterior(model, dataset.x[i : i + batch_size],
-                             None if labels_in is None else labels_in[i : i + batch_size])
-        mus.append(q.mean.cpu())
-        logvars.append(torch.log(q.variance).cpu())
+    with _thread_policy(threads):
+        for i in range(0, len(dataset), batch_size):
+            q = encode_posterior(model, dataset.x[i : i + batch_size],
+                                 None if labels_in is None else labels_in[i : i + batch_size])
+            mus.append(q.mean.cpu())
+            logvars.append(torch.log(q.variance).cpu())
     mu = torch.cat(mus).numpy()
     logvar = torch.cat(logvars).numpy()
     labels = None if dataset.labels is None else dataset.labels.numpy()
+    ids = source_columns(dataset)
     suffix = output.suffix.lower()
     if suffix == ".npy":
         write_output(output, lambda f: np.save(f, mu))
@@ -332,35 +435,49 @@ def encode(
         arrays = {"mu": mu, "logvar": logvar}
         if labels is not None:
             arrays["labels"] = labels
+        arrays.update({k: np.asarray(v) for k, v in ids.items()})
         write_output(output, lambda f: np.savez(f, **arrays))
     else:
         d = mu.shape[1]
-        header = [f"mu_{i + 1}" for i in range(d)] + [f"logvar_{i + 1}" for i in range(d)]
-        columns = [mu, logvar]
+        columns = {**{f"mu_{i + 1}": mu[:, i] for i in range(d)}, **{f"logvar_{i + 1}": logvar[:, i] for i in range(d)}}
         if labels is not None:
-            header.append("label")
-            columns.append(labels[:, None])
-        table = np.concatenate([c.astype(np.float64) for c in columns], axis=1)
-        fmt = ["%.8g"] * (2 * d) + (["%d"] if labels is not None else [])
-        write_output(output, lambda f: np.savetxt(f, table, delimiter=",", header=",".join(header), comments="", fmt=fmt))
+            columns["label"] = labels
+        write_table(output, {**columns, **ids}, float_format="%.8g")
     print(f"wrote {len(mu)} posterior means ({mu.shape[1]}-D) to {output}")
 
 
 @app.command()
 def plot(
     run_dir: RunDir,
+    output: Annotated[Path | None, Opt("--output", "-o", help="Folder for the figures (default: the run directory, whose figures are redrawn in place).")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    threads: Threads = 0,
+    overwrite: Annotated[bool, Opt(help="Replace figures already in another --output folder.")] = False,
 ) -> None:
     """(Re)draw a run's figures from its weights and metrics."""
     from vaekit import plots
-    from vaekit.app.data import run_splits
+    from vaekit.app.data import read_run_data, run_splits
     from vaekit.app.runs import load_run
-    from vaekit.rundir import read_metrics
+    from vaekit.rundir import FIGURES, RunDirectory, read_metrics, remove_temporary_files
 
-    model, config = load_run(run_dir, device=device)
+    _threads(threads)
+    RunDirectory(run_dir).check_exists()
+    folder = run_dir if output is None else output
+    if not folder.is_dir():
+        raise VaekitError(f"output folder {folder} does not exist")
+    if folder.resolve() != run_dir.resolve() and not overwrite:
+        there = [name for name in FIGURES if (folder / name).exists()]
+        if there:
+            raise VaekitError(f"{folder} already holds {', '.join(there[:3])}; pass --overwrite to replace them")
+    model, config = load_run(run_dir, weights, device=device)
     splits = run_splits(config, run_dir=run_dir)
+    remove_temporary_files(run_dir)  # what killed writers left in the run
     train, shown = splits["train"], splits.get("validation") or splits.get("test") or splits["train"]
-    paths = plots.draw_all(run_dir, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir))
+    with _thread_policy(threads):
+        paths = plots.draw_all(folder, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir),
+                               class_names=train.classes, feature_names=read_run_data(run_dir).get("features"),
+                               data_units=_data_units(run_dir))
     for path in paths:
         print(f"wrote {path}")
 
@@ -412,14 +529,15 @@ def data_fetch(
 
 # ---------------------------------------------------------------------- helpers
 def _model_and_data(run_dir: Path, data: str | None, split: str | None, overrides: dict | None = None,
-                    device: str = "cpu"):
-    from vaekit.app.data import select_default_split, select_split
-    from vaekit.app.runs import load_run
+                    device: str = "cpu", weights: str = "last"):
+    """(model, config, dataset, split, the weights' epoch) for a command that reads data."""
+    from vaekit.app.data import same_data, select_default_split, select_split
+    from vaekit.app.runs import load_run_epoch
 
-    model, config = load_run(run_dir, device=device)
+    model, config, epoch = load_run_epoch(run_dir, weights, device=device)
     if overrides and any(v is not None for v in overrides.values()):
         config = config.override(overrides, source="command line")
-    own = data is None or data == config.data
+    own = same_data(data, config)
     if split is None and own:
         split, dataset = select_default_split(config, run_dir)  # the data are read once
     else:
@@ -430,17 +548,61 @@ def _model_and_data(run_dir: Path, data: str | None, split: str | None, override
             f"data shaped {list(dataset.event_shape)} per example, but the model in {run_dir} "
             f"was trained on {list(model.event_shape)}"
         )
-    return model, config, dataset, split
+    return model, config, dataset, split, epoch
 
 
-def _save_evaluation(path: Path, result: dict) -> str:
-    from vaekit.rundir import write_json
+def _threads(threads: int) -> None:
+    if threads < 0:
+        raise VaekitError(f"--threads must be 0 (auto) or more, got {threads}")
 
+
+def _thread_policy(threads: int):
+    """The CPU thread policy for one command's work (restored afterwards)."""
+    from vaekit.app.threads import ThreadPolicy
+
+    return ThreadPolicy(threads, quiet=True)
+
+
+def _check_table_output(output: Path, model) -> None:
+    if output.suffix.lower() == ".csv" and len(model.event_shape) != 1:
+        raise VaekitError(f"{output}: CSV output is for rows of features ([N, D] data); this model's data are "
+                          f"shaped {list(model.event_shape)}: write .png or .npy")
+
+
+def _feature_names(d: int, names: list[str] | None) -> list[str]:
+    from vaekit.plots import feature_names_for
+
+    return feature_names_for(d, names)
+
+
+def _training_rows(config, run_dir: Path, limit: int = 2000):
+    """The first rows of the run's training split, as the model saw them (for comparisons)."""
+    from vaekit.app.data import run_splits
+
+    train = run_splits(config, quiet=True, run_dir=run_dir)["train"]
+    return train.x[:limit]
+
+
+def _data_units(run_dir: Path):
+    """The map from the model's values to the data's units (undoing a standardisation), or None."""
+    from vaekit.app.data import recorded_standardization
+
+    st = recorded_standardization(run_dir)
+    return None if st is None else st.invert
+
+
+def _store_in_run(path: Path, write, what: str) -> str:
+    """Write ``path`` into a run directory (clearing what killed writers left there first);
+    a run that cannot be written (read-only, someone else's) gets a warning, not a failure:
+    the printed result is what counts."""
+    from vaekit.rundir import remove_temporary_files
+
+    remove_temporary_files(path.parent)
     try:
-        write_json(path, result)
-    except OSError as err:  # a read-only run someone sent: the printed result is what counts
-        return f"warning: could not store the result in {path} ({err.strerror or err})"
-    return f"stored the result in {path}"
+        write(path)
+    except VaekitError as err:
+        return f"warning: could not store {what} in the run: {err}"
+    return f"stored {what} in {path}" if what == "the result" else f"wrote {path}"
 
 
 def _original_units(x, run_dir: Path):
@@ -465,17 +627,25 @@ def _labels(model, dataset):
     return labels_for(model, dataset)
 
 
-def _write_images(images, output: Path, title: str) -> None:
+def _write_rows(x, output: Path, title: str, features: list[str] | None = None) -> None:
+    """Images or rows of features to .png (a grid), .npy, or .csv (rows headed by the
+    column names)."""
     import numpy as np
 
-    if output.suffix.lower() == ".npy":
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
         from vaekit.rundir import write_output
 
-        write_output(output, lambda f: np.save(f, images.numpy()))
+        write_output(output, lambda f: np.save(f, x.numpy()))
+    elif suffix == ".csv":
+        from vaekit.evaluation import write_table
+
+        names = _feature_names(x.shape[1], features)
+        write_table(output, dict(zip(names, x.double().numpy().T, strict=True)), float_format="%.8g")
     else:
         from vaekit.plots import images_figure
 
-        images_figure(images, output, title)
+        images_figure(x, output, title)
     print(f"wrote {output}")
 
 
@@ -498,14 +668,6 @@ def _progress(quiet: bool, description: str, total: float):
             yield lambda n: progress.update(task, advance=n)
 
     return bar()
-
-
-def _check_output(output: Path, suffixes: tuple[str, ...]) -> None:
-    if output.suffix.lower() not in suffixes:
-        raise VaekitError(f"output {output} must end in {' or '.join(suffixes)}")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise VaekitError(f"output folder {parent} does not exist")
 
 
 def _positive(name: str, value: int) -> None:

@@ -25,7 +25,10 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "lap
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", "sigmoid")
 KL_ESTIMATORS = ("analytic", "mc")
 OBJECTIVES = ("elbo", "iwae")
-BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+BINARIZE_MODES = ("auto", "none", "dynamic", "static", "threshold")
+# Grey-level renderings of binary drawings: binarize = "auto" draws them dynamically for the
+# Bernoulli likelihood (its ELBO is a bound only on binary data), the literature's protocol.
+BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
@@ -34,8 +37,9 @@ PRECISIONS = ("fp32", "bf16")
 # not be the run's).
 MAY_CHANGE_ON_RESUME = (
     "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best",
+    "device", "save_best", "log", "mirror",
 )
+TRACKERS = ("tensorboard", "mlflow")
 
 
 class Binarization(NamedTuple):
@@ -58,7 +62,7 @@ class Config:
     # data
     data: str = "digits"
     data_dir: str | None = None
-    binarize: str = "none"
+    binarize: str = "auto"  # auto: dynamic for the bernoulli likelihood on BINARY_IMAGE_DATA, else none
     validation_fraction: float = 0.1
     mirror: str | None = None
     image_size: int = 0
@@ -103,12 +107,33 @@ class Config:
     checkpoint_minutes: float = 10.0
     save_best: bool = True
     max_bad_steps: int = 20
+    log: str = ""  # experiment trackers, comma-separated: tensorboard, mlflow
 
     # ------------------------------------------------------------------ typed values
     # The string mini-languages of the TOML/JSON record, parsed once per config.
     @cached_property
     def binarization(self) -> Binarization:
-        return Binarization(*parse_binarize(self.binarize))
+        return Binarization(*parse_binarize(self.binarize_protocol))
+
+    @property
+    def binarize_protocol(self) -> str:
+        """``binarize`` with ``auto`` decided: ``dynamic`` for the Bernoulli likelihood on
+        the digits and the MNIST family, ``none`` otherwise."""
+        if self.binarize != "auto":
+            return self.binarize
+        return "dynamic" if self.likelihood == "bernoulli" and self.data in BINARY_IMAGE_DATA else "none"
+
+    def resolved(self) -> Config:
+        """A copy with ``auto`` settings decided (what a run records in config.json)."""
+        return dataclasses.replace(self, binarize=self.binarize_protocol).validate()
+
+    @cached_property
+    def trackers(self) -> tuple[str, ...]:
+        """The experiment trackers ``log`` names, checked."""
+        names = tuple(n for n in self.log.replace(",", " ").split() if n)
+        for name in names:
+            _choice("log", name, TRACKERS)
+        return names
 
     @cached_property
     def sigma_value(self) -> float | str:
@@ -129,7 +154,8 @@ class Config:
         _choice("objective", self.objective, OBJECTIVES)
         self.__dict__.pop("binarization", None)  # a field may have been set since: parse afresh
         self.__dict__.pop("sigma_value", None)
-        _ = self.binarization, self.sigma_value
+        self.__dict__.pop("trackers", None)
+        _ = self.binarization, self.sigma_value, self.trackers
         _choice("precision", self.precision, PRECISIONS)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise VaekitError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{self.device}'")
@@ -171,7 +197,7 @@ class Config:
             parse_mirrors(self.mirror)
         if self.label_column == "":
             raise VaekitError("label_column must name a column, got an empty string")
-        if self.standardize and self.binarize != "none":
+        if self.standardize and self.binarization.kind != "none":
             raise VaekitError(
                 "standardize is for continuous data and cannot be combined with "
                 f"binarize = '{self.binarize}'; use one or the other"
@@ -242,7 +268,9 @@ class Config:
         return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from vaekit.rundir import write_json
+
+        write_json(path, self.to_dict())
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -285,9 +313,12 @@ def parse_sigma(text: str) -> tuple[str, float | None]:
 
 
 def parse_binarize(text: str) -> tuple[str, float | None]:
-    """``none`` | ``dynamic`` | ``static`` | ``threshold:0.5``."""
+    """``none`` | ``dynamic`` | ``static`` | ``threshold:0.5`` (``auto`` is decided by
+    :attr:`Config.binarize_protocol` before it gets here)."""
     if text in ("none", "dynamic", "static"):
         return text, None
+    if text == "auto":
+        raise VaekitError("binarize 'auto' depends on the data and likelihood: decide it with Config.binarize_protocol")
     if text.startswith("threshold"):
         _, _, value = text.partition(":")
         try:
@@ -298,7 +329,7 @@ def parse_binarize(text: str) -> tuple[str, float | None]:
             raise VaekitError(f"binarize 'threshold:LEVEL' needs LEVEL in [0, 1], got '{text}'")
         return "threshold", level
     raise VaekitError(
-        f"binarize must be one of none, dynamic, static, threshold:LEVEL; got '{text}'"
+        f"binarize must be one of auto, none, dynamic, static, threshold:LEVEL; got '{text}'"
     )
 
 

@@ -333,12 +333,12 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
 
 def _data_uri(path: Path) -> str | None:
     """A PNG file as a data URI (inlined, so the report is one file), or None if absent."""
+    from vaekit import rundir
+
     try:
-        data = path.read_bytes()
+        data = rundir.read_regular(path, "a figure", rundir.FIGURE_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as err:
-        raise VaekitError(f"cannot read {path}: {err.strerror or err}") from None
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise VaekitError(f"{path} is not a PNG file")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -12,19 +12,22 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vaekit import checkpoint, distributed, likelihoods, nets, objectives
+from vaekit import checkpoint, distributed, likelihoods, nets, objectives, rundir
 from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
 from vaekit.model import AE, VAE, TwoLayerVAE
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
+from vaekit.trackers import check_installed, trackers
 from vaekit.training import Callback, fit
 
 
@@ -37,30 +40,46 @@ def train(
     figures: bool = True,
 ) -> Path:
     """Train the model ``config`` describes; write the run directory ``out`` and return it."""
-    from vaekit.app.data import run_splits, write_run_data
+    from vaekit.app.data import absolute_spec, run_splits, write_run_data
 
     config.validate()
+    # decided once and recorded: the run's data stay the same file whatever the current folder later
+    config = dataclasses.replace(config.resolved(), data=absolute_spec(config.data))
+    group = distributed.current()  # under torchrun rank 0 alone touches the run directory
+    # before the data are read: a quick refusal
+    distributed.together(lambda: RunDirectory(out).check_target(overwrite), group, main_only=True)
     device = resolve_device(config.device)
+    check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
         check_data(train_set, config, quiet)
-        config = with_classes(config, train_set.labels)
+        config = with_classes(config, train_set.labels, train_set.classes)
+        check_model_size(config, train_set.event_shape)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
+        # Everything that can be checked has been: only now is the folder touched. An old run
+        # (--overwrite) stays as it was until the new one starts training (fit commits it).
         run = RunDirectory(out)
 
-        def prepare() -> None:  # rank 0's alone under torchrun
+        def prepare() -> None:
             run.prepare(overwrite)
             try:
                 run.write_config(config.to_dict())
-                write_run_data(run.path, config, splits)
-            except VaekitError:
-                run.discard()  # no half-written run left to mistake for a real one
+                write_run_data(run, config, splits)
+            except BaseException:
+                run.discard()
+                run.release()
                 raise
 
-        distributed.together(prepare, distributed.current(), main_only=True)
-        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+        distributed.together(prepare, group, main_only=True)
+        try:
+            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+        except BaseException:
+            run.discard()  # before training started: no half-written run left to mistake for a real one
+            raise
+        finally:
+            run.release()
     return run.path
 
 
@@ -73,19 +92,28 @@ def resume(
 ) -> Path:
     """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
     settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``,
-    ``device``)."""
-    from vaekit.app.data import run_splits
-
+    ``device``, ``mirror``)."""
+    group = distributed.current()  # under torchrun rank 0 alone touches the run directory
     run = RunDirectory(run_dir)
-    group = distributed.current()
+    distributed.together(run.lock, group, main_only=True)  # one writer at a time; released when this returns
+    try:
+        _resume(run, changes or {}, quiet, figures, group)
+    finally:
+        run.release()
+    return run.path
+
+
+def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bool, group) -> None:
+    from vaekit.app.data import run_splits
 
     def read() -> dict[str, Any]:  # rank 0 reads the run directory; the others get what it says
         ckpt = checkpoint.load(run.path)
-        config = resume_config(ckpt, load_config(run.path), changes or {})
+        config = resume_config(ckpt, load_config(run.path), changes)
         if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
             raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
+        shapes = {k[len("model."):]: list(v.shape) for k, v in ckpt.tensors.items() if k.startswith("model.")}
         return {"config": config.to_dict(), "event_shape": list(ckpt.event_shape), "epoch": ckpt.meta["epoch"],
-                "in_epoch": ckpt.meta["in_epoch"], "checkpoint": str(ckpt.path)}
+                "in_epoch": ckpt.meta["in_epoch"], "checkpoint": str(ckpt.path), "shapes": shapes}
 
     stored = distributed.broadcast_json(distributed.together(read, group, main_only=True), group)
     config = Config.from_dict(stored["config"], f"{run.path}'s config")
@@ -98,12 +126,16 @@ def resume(
     if config.epochs < done:
         raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
     device = resolve_device(config.device)
+
+    check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:
-        splits = run_splits(config, quiet=quiet)
+        # a run's own mirror list is someone else's choice of server: only the user's flag counts
+        splits = run_splits(dataclasses.replace(config, mirror=changes.get("mirror")), quiet=quiet)
         check_data(splits["train"], config, quiet=True)
         if splits["train"].event_shape != event_shape:
             raise VaekitError(f"{stored['checkpoint']}: event shape {list(event_shape)} does not match the data")
-        model = build_model(config, event_shape)
+        model = build_checked(config, event_shape, {k: tuple(v) for k, v in stored["shapes"].items()},
+                              Path(stored["checkpoint"]))
         previous: list[bytes] = []
 
         def write_config() -> None:  # before fit: its checkpoints store the run's config
@@ -122,7 +154,6 @@ def resume(
                 with contextlib.suppress(VaekitError):
                     atomic_write(run.file(CONFIG), previous[0])
             raise
-    return run.path
 
 
 class _Started(Callback):
@@ -142,6 +173,12 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     """:func:`vaekit.fit` with the config's settings as typed arguments."""
     from vaekit.app.threads import ThreadCheck
 
+    group = distributed.current()
+    mine = trackers(config.trackers, config.to_dict()) if group is None or group.main else []  # rank 0 logs
+    callbacks = [ThreadCheck(policy), *callbacks, *mine]
+    terminal = sys.stderr.isatty()
+    if not quiet:
+        callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
     train_set, val_set = splits["train"], splits["validation"]
     conditional = bool(getattr(model, "num_classes", 0))
     policy.tune(step_flops(model, config), quiet=quiet)
@@ -154,10 +191,94 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=[ThreadCheck(policy), *callbacks], progress=not quiet,
+        save_best=config.save_best, figures=figures, callbacks=callbacks, progress=not quiet and terminal,
+        class_names=train_set.classes, feature_names=train_set.features,
+        data_units=None if train_set.standardization is None else train_set.standardization.invert,
     )
     if not quiet:
         print(f"run written to {run.path}")
+
+
+class ProgressLines(Callback):
+    """Progress where stderr is not a terminal (CI logs, nohup, a notebook's subprocess), where
+    a progress bar shows nothing: one line per epoch, at most one every ``every`` seconds
+    (the first and the last epoch always), and a line within an epoch that runs longer than
+    ``step_every`` seconds without one."""
+
+    def __init__(self, every: float = 5.0, step_every: float = 60.0):
+        self.every, self.step_every = every, step_every
+
+    def on_fit_start(self, loop) -> None:
+        self.started = self.last = time.monotonic()
+        self.first = len(loop.history.epochs) + 1
+
+    def on_step_end(self, loop, loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.step_every:
+            _say(f"epoch {loop.epoch}/{loop.epochs}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
+            self.last = now
+
+    def on_epoch_end(self, loop, record: dict) -> None:
+        now = time.monotonic()
+        epoch = record["epoch"]
+        if epoch not in (self.first, loop.epochs) and now - self.last < self.every and not loop.stop_requested:
+            return
+        self.last = now
+        parts = [f"epoch {epoch}/{loop.epochs}", f"train ELBO {_nats(record.get('train_elbo'))}"]
+        if record.get("validation_elbo") is not None:
+            parts.append(f"validation ELBO {_nats(record['validation_elbo'])}")
+        done = epoch - self.first + 1
+        per_epoch = (now - self.started) / done
+        parts.append(f"{_duration(per_epoch)}/epoch")
+        if epoch < loop.epochs:
+            parts.append(f"about {_duration(per_epoch * (loop.epochs - epoch))} left")
+        _say("  ".join(parts))
+
+
+class Summary(Callback):
+    """A few lines at the end of training (stdout): the final train and validation ELBO, the
+    best validation epoch, the final evaluation's log-likelihood and active units, and the
+    wall time."""
+
+    def on_fit_start(self, loop) -> None:
+        self.started = time.monotonic()
+
+    def on_results(self, loop, evaluation: dict | None) -> None:
+        epochs = loop.history.epochs
+        if not epochs:
+            return
+        last = epochs[-1]
+        line = (f"trained {last['epoch']} epochs (this session {_duration(time.monotonic() - self.started)}): "
+                f"train ELBO {_nats(last.get('train_elbo'))}")
+        if last.get("validation_elbo") is not None:
+            line += f", validation ELBO {_nats(last['validation_elbo'])}"
+        best = loop.history.best
+        if best is not None and best["epoch"] != last["epoch"]:
+            line += f" (best {_nats(best['value'])} at epoch {best['epoch']})"
+        print(line)
+        if evaluation and evaluation.get("log_likelihood") is not None:
+            se = evaluation.get("log_likelihood_se")
+            units = evaluation.get("active_units_per_dim") or []
+            print(f"{evaluation.get('split', 'data')}: log-likelihood {_nats(evaluation['log_likelihood'])}"
+                  + ("" if se is None else f" ± {se:.2g}")
+                  + f" nats (K = {evaluation.get('importance_samples')}), "
+                  f"active units {evaluation.get('active_units')} of {len(units)}")
+        elif evaluation and evaluation.get("reconstruction") is not None:
+            print(f"{evaluation.get('split', 'data')}: reconstruction log-likelihood "
+                  f"{_nats(evaluation['reconstruction'])} nats")
+
+
+def _nats(value) -> str:
+    return "nan" if value is None or value != value else f"{value:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
 def objective_for(config: Config):
@@ -231,9 +352,10 @@ def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
     return cls(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
 
 
-def with_classes(config: Config, labels: torch.Tensor | None) -> Config:
-    """``config`` with ``classes`` set from the training labels for a conditional model
-    (unchanged otherwise); a clear error when a CVAE has no labels to condition on."""
+def with_classes(config: Config, labels: torch.Tensor | None, names: list[str] | None = None) -> Config:
+    """``config`` with ``classes`` set from the training labels (and class ``names``, all of
+    which count even if the training split misses one) for a conditional model (unchanged
+    otherwise); a clear error when a CVAE has no labels to condition on."""
     if config.model != "cvae":
         return config
     if labels is None:
@@ -243,7 +365,7 @@ def with_classes(config: Config, labels: torch.Tensor | None) -> Config:
         )
     if int(labels.min()) < 0:
         raise VaekitError(f"class labels must be non-negative for model 'cvae'; found {int(labels.min())}")
-    needed = int(labels.max()) + 1
+    needed = max(int(labels.max()) + 1, len(names or ()))
     if config.classes and config.classes < needed:
         raise VaekitError(f"classes is {config.classes}, but the labels run up to {needed - 1}")
     if needed > MAX_CLASSES and not config.classes:
@@ -260,10 +382,16 @@ MAX_CLASSES = 100_000
 def labels_for(model, dataset) -> torch.Tensor | None:
     """The labels to pass along with ``dataset`` to ``model``: its labels when the model is
     conditional, ``None`` otherwise (unconditional models ignore labels)."""
-    if not getattr(model, "num_classes", 0):
+    classes = getattr(model, "num_classes", 0)
+    if not classes:
         return None
     if dataset.labels is None:
         raise VaekitError(f"this conditional model needs class labels, but {dataset.name} has none")
+    lo, hi = (int(dataset.labels.min()), int(dataset.labels.max())) if len(dataset.labels) else (0, 0)
+    if lo < 0 or hi >= classes:
+        bad = hi if hi >= classes else lo
+        raise VaekitError(f"{dataset.name}: label {bad} is not one of this conditional model's classes "
+                          f"0..{classes - 1}")
     return dataset.labels
 
 
@@ -312,12 +440,62 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, config) from a run directory started from a config."""
+    """(model in eval mode on ``device``, config) from a run directory started from a config;
+    ``weights``: ``last`` (model.safetensors) or ``best`` (the best validation epoch's)."""
+    model, config, _ = load_run_epoch(run_dir, weights, device)
+    return model, config
+
+
+def load_run_epoch(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):
+    """As :func:`load_run`, plus the epoch the weights are from (``None`` where unknown).
+    The stored weights' shapes are checked against the config before the model is built,
+    so a config edited to ask for a huge model allocates nothing. The config's ``mirror`` is
+    dropped: a run's own choice of download server is never used (the caller's flag is)."""
     config = load_config(run_dir)
     run = RunDirectory(run_dir)
-    model = build_model(config, tuple(run.read_info()["event_shape"]))
-    run.load_weights(model, weights)
-    return model.to(resolve_device(device)).eval(), config
+    shape = tuple(run.read_info()["event_shape"])
+    model = build_checked(config, shape, run.weights_shapes(weights), run.weights_path(weights))
+    meta = run.load_weights(model, weights)
+    if weights == "best":
+        epoch = meta.get("epoch")
+    else:  # written at the end of every epoch
+        metrics = run.read_metrics()
+        epoch = metrics[-1]["epoch"] if metrics else None
+    return model.to(resolve_device(device)).eval(), dataclasses.replace(config, mirror=None), epoch
+
+
+def build_checked(config: Config, event_shape: tuple[int, ...], stored: dict[str, tuple[int, ...]],
+                  where: Path) -> VAE:
+    """:func:`build_model`, once the model's tensor shapes (found on the meta device, where
+    nothing is allocated) match the ``stored`` ones; refused otherwise."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    problem = rundir.mismatch(rundir.state_shapes(skeleton), stored)
+    if problem:
+        raise VaekitError(f"{where}: {problem}")
+    return build_model(config, event_shape)
+
+
+def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose parameters alone would not fit in this machine's memory (a
+    typo such as ``hidden = 100000000``), before anything is allocated."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
+               if not isinstance(p, torch.nn.parameter.UninitializedParameter))
+    memory = _physical_memory()
+    if memory and size > memory:
+        raise VaekitError(
+            f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
+            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

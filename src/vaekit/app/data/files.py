@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vaekit.app.data import Dataset, DataSplits
-from vaekit.app.data.lazy import LazyArray, memmap_reader, memory_limit, scan, to_float32
+from vaekit.app.data.lazy import LazyArray, file_digest, memmap_reader, memory_limit, scan, to_float32
 from vaekit.errors import VaekitError
 
 
@@ -29,15 +29,17 @@ def _load_npy(path: Path, quiet: bool = False) -> DataSplits:
     if mapped.size * 4 <= memory_limit():
         x = as_features(np.array(mapped), str(path))  # a copy: never a view of the map
     else:
-        x = lazy_features(mapped, str(path), path.stem, quiet)
+        x = lazy_features(mapped, str(path), path.stem, quiet, digest=lambda: file_digest(path))
     return DataSplits(train=Dataset(x, None, path.stem))
 
 
-def lazy_features(array: np.ndarray, source: str, name: str, quiet: bool = False) -> LazyArray:
-    """Like :func:`as_features`, but rows stay on disk until indexed (checked once here)."""
+def lazy_features(array: np.ndarray, source: str, name: str, quiet: bool = False,
+                  digest=None) -> LazyArray:
+    """Like :func:`as_features`, but rows stay on disk until indexed (checked once here);
+    ``digest``: the file's content digest, for the run's data fingerprint."""
     _check_array(array, source)
     shape = array.shape[1:] if array.ndim != 3 else (1, *array.shape[1:])
-    x = LazyArray(memmap_reader(array, source), len(array), shape, name=name)
+    x = LazyArray(memmap_reader(array, source), len(array), shape, name=name, digest=digest)
     scan(x, source, quiet)
     return x
 

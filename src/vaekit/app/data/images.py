@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vaekit.app.data import Dataset, DataSplits
-from vaekit.app.data.lazy import LazyArray, UnreadableRows, memory_limit
+from vaekit.app.data.lazy import LazyArray, UnreadableRows, files_digest, memory_limit
 from vaekit.app.data.progress import progress, say
 from vaekit.errors import VaekitError
 
@@ -66,10 +66,11 @@ def load_folder(folder: Path, image_size: int = 0, image_mode: str = "auto",
         return out
 
     if len(files) * int(np.prod(shape)) * 4 > memory_limit():
-        x = LazyArray(read, len(files), shape, name=folder.name)
+        x = LazyArray(read, len(files), shape, name=folder.name, digest=lambda: files_digest(folder, files))
     else:
         x = torch.from_numpy(_read_all(folder, files, size, channels, shape, quiet))
-    return DataSplits(train=Dataset(x, label_tensor, folder.name or "images", classes=classes))
+    return DataSplits(train=Dataset(x, label_tensor, folder.name or "images", classes=classes,
+                                    files=[_rel(folder, f) for f in files]))
 
 
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:

@@ -10,9 +10,13 @@ and evaluation slices in chunks exactly as with a tensor.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,9 +70,10 @@ class LazyArray:
     def __init__(
         self, read: Reader, length: int, event_shape: tuple[int, ...],
         index: np.ndarray | None = None, transforms: tuple[Transform, ...] = (),
-        name: str = "data",
+        name: str = "data", digest: Callable[[], str] | None = None,
     ):
         self._read = read
+        self._digest = digest  # SHA-256 of the whole source (files), computed when first asked
         self._length = length
         self.event_shape = tuple(event_shape)
         self._index = index
@@ -119,12 +124,23 @@ class LazyArray:
         for start in range(0, len(self), rows):
             yield slice(start, start + rows)
 
+    def content_fingerprint(self) -> str | None:
+        """A digest of every value these rows can hold: the whole source's streamed hash and
+        which rows are taken (the transforms follow from the run's settings, which resume
+        compares). None where the source has no digest."""
+        if self._digest is None:
+            return None
+        h = hashlib.sha256(f"{self._digest()}:{self._length}:{list(self.event_shape)}".encode())
+        h.update(b"all" if self._index is None else np.ascontiguousarray(self._index, np.int64).tobytes())
+        return h.hexdigest()
+
     def to_tensor(self) -> torch.Tensor:
         return torch.cat(list(self.chunks())) if len(self) else torch.empty(self.shape)
 
     def _replace(self, **changes) -> LazyArray:
         values = {"read": self._read, "length": self._length, "event_shape": self.event_shape,
-                  "index": self._index, "transforms": self._transforms, "name": self.name}
+                  "index": self._index, "transforms": self._transforms, "name": self.name,
+                  "digest": self._digest}
         values.update(changes)
         out = LazyArray(**values)
         if "transforms" not in changes:
@@ -258,3 +274,73 @@ def to_float32(array: np.ndarray, source: str, rows: np.ndarray | None = None) -
             "rescale the data"
         )
     return out
+
+
+# ---------------------------------------------------------------------- fingerprints of sources
+FINGERPRINTS = "fingerprints.json"  # in the data cache: digests by path, size, mtime and ctime
+MAX_REMEMBERED = 1000
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, streamed (memory stays small whatever its size); remembered
+    in the data cache by the file's path, size, modification and change times, so a large
+    file is read once until it changes."""
+    path = Path(path)
+    return _remembered(path, [("", path)], lambda: _stream(path))
+
+
+def files_digest(folder: Path, files: list[Path]) -> str:
+    """SHA-256 over the names and contents of ``files`` (a folder of images), remembered like
+    :func:`file_digest` by every file's signature."""
+    def compute() -> str:
+        h = hashlib.sha256()
+        for path in files:
+            h.update(f"{path.relative_to(folder)}:{_stream(path)}\n".encode())
+        return h.hexdigest()
+
+    return _remembered(Path(folder), [(str(p.relative_to(folder)), p) for p in files], compute)
+
+
+RECENT_NS = 2 * 10**9  # a file changed this recently may change again within its mtime's resolution
+
+
+def _stream(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as err:
+        raise VaekitError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _remembered(key_path: Path, files: list[tuple[str, Path]], compute: Callable[[], str]) -> str:
+    from vaekit.app.data.download import cache_dir
+    from vaekit.rundir import read_json, write_json
+
+    try:
+        stats = [(name, path.stat()) for name, path in files]
+    except OSError as err:
+        raise VaekitError(f"cannot read {key_path}: {err.strerror or err}") from None
+    signature = [f"{n}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}:{s.st_ino}" for n, s in stats]
+    stamp = hashlib.sha256(json.dumps(signature).encode()).hexdigest()
+    key = os.path.realpath(key_path)
+    store = cache_dir() / FINGERPRINTS
+    try:
+        known = read_json(store, "remembered data fingerprints")
+        known = known if isinstance(known, dict) else {}
+    except VaekitError:
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp and isinstance(entry[1], str):
+        return entry[1]
+    digest = compute()
+    newest = max((s.st_mtime_ns for _, s in stats), default=0)
+    if time.time_ns() - newest < RECENT_NS:
+        return digest  # too fresh to remember: a change in the same clock tick would go unseen
+    known.pop(key, None)
+    known[key] = [stamp, digest]
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_json(store, dict(list(known.items())[-MAX_REMEMBERED:]))
+    except (OSError, VaekitError):
+        pass  # a cache that cannot be written only costs a re-read next time
+    return digest

@@ -21,13 +21,18 @@ from vaekit.errors import VaekitError
 SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
-def load_table(path: Path, label_column: str | None = None) -> DataSplits:
+def load_table(path: Path, label_column: str | None = None, label_required: bool = True) -> DataSplits:
+    """The table's numeric columns as ``x`` (their names as ``features``); ``label_column``
+    as labels, names numbered in sorted order (``classes``). ``label_required=False``: a
+    table without ``label_column`` comes without labels (new data to score)."""
     if not path.is_file():
         raise VaekitError(f"data file not found: {path}")
     frame = _read(path)
     if frame.shape[1] == 0 or len(frame) == 0:
         raise VaekitError(f"{path}: the table is empty ({len(frame)} rows, {frame.shape[1]} columns)")
     labels = classes = None
+    if label_column is not None and not label_required and label_column not in frame.columns:
+        label_column = None
     if label_column is not None:
         if label_column not in frame.columns:
             names = [str(c) for c in frame.columns]
@@ -40,9 +45,9 @@ def load_table(path: Path, label_column: str | None = None) -> DataSplits:
         labels, classes = _labels(frame.pop(label_column), path, label_column)
         if frame.shape[1] == 0:
             raise VaekitError(f"{path}: no feature columns besides the label column '{label_column}'")
-    x = np.stack([_column(frame[c], path, str(c)) for c in frame.columns], axis=1)  # a copy
+    x = np.stack([_column(frame[c], path, str(c), label_column is None) for c in frame.columns], axis=1)  # a copy
     return DataSplits(train=Dataset(torch.from_numpy(_float32(x, path, frame.columns)), labels, path.stem,
-                                    classes=classes))
+                                    classes=classes, features=[str(c) for c in frame.columns]))
 
 
 def _float32(x: np.ndarray, path: Path, columns) -> np.ndarray:
@@ -85,8 +90,9 @@ def _read(path: Path):
         raise VaekitError(f"{path}: not a readable {suffix[1:]} file ({str(err).strip()})") from None
 
 
-def _column(column, path: Path, name: str) -> np.ndarray:
-    """One feature column as float64, or an error naming the first bad row."""
+def _column(column, path: Path, name: str, no_labels: bool = False) -> np.ndarray:
+    """One feature column as float64, or an error naming the first bad row (and, for a text
+    column when no label column was named, how to use it as the labels)."""
     import pandas as pd
 
     if column.dtype == bool:
@@ -98,8 +104,12 @@ def _column(column, path: Path, name: str) -> np.ndarray:
         bad = numbers.isna() & column.notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
+            hint = ""
+            if no_labels and int(bad.sum()) == int(column.notna().sum()):  # text all the way down
+                hint = (f"; if column '{name}' holds class labels, name it with --label-column {name} "
+                        f"(label_column = \"{name}\" in a config)")
             raise VaekitError(
-                f"{path}: {_where(path, i)}, column '{name}': {column.iloc[i]!r} is not a number"
+                f"{path}: {_where(path, i)}, column '{name}': {column.iloc[i]!r} is not a number{hint}"
             )
         values = numbers.to_numpy(np.float64, na_value=np.nan)
     bad = ~np.isfinite(values)
