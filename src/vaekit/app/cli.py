@@ -116,7 +116,7 @@ def train(
     dist_backend: DistBackend = "auto",
 ) -> None:
     """Train a VAE (or AE) and write a run directory with weights, metrics and figures.
-    Under torchrun, data parallel: --batch-size is the global minibatch, split across the
+    Under torchrun, data parallel: the batch size is the global minibatch, split across the
     processes; rank 0 alone writes the run directory (docs/distributed.md)."""
     flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     from vaekit.app.launch import process_group
