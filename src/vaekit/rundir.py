@@ -48,6 +48,7 @@ import torch
 
 from vaekit import __version__
 from vaekit.errors import VaekitError, WriteError
+from vaekit.locks import try_lock
 
 try:
     import fcntl
@@ -541,7 +542,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     tmp = None
     try:
         fd, tmp = _create_temporary(path)
-        _try_lock(fd)
+        try_lock(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
@@ -573,20 +574,6 @@ def _create_temporary(path: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name next to {path}")
-
-
-def _try_lock(fd: int) -> str:
-    """Lock ``fd`` without waiting: "locked", "busy" (another process holds it) or
-    "unsupported" (no locks: Windows, or a file system without them)."""
-    if fcntl is None:
-        return "unsupported"
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return "busy"
-    except OSError:
-        return "unsupported"
-    return "locked"
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -622,7 +609,7 @@ def remove_temporary_files(folder: str | Path, name: str | None = None) -> None:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             try:
                 info = os.fstat(fd)
-                state = _try_lock(fd) if stat.S_ISREG(info.st_mode) else "busy"
+                state = try_lock(fd) if stat.S_ISREG(info.st_mode) else "busy"
                 if state == "locked" or (state == "unsupported" and now - info.st_mtime > _STALE_AGE):
                     path.unlink()
             finally:

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from vaekit.app.data.progress import progress, say
 from vaekit.errors import VaekitError
+from vaekit.locks import try_lock
 
 try:
     import fcntl
@@ -424,23 +425,9 @@ def _new_part(target: Path) -> tuple[int, Path]:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
-        if _lock(fd) != "busy":
+        if try_lock(fd) != "busy":
             return fd, part
         os.close(fd)  # a cleanup took it between creation and locking: it removes the file
-
-
-def _lock(fd: int) -> str:
-    """Try to lock ``fd`` without waiting: "locked", "busy" (another process holds it), or
-    "unsupported" (no locks here: Windows, or a file system without them)."""
-    if fcntl is None:
-        return "unsupported"
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return "busy"
-    except OSError:
-        return "unsupported"
-    return "locked"
 
 
 def _reason(err: BaseException) -> str:
@@ -467,7 +454,7 @@ def _remove_stale_parts(folder: Path, age: float = 24 * 3600) -> None:
                 continue
             fd = os.open(part, os.O_RDONLY)
             try:
-                state = _lock(fd)
+                state = try_lock(fd)
                 if state == "locked" or (state == "unsupported" and now - os.fstat(fd).st_mtime > age):
                     part.unlink()
             finally:
