@@ -48,3 +48,24 @@ def tiny_run(tmp_path_factory) -> Path:
     config = Config(data="digits", hidden=[64], latent_dim=2, epochs=5, batch_size=64,
                     binarize="dynamic", seed=0)
     return train(config, out, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory) -> Path:
+    """A .npy file of 300 grey rows of 12 features in [0, 1] (one per test module)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "grey.npy"
+    np.save(path, np.random.default_rng(0).random((300, 12)).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(grey, tmp_path_factory) -> Path:
+    """A small VAE trained on ``grey`` (read-only: copy it to damage it)."""
+    from vaekit.app.config import Config
+    from vaekit.app.runs import train
+
+    config = Config(data=str(grey), hidden=[16], latent_dim=2, epochs=2, batch_size=32,
+                    binarize="dynamic", threads=1)
+    return train(config, tmp_path_factory.mktemp("runs") / "run", quiet=True, figures=False)

@@ -58,20 +58,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def grey(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "grey.npy"
-    np.save(path, np.random.default_rng(0).random((300, 12)).astype(np.float32))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(grey, tmp_path_factory) -> Path:
-    config = Config(data=str(grey), hidden=[16], latent_dim=2, epochs=2, batch_size=32,
-                    binarize="dynamic", threads=1)
-    return train(config, tmp_path_factory.mktemp("runs") / "run", quiet=True, figures=False)
-
-
 @pytest.fixture
 def run(trained, tmp_path) -> Path:
     """A private copy of a trained run, free to damage."""

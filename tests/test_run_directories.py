@@ -33,7 +33,7 @@ from conftest import SRC
 from vaekit import rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
-from vaekit.app.runs import build_model, train
+from vaekit.app.runs import build_model
 from vaekit.errors import VaekitError
 
 TINY = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "32", "--binarize", "dynamic",
@@ -148,20 +148,6 @@ def background():
         if process.poll() is None:
             process.kill()
         process.communicate()
-
-
-@pytest.fixture(scope="module")
-def grey(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "grey.npy"
-    np.save(path, np.random.default_rng(0).random((300, 12)).astype(np.float32))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(grey, tmp_path_factory) -> Path:
-    config = Config(data=str(grey), hidden=[16], latent_dim=2, epochs=2, batch_size=32,
-                    binarize="dynamic", threads=1)
-    return train(config, tmp_path_factory.mktemp("runs") / "run", quiet=True, figures=False)
 
 
 @pytest.fixture
