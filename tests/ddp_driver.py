@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torchrun: vaekit's CLI in every rank, with a record
 of each filesystem access under $VAEKIT_AUDIT_WATCH (a run directory) written, when the
-command ends, to $VAEKIT_AUDIT_LOG.<rank> (outside it).
+command ends, to $VAEKIT_AUDIT_LOG.<rank> (outside it), and the names of the threads still
+running then to $VAEKIT_AUDIT_LOG.<rank>.threads.
 
 Accesses are caught by an audit hook (``sys.addaudithook``: every ``open``, including
 ``os.open`` and ``tempfile``, and the ``os`` events for listing, creating, renaming,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 WATCH = os.path.abspath(os.environ["VAEKIT_AUDIT_WATCH"])
 EVENTS = {"open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.truncate",
@@ -54,4 +56,8 @@ from vaekit.app.cli import main  # noqa: E402
 code = main(sys.argv[1:])
 with open(f"{os.environ['VAEKIT_AUDIT_LOG']}.{os.environ['RANK']}", "w") as f:
     json.dump(seen, f)
+# The threads still running once the command is done: a process group that outlives it keeps
+# gloo's, and they can abort the process during interpreter shutdown.
+threads = [Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in os.listdir("/proc/self/task")]
+Path(f"{os.environ['VAEKIT_AUDIT_LOG']}.{os.environ['RANK']}.threads").write_text(json.dumps(threads))
 sys.exit(code)

@@ -45,6 +45,8 @@ def train(x) -> dict[str, torch.Tensor]:
 
 
 def main(out: Path) -> None:
+    import torch.distributed.nn  # noqa: F401  (before the group: docs/distributed.md)
+
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     x = data()

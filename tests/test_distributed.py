@@ -56,6 +56,13 @@ def _accesses(log: Path) -> dict[int, list]:
     return {rank: json.loads(Path(f"{log}.{rank}").read_text()) for rank in (0, 1)}
 
 
+def _gloo_threads_left(log: Path) -> dict[int, list[str]]:
+    """rank -> gloo's threads still running in that rank after the command returned (the
+    process group must be gone by then, not at interpreter shutdown)."""
+    names = {rank: json.loads(Path(f"{log}.{rank}.threads").read_text()) for rank in (0, 1)}
+    return {rank: [name for name in found if "gloo" in name] for rank, found in names.items()}
+
+
 def _train_in_process(out: Path, epochs: int, batch_size: int) -> None:
     from vaekit.app.cli import main
 
@@ -90,6 +97,7 @@ def test_two_ranks_take_the_steps_one_process_takes_and_only_rank_0_touches_the_
     assert evaluation["n"] == 180 and evaluation["split"] == "validation"
     seen = _accesses(tmp_path / "audit")
     assert seen[1] == [], seen[1][:5]  # rank 1 never touched the run directory, not even to look
+    assert _gloo_threads_left(tmp_path / "audit") == {0: [], 1: []}
     written = {Path(path).name for event, path in seen[0] if event == "os.rename"}
     assert {"config.json", "run.json", "checkpoint.safetensors", "model.safetensors", "evaluation.json"} <= written
 
@@ -105,6 +113,7 @@ def test_resume_at_another_world_size_1_2_1(tmp_path):
     assert done.returncode == 0, done.stderr
     seen = _accesses(tmp_path / "audit")
     assert seen[1] == [], seen[1][:5]
+    assert _gloo_threads_left(tmp_path / "audit") == {0: [], 1: []}
     assert any(Path(path).name == "checkpoint.safetensors" and event == "open" for event, path in seen[0])
     from vaekit.app.cli import main
 

@@ -66,6 +66,13 @@ def process_group(backend: str | None = "auto") -> Iterator[None]:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     _stop_on_termination()
+    # torch.distributed.nn binds group.WORLD as default arguments when first imported, and DDP
+    # imports it (through torch._dynamo) after the group exists: that reference would keep the
+    # group, and gloo's worker threads, alive past destroy_process_group into interpreter
+    # shutdown, where a worker releasing a tensor takes the GIL and the process aborts
+    # ("terminate called without an active exception"). Imported first, it binds None.
+    import torch.distributed.nn  # noqa: F401
+
     try:
         dist.init_process_group(choice, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as err:
