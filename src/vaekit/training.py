@@ -17,6 +17,7 @@ random state is left as it was.
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.objectives import Batch, elbo_objective, elbo_terms
 from vaekit.rundir import RunDirectory
+from vaekit.schedules import Schedule, TimeBudget, TorchScheduler, as_schedule
 from vaekit.sources import Source, training_fingerprint
 
 TERMS = ("elbo", "reconstruction", "kl")
@@ -75,16 +77,34 @@ class History:
 
 
 class Loop:
-    """The running loop as callbacks see it: ``model``, ``optimizer``, ``epoch`` (counting
-    from 1), ``epochs``, ``step`` (within the epoch), ``steps_per_epoch``, ``history``, ``out``;
-    ``stop()`` asks it to end after the current epoch (with its checkpoint)."""
+    """The running loop as callbacks and schedules see it: ``model``, ``optimizer``,
+    ``epoch`` (counting from 1), ``epochs`` (None: until another budget ends the run),
+    ``step`` (within the epoch), ``steps_per_epoch``, ``steps_done`` (in the whole run),
+    ``total_steps`` (the planned length, None while a time budget has not planned it yet),
+    ``epochs_done`` (fractional), ``progress`` (0 → 1 over the planned steps), ``seconds``
+    (training time so far, resumed runs included), ``history``, ``out``; ``stop()`` asks it
+    to end after the current epoch (with its checkpoint)."""
 
-    def __init__(self, model, optimizer, epochs: int, steps_per_epoch: int, history: History,
+    def __init__(self, model, optimizer, epochs: int | None, steps_per_epoch: int, history: History,
                  out: RunDirectory | None):
         self.model, self.optimizer, self.epochs = model, optimizer, epochs
         self.steps_per_epoch, self.history, self.out = steps_per_epoch, history, out
         self.epoch, self.step, self.stop_requested = 0, 0, False
+        self.steps_done, self.epochs_done = 0, 0.0
+        self.total_steps: int | None = None
         self.last_validation: float | None = None
+        self.budget: TimeBudget | None = None
+        self._clock: Callable[[], float] = lambda: 0.0
+
+    @property
+    def progress(self) -> float:
+        if self.budget is not None:
+            return self.budget.progress(self.steps_done)
+        return min(1.0, self.steps_done / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self._clock()
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -95,10 +115,13 @@ def fit(
     train_data,
     *,
     validation=None,
-    epochs: int = 10,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
     batch_size: int = 128,
     objective: Callable | None = None,
     optimizer: torch.optim.Optimizer | Callable | None = None,
+    schedule=None,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     device: str | torch.device = "auto",
@@ -117,7 +140,13 @@ def fit(
     callbacks: Iterable[Callback] = (),
     progress: bool = False,
 ) -> History:
-    """Train ``model`` on ``train_data`` for ``epochs`` passes; returns the :class:`History`.
+    """Train ``model`` on ``train_data``; returns the :class:`History`.
+
+    - Budget: ``epochs`` passes (default 10), or ``steps`` optimisation steps (the last
+      epoch is cut short), or ``time_budget`` seconds of training (steps, validation and
+      checkpoints): the number of steps is planned from the measured time per step and
+      re-planned if the pace changes (:class:`vaekit.schedules.TimeBudget`; the plan is in
+      the checkpoint). ``epochs`` given with ``steps`` or ``time_budget`` is a further limit.
 
     - ``train_data`` / ``validation``: a tensor [N, ...], an ``(x, labels)`` pair, a
       ``torch.utils.data.Dataset`` (items ``x`` or ``(x, y)``) or a ``DataLoader`` (used as
@@ -127,6 +156,10 @@ def fit(
       maximise (e.g. :func:`vaekit.objectives.elbo`). Default: the ELBO.
     - ``optimizer``: an optimiser over the model's parameters, a function
       ``params -> optimiser``, or None for Adam(``lr``, ``weight_decay``).
+    - ``schedule``: the learning rate over training: a :class:`vaekit.schedules.Schedule`
+      (multipliers of each group's initial rate, set before every step), a
+      ``torch.optim.lr_scheduler`` scheduler or a function ``optimizer -> scheduler``
+      (stepped after every epoch); None keeps the rate constant. Its state is checkpointed.
     - ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; the model is moved
       there and data follow per batch. ``precision``: ``fp32`` or ``bf16`` (autocast for
       training steps; validation and evaluation run in fp32).
@@ -141,9 +174,15 @@ def fit(
     if objective is None:
         objective = elbo_objective
     check_precision(precision)
-    for name, value in (("epochs", epochs), ("checkpoint_every", checkpoint_every)):
-        if value < 0:
+    if epochs is None and steps is None and time_budget is None:
+        epochs = 10
+    if steps is not None and time_budget is not None:
+        raise VaekitError("give steps or time_budget, not both: each is a budget for the whole run")
+    for name, value in (("epochs", epochs), ("checkpoint_every", checkpoint_every), ("steps", steps)):
+        if value is not None and value < 0:
             raise VaekitError(f"{name} must be 0 or more, got {value}")
+    budget = None if time_budget is None else TimeBudget(time_budget)
+    schedule = as_schedule(schedule)
     if batch_size < 1:
         raise VaekitError(f"batch_size must be at least 1, got {batch_size}")
     if resume and out is None:
@@ -157,12 +196,19 @@ def fit(
                 "dynamic_binarization": dynamic_binarization, "precision": precision,
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
-                "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best}
+                "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best,
+                "steps": steps, "time_budget": time_budget,
+                "schedule": "constant" if schedule is None else schedule.describe()}
     run = _run_directory(out, overwrite, resume)
     model.to(device)
     with forked_rng(device, None if resume else seed):
         _materialize(model, source, batch_size, device)
         optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
+        settings["optimizer"] = describe_optimizer(optimizer)
+        if schedule is not None:
+            schedule.start(optimizer)
+            if schedule.needs_total and epochs is None and steps is None and budget is None:
+                raise VaekitError(f"the schedule {schedule.describe()} follows the planned length: give a budget")
         # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
         fingerprint = "" if run is None else training_fingerprint(source, val_source)
         if resume:
@@ -174,6 +220,10 @@ def fit(
                     "would not continue the same run"
                 )
             state = checkpoint.restore(ckpt, model, optimizer)
+            if schedule is not None and ckpt.meta.get("schedule") is not None:
+                schedule.load_state_dict(ckpt.meta["schedule"])
+            if budget is not None:
+                budget.load_state_dict(ckpt.meta.get("plan"))
             run.remove_temporary_files()
             run.write_metrics(state.metrics)
         else:
@@ -186,8 +236,11 @@ def fit(
                 except VaekitError:
                     run.discard()  # no half-written run left to mistake for a real one
                     raise
+        if schedule is not None and not isinstance(schedule, TorchScheduler):
+            for group in optimizer.param_groups:  # what the multipliers multiply (kept in the checkpoint)
+                group.setdefault("initial_lr", group["lr"])
         trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
-                           device, list(callbacks), progress)
+                           device, list(callbacks), progress, schedule, budget)
         return trainer.train(figures)
 
 
@@ -239,6 +292,16 @@ def _make_optimizer(model, optimizer, lr: float, weight_decay: float, device: to
                             fused=device.type in ("cpu", "cuda"))
 
 
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """The optimiser's class and the hyper-parameters that define its update (not the
+    learning rate, which a schedule changes): what a resume compares."""
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    keys = ("betas", "eps", "weight_decay", "momentum", "nesterov", "lr_decay", "amsgrad", "dampening")
+    args = ", ".join(f"{k}={tuple(group[k]) if isinstance(group[k], list) else group[k]!r}"
+                     for k in keys if k in group)
+    return f"{type(optimizer).__name__}({args})"
+
+
 def _describe(objective) -> str:
     """A stable description of an objective (no memory addresses): what resume compares."""
     if isinstance(objective, functools.partial):
@@ -249,15 +312,18 @@ def _describe(objective) -> str:
 
 
 class _Trainer:
-    """The state of one fit call; ``train`` trains to the last epoch."""
+    """The state of one fit call; ``train`` trains until the budget is spent."""
 
     def __init__(self, model, optimizer, objective, source: Source, val_source: Source | None,
                  state: TrainState, settings: dict, run: RunDirectory | None, device: torch.device,
-                 callbacks: list[Callback], progress: bool):
+                 callbacks: list[Callback], progress: bool, schedule: Schedule | None = None,
+                 budget: TimeBudget | None = None):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.source, self.val_source, self.state = source, val_source, state
         self.settings, self.run, self.device = settings, run, device
         self.batch_size, self.epochs = settings["batch_size"], settings["epochs"]
+        self.max_steps = settings["steps"]
+        self.schedule, self.budget = schedule, budget
         if progress:
             callbacks = [ProgressBar(), *callbacks]
         self.callbacks = callbacks
@@ -266,29 +332,62 @@ class _Trainer:
         # profiler region), and one synchronising check per step covers loss and gradients.
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.history = History(epochs=state.metrics, best=state.best, out=None if run is None else run.path)
-        self.loop = Loop(model, optimizer, self.epochs, source.steps(self.batch_size), self.history, run)
+        per_epoch = source.steps(self.batch_size)
+        self.loop = loop = Loop(model, optimizer, self.epochs, per_epoch, self.history, run)
+        if state.steps is None:  # a checkpoint written before the step count was kept: whole epochs so far
+            state.steps = state.epoch * per_epoch + (0 if state.in_epoch is None else state.in_epoch.step)
+        loop.steps_done, loop.budget = state.steps, budget
+        started, before = time.perf_counter(), state.seconds
+        loop._clock = lambda: before + time.perf_counter() - started
+        self.spent = False  # the steps or the time budget are used up
+
+    def total_steps(self) -> int | None:
+        if self.budget is not None:
+            return self.budget.total_steps
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.epochs is None else self.epochs * self.loop.steps_per_epoch
+
+    def budget_spent(self) -> bool:
+        """After a step: whether the steps or the time budget are used up."""
+        loop = self.loop
+        if self.max_steps is not None and loop.steps_done >= self.max_steps:
+            return True
+        return self.budget is not None and self.budget.done(loop.steps_done, loop.seconds)
 
     def train(self, figures: bool) -> History:
-        saver = _Checkpoints(self.run, self.model, self.optimizer, self.state, self.settings)
+        saver = _Checkpoints(self.run, self.model, self.optimizer, self.state, self.settings,
+                             self.schedule, self.budget, self.loop)
         loop = self.loop
+        loop.total_steps = self.total_steps()
         with _StopOnSignal(self.run is not None) as stop:
             for callback in self.callbacks:
                 callback.on_fit_start(loop)
-            for epoch in range(self.state.epoch + 1, self.epochs + 1):
+            self.spent = self.state.in_epoch is None and self.budget_spent()
+            epoch = self.state.epoch
+            while not self.spent and (self.epochs is None or epoch < self.epochs):
+                epoch += 1
                 loop.epoch = epoch
                 if self.state.in_epoch is None:
                     self.state.in_epoch = EpochProgress.begin(self.state.order, self.state.bad_in_a_row)
                 current = self.state.in_epoch
                 saver.epoch_started()
 
-                def on_step(loss: float, current: EpochProgress = current) -> None:
+                def on_step(loss: float, current: EpochProgress = current) -> bool:
                     loop.step = current.step
+                    loop.steps_done = self.state.steps = self.state.steps + 1
+                    if self.budget is not None:
+                        self.budget.update(loop.steps_done, loop.seconds)
+                        loop.total_steps = self.budget.total_steps
                     for callback in self.callbacks:
                         callback.on_step_end(loop, loss)
+                    self.spent = self.budget_spent()
                     mid_epoch = self.source.kind != "loader"  # a DataLoader's position cannot be saved
-                    if mid_epoch and (stop.signum is not None or saver.time_due()):
+                    if mid_epoch and not self.spent and (stop.signum is not None or saver.time_due()):
                         saver.save()
-                    stop.check(self.state, self.run, mid_epoch)
+                    if not self.spent:
+                        stop.check(self.state, self.run, mid_epoch)
+                    return self.spent
 
                 self.model.train()
                 try:
@@ -296,14 +395,20 @@ class _Trainer:
                 except NonFiniteTraining as err:
                     raise VaekitError(f"{err} {saver.kept()}") from None
                 record = self.end_epoch(epoch, stats, current, saver.epoch_seconds())
+                if self.schedule is not None:
+                    self.schedule.on_epoch_end(loop, record)
+                if self.budget is not None and not self.spent:
+                    self.budget.update(loop.steps_done, loop.seconds, epoch_end=True)
+                    loop.total_steps = self.budget.total_steps
+                    self.spent = self.budget_spent()
                 for callback in self.callbacks:
                     callback.on_epoch_end(loop, record)
-                last = epoch == self.epochs or loop.stop_requested
+                last = epoch == self.epochs or loop.stop_requested or self.spent
                 if saver.epoch_due(epoch, last) or stop.signum is not None:
                     saver.save()
                 stop.check(self.state, self.run, True)
                 if loop.stop_requested:
-                    self.history.stopped_early = epoch < self.epochs
+                    self.history.stopped_early = not self.spent and (self.epochs is None or epoch < self.epochs)
                     break
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
@@ -327,11 +432,15 @@ class _Trainer:
         dynamic = self.settings["dynamic_binarization"]
         max_bad = self.settings["max_bad_steps"]
         amp = autocast(self.device, self.settings["precision"])
+        schedule, loop = self.schedule, self.loop
         for x, y in self.source.batches(size, order, progress.step):
             if dynamic:
                 x = torch.bernoulli(x, generator=state.draws)
             x = x.to(self.device, non_blocking=True)
             batch = Batch(x, _labels(self.model, y, self.device), (epoch - 1) + done / n)
+            if schedule is not None:
+                loop.epochs_done = batch.epochs_done
+                schedule.before_step(loop)
             with amp:
                 loss, terms = _call_objective(self.objective, self.model, batch)
             for p in self.params:
@@ -351,7 +460,8 @@ class _Trainer:
                 progress.bad_in_a_row += 1
                 if progress.bad_in_a_row >= max_bad:
                     raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, self.model, self.optimizer))
-            on_step(loss.item())
+            if on_step(loss.item()):
+                break
         # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
         used = progress.examples if progress.examples else float("nan")
         means = (progress.totals / used).tolist()
@@ -369,6 +479,9 @@ class _Trainer:
         if callable(sigma) and getattr(self.model.likelihood, "mode", "fixed") != "fixed":
             record["sigma_g_min"] = float(sigma().detach().min())  # how close σ_G came to its floor
         record["seconds"] = seconds
+        record["steps"] = self.state.steps  # in the whole run: the last epoch of a steps or time budget is partial
+        if self.optimizer.param_groups:
+            record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         state = self.state
         state.epoch, state.in_epoch, state.bad_in_a_row = epoch, None, current.bad_in_a_row
         state.metrics.append(record)
@@ -492,9 +605,11 @@ def _bad_steps_message(count: int, model, optimizer) -> str:
 class _Checkpoints:
     """When to write checkpoints, and writing them (nothing without a run directory)."""
 
-    def __init__(self, run: RunDirectory | None, model, optimizer, state: TrainState, settings: dict):
+    def __init__(self, run: RunDirectory | None, model, optimizer, state: TrainState, settings: dict,
+                 schedule: Schedule | None = None, budget: TimeBudget | None = None, loop: Loop | None = None):
         self.run, self.model, self.optimizer = run, model, optimizer
         self.state, self.settings = state, settings
+        self.schedule, self.budget, self.loop = schedule, budget, loop
         self.config = None
         if run is not None and run.has_config():
             self.config = run.read_config()
@@ -523,8 +638,17 @@ class _Checkpoints:
         current = self.state.in_epoch
         if current is not None:
             current.seconds, self.started = self.epoch_seconds(), time.perf_counter()
+        state = self.state
+        if self.loop is not None:
+            state.seconds = self.loop.seconds
+        state.schedule = None if self.schedule is None else self.schedule.state_dict()
+        state.plan = None if self.budget is None else self.budget.state_dict()
         try:
-            checkpoint.save(self.run, self.model, self.optimizer, self.state, self.settings, self.config)
+            json.dumps(state.schedule)
+        except (TypeError, ValueError) as err:
+            raise VaekitError(f"the learning-rate schedule's state cannot be stored in a checkpoint ({err})") from None
+        try:
+            checkpoint.save(self.run, self.model, self.optimizer, state, self.settings, self.config)
         except WriteError as err:
             hint = f"Once that is fixed, continue with: vaekit train --resume {self.run.path}"
             if self.run.checkpoint_path.is_file():
@@ -596,17 +720,21 @@ class ProgressBar(Callback):
                             TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                             transient=not sys.stderr.isatty())
         self.bar.start()
-        done = len(loop.history.epochs) * loop.steps_per_epoch
-        self.task = self.bar.add_task("training", total=loop.epochs * loop.steps_per_epoch, completed=done)
+        self.total = loop.total_steps
+        self.task = self.bar.add_task("training", total=self.total, completed=loop.steps_done)
         self.pending, self.last = 0, time.monotonic()
 
     def on_step_end(self, loop: Loop, loss: float) -> None:
         self.pending += 1
         now = time.monotonic()
         if now - self.last >= self.seconds:
+            if loop.total_steps != self.total:  # a time budget's plan
+                self.total = loop.total_steps
+                self.bar.update(self.task, total=self.total)
+            of = "" if loop.epochs is None else f"/{loop.epochs}"
             val = "" if loop.last_validation is None else f"  validation ELBO {loop.last_validation:.2f}"
             self.bar.update(self.task, advance=self.pending,
-                            description=f"epoch {loop.epoch}/{loop.epochs}  -ELBO {loss:.2f}{val}")
+                            description=f"epoch {loop.epoch}{of}  -ELBO {loss:.2f}{val}")
             self.pending, self.last = 0, now
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:
@@ -637,7 +765,13 @@ class EarlyStopping(Callback):
             loop.stop()
 
     def on_fit_end(self, loop: Loop) -> None:
-        if self.restore_best and self.best_state is not None:
+        if not self.restore_best or loop.history.best is None:
+            return
+        if self.best_state is not None:
             loop.model.load_state_dict(self.best_state)
-            if loop.out is not None:
-                loop.out.save_weights(loop.model)
+        elif loop.out is not None and loop.out.weights_path("best").is_file():
+            loop.out.load_weights(loop.model, "best")  # a resumed run: the best epoch came before the restart
+        else:
+            return
+        if loop.out is not None:
+            loop.out.save_weights(loop.model)
