@@ -226,6 +226,9 @@ def as_schedule(schedule) -> Schedule | None:
 
 
 # ---------------------------------------------------------------------- time budget
+KEPT_PLANS = 20  # the first plan and the latest re-plans are kept in the checkpoint (``count``: all of them)
+
+
 class TimeBudget:
     """Plans how many steps fit in ``seconds`` of training (steps, validation and
     checkpoints; not the final evaluation), from the measured time per step, and keeps the
@@ -299,8 +302,10 @@ class TimeBudget:
         anchor, progress = (0, 0.0) if first else (steps, self.progress(steps))
         record = {"at_step": steps, "at_seconds": round(seconds, 3), "seconds_per_step": rate, "total_steps": total}
         replans = [] if self.plan is None else self.plan["replans"]
+        count = 0 if self.plan is None else self.plan.get("count", len(replans))
+        kept = [*replans[:1], *replans[1:][-(KEPT_PLANS - 2):], record] if replans else [record]
         self.plan = {"budget": self.seconds, "total_steps": total, "anchor_step": anchor,
-                     "anchor_progress": progress, "replans": [*replans, record]}
+                     "anchor_progress": progress, "count": count + 1, "replans": kept}
 
 
 def parse_duration(text: str) -> float:

@@ -150,7 +150,7 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
 
     run_dir = Path(run_dir)
     done = metrics[-1]["epoch"] if metrics else 0
-    if done >= config.epochs and (run_dir / rundir.EVALUATION).is_file():
+    if (done >= config.epochs or _ended_by_other_budget(run_dir, config)) and (run_dir / rundir.EVALUATION).is_file():
         return "finished"
     written = {}
     for name in (rundir.METRICS, rundir.WEIGHTS, rundir.CHECKPOINT, rundir.BEST, rundir.CONFIG):
@@ -167,6 +167,21 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
     if checkpoint is not None and checkpoint >= max(written.values()) and _mid_epoch(run_dir / rundir.CHECKPOINT):
         return "stopped"
     return "killed"
+
+
+def _ended_by_other_budget(run_dir: Path, config) -> bool:
+    """A run whose budget is steps or time, or that stops early, ends before ``epochs``:
+    finished when its final evaluation is newer than its metrics and checkpoint."""
+    from vaekit import rundir
+
+    if not (getattr(config, "steps", 0) or getattr(config, "time_budget", None) or getattr(config, "patience", 0)):
+        return False
+    try:
+        evaluated = (run_dir / rundir.EVALUATION).stat().st_mtime
+        others = [(run_dir / n).stat().st_mtime for n in (rundir.METRICS, rundir.CHECKPOINT) if (run_dir / n).exists()]
+    except OSError:
+        return False
+    return all(evaluated >= t for t in others)
 
 
 def expected_silence(config, metrics: list[dict[str, Any]]) -> float:

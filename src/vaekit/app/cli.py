@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume")
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume")  # --preset is recorded as a setting
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
 
@@ -33,6 +33,7 @@ def train(
     data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
+    preset: Annotated[str | None, Opt(help="Start from a published protocol's settings (vaekit presets lists them); --config and flags override it.")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
     binarize: Annotated[str | None, Opt(help="none | dynamic | static | threshold:LEVEL.")] = None,
     validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.")] = None,
@@ -54,9 +55,18 @@ def train(
     kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.")] = None,
     beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).")] = None,
     epochs: Annotated[int | None, Opt(help="Passes over the training data.")] = None,
+    steps: Annotated[int | None, Opt(help="Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short).")] = None,
+    time_budget: Annotated[str | None, Opt(help="Budget in training time instead of --epochs, e.g. 60m, 1.5h, 90s: the number of steps is planned from the measured time per step (and re-planned if the pace changes); schedules follow the plan.")] = None,
+    patience: Annotated[int | None, Opt(help="Stop when the validation ELBO has not improved for N epochs, keeping the best epoch's weights (0: off).")] = None,
     batch_size: Annotated[int | None, Opt(help="Examples per minibatch.")] = None,
-    lr: Annotated[float | None, Opt(help="Adam learning rate.")] = None,
-    weight_decay: Annotated[float | None, Opt(help="Adam weight decay.")] = None,
+    optimizer: Annotated[str | None, Opt(help="adam | adamw | adagrad | sgd.")] = None,
+    lr: Annotated[float | None, Opt(help="Learning rate (the initial one, under a schedule).")] = None,
+    lr_schedule: Annotated[str | None, Opt(help="constant | step[:EPOCHS[:GAMMA]] (default 10:0.5) | exponential[:GAMMA] (per epoch, 0.95) | cosine[:FINAL] (to FINAL x lr over the planned steps, 0) | geometric[:HOLD[:FINAL]] (constant for HOLD of the steps, then geometric to FINAL x lr; 0.25:0.05) | plateau[:PATIENCE[:FACTOR]] (5:0.5) | burda (3^i passes at lr x 10^(-i/7), i = 0..7).")] = None,
+    adam_betas: Annotated[str | None, Opt(help="Adam/AdamW beta1,beta2 (default 0.9,0.999).")] = None,
+    adam_eps: Annotated[float | None, Opt(help="Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Weight decay (L2 for adam, adagrad and sgd; decoupled for adamw).")] = None,
+    init: Annotated[str | None, Opt(help="default (torch's) | glorot (Glorot-uniform weights, zero biases) | normal:SD.")] = None,
+    output_bias: Annotated[str | None, Opt(help="data (default: the decoder's output bias at the likelihood's natural parameter of the training mean, e.g. the logit of the mean pixel) | zero.")] = None,
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).")] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).")] = None,
@@ -90,6 +100,8 @@ def train(
     if resume is not None:
         from vaekit.app.runs import resume as resume_training
 
+        if preset is not None:
+            raise VaekitError("--preset starts a new run; --resume continues one with its own settings: choose one")
         if out is not None and out.resolve() != resume.resolve():
             raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
         if overwrite:
@@ -101,13 +113,19 @@ def train(
         changes.update({k: v for k, v in flags.items() if v is not None})
         resume_training(resume, changes, quiet=quiet, figures=figures)
         return
-    base = Config.from_file(config) if config else Config()
+    base = Config()
+    if preset is not None:
+        from vaekit.app import presets
+
+        base = presets.load(preset).config()
+    if config:
+        base = base.override(read_config_file(config), source=str(config))
     resolved = base.override(flags)
     if out is None:
         import time
 
-        name = Path(resolved.data).stem or "data"
-        out = Path("runs") / f"{name}-{resolved.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = preset or f"{Path(resolved.data).stem or 'data'}-{resolved.model}"
+        out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_training(resolved, out, overwrite=overwrite, quiet=quiet, figures=figures)
 
 
@@ -327,6 +345,47 @@ def plot(
     paths = plots.draw_all(run_dir, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir))
     for path in paths:
         print(f"wrote {path}")
+
+
+@app.command()
+def presets(
+    name: Annotated[str | None, typer.Argument(help="A preset to show in full (its notes and settings).")] = None,
+    records: Annotated[Path | None, Opt(help="Folder of reproduction records (NAME.json, from benchmarks/reproduce.py) to read the measured numbers from (default: the ones shipped with vaekit).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the presets (published protocols): name, paper, model, protocol, the published
+    number and the one measured by a reproduction run (benchmarks/reproduce.py NAME).
+    Train one with: vaekit train --preset NAME [flags that override it]."""
+    from vaekit.app import presets as known
+
+    if name is not None:
+        preset = known.load(name)
+        rec = known.record(name, records)
+        if as_json:
+            print(json.dumps({"name": name, **preset.meta, "settings": preset.settings, "record": rec}))
+            return
+        for key in ("paper", "reference", "model", "protocol", "metric", "published"):
+            if key in preset.meta:
+                print(f"{key}: {preset.meta[key]}")
+        print(f"measured: {known.measured_text(rec)}")
+        if "note" in preset.meta:
+            print("note: " + " ".join(preset.meta["note"].split()))
+        print("settings:")
+        for key, value in preset.settings.items():
+            print(f"  {key} = {json.dumps(value)}")
+        return
+    rows = known.table(records)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    header = ("name", "paper", "model", "protocol", "published", "measured")
+    lines = [header] + [(r["name"], r["paper"], r["model"], r["protocol"],
+                         "-" if r["published"] is None else f"{r['published']:.2f}", r["measured"]) for r in rows]
+    widths = [min(max(len(str(line[i])) for line in lines), 60) for i in range(len(header))]
+    for line in lines:
+        cells = [str(c) if len(str(c)) <= w else str(c)[: w - 1] + "…" for c, w in zip(line, widths, strict=True)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    print("train one: vaekit train --preset NAME [flags]; details: vaekit presets NAME")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Published datasets: what is known and cached; fetch ahead of time.")
