@@ -105,7 +105,9 @@ class Config:
     classes: int = 0
     levels: int = 256
     init: str = "default"  # default (torch's) | glorot | normal:SD
-    output_bias: str = "data"  # data: the decoder's output bias at the data mean's natural parameter | zero
+    # zero: as built | data: the decoder's output bias at the natural parameter of the data mean (not the
+    # default: on digits it made the two-layer relu model's posterior collapse, docs/results.md)
+    output_bias: str = "zero"
     # objective
     objective: str = "elbo"
     samples: int = 1

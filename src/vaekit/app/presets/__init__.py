@@ -21,7 +21,10 @@ from vaekit.errors import VaekitError
 FOLDER = Path(__file__).resolve().parent
 RECORDS = FOLDER / "records"
 META_KEYS = {"paper": str, "reference": str, "model": str, "protocol": str, "metric": str,
-             "published": (int, float), "note": str}
+             "measure": str, "published": (int, float), "note": str}
+# What a reproduction measures on the test set: the NLL (−log-likelihood, K = 5000), the
+# loss (−ELBO) or the ELBO; the published number is in the same units.
+MEASURES = ("nll", "loss", "elbo")
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Preset:
     @property
     def published(self) -> float | None:
         return self.meta.get("published")
+
+    @property
+    def measure(self) -> str:
+        return self.meta.get("measure", "nll")
 
 
 def names() -> list[str]:
@@ -65,6 +72,8 @@ def load(name: str) -> Preset:
     for key, value in meta.items():
         if key not in META_KEYS or not isinstance(value, META_KEYS[key]) or isinstance(value, bool):
             raise VaekitError(f"preset file {path}: unknown or mistyped [preset] entry '{key}'")
+    if meta.get("measure", "nll") not in MEASURES:
+        raise VaekitError(f"preset file {path}: measure must be one of {', '.join(MEASURES)}")
     return Preset(name, meta, settings)
 
 
