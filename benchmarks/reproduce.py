@@ -47,7 +47,7 @@ from vaekit.rundir import RunDirectory, atomic_write, read_metrics, save_weights
 RESULTS = common.ROOT / "benchmarks" / "results" / "reproduce"
 EVAL_SAMPLE = 200  # test images the evaluation time is projected from (×50 for the 10k)
 # Training-time marks (minutes) at which weights are kept for the curve; hourly after the last.
-MARKS_MINUTES = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60)
+MARKS_MINUTES = (5 / 60, 10 / 60, 20 / 60, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60)
 
 
 def marks_seconds(up_to_hours: float = 1000.0) -> list[float]:
