@@ -438,8 +438,8 @@ class _Trainer:
                 x = torch.bernoulli(x, generator=state.draws)
             x = x.to(self.device, non_blocking=True)
             batch = Batch(x, _labels(self.model, y, self.device), (epoch - 1) + done / n)
+            loop.epochs_done = batch.epochs_done
             if schedule is not None:
-                loop.epochs_done = batch.epochs_done
                 schedule.before_step(loop)
             with amp:
                 loss, terms = _call_objective(self.objective, self.model, batch)
