@@ -364,7 +364,7 @@ def presets(
         if as_json:
             print(json.dumps({"name": name, **preset.meta, "settings": preset.settings, "record": rec}))
             return
-        for key in ("paper", "reference", "model", "protocol", "metric", "published"):
+        for key in ("paper", "reference", "model", "protocol", "protocol_details", "metric", "published"):
             if key in preset.meta:
                 print(f"{key}: {preset.meta[key]}")
         print(f"measured: {known.measured_text(rec)}")
@@ -381,7 +381,8 @@ def presets(
     header = ("name", "paper", "model", "protocol", "published", "measured")
     lines = [header] + [(r["name"], r["paper"], r["model"], r["protocol"],
                          "-" if r["published"] is None else f"{r['published']:.2f}", r["measured"]) for r in rows]
-    widths = [min(max(len(str(line[i])) for line in lines), 60) for i in range(len(header))]
+    caps = (40, 30, 46, 46, 9, 60)  # `vaekit presets NAME` shows a preset in full
+    widths = [min(max(len(str(line[i])) for line in lines), cap) for i, cap in enumerate(caps)]
     for line in lines:
         cells = [str(c) if len(str(c)) <= w else str(c)[: w - 1] + "…" for c, w in zip(line, widths, strict=True)]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())

@@ -20,7 +20,7 @@ from vaekit.errors import VaekitError
 
 FOLDER = Path(__file__).resolve().parent
 RECORDS = FOLDER / "records"
-META_KEYS = {"paper": str, "reference": str, "model": str, "protocol": str, "metric": str,
+META_KEYS = {"paper": str, "reference": str, "model": str, "protocol": str, "protocol_details": str, "metric": str,
              "measure": str, "published": (int, float), "note": str}
 # What a reproduction measures on the test set: the NLL (−log-likelihood, K = 5000), the
 # loss (−ELBO) or the ELBO; the published number is in the same units.
@@ -95,7 +95,8 @@ def measured_text(rec: dict[str, Any] | None) -> str:
         return "not yet run"
     text = f"{rec['measured']:.2f}"
     if isinstance(rec.get("measured_se"), (int, float)):
-        text += f" ± {rec['measured_se']:.2f}"
+        se = rec["measured_se"]
+        text += " ± <0.01" if se < 0.005 else f" ± {se:.2f}"
     extra = []
     if isinstance(rec.get("training_seconds"), (int, float)):
         extra.append(_duration(rec["training_seconds"]))
