@@ -197,16 +197,17 @@ def fit(
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
                 "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best,
-                "steps": steps, "time_budget": time_budget,
-                "schedule": "constant" if schedule is None else schedule.describe()}
+                "steps": steps, "time_budget": time_budget}
     run = _run_directory(out, overwrite, resume)
     model.to(device)
     with forked_rng(device, None if resume else seed):
         _materialize(model, source, batch_size, device)
         optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
         settings["optimizer"] = describe_optimizer(optimizer)
+        settings["schedule"] = "constant"
         if schedule is not None:
             schedule.start(optimizer)
+            settings["schedule"] = schedule.describe()
             if schedule.needs_total and epochs is None and steps is None and budget is None:
                 raise VaekitError(f"the schedule {schedule.describe()} follows the planned length: give a budget")
         # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
