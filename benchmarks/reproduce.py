@@ -144,7 +144,7 @@ def reproduce(name: str, args) -> dict:
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
     print(f"{name}: {preset.measure} {value:.2f} ± {se:.2f}{gap}; training {record['training_seconds'] / 60:.1f} min, "
           f"{record['steps']} steps; record {record_path}; figure {figure}")
-    if not quick and not args.no_publish and record.get("budget_reached"):
+    if not quick and not args.steps and not args.no_publish and record.get("budget_reached"):
         atomic_write(presets.RECORDS / f"{name}.json", json.dumps(record, indent=2) + "\n")
         print(f"published the record to {presets.RECORDS / (name + '.json')} (vaekit presets shows it)")
     return record
