@@ -150,6 +150,7 @@ def test_presets_command_lists_published_and_measured(tmp_path):
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert rows["burda2016-vae-1l-cpu60"]["measured"] == "86.51 ± 0.04 (1 h 00 min, 2026-12-01)"
     assert rows["burda2016-vae-1l"]["measured"] == "not yet run" and rows["burda2016-vae-1l"]["published"] == 86.76
+    assert run_cli("presets", "--help").returncode == 0
     shown = run_cli("presets", "burda2016-vae-2l")
     assert shown.returncode == 0 and 'model = "hvae"' in shown.stdout and "published: 85.33" in shown.stdout
 
@@ -180,7 +181,8 @@ def test_steps_budget_warns_when_short_and_resumes_with_more(tmp_path):
     assert [r["steps"] for r in rows] == [26, 30]  # 1617 training images: 26 steps an epoch
     from vaekit.app.catalog import runs_table
 
-    assert runs_table(tmp_path)[0]["status"] == "finished"
+    row = runs_table(tmp_path)[0]
+    assert (row["status"], row["epochs_done"], row["epochs_planned"]) == ("finished", 2, None)
     more = run_cli("train", "--resume", out, "--steps", "40", "-q", "--no-figures")
     assert more.returncode == 0, more.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

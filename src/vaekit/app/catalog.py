@@ -6,7 +6,9 @@ Everything comes from what a run directory holds, read through :mod:`vaekit.runs
 Status rule (a run keeps no record of its process, so this is read from its files):
 
 * **finished**: the metrics reach the planned epochs and ``evaluation.json`` exists
-  (training writes it only after its last epoch).
+  (training writes it only after its last epoch); for a run with a step or time budget or
+  early stopping, which ends before ``epochs``: ``evaluation.json`` is newer than the metrics
+  and the checkpoint.
 * **running**: otherwise, when the run wrote one of its files (metrics, weights,
   checkpoint, config) recently: within twice the longest epoch so far or twice
   ``checkpoint_minutes`` (a timed checkpoint is written between steps), whichever is
@@ -78,7 +80,8 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
     except VaekitError as err:
         row["problem"] = str(err)
         return row
-    row.update(data=config.data, model=describe_model(config), epochs_planned=config.epochs,
+    planned = None if (config.steps or config.time_budget is not None) else config.epochs  # a step or time budget
+    row.update(data=config.data, model=describe_model(config), epochs_planned=planned,
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
                status=run_status(run_dir, config, metrics, now))
     best = best_validation(metrics)
@@ -230,7 +233,9 @@ def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
                            ("wall time", "right")):
         table.add_column(title, justify=justify, no_wrap=True)
     for r in rows:
-        epochs = "—" if r["epochs_planned"] is None else f"{r['epochs_done']}/{r['epochs_planned']}"
+        epochs = "—" if r["epochs_done"] is None else str(r["epochs_done"])
+        if r["epochs_planned"] is not None:
+            epochs += f"/{r['epochs_planned']}"
         best = "—" if r["best_validation_elbo"] is None else f"{r['best_validation_elbo']:.2f} (ep. {r['best_epoch']})"
         test = "—"
         if r["test_log_likelihood"] is not None:
