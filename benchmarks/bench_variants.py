@@ -55,12 +55,14 @@ VARIANTS: dict[str, dict] = {
     "two layers": dict(HVAE),
     "two layers + iwae k=50": {**HVAE, "objective": "iwae", "k": 50},
     "cvae (log p(x|y))": {"model": "cvae"},
-    # controls for the two-layer model: its MC KL estimator on the one-layer model, the
-    # warm-up that gets it past the early collapse, and relu (faster out of that plateau)
+    # controls for the two-layer model: its MC KL estimator on the one-layer model, KL warm-up
+    # (which did not get the tanh model out of its plateau with the output bias at 0), relu,
+    # and Glorot-uniform weights (Burda et al.'s, with --output-bias data)
     "vae, MC KL": {"kl": "mc"},
     "two layers + KL warm-up": {**HVAE, "kl_warmup": "EPOCHS/3"},
     "vae (relu)": {"activation": "relu"},
     "two layers (relu)": {**HVAE, "activation": "relu"},
+    "two layers, glorot": {**HVAE, "init": "glorot"},
 }
 
 
@@ -224,13 +226,17 @@ def main() -> None:
     parser.add_argument("--skip-gmm", action="store_true")
     parser.add_argument("--eval-n", type=int, default=0, help="score the first N test examples (0: all)")
     parser.add_argument("--validation-split", default="fraction", help="fraction | test")
+    parser.add_argument("--output-bias", default="zero", help="zero (the default) | data")
+    parser.add_argument("--init", default="default", help="default | glorot | normal:SD")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--likelihoods", type=int, default=0, metavar="LEVELS",
                         help="only the grey-level likelihood table (the data's grey levels: 17 for digits)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = Config(data=args.data, data_dir=args.data_dir, binarize="dynamic", hidden=[200, 200],
                   activation="tanh", latent_dim=args.latent_dim, latent_dim2=args.latent_dim // 2,
-                  hidden2=[100, 100], epochs=args.epochs, batch_size=100, lr=1e-3, seed=0,
+                  hidden2=[100, 100], epochs=args.epochs, batch_size=100, lr=1e-3, seed=args.seed,
+                  output_bias=args.output_bias, init=args.init,
                   validation_split=args.validation_split, checkpoint_every=0, save_best=False).validate()
     start = time.time()
     if args.likelihoods:

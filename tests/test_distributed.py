@@ -125,6 +125,35 @@ def test_resume_at_another_world_size_1_2_1(tmp_path):
         (0, 1, None), (1, 2, "gloo"), (2, 1, None)]
 
 
+def test_step_budget_schedule_and_patience_agree_across_ranks(tmp_path):
+    """--steps with a cosine schedule: 2 ranks take the steps 1 process takes (the last epoch
+    cut short at the same step), and a time budget with early stopping ends every rank
+    together (rank 0's clock is the budget's), keeping the best epoch's weights."""
+    from vaekit.app.cli import main
+
+    one, two, timed = tmp_path / "one", tmp_path / "two", tmp_path / "timed"
+    recipe = [*AE, "--steps", "40", "--batch-size", "101", "--lr-schedule", "cosine", "--lr", "3e-3"]
+    assert main(["train", *recipe, "--out", str(one)]) == 0
+    done = subprocess.run(_torchrun("-m", "vaekit", "train", *recipe, "--out", str(two)), env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert _max_weight_difference(one, two) < 1e-6
+    assert [r["steps"] for r in _metrics(two)] == [r["steps"] for r in _metrics(one)] == [17, 34, 40]
+    assert _metrics(two)[-1]["lr"] == pytest.approx(_metrics(one)[-1]["lr"], rel=1e-6)
+    done = subprocess.run(_torchrun("-m", "vaekit", "train", *VAE, "--time-budget", "6s", "--patience", "2",
+                                    "--batch-size", "64", "--out", str(timed)),
+                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((timed / "run.json").read_text())
+    assert (info["world_size"], info["time_budget"]) == (2, 6.0)
+    records = _metrics(timed)
+    assert records and all(r["steps"] > 0 for r in records)
+    from vaekit import checkpoint
+
+    plan = checkpoint.load(timed).meta["plan"]
+    assert plan is not None and plan["budget"] == 6.0
+
+
 def _worker_pids(marker: str) -> dict[int, int]:
     """rank -> pid of the workers whose environment carries ``marker``."""
     found = {}

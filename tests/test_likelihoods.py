@@ -19,6 +19,7 @@ from vaekit.likelihoods import (
     DiscretizedLogisticLikelihood,
     GaussianLikelihood,
     LaplaceLikelihood,
+    StableContinuousBernoulli,
     continuous_bernoulli_log_norm,
     make_likelihood,
 )
@@ -146,6 +147,104 @@ def test_continuous_bernoulli_log_prob_closed_form_and_sum_over_dims():
     ref = sum(xi * math.log(li) + (1 - xi) * math.log1p(-li) + _reference_log_norm(li)
               for xi, li in zip(x[0].tolist(), lams, strict=True))
     assert got == pytest.approx(ref, abs=1e-9)
+
+
+# The mean and the sampler over the whole logit range: past torch's clamp (|η| ≈ 15.9 in
+# float32), across the series/exact switch points (0.1, 1) and down to η = 0.
+CB_LOGITS = [-1e4, -300.0, -72.0, -40.0, -16.0, -15.9, -5.0, -1.0001, -1.0, -0.9999, -0.5, -0.1001,
+             -0.1, -0.0999, -1e-3, -1e-7, 0.0, 1e-7, 1e-3, 0.0999, 0.1, 0.1001, 0.5, 0.9999, 1.0, 1.0001,
+             5.0, 15.9, 16.0, 40.0, 72.0, 300.0, 1e4]
+
+
+def _cb_mean_reference(eta: float) -> float:
+    """E[x] = 1/(1 − e^(−η)) − 1/η at 40 significant digits (1/2 at η = 0)."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        if eta == 0:
+            return 0.5
+        e = mpmath.mpf(eta)
+        return float(1 / (1 - mpmath.exp(-e)) - 1 / e)
+
+
+def _cb_cdf_reference(eta: float, x: float) -> float:
+    """F(x) = (e^(ηx) − 1) / (e^η − 1) at 40 significant digits (x at η = 0)."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        if eta == 0:
+            return x
+        e = mpmath.mpf(eta)
+        return float(mpmath.expm1(e * x) / mpmath.expm1(e))
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-14), (torch.float32, 2.5e-7)])
+def test_continuous_bernoulli_mean_matches_closed_form_over_the_whole_logit_range(dtype, atol):
+    tiny_to_huge = np.logspace(-8, 3, 45)
+    grid = sorted(set(CB_LOGITS) | set(np.linspace(-100, 100, 401)) | set(tiny_to_huge) | set(-tiny_to_huge))
+    logits = torch.tensor(grid, dtype=dtype)
+    want = np.array([_cb_mean_reference(float(e)) for e in logits.double()])
+    dist = StableContinuousBernoulli(logits=logits, validate_args=False)
+    lik_mean = ContinuousBernoulliLikelihood((len(grid),))(logits[None]).mean[0]
+    for got in (dist.mean, lik_mean, ContinuousBernoulliLikelihood().mean(logits)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=0, atol=atol)
+    # the values the issue found torch reporting as 0.0627 / 0.9373
+    assert float(dist.mean[logits == -72.0]) == pytest.approx(1 / 72, abs=1e-6)
+    assert float(dist.mean[logits == 72.0]) == pytest.approx(1 - 1 / 72, abs=1e-6)
+
+
+def test_continuous_bernoulli_mean_is_what_decode_mean_returns():
+    from vaekit.model import VAE
+
+    decoder = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        decoder.weight.zero_()
+        decoder.bias.copy_(torch.tensor([-72.0, 0.0, 30.0]))
+    model = VAE(torch.nn.Linear(3, 4), decoder, "continuous-bernoulli", latent_dim=2)
+    got = model.decode_mean(torch.zeros(1, 2))[0].detach().double().numpy()
+    want = [_cb_mean_reference(e) for e in (-72.0, 0.0, 30.0)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=2.5e-7)
+
+
+def test_continuous_bernoulli_icdf_inverts_the_cdf_over_the_whole_logit_range():
+    u = torch.tensor([0.0, 1e-12, 1e-6, 0.01, 0.3, 0.5, 0.7, 0.99, 1 - 1e-6, 1 - 1e-12], dtype=torch.float64)
+    for eta in CB_LOGITS:
+        dist = StableContinuousBernoulli(logits=torch.full_like(u, eta), validate_args=False)
+        x = dist.icdf(u)
+        assert bool(((x >= 0) & (x <= 1)).all()), eta
+        back = np.array([_cb_cdf_reference(eta, float(xi)) for xi in x])
+        # F is steep (slope up to |η|) where the mass is: compare on the probability scale
+        np.testing.assert_allclose(back, u.numpy(), rtol=0, atol=1e-9, err_msg=f"eta = {eta}")
+        np.testing.assert_allclose(dist.cdf(x).numpy(), u.numpy(), rtol=0, atol=1e-9, err_msg=f"eta = {eta}")
+
+
+@pytest.mark.parametrize("eta", [-300.0, -72.0, -20.0, -3.0, -0.3, 0.0, 0.5, 5.0, 16.0, 40.0, 72.0, 1e4])
+def test_continuous_bernoulli_draws_follow_the_cdf(eta):
+    """Kolmogorov–Smirnov distance of 20,000 float32 draws from the closed-form CDF, against
+    the 0.1 % critical value 1.95/√n; the draws' mean against the closed-form mean."""
+    n = 20_000
+    logits = torch.full((n,), eta)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x = StableContinuousBernoulli(logits=logits, validate_args=False).sample()
+    assert x.dtype == torch.float32 and bool(((x >= 0) & (x <= 1)).all())
+    xs = np.sort(x.double().numpy())
+    cdf = np.array([_cb_cdf_reference(eta, float(v)) for v in xs])
+    ranks = np.arange(1, n + 1) / n
+    ks = max(np.max(ranks - cdf), np.max(cdf - (ranks - 1 / n)))
+    assert ks < 1.95 / math.sqrt(n), ks
+    sd = float(np.std(xs))
+    assert abs(float(np.mean(xs)) - _cb_mean_reference(eta)) < 5 * max(sd, 1e-6) / math.sqrt(n)
+
+
+def test_continuous_bernoulli_rsample_gradient_is_finite_at_extreme_logits():
+    logits = torch.tensor([-1e4, -72.0, -1.0, 0.0, 1e-4, 1.0, 72.0, 1e4], requires_grad=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        x = StableContinuousBernoulli(logits=logits, validate_args=False).rsample((50,))
+    x.sum().backward()
+    assert bool(torch.isfinite(logits.grad).all()), logits.grad
 
 
 # ------------------------------------------------------------------ discretised logistic

@@ -43,7 +43,7 @@ _EXPORTS = {
     "Dataset": "vaekit.app.data",
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
-            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "app")
+            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

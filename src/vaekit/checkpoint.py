@@ -40,7 +40,8 @@ FORMAT = 1
 # Training settings that say how long to train, how often to save or where to run, not what
 # is computed: a resumed run may change them. Any other difference is refused (the result
 # would not be the run's).
-BUDGET_SETTINGS = ("epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "device", "save_best")
+BUDGET_SETTINGS = ("epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "device", "save_best",
+                   "steps", "time_budget")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class TrainState:
     bad_in_a_row: int = 0
     best: dict[str, Any] | None = None  # {"metric", "value", "epoch"} of the best validation epoch
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    steps: int | None = 0  # optimisation steps in the whole run (None: not recorded, older checkpoints)
+    seconds: float = 0.0  # training time so far (at the last checkpoint)
+    schedule: dict[str, Any] | None = None  # the learning-rate schedule's own state
+    plan: dict[str, Any] | None = None  # a time budget's plan (vaekit.schedules.TimeBudget)
 
     @classmethod
     def fresh(cls, seed: int, fingerprint: str) -> TrainState:
@@ -134,6 +139,10 @@ def save(run: rundir.RunDirectory, model, optimizer, state: TrainState, settings
         "metrics": state.metrics,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "rng": {"device": device.type},
+        "steps": state.steps,
+        "seconds": state.seconds,
+        "schedule": state.schedule,
+        "plan": state.plan,
     }
     if distributed is not None:
         meta["distributed"] = distributed
@@ -167,6 +176,9 @@ _SCHEMA = {
     "data_fingerprint": str, "epoch": int, "in_epoch": (dict, type(None)), "bad_in_a_row": int,
     "best": (dict, type(None)), "metrics": list, "optimizer": dict, "rng": dict,
 }
+# Fields later versions added: absent from older checkpoints, checked when present.
+_OPTIONAL = {"steps": (int, type(None)), "seconds": (int, float), "schedule": (dict, type(None)),
+             "plan": (dict, type(None))}
 
 
 def read(run_dir: str | Path) -> bytes:
@@ -202,6 +214,9 @@ def load(run_dir: str | Path, data: bytes | None = None) -> Checkpoint:
     for key, kind in _SCHEMA.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             raise VaekitError(f"{path}: checkpoint field '{key}' is missing or has the wrong type")
+    for key, kind in _OPTIONAL.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise VaekitError(f"{path}: checkpoint field '{key}' has the wrong type")
     if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in meta["metrics"]):
         raise VaekitError(f"{path}: checkpoint field 'metrics' must be a list of epoch records")
     if not isinstance(meta.get("settings", {}), (dict, type(None))):
@@ -237,7 +252,8 @@ def restore(ckpt: Checkpoint, model, optimizer, rank: int = 0) -> TrainState:
         state = TrainState(
             order=order, draws=draws, fingerprint=meta["data_fingerprint"], epoch=meta["epoch"],
             in_epoch=in_epoch, bad_in_a_row=meta["bad_in_a_row"], best=meta["best"],
-            metrics=meta["metrics"],
+            metrics=meta["metrics"], steps=meta.get("steps"), seconds=_seconds(meta),
+            schedule=meta.get("schedule"), plan=meta.get("plan"),
         )
         prefix = "rng." if rank == 0 else f"rng.rank{rank}."
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -281,6 +297,15 @@ def _restore_optimizer(optimizer, saved: dict, tensors: dict[str, torch.Tensor],
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise VaekitError(f"{path}: the optimiser state cannot be loaded ({err})") from None
+
+
+def _seconds(meta: dict[str, Any]) -> float:
+    """Training time at the checkpoint; for checkpoints that do not record it, the epochs'
+    seconds summed (and the current epoch's so far)."""
+    if isinstance(meta.get("seconds"), (int, float)):
+        return float(meta["seconds"])
+    done = sum(float(r.get("seconds", 0.0)) for r in meta["metrics"] if isinstance(r.get("seconds"), (int, float)))
+    return done + float((meta.get("in_epoch") or {}).get("seconds", 0.0))
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

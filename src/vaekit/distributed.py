@@ -140,6 +140,18 @@ def broadcast(payload: bytes | None, group: Group) -> bytes:
     return data.cpu().numpy().tobytes()
 
 
+def broadcast_weights(model: torch.nn.Module, group: Group | None) -> None:
+    """Rank 0's parameters and buffers copied into every rank's ``model``, in place."""
+    if group is None:
+        return
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            moved = tensor.to(group.device)
+            torch.distributed.broadcast(moved, 0)
+            if moved is not tensor:
+                tensor.copy_(moved)
+
+
 def broadcast_json(value: Any, group: Group | None) -> Any:
     """Rank 0's JSON-able ``value`` on every rank."""
     if group is None:

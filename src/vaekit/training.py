@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 import signal
 import sys
@@ -46,6 +47,7 @@ from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.objectives import Batch, elbo_objective, elbo_terms
 from vaekit.rundir import RunDirectory
+from vaekit.schedules import Schedule, TimeBudget, TorchScheduler, as_schedule
 from vaekit.sources import Source, training_fingerprint
 
 TERMS = ("elbo", "reconstruction", "kl")
@@ -91,19 +93,37 @@ class History:
 
 
 class Loop:
-    """The running loop as callbacks see it: ``model``, ``optimizer``, ``epoch`` (counting
-    from 1), ``epochs``, ``step`` (within the epoch), ``steps_per_epoch``, ``history``, ``out``
-    (None on ranks other than 0, which never write the run directory), ``rank`` and
-    ``world_size`` (0 and 1 in one process); ``stop()`` asks it to end after the current
-    epoch (with its checkpoint; under torch.distributed every rank stops when one asks)."""
+    """The running loop as callbacks and schedules see it: ``model``, ``optimizer``,
+    ``epoch`` (counting from 1), ``epochs`` (None: until another budget ends the run),
+    ``step`` (within the epoch), ``steps_per_epoch``, ``steps_done`` (in the whole run),
+    ``total_steps`` (the planned length, None while a time budget has not planned it yet),
+    ``epochs_done`` (fractional), ``progress`` (0 → 1 over the planned steps), ``seconds``
+    (training time so far, resumed runs included), ``history``, ``out`` (None on ranks other
+    than 0, which never write the run directory), ``rank`` and ``world_size`` (0 and 1 in one
+    process); ``stop()`` asks it to end after the current epoch (with its checkpoint; under
+    torch.distributed every rank stops when one asks)."""
 
-    def __init__(self, model, optimizer, epochs: int, steps_per_epoch: int, history: History,
+    def __init__(self, model, optimizer, epochs: int | None, steps_per_epoch: int, history: History,
                  out: RunDirectory | None):
         self.model, self.optimizer, self.epochs = model, optimizer, epochs
         self.steps_per_epoch, self.history, self.out = steps_per_epoch, history, out
         self.epoch, self.step, self.stop_requested = 0, 0, False
+        self.steps_done, self.epochs_done = 0, 0.0
+        self.total_steps: int | None = None
         self.last_validation: float | None = None
         self.rank, self.world_size = 0, 1
+        self.budget: TimeBudget | None = None
+        self._clock: Callable[[], float] = lambda: 0.0
+
+    @property
+    def progress(self) -> float:
+        if self.budget is not None:
+            return self.budget.progress(self.steps_done)
+        return min(1.0, self.steps_done / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self._clock()
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -114,10 +134,13 @@ def fit(
     train_data,
     *,
     validation=None,
-    epochs: int = 10,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
     batch_size: int = 128,
     objective: Callable | None = None,
     optimizer: torch.optim.Optimizer | Callable | None = None,
+    schedule=None,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     device: str | torch.device = "auto",
@@ -139,7 +162,13 @@ def fit(
     feature_names: list[str] | None = None,
     data_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
-    """Train ``model`` on ``train_data`` for ``epochs`` passes; returns the :class:`History`.
+    """Train ``model`` on ``train_data``; returns the :class:`History`.
+
+    - Budget: ``epochs`` passes (default 10), or ``steps`` optimisation steps (the last
+      epoch is cut short), or ``time_budget`` seconds of training (steps, validation and
+      checkpoints): the number of steps is planned from the measured time per step and
+      re-planned if the pace changes (:class:`vaekit.schedules.TimeBudget`; the plan is in
+      the checkpoint). ``epochs`` given with ``steps`` or ``time_budget`` is a further limit.
 
     - ``train_data`` / ``validation``: a tensor [N, ...], an ``(x, labels)`` pair, a
       ``torch.utils.data.Dataset`` (items ``x`` or ``(x, y)``) or a ``DataLoader`` (used as
@@ -149,6 +178,10 @@ def fit(
       maximise (e.g. :func:`vaekit.objectives.elbo`). Default: the ELBO.
     - ``optimizer``: an optimiser over the model's parameters, a function
       ``params -> optimiser``, or None for Adam(``lr``, ``weight_decay``).
+    - ``schedule``: the learning rate over training: a :class:`vaekit.schedules.Schedule`
+      (multipliers of each group's initial rate, set before every step), a
+      ``torch.optim.lr_scheduler`` scheduler or a function ``optimizer -> scheduler``
+      (stepped after every epoch); None keeps the rate constant. Its state is checkpointed.
     - ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; the model is moved
       there and data follow per batch. ``precision``: ``fp32`` or ``bf16`` (autocast for
       training steps; validation and evaluation run in fp32).
@@ -167,14 +200,21 @@ def fit(
     split across the ranks; the ``objective``'s loss must then be a mean over the batch's
     examples (vaekit's are; free bits' floor applies to each rank's share). A DataLoader
     must shard with a ``DistributedSampler`` (its batch size is per rank). Rank 0 alone
-    writes ``out``; the other ranks never open it.
+    writes ``out``; the other ranks never open it. A time budget runs on rank 0's clock,
+    which every step's all-reduce carries, so every rank plans and stops alike.
     """
     if objective is None:
         objective = elbo_objective
     check_precision(precision)
-    for name, value in (("epochs", epochs), ("checkpoint_every", checkpoint_every)):
-        if value < 0:
+    if epochs is None and steps is None and time_budget is None:
+        epochs = 10
+    if steps is not None and time_budget is not None:
+        raise VaekitError("give steps or time_budget, not both: each is a budget for the whole run")
+    for name, value in (("epochs", epochs), ("checkpoint_every", checkpoint_every), ("steps", steps)):
+        if value is not None and value < 0:
             raise VaekitError(f"{name} must be 0 or more, got {value}")
+    budget = None if time_budget is None else TimeBudget(time_budget)
+    schedule = as_schedule(schedule)
     if batch_size < 1:
         raise VaekitError(f"batch_size must be at least 1, got {batch_size}")
     if resume and out is None:
@@ -193,7 +233,8 @@ def fit(
                 "dynamic_binarization": dynamic_binarization, "precision": precision,
                 "grad_clip": grad_clip, "data": source.kind, "epochs": epochs,
                 "checkpoint_every": checkpoint_every, "checkpoint_minutes": checkpoint_minutes,
-                "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best}
+                "max_bad_steps": max_bad_steps, "device": str(device), "save_best": save_best,
+                "steps": steps, "time_budget": time_budget}
     # rank 0 alone prepares (or locks) the run directory; a refusal stops every rank
     run = distributed.together(lambda: _run_directory(out, overwrite, resume), group, main_only=True)
     where = None if out is None else Path(out.path if isinstance(out, RunDirectory) else out)
@@ -206,6 +247,13 @@ def fit(
             # a run directory replaces an old run only once the model has met the data
             _materialize(model, source, batch_size, device, always=where is not None)
             optimizer = _make_optimizer(model, optimizer, lr, weight_decay, device)
+            settings["optimizer"] = describe_optimizer(optimizer)
+            settings["schedule"] = "constant"
+            if schedule is not None:
+                schedule.start(optimizer)
+                settings["schedule"] = schedule.describe()
+                if schedule.needs_total and epochs is None and steps is None and budget is None:
+                    raise VaekitError(f"the schedule {schedule.describe()} follows the planned length: give a budget")
             # hashing the data costs 0.2 s for MNIST: only a run directory's checkpoints need it
             # (and only rank 0's: the others compare a sample of rows, which reads little)
             fingerprint = "" if run is None else training_fingerprint(source, val_source)
@@ -222,8 +270,13 @@ def fit(
                 raw = distributed.together(check, group, main_only=True)
                 if group is not None:
                     raw = distributed.broadcast(raw, group)
-                state = checkpoint.restore(checkpoint.load(where, raw), model, optimizer, rank)
+                ckpt = checkpoint.load(where, raw)
+                state = checkpoint.restore(ckpt, model, optimizer, rank)
                 state.fingerprint = fingerprint
+                if schedule is not None and ckpt.meta.get("schedule") is not None:
+                    schedule.load_state_dict(ckpt.meta["schedule"])
+                if budget is not None:
+                    budget.load_state_dict(ckpt.meta.get("plan"))
 
                 def resumed() -> None:
                     run.remove_temporary_files()
@@ -244,8 +297,11 @@ def fit(
                         run.commit()  # from here on the run is the new one
 
                 distributed.together(start, group, main_only=True)
+            if schedule is not None and not isinstance(schedule, TorchScheduler):
+                for param_group in optimizer.param_groups:  # what the multipliers multiply (kept in the checkpoint)
+                    param_group.setdefault("initial_lr", param_group["lr"])
             trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, run,
-                               device, list(callbacks), progress, group, where, world)
+                               device, list(callbacks), progress, group, where, world, schedule, budget)
             trainer.names = {"class_names": class_names, "feature_names": feature_names, "data_units": data_units}
             return trainer.train(figures)
     except BaseException:
@@ -271,7 +327,8 @@ def _run_record(model, device: torch.device, settings: dict, world: dict, traine
     """What run.json says about how the run is trained (the plan `vaekit runs` reads), with
     the world size and backend of each stretch of it."""
     return {"model": type(model).__name__, "device": str(device), "precision": settings["precision"],
-            "epochs": settings["epochs"], "checkpoint_minutes": settings["checkpoint_minutes"], **world,
+            "epochs": settings["epochs"], "steps": settings["steps"], "time_budget": settings["time_budget"],
+            "checkpoint_minutes": settings["checkpoint_minutes"], **world,
             "trained_with": trained_with}
 
 
@@ -375,6 +432,16 @@ def _make_optimizer(model, optimizer, lr: float, weight_decay: float, device: to
                             fused=device.type in ("cpu", "cuda"))
 
 
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """The optimiser's class and the hyper-parameters that define its update (not the
+    learning rate, which a schedule changes): what a resume compares."""
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    keys = ("betas", "eps", "weight_decay", "momentum", "nesterov", "lr_decay", "amsgrad", "dampening")
+    args = ", ".join(f"{k}={tuple(group[k]) if isinstance(group[k], list) else group[k]!r}"
+                     for k in keys if k in group)
+    return f"{type(optimizer).__name__}({args})"
+
+
 def _describe(objective) -> str:
     """A stable description of an objective (no memory addresses): what resume compares."""
     if isinstance(objective, functools.partial):
@@ -385,12 +452,13 @@ def _describe(objective) -> str:
 
 
 class _Trainer:
-    """The state of one fit call; ``train`` trains to the last epoch."""
+    """The state of one fit call; ``train`` trains until the budget is spent."""
 
     def __init__(self, model, optimizer, objective, source: Source, val_source: Source | None,
                  state: TrainState, settings: dict, run: RunDirectory | None, device: torch.device,
                  callbacks: list[Callback], progress: bool, group: distributed.Group | None = None,
-                 where: Path | None = None, world: dict | None = None):
+                 where: Path | None = None, world: dict | None = None, schedule: Schedule | None = None,
+                 budget: TimeBudget | None = None):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.source, self.val_source, self.state = source, val_source, state
         self.settings, self.run, self.device = settings, run, device
@@ -398,6 +466,8 @@ class _Trainer:
         self.group, self.where, self.world = group, where, world or {}
         self.main = group is None or group.main
         self.batch_size, self.epochs = settings["batch_size"], settings["epochs"]
+        self.max_steps = settings["steps"]
+        self.schedule, self.budget = schedule, budget
         if progress and self.main:
             callbacks = [ProgressBar(), *callbacks]
         self.callbacks = callbacks
@@ -406,9 +476,16 @@ class _Trainer:
         # profiler region), and one synchronising check per step covers loss and gradients.
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.history = History(epochs=state.metrics, best=state.best, out=where)
-        self.loop = Loop(model, optimizer, self.epochs, source.steps(self.batch_size), self.history, run)
-        self.loop.rank, self.loop.world_size = (0, 1) if group is None else (group.rank, group.world)
-        self.saver = _Checkpoints(run, model, optimizer, state, settings, group, where, world)
+        per_epoch = source.steps(self.batch_size)
+        self.loop = loop = Loop(model, optimizer, self.epochs, per_epoch, self.history, run)
+        loop.rank, loop.world_size = (0, 1) if group is None else (group.rank, group.world)
+        if state.steps is None:  # a checkpoint written before the step count was kept: whole epochs so far
+            state.steps = state.epoch * per_epoch + (0 if state.in_epoch is None else state.in_epoch.step)
+        loop.steps_done, loop.budget = state.steps, budget
+        started, before = time.perf_counter(), state.seconds
+        loop._clock = lambda: before + time.perf_counter() - started
+        self.spent = False  # the steps or the time budget are used up
+        self.saver = _Checkpoints(run, model, optimizer, state, settings, group, where, world, schedule, budget, loop)
         self.parallel = None if group is None else _data_parallel(model, objective, source, self.batch_size, device)
         self.example = None  # shape and dtype of one example, for binarisation draws of a rank with none
         if group is not None and settings["dynamic_binarization"] and source.kind != "loader":
@@ -439,29 +516,56 @@ class _Trainer:
             "processes, or as one process)"
         ).replace("  ", " ")
 
+    def total_steps(self) -> int | None:
+        if self.budget is not None:
+            return self.budget.total_steps
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.epochs is None else self.epochs * self.loop.steps_per_epoch
+
+    def budget_spent(self, seconds: float) -> bool:
+        """After a step: whether the steps or the time budget are used up (``seconds``: the
+        training time on rank 0's clock, the same number on every rank)."""
+        loop = self.loop
+        if self.max_steps is not None and loop.steps_done >= self.max_steps:
+            return True
+        return self.budget is not None and self.budget.done(loop.steps_done, seconds)
+
     def _train(self, figures: bool) -> History:
         saver, loop = self.saver, self.loop
+        loop.total_steps = self.total_steps()
         with _StopOnSignal(self.where is not None) as stop:
             for callback in self.callbacks:
                 callback.on_fit_start(loop)
-            for epoch in range(self.state.epoch + 1, self.epochs + 1):
+            self.spent = self.state.in_epoch is None and self.budget_spent(self._shared_seconds())
+            epoch = self.state.epoch
+            while not self.spent and (self.epochs is None or epoch < self.epochs):
+                epoch += 1
                 loop.epoch = epoch
                 if self.state.in_epoch is None:
                     self.state.in_epoch = EpochProgress.begin(self.state.order, self.state.bad_in_a_row)
                 current = self.state.in_epoch
                 saver.epoch_started()
 
-                def on_step(loss: float, signum: int, due: bool, current: EpochProgress = current) -> None:
+                def on_step(loss: float, signum: int, due: bool, seconds: float,
+                            current: EpochProgress = current) -> bool:
                     loop.step = current.step
+                    loop.steps_done = self.state.steps = self.state.steps + 1
+                    if self.budget is not None:
+                        self.budget.update(loop.steps_done, seconds)
+                        loop.total_steps = self.budget.total_steps
                     for callback in self.callbacks:
                         callback.on_step_end(loop, loss)
+                    self.spent = self.budget_spent(seconds)
                     mid_epoch = self.source.kind != "loader"  # a DataLoader's position cannot be saved
-                    if mid_epoch and (signum or due):
+                    if mid_epoch and not self.spent and (signum or due):
                         saver.save()
-                    stop.check(self.state, self.where, mid_epoch, signum)
+                    if not self.spent:
+                        stop.check(self.state, self.where, mid_epoch, signum)
+                    return self.spent
 
-                def poll() -> tuple[int, bool]:
-                    return stop.signum or 0, saver.time_due()
+                def poll() -> tuple[int, bool, float]:
+                    return stop.signum or 0, saver.time_due(), loop.seconds
 
                 self.model.train()
                 try:
@@ -469,15 +573,21 @@ class _Trainer:
                 except NonFiniteTraining as err:
                     raise self._everywhere(VaekitError(f"{err} {saver.kept()}")) from None
                 record = self.end_epoch(epoch, stats, current, saver.epoch_seconds())
+                if self.schedule is not None:
+                    self.schedule.on_epoch_end(loop, record)
                 for callback in self.callbacks:
                     callback.on_epoch_end(loop, record)
-                signum, loop.stop_requested = self._agree(stop.signum or 0, loop.stop_requested)
-                last = epoch == self.epochs or loop.stop_requested
+                signum, loop.stop_requested, seconds = self._agree(stop.signum or 0, loop.stop_requested, loop.seconds)
+                if self.budget is not None and not self.spent:
+                    self.budget.update(loop.steps_done, seconds, epoch_end=True)
+                    loop.total_steps = self.budget.total_steps
+                    self.spent = self.budget_spent(seconds)
+                last = epoch == self.epochs or loop.stop_requested or self.spent
                 if saver.epoch_due(epoch, last) or signum:
                     saver.save()
                 stop.check(self.state, self.where, True, signum)
                 if loop.stop_requested:
-                    self.history.stopped_early = epoch < self.epochs
+                    self.history.stopped_early = not self.spent and (self.epochs is None or epoch < self.epochs)
                     break
             for callback in self.callbacks:
                 callback.on_fit_end(loop)
@@ -495,13 +605,21 @@ class _Trainer:
             err.shared = True
         return err
 
-    def _agree(self, signum: int, stop: bool) -> tuple[int, bool]:
-        """A signal any rank received and a stop any rank's callback asked for, on every rank."""
+    def _agree(self, signum: int, stop: bool, seconds: float) -> tuple[int, bool, float]:
+        """A signal any rank received and a stop any rank's callback asked for, on every
+        rank, and rank 0's training seconds (what a time budget counts)."""
         if self.group is None:
-            return signum, stop
-        flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM, stop], dtype=torch.float64)
-        sigint, sigterm, stop_any = distributed.all_max(flags, self.group).tolist()
-        return _signal_of(sigint, sigterm), bool(stop_any)
+            return signum, stop, seconds
+        flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM, stop,
+                              seconds if self.main else 0.0], dtype=torch.float64)
+        sigint, sigterm, stop_any, seconds = distributed.all_max(flags, self.group).tolist()
+        return _signal_of(sigint, sigterm), bool(stop_any), seconds
+
+    def _shared_seconds(self) -> float:
+        """Rank 0's training seconds on every rank (where no step carries them)."""
+        if self.group is None or self.budget is None:
+            return self.loop.seconds
+        return self._agree(0, False, self.loop.seconds)[2]
 
     def _check_learned(self) -> None:
         """A run whose every step was skipped (non-finite loss or gradient), but never
@@ -515,13 +633,15 @@ class _Trainer:
                 f"skipped. {_bad_steps_message(steps, self.model, self.optimizer).split('. ', 1)[1]}{kept}"
             ))
 
-    def train_epoch(self, progress: EpochProgress, epoch: int, on_step, poll=lambda: (0, False)) -> dict[str, float]:
+    def train_epoch(self, progress: EpochProgress, epoch: int, on_step,
+                    poll=lambda: (0, False, 0.0)) -> dict[str, float]:
         """One pass in random minibatches; the per-example mean terms, skipped steps and
         clamped encoder log-variances. ``progress`` continues an epoch a checkpoint
         interrupted: the shuffle is replayed from the order generator's state saved before
         it and the batches already done are skipped. ``poll()`` gives this rank's (signal,
-        checkpoint due) after each step; ``on_step`` gets the minibatch's loss and those
-        flags as every rank agreed them."""
+        checkpoint due, training seconds) after each step; ``on_step`` gets the minibatch's
+        loss and those as every rank agreed them (the seconds: rank 0's), and ends the epoch
+        early by returning True (a step or time budget spent)."""
         state, n, size = self.state, len(self.source), self.batch_size
         state.order.set_state(progress.order_start)
         order = torch.randperm(n, generator=state.order) if self.source.kind != "loader" else None
@@ -531,6 +651,7 @@ class _Trainer:
         dynamic = self.settings["dynamic_binarization"]
         max_bad = self.settings["max_bad_steps"]
         amp = autocast(self.device, self.settings["precision"])
+        schedule, loop = self.schedule, self.loop
         group = self.group
         rank, world = (0, 1) if group is None else (group.rank, group.world)
         if group is not None and self.source.kind == "loader":
@@ -544,6 +665,9 @@ class _Trainer:
             if x is not None:
                 x = x.to(self.device, non_blocking=True)
                 batch = Batch(x, _labels(self.model, y, self.device), (epoch - 1) + done / n)
+            loop.epochs_done = (epoch - 1) + done / n
+            if schedule is not None:
+                schedule.before_step(loop)
             for p in self.params:
                 p.grad = None
             if group is None:
@@ -566,9 +690,9 @@ class _Trainer:
                 finite = bool(torch.isfinite(loss + norm))
                 sums = torch.stack([_term(terms, k, x) for k in TERMS]).cpu() if finite else None
                 examples, loss_value = len(x), None
-                signum, due = poll()
+                signum, due, seconds = poll()
             else:
-                finite, loss_value, sums, examples, clamped, signum, due = self._reduce_step(
+                finite, loss_value, sums, examples, clamped, signum, due, seconds = self._reduce_step(
                     loss, terms, x, norm, poll())
                 done += examples
                 progress.clamped += clamped
@@ -582,7 +706,8 @@ class _Trainer:
                 progress.bad_in_a_row += 1
                 if progress.bad_in_a_row >= max_bad:
                     raise NonFiniteTraining(_bad_steps_message(progress.bad_in_a_row, self.model, self.optimizer))
-            on_step(loss.item() if loss_value is None else loss_value, signum, due)
+            if on_step(loss.item() if loss_value is None else loss_value, signum, due, seconds):
+                break
         # an epoch whose every step was skipped has no mean: NaN, not a flattering 0
         used = progress.examples if progress.examples else float("nan")
         means = (progress.totals / used).tolist()
@@ -602,25 +727,27 @@ class _Trainer:
         u = torch.rand(shape, generator=self.state.draws, dtype=dtype if dtype.is_floating_point else torch.float32)
         return None if x is None else (u[rows] < x).to(x.dtype)
 
-    def _reduce_step(self, loss, terms, x, norm, flags: tuple[int, bool]):
+    def _reduce_step(self, loss, terms, x, norm, flags: tuple[int, bool, float]):
         """One all-reduce per step: the minibatch's loss, term sums, examples, clamped
-        log-variances, and the ranks' signals and rank 0's checkpoint clock."""
+        log-variances, and the ranks' signals and rank 0's checkpoint clock and training
+        seconds."""
         share = 0 if x is None else len(x)
         device = loss.device
         sums = (torch.stack([_term(terms, k, x) for k in TERMS]).double() if share
                 else torch.zeros(len(TERMS), dtype=torch.float64, device=device))
-        signum, due = flags
+        signum, due, seconds = flags
         extra = torch.tensor([share, int(getattr(self.model, "clamped", 0)) if share else 0,
-                              signum == signal.SIGINT, signum == signal.SIGTERM, due],
+                              signum == signal.SIGINT, signum == signal.SIGTERM, due,
+                              seconds if self.main else 0.0],
                              dtype=torch.float64, device=device)
         local = torch.cat([(loss.detach().double() * share).reshape(1), sums.to(device), extra])
         reduced = distributed.all_sum(local, self.group).cpu()
         examples = int(reduced[1 + len(TERMS)])
         loss_value = float(reduced[0]) / max(1, examples)
         finite = math.isfinite(loss_value) and bool(torch.isfinite(norm))
-        sigint, sigterm, due_any = reduced[2 + len(TERMS) + 1 :].tolist()
+        sigint, sigterm, due_any, seconds = reduced[2 + len(TERMS) + 1 :].tolist()
         return (finite, loss_value, reduced[1 : 1 + len(TERMS)].float() if finite else None, examples,
-                int(reduced[2 + len(TERMS)]), _signal_of(sigint, sigterm), bool(due_any))
+                int(reduced[2 + len(TERMS)]), _signal_of(sigint, sigterm), bool(due_any), seconds)
 
     def end_epoch(self, epoch: int, stats: dict, current: EpochProgress, seconds: float) -> dict:
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
@@ -633,6 +760,9 @@ class _Trainer:
         if callable(sigma) and getattr(self.model.likelihood, "mode", "fixed") != "fixed":
             record["sigma_g_min"] = float(sigma().detach().min())  # how close σ_G came to its floor
         record["seconds"] = seconds
+        record["steps"] = self.state.steps  # in the whole run: the last epoch of a steps or time budget is partial
+        if self.optimizer.param_groups:
+            record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         state = self.state
         state.epoch, state.in_epoch, state.bad_in_a_row = epoch, None, current.bad_in_a_row
         state.metrics.append(record)
@@ -850,9 +980,11 @@ class _Checkpoints:
     writes."""
 
     def __init__(self, run: RunDirectory | None, model, optimizer, state: TrainState, settings: dict,
-                 group: distributed.Group | None = None, where: Path | None = None, world: dict | None = None):
+                 group: distributed.Group | None = None, where: Path | None = None, world: dict | None = None,
+                 schedule: Schedule | None = None, budget: TimeBudget | None = None, loop: Loop | None = None):
         self.run, self.model, self.optimizer = run, model, optimizer
         self.state, self.settings = state, settings
+        self.schedule, self.budget, self.loop = schedule, budget, loop
         self.group, self.world = group, world
         self.enabled = run is not None or where is not None
         self.holds = None if state.epoch == 0 and state.in_epoch is None else state.where()  # the last checkpoint's
@@ -885,6 +1017,15 @@ class _Checkpoints:
         current = self.state.in_epoch
         if current is not None:
             current.seconds, self.started = self.epoch_seconds(), time.perf_counter()
+        state = self.state
+        if self.loop is not None:
+            state.seconds = self.loop.seconds
+        state.schedule = None if self.schedule is None else self.schedule.state_dict()
+        state.plan = None if self.budget is None else self.budget.state_dict()
+        try:
+            json.dumps(state.schedule)
+        except (TypeError, ValueError) as err:
+            raise VaekitError(f"the learning-rate schedule's state cannot be stored in a checkpoint ({err})") from None
         ranks = None if self.group is None else self._rank_states()
 
         def write() -> None:
@@ -984,26 +1125,34 @@ class ProgressBar(Callback):
                             TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                             transient=not sys.stderr.isatty())
         self.bar.start()
-        done = len(loop.history.epochs) * loop.steps_per_epoch
-        self.task = self.bar.add_task("training", total=loop.epochs * loop.steps_per_epoch, completed=done)
+        self.total = loop.total_steps
+        self.task = self.bar.add_task("training", total=self.total, completed=loop.steps_done)
         self.pending, self.last = 0, time.monotonic()
 
     def on_step_end(self, loop: Loop, loss: float) -> None:
         self.pending += 1
         now = time.monotonic()
         if now - self.last >= self.seconds:
+            if loop.total_steps != self.total:  # a time budget's plan
+                self.total = loop.total_steps
+                self.bar.update(self.task, total=self.total)
             val = "" if loop.last_validation is None else f"  validation ELBO {loop.last_validation:.2f}"
             self.bar.update(self.task, advance=self.pending,
-                            description=f"epoch {loop.epoch}/{loop.epochs}  -ELBO {loss:.2f}{val}")
+                            description=f"epoch {_epoch_of(loop)}  -ELBO {loss:.2f}{val}")
             self.pending, self.last = 0, now
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:
         val = "" if loop.last_validation is None else f"  validation ELBO {loop.last_validation:.2f}"
-        self.bar.update(self.task, advance=self.pending, description=f"epoch {loop.epoch}/{loop.epochs}{val}")
+        self.bar.update(self.task, advance=self.pending, description=f"epoch {_epoch_of(loop)}{val}")
         self.pending = 0
 
     def on_fit_end(self, loop: Loop) -> None:
         self.bar.stop()
+
+
+def _epoch_of(loop: Loop) -> str:
+    """'3/10', or '3' when another budget than epochs ends the run."""
+    return str(loop.epoch) if loop.epochs is None else f"{loop.epoch}/{loop.epochs}"
 
 
 class EarlyStopping(Callback):
@@ -1026,7 +1175,16 @@ class EarlyStopping(Callback):
             loop.stop()
 
     def on_fit_end(self, loop: Loop) -> None:
-        if self.restore_best and self.best_state is not None:
+        if not self.restore_best or loop.history.best is None:
+            return
+        if self.best_state is not None:
             loop.model.load_state_dict(self.best_state)
-            if loop.out is not None:
-                loop.out.save_weights(loop.model)
+        else:  # a resumed run: the best epoch came before the restart, its weights are in the run
+            if loop.out is not None and loop.out.weights_path("best").is_file():
+                loop.out.load_weights(loop.model, "best")
+            elif loop.world_size == 1:
+                return
+            # rank 0 alone reads the run directory (every rank lacks best_state alike)
+            distributed.broadcast_weights(loop.model, distributed.current())
+        if loop.out is not None:
+            loop.out.save_weights(loop.model)

@@ -6,7 +6,9 @@ Everything comes from what a run directory holds, read through :mod:`vaekit.runs
 Status rule (a run keeps no record of its process, so this is read from its files):
 
 * **finished**: the metrics reach the planned epochs and ``evaluation.json`` exists
-  (training writes it only after its last epoch).
+  (training writes it only after its last epoch); for a run with a step or time budget or
+  early stopping, which ends before ``epochs``: ``evaluation.json`` is newer than the metrics
+  and the checkpoint.
 * **running**: otherwise, when the run wrote one of its files (metrics, weights,
   checkpoint, config) recently: within twice the longest epoch so far or twice
   ``checkpoint_minutes`` (a timed checkpoint is written between steps), whichever is
@@ -79,13 +81,15 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
             data, model = config.data, describe_model(config)
         else:  # trained from Python (vaekit.fit): run.json holds the plan
             info = rundir.load_info(run_dir)
-            config = SimpleNamespace(epochs=info.get("epochs"),
+            config = SimpleNamespace(epochs=info.get("epochs"), steps=info.get("steps"),
+                                     time_budget=info.get("time_budget"),
                                      checkpoint_minutes=info.get("checkpoint_minutes", 10.0))
             data, model = "(from Python)", f"{info.get('model', 'model')} (from Python)"
     except VaekitError as err:
         row["problem"] = str(err)
         return row
-    row.update(data=data, model=model, epochs_planned=config.epochs,
+    budget = getattr(config, "steps", 0) or getattr(config, "time_budget", None) is not None
+    row.update(data=data, model=model, epochs_planned=None if budget else config.epochs,  # a step or time budget
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
                status=run_status(run_dir, config, metrics, now))
     best = best_validation(metrics)
@@ -157,7 +161,8 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
 
     run_dir = Path(run_dir)
     done = metrics[-1]["epoch"] if metrics else 0
-    if config.epochs is not None and done >= config.epochs and (run_dir / rundir.EVALUATION).is_file():
+    by_epochs = config.epochs is not None and done >= config.epochs
+    if (by_epochs or _ended_by_other_budget(run_dir, config)) and (run_dir / rundir.EVALUATION).is_file():
         return "finished"
     written = {}
     for name in (rundir.METRICS, rundir.WEIGHTS, rundir.CHECKPOINT, rundir.BEST, rundir.CONFIG):
@@ -174,6 +179,21 @@ def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: 
     if checkpoint is not None and checkpoint >= max(written.values()) and _mid_epoch(run_dir / rundir.CHECKPOINT):
         return "stopped"
     return "killed"
+
+
+def _ended_by_other_budget(run_dir: Path, config) -> bool:
+    """A run whose budget is steps or time, or that stops early, ends before ``epochs``:
+    finished when its final evaluation is newer than its metrics and checkpoint."""
+    from vaekit import rundir
+
+    if not (getattr(config, "steps", 0) or getattr(config, "time_budget", None) or getattr(config, "patience", 0)):
+        return False
+    try:
+        evaluated = (run_dir / rundir.EVALUATION).stat().st_mtime
+        others = [(run_dir / n).stat().st_mtime for n in (rundir.METRICS, rundir.CHECKPOINT) if (run_dir / n).exists()]
+    except OSError:
+        return False
+    return all(evaluated >= t for t in others)
 
 
 def expected_silence(config, metrics: list[dict[str, Any]]) -> float:
@@ -221,7 +241,9 @@ def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
                            ("wall time", "right")):
         table.add_column(title, justify=justify, no_wrap=True)
     for r in rows:
-        epochs = "—" if r["epochs_planned"] is None else f"{r['epochs_done']}/{r['epochs_planned']}"
+        epochs = "—" if r["epochs_done"] is None else str(r["epochs_done"])
+        if r["epochs_planned"] is not None:
+            epochs += f"/{r['epochs_planned']}"
         best = "—" if r["best_validation_elbo"] is None else f"{r['best_validation_elbo']:.2f} (ep. {r['best_epoch']})"
         test = "—"
         if r["test_log_likelihood"] is not None:

@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume", "dist_backend")
+_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume", "dist_backend")  # --preset is recorded as a setting
 DistBackend = Annotated[str, Opt(help="Under torchrun: the torch.distributed backend, auto (NCCL for GPUs, gloo for the CPU) | gloo | nccl.")]
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
 
@@ -66,6 +66,7 @@ def train(
     data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.", show_default=_default("data"))] = None,
     out: Annotated[str | None, Opt("--out", "-o", metavar="PATH", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
     config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
+    preset: Annotated[str | None, Opt(help="Start from a published protocol's settings (vaekit presets lists them); --config and flags override it.")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
     binarize: Annotated[str | None, Opt(help="auto | none | dynamic | static | threshold:LEVEL (auto: dynamic for the bernoulli likelihood on digits and the MNIST family, whose ELBO is a bound only on binary data; none otherwise).", show_default=_default("binarize"))] = None,
     validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.", show_default=_default("validation_fraction"))] = None,
@@ -87,9 +88,18 @@ def train(
     kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.", show_default=_default("kl"))] = None,
     beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).", show_default=_default("beta"))] = None,
     epochs: Annotated[int | None, Opt(help="Passes over the training data.", show_default=_default("epochs"))] = None,
+    steps: Annotated[int | None, Opt(help="Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short).", show_default=_default("steps"))] = None,
+    time_budget: Annotated[str | None, Opt(help="Budget in training time instead of --epochs, e.g. 60m, 1.5h, 90s: the number of steps is planned from the measured time per step (and re-planned if the pace changes); schedules follow the plan.", show_default=_default("time_budget"))] = None,
+    patience: Annotated[int | None, Opt(help="Stop when the validation ELBO has not improved for N epochs, keeping the best epoch's weights (0: off).", show_default=_default("patience"))] = None,
     batch_size: Annotated[int | None, Opt(help="Examples per minibatch.", show_default=_default("batch_size"))] = None,
-    lr: Annotated[float | None, Opt(help="Adam learning rate.", show_default=_default("lr"))] = None,
-    weight_decay: Annotated[float | None, Opt(help="Adam weight decay.", show_default=_default("weight_decay"))] = None,
+    optimizer: Annotated[str | None, Opt(help="adam | adamw | adagrad | sgd.", show_default=_default("optimizer"))] = None,
+    lr: Annotated[float | None, Opt(help="Learning rate (the initial one, under a schedule).", show_default=_default("lr"))] = None,
+    lr_schedule: Annotated[str | None, Opt(help="constant | step[:EPOCHS[:GAMMA]] (default 10:0.5) | exponential[:GAMMA] (per epoch, 0.95) | cosine[:FINAL] (to FINAL x lr over the planned steps, 0) | geometric[:HOLD[:FINAL]] (constant for HOLD of the steps, then geometric to FINAL x lr; 0.25:0.05) | plateau[:PATIENCE[:FACTOR]] (5:0.5) | burda (3^i passes at lr x 10^(-i/7), i = 0..7).", show_default=_default("lr_schedule"))] = None,
+    adam_betas: Annotated[str | None, Opt(help="Adam/AdamW beta1,beta2 (default 0.9,0.999).", show_default=_default("adam_betas"))] = None,
+    adam_eps: Annotated[float | None, Opt(help="Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).", show_default=_default("adam_eps"))] = None,
+    weight_decay: Annotated[float | None, Opt(help="Weight decay (L2 for adam, adagrad and sgd; decoupled for adamw).", show_default=_default("weight_decay"))] = None,
+    init: Annotated[str | None, Opt(help="default (torch's) | glorot (Glorot-uniform weights, zero biases) | normal:SD.", show_default=_default("init"))] = None,
+    output_bias: Annotated[str | None, Opt(help="zero (default: as built) | data (the decoder's output bias at the likelihood's natural parameter of the training mean, e.g. the logit of the mean pixel: what lets a tanh decoder reach MNIST's background without saturating).", show_default=_default("output_bias"))] = None,
     grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).", show_default=_default("grad_clip"))] = None,
     seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).", show_default=_default("seed"))] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).", show_default=_default("threads"))] = None,
@@ -136,10 +146,13 @@ def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, 
     from vaekit.app.threads import tune_allocator
 
     quiet = quiet or rank() != 0
+    preset = flags.get("preset")
     tune_allocator()  # a CLI process keeps freed memory for reuse (vaekit.app.threads)
     if resume is not None:
         from vaekit.app.runs import resume as resume_training
 
+        if preset is not None:
+            raise VaekitError("--preset starts a new run; --resume continues one with its own settings: choose one")
         if out is not None and out.resolve() != resume.resolve():
             raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
         if overwrite:
@@ -151,13 +164,19 @@ def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, 
         changes.update({k: v for k, v in flags.items() if v is not None})
         resume_training(resume, changes, quiet=quiet, figures=figures)
         return
-    base = Config.from_file(config) if config else Config()
+    base = Config()
+    if preset is not None:
+        from vaekit.app import presets
+
+        base = presets.load(preset).config()
+    if config:
+        base = base.override(read_config_file(config), source=str(config))
     resolved = base.override(flags)
     if out is None:
         import time
 
-        name = Path(resolved.data).stem or "data"
-        out = Path("runs") / f"{name}-{resolved.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = preset or f"{Path(resolved.data).stem or 'data'}-{resolved.model}"
+        out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_training(resolved, out, overwrite=overwrite, quiet=quiet, figures=figures)
 
 
@@ -480,6 +499,48 @@ def plot(
                                data_units=_data_units(run_dir))
     for path in paths:
         print(f"wrote {path}")
+
+
+@app.command()
+def presets(
+    name: Annotated[str | None, typer.Argument(help="A preset to show in full (its notes and settings).")] = None,
+    records: Annotated[Path | None, Opt(help="Folder of reproduction records (NAME.json, from benchmarks/reproduce.py) to read the measured numbers from (default: the ones shipped with vaekit).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the presets (published protocols): name, paper, model, protocol, the published
+    number and the one measured by a reproduction run (benchmarks/reproduce.py NAME).
+    Train one with: vaekit train --preset NAME [flags that override it]."""
+    from vaekit.app import presets as known
+
+    if name is not None:
+        preset = known.load(name)
+        rec = known.record(name, records)
+        if as_json:
+            print(json.dumps({"name": name, **preset.meta, "settings": preset.settings, "record": rec}))
+            return
+        for key in ("paper", "reference", "model", "protocol", "protocol_details", "metric", "published"):
+            if key in preset.meta:
+                print(f"{key}: {preset.meta[key]}")
+        print(f"measured: {known.measured_text(rec)}")
+        if "note" in preset.meta:
+            print("note: " + " ".join(preset.meta["note"].split()))
+        print("settings:")
+        for key, value in preset.settings.items():
+            print(f"  {key} = {json.dumps(value)}")
+        return
+    rows = known.table(records)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    header = ("name", "paper", "model", "protocol", "published", "measured")
+    lines = [header] + [(r["name"], r["paper"], r["model"], r["protocol"],
+                         "-" if r["published"] is None else f"{r['published']:.2f}", r["measured"]) for r in rows]
+    caps = (40, 30, 46, 46, 9, 60)  # `vaekit presets NAME` shows a preset in full
+    widths = [min(max(len(str(line[i])) for line in lines), cap) for i, cap in enumerate(caps)]
+    for line in lines:
+        cells = [str(c) if len(str(c)) <= w else str(c)[: w - 1] + "…" for c, w in zip(line, widths, strict=True)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    print("train one: vaekit train --preset NAME [flags]; details: vaekit presets NAME")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Published datasets: what is known and cached; fetch ahead of time.")

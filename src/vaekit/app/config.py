@@ -32,14 +32,38 @@ BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
+OUTPUT_BIASES = ("zero", "data")
+# lr_schedule: name -> (parameter names, defaults); "step:10:0.5" sets them in order
+LR_SCHEDULES = {
+    "constant": ((), ()),
+    "step": (("epochs", "gamma"), (10.0, 0.5)),
+    "exponential": (("gamma",), (0.95,)),
+    "cosine": (("final",), (0.0,)),
+    "geometric": (("hold", "final"), (0.25, 0.05)),
+    "plateau": (("patience", "factor"), (5.0, 0.5)),
+    "burda": ((), ()),
+}
+SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
 # Settings that say how long to train, how often to save or where to run, not what is
 # computed: a resumed run may change them. Any other difference is refused (the result would
 # not be the run's).
 MAY_CHANGE_ON_RESUME = (
     "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best", "log", "mirror",
+    "device", "save_best", "log", "mirror", "steps", "time_budget", "patience",
 )
 TRACKERS = ("tensorboard", "mlflow")
+# What a stored config.json without these keys (written before they existed) was trained with.
+# A config that omits them otherwise (a TOML file, Python) gets the current defaults.
+BEFORE_THE_KEY = {"init": "default", "output_bias": "zero"}
+
+
+class ScheduleSpec(NamedTuple):
+    """A learning-rate schedule, parsed: ``name`` (a key of :data:`LR_SCHEDULES`) and its
+    numbers in order (defaults filled in)."""
+
+    name: str
+    args: tuple[float, ...] = ()
 
 
 class Binarization(NamedTuple):
@@ -84,6 +108,10 @@ class Config:
     hidden2: list[int] = field(default_factory=lambda: [100, 100])
     classes: int = 0
     levels: int = 256
+    init: str = "default"  # default (torch's) | glorot | normal:SD
+    # zero: as built | data: the decoder's output bias at the natural parameter of the data mean (not the
+    # default: on digits it made the two-layer relu model's posterior collapse, docs/results.md)
+    output_bias: str = "zero"
     # objective
     objective: str = "elbo"
     samples: int = 1
@@ -94,8 +122,15 @@ class Config:
     free_bits: float = 0.0
     # optimisation
     epochs: int = 30
+    steps: int = 0  # > 0: the budget in optimisation steps instead of epochs
+    time_budget: str | None = None  # "60m": the budget in training time instead of epochs (vaekit.schedules)
+    patience: int = 0  # > 0: stop when the validation ELBO has not improved for this many epochs; keep the best
     batch_size: int = 128
+    optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     seed: int = 0
@@ -108,6 +143,7 @@ class Config:
     save_best: bool = True
     max_bad_steps: int = 20
     log: str = ""  # experiment trackers, comma-separated: tensorboard, mlflow
+    preset: str | None = None  # the preset the run started from (vaekit presets), for the record
 
     # ------------------------------------------------------------------ typed values
     # The string mini-languages of the TOML/JSON record, parsed once per config.
@@ -136,6 +172,21 @@ class Config:
         return names
 
     @cached_property
+    def schedule(self) -> ScheduleSpec:
+        return parse_lr_schedule(self.lr_schedule)
+
+    @cached_property
+    def time_budget_seconds(self) -> float | None:
+        from vaekit.schedules import parse_duration
+
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+    @cached_property
+    def init_std(self) -> float | None:
+        """The standard deviation of ``init = "normal:SD"`` (None for the other choices)."""
+        return parse_init(self.init)
+
+    @cached_property
     def sigma_value(self) -> float | str:
         """σ_G as the likelihood takes it: a number (fixed), ``shared`` or ``per-dim``."""
         mode, value = parse_sigma(self.sigma)
@@ -152,10 +203,10 @@ class Config:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("kl", self.kl, KL_ESTIMATORS)
         _choice("objective", self.objective, OBJECTIVES)
-        self.__dict__.pop("binarization", None)  # a field may have been set since: parse afresh
-        self.__dict__.pop("sigma_value", None)
-        self.__dict__.pop("trackers", None)
-        _ = self.binarization, self.sigma_value, self.trackers
+        parsed = ("binarization", "sigma_value", "trackers", "schedule", "time_budget_seconds", "init_std")
+        for name in parsed:
+            self.__dict__.pop(name, None)  # a field may have been set since: parse afresh
+        _ = [getattr(self, name) for name in parsed]
         _choice("precision", self.precision, PRECISIONS)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise VaekitError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{self.device}'")
@@ -178,6 +229,7 @@ class Config:
         _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         _positive("checkpoint_minutes", self.checkpoint_minutes, allow_zero=True)
         _positive("max_bad_steps", self.max_bad_steps)
+        self._validate_recipe()
         if not 0 <= self.seed < 2**32:
             # numpy's legacy generator, seeded from it too, takes 32-bit seeds only
             raise VaekitError(f"seed must be an integer in [0, 2^32), got {self.seed}")
@@ -188,6 +240,21 @@ class Config:
         self._validate_data_options()
         self._validate_variants()
         return self
+
+    def _validate_recipe(self) -> None:
+        """Optimiser, schedule, budgets, early stopping and initialisation."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("output_bias", self.output_bias, OUTPUT_BIASES)
+        _positive("steps", self.steps, allow_zero=True)
+        _positive("patience", self.patience, allow_zero=True)
+        _positive("adam_eps", self.adam_eps)
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise VaekitError(f"adam_betas must be two numbers in [0, 1), like 0.9,0.999; got {self.adam_betas}")
+        if self.steps and self.time_budget is not None:
+            raise VaekitError("steps and time_budget are both budgets for the whole run: give one of them")
+        if self.patience and self.validation_fraction == 0 and self.validation_split != "test":
+            raise VaekitError("patience stops on the validation ELBO: it needs validation data "
+                              "(validation_fraction > 0 or validation_split = 'test')")
 
     def _validate_data_options(self) -> None:
         _choice("image_mode", self.image_mode, IMAGE_MODES)
@@ -244,6 +311,14 @@ class Config:
         return cls().override(values, source=source)
 
     @classmethod
+    def from_stored(cls, values: dict[str, Any], source: str = "config") -> Config:
+        """A run's stored config (``config.json``, a checkpoint's): keys it lacks take the
+        value the version that wrote it used (:data:`BEFORE_THE_KEY`), not today's default."""
+        if isinstance(values, dict):
+            values = {**BEFORE_THE_KEY, **values}
+        return cls.from_dict(values, source)
+
+    @classmethod
     def from_file(cls, path: str | Path) -> Config:
         return cls.from_dict(read_config_file(path), source=str(path))
 
@@ -295,6 +370,65 @@ def parse_hidden(text: str, name: str = "hidden") -> list[int]:
         return [int(p) for p in parts]
     except ValueError:
         raise VaekitError(f"{name} must be layer sizes like '400' or '400,200', got '{text}'") from None
+
+
+def parse_lr_schedule(text: str) -> ScheduleSpec:
+    """``constant`` | ``step[:EPOCHS[:GAMMA]]`` | ``exponential[:GAMMA]`` | ``cosine[:FINAL]`` |
+    ``geometric[:HOLD[:FINAL]]`` | ``plateau[:PATIENCE[:FACTOR]]`` | ``burda``."""
+    name, *parts = text.split(":")
+    if name not in LR_SCHEDULES:
+        _choice("lr_schedule", name, tuple(LR_SCHEDULES))
+    names, defaults = LR_SCHEDULES[name]
+    if len(parts) > len(names):
+        usage = ":".join([name, *(n.upper() for n in names)])
+        raise VaekitError(f"lr_schedule '{text}' has too many parts: {name} takes {usage}")
+    try:
+        args = tuple(float(p) for p in parts) + defaults[len(parts):]
+    except ValueError:
+        raise VaekitError(f"lr_schedule '{text}': the parts after '{name}:' must be numbers") from None
+    spec = ScheduleSpec(name, args)
+    try:
+        schedule_from_spec(spec)  # the schedule's own checks (ranges), with its own message
+    except VaekitError as err:
+        raise VaekitError(f"lr_schedule '{text}': {err}") from None
+    return spec
+
+
+def schedule_from_spec(spec: ScheduleSpec):
+    """The :mod:`vaekit.schedules` schedule a parsed ``lr_schedule`` names (None: constant)."""
+    from vaekit import schedules
+
+    a = spec.args
+    if spec.name == "step":
+        return schedules.StepDecay(a[0], a[1])
+    if spec.name == "exponential":
+        return schedules.Exponential(a[0])
+    if spec.name == "cosine":
+        return schedules.Cosine(a[0])
+    if spec.name == "geometric":
+        return schedules.Geometric(a[0], a[1])
+    if spec.name == "plateau":
+        if a[0] != int(a[0]):
+            raise VaekitError(f"plateau's patience counts epochs: a whole number, got {a[0]:g}")
+        return schedules.Plateau(int(a[0]), a[1])
+    if spec.name == "burda":
+        return schedules.Burda()
+    return None
+
+
+def parse_init(text: str) -> float | None:
+    """``default`` | ``glorot`` | ``normal:SD`` -> SD for ``normal``, else None."""
+    if text in ("default", "glorot"):
+        return None
+    if text.startswith("normal:"):
+        try:
+            std = float(text.split(":", 1)[1])
+        except ValueError:
+            std = float("nan")
+        if not std > 0 or std == float("inf"):
+            raise VaekitError(f"init 'normal:SD' needs a positive standard deviation, got '{text}'")
+        return std
+    raise VaekitError(f"init must be default, glorot or normal:SD; got '{text}'")
 
 
 def parse_sigma(text: str) -> tuple[str, float | None]:
@@ -368,6 +502,7 @@ def _check_type(name: str, value: Any, kind: str) -> None:
         "str": isinstance(value, str),
         "str | None": value is None or isinstance(value, str),
         "list[int]": isinstance(value, list) and all(is_int(v) for v in value),
+        "list[float]": isinstance(value, list) and all(is_int(v) or isinstance(v, float) for v in value),
     }.get(kind, True)
     if not ok:
         raise VaekitError(f"setting '{name}' expects {kind}, got {value!r}")
@@ -376,6 +511,12 @@ def _check_type(name: str, value: Any, kind: str) -> None:
 def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
     kind = str(annotation)
     try:
+        if kind == "list[float]":
+            if isinstance(value, str):
+                value = [float(p) for p in value.replace(",", " ").split()]
+            if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                return [float(v) for v in value]
+            raise TypeError
         if kind.startswith("list"):
             if isinstance(value, str):
                 return parse_hidden(value, name)

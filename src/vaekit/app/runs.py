@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from vaekit import checkpoint, distributed, likelihoods, nets, objectives, rundir
-from vaekit.app.config import MAY_CHANGE_ON_RESUME, Config
+from vaekit.app.config import MAY_CHANGE_ON_RESUME, SHORT_RUN_STEPS, Config, schedule_from_spec
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
 from vaekit.model import AE, VAE, TwoLayerVAE
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
 from vaekit.trackers import check_installed, trackers
-from vaekit.training import Callback, fit
+from vaekit.training import Callback, EarlyStopping, fit
 
 
 def train(
@@ -38,8 +38,10 @@ def train(
     overwrite: bool = False,
     quiet: bool = False,
     figures: bool = True,
+    callbacks: list[Callback] = (),
 ) -> Path:
-    """Train the model ``config`` describes; write the run directory ``out`` and return it."""
+    """Train the model ``config`` describes; write the run directory ``out`` and return it.
+    ``callbacks`` join fit's own (:class:`vaekit.Callback`)."""
     from vaekit.app.data import absolute_spec, run_splits, write_run_data
 
     config.validate()
@@ -58,6 +60,10 @@ def train(
         check_model_size(config, train_set.event_shape)
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
+            initialise(model, config, train_set.x)
+        if config.steps and config.steps < SHORT_RUN_STEPS and not quiet and (group is None or group.main):
+            _say(f"warning: {config.steps} steps is a very short run: its numbers are far from what the model "
+                 f"reaches (a few hundred steps at the least, usually many thousands)")
         # Everything that can be checked has been: only now is the folder touched. An old run
         # (--overwrite) stays as it was until the new one starts training (fit commits it).
         run = RunDirectory(out)
@@ -74,7 +80,8 @@ def train(
 
         distributed.together(prepare, group, main_only=True)
         try:
-            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False)
+            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False,
+                 callbacks=list(callbacks))
         except BaseException:
             run.discard()  # before training started: no half-written run left to mistake for a real one
             raise
@@ -83,12 +90,48 @@ def train(
     return run.path
 
 
+def budget_text(config: Config) -> str:
+    """'30 epochs', '5000 steps' or '60m of training time'."""
+    if config.steps:
+        return f"{config.steps} steps"
+    if config.time_budget is not None:
+        return f"{config.time_budget} of training time"
+    return f"{config.epochs} epochs"
+
+
+def initialise(model: torch.nn.Module, config: Config, x) -> None:
+    """The config's initialisation recipe on a freshly built model: ``init`` (torch's
+    default, Glorot-uniform or N(0, SD²) weights) and ``output_bias = "data"`` (the decoder's
+    output bias at the likelihood's natural parameter of the training data's mean ``x``)."""
+    from vaekit import init
+
+    if config.init == "glorot":
+        init.glorot_(model)
+    elif config.init_std is not None:
+        init.normal_(model, config.init_std)
+    if config.output_bias == "data":
+        init.output_bias_(model, data_mean(x))
+
+
+def data_mean(x) -> torch.Tensor:
+    """The mean example of ``x`` (a tensor or an array read on demand), summed in float64."""
+    from vaekit.app.data.lazy import is_lazy
+
+    total, n = None, 0
+    chunks = x.chunks() if is_lazy(x) else (x[i : i + 10_000] for i in range(0, len(x), 10_000))
+    for chunk in chunks:
+        part = torch.as_tensor(chunk).double().sum(0)
+        total, n = (part if total is None else total + part), n + len(chunk)
+    return total / n
+
+
 def resume(
     run_dir: str | Path,
     changes: dict[str, Any] | None = None,
     *,
     quiet: bool = False,
     figures: bool = True,
+    callbacks: list[Callback] = (),
 ) -> Path:
     """Continue the run in ``run_dir`` from its checkpoint. ``changes`` may alter budget
     settings only (``epochs``, ``checkpoint_*``, ``max_bad_steps``, ``threads``, ``data_dir``,
@@ -97,13 +140,14 @@ def resume(
     run = RunDirectory(run_dir)
     distributed.together(run.lock, group, main_only=True)  # one writer at a time; released when this returns
     try:
-        _resume(run, changes or {}, quiet, figures, group)
+        _resume(run, changes or {}, quiet, figures, group, list(callbacks))
     finally:
         run.release()
     return run.path
 
 
-def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bool, group) -> None:
+def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bool, group,
+            callbacks: list[Callback]) -> None:
     from vaekit.app.data import run_splits
 
     def read() -> dict[str, Any]:  # rank 0 reads the run directory; the others get what it says
@@ -123,7 +167,7 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
         done, what = done + 1, f"is part-way through epoch {done + 1}"
     else:
         what = f"has already trained {done} epochs"
-    if config.epochs < done:
+    if config.epochs < done and not (config.steps or config.time_budget):
         raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
     device = resolve_device(config.device)
 
@@ -145,10 +189,10 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
         distributed.together(write_config, group, main_only=True)
         step = stored["in_epoch"]
         where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
-        started = _Started(None if quiet else f"resuming {run.path} after {where} of {config.epochs} epochs")
+        started = _Started(None if quiet else f"resuming {run.path} after {where} of {budget_text(config)}")
         try:
             _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
-                 callbacks=[started])
+                 callbacks=[started, *callbacks])
         except BaseException:
             if not started.started and previous:  # fit refused the checkpoint: leave the run as it was
                 with contextlib.suppress(VaekitError):
@@ -182,16 +226,23 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     train_set, val_set = splits["train"], splits["validation"]
     conditional = bool(getattr(model, "num_classes", 0))
     policy.tune(step_flops(model, config), quiet=quiet)
+    budget = {"epochs": config.epochs}
+    if config.steps:
+        budget = {"steps": config.steps}
+    elif config.time_budget is not None:
+        budget = {"time_budget": config.time_budget_seconds}
+    stopping = [EarlyStopping(config.patience)] if config.patience else []
     fit(
         model,
         (train_set.x, train_set.labels if conditional else None),
         validation=None if val_set is None else (val_set.x, val_set.labels if conditional else None),
-        epochs=config.epochs, batch_size=config.batch_size, objective=objective_for(config),
+        **budget, batch_size=config.batch_size, objective=objective_for(config),
+        optimizer=optimizer_for(config, device), schedule=schedule_from_spec(config.schedule),
         lr=config.lr, weight_decay=config.weight_decay, device=device, precision=config.precision,
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=callbacks, progress=not quiet and terminal,
+        save_best=config.save_best, figures=figures, callbacks=[*stopping, *callbacks], progress=not quiet and terminal,
         class_names=train_set.classes, feature_names=train_set.features,
         data_units=None if train_set.standardization is None else train_set.standardization.invert,
     )
@@ -211,11 +262,12 @@ class ProgressLines(Callback):
     def on_fit_start(self, loop) -> None:
         self.started = self.last = time.monotonic()
         self.first = len(loop.history.epochs) + 1
+        self.first_step = loop.steps_done
 
     def on_step_end(self, loop, loss: float) -> None:
         now = time.monotonic()
         if now - self.last >= self.step_every:
-            _say(f"epoch {loop.epoch}/{loop.epochs}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
+            _say(f"epoch {_of(loop.epoch, loop.epochs)}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
             self.last = now
 
     def on_epoch_end(self, loop, record: dict) -> None:
@@ -224,14 +276,17 @@ class ProgressLines(Callback):
         if epoch not in (self.first, loop.epochs) and now - self.last < self.every and not loop.stop_requested:
             return
         self.last = now
-        parts = [f"epoch {epoch}/{loop.epochs}", f"train ELBO {_nats(record.get('train_elbo'))}"]
+        parts = [f"epoch {_of(epoch, loop.epochs)}", f"train ELBO {_nats(record.get('train_elbo'))}"]
         if record.get("validation_elbo") is not None:
             parts.append(f"validation ELBO {_nats(record['validation_elbo'])}")
         done = epoch - self.first + 1
         per_epoch = (now - self.started) / done
         parts.append(f"{_duration(per_epoch)}/epoch")
-        if epoch < loop.epochs:
+        if loop.epochs is not None and epoch < loop.epochs:
             parts.append(f"about {_duration(per_epoch * (loop.epochs - epoch))} left")
+        elif loop.epochs is None and loop.total_steps and loop.steps_done > self.first_step:  # a step or time budget
+            per_step = (now - self.started) / (loop.steps_done - self.first_step)
+            parts.append(f"about {_duration(per_step * max(0, loop.total_steps - loop.steps_done))} left")
         _say("  ".join(parts))
 
 
@@ -268,6 +323,10 @@ class Summary(Callback):
                   f"{_nats(evaluation['reconstruction'])} nats")
 
 
+def _of(count: int, total: int | None) -> str:
+    return str(count) if total is None else f"{count}/{total}"
+
+
 def _nats(value) -> str:
     return "nan" if value is None or value != value else f"{value:.2f}"
 
@@ -279,6 +338,21 @@ def _duration(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes}m {secs:02d}s"
     return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def optimizer_for(config: Config, device: torch.device):
+    """A function ``params -> optimiser`` for the config's ``optimizer``, ``lr``, ``weight_decay``
+    and Adam's ``adam_betas`` / ``adam_eps``; fused kernels where torch has them (one kernel
+    per update instead of a loop over parameters: the largest single cost of a small CPU step)."""
+    fused = device.type in ("cpu", "cuda")
+    lr, decay = config.lr, config.weight_decay
+    if config.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        betas = tuple(config.adam_betas)
+        return lambda params: cls(params, lr=lr, betas=betas, eps=config.adam_eps, weight_decay=decay, fused=fused)
+    if config.optimizer == "adagrad":
+        return lambda params: torch.optim.Adagrad(params, lr=lr, weight_decay=decay, fused=fused)
+    return lambda params: torch.optim.SGD(params, lr=lr, weight_decay=decay, fused=fused)
 
 
 def objective_for(config: Config):
@@ -310,7 +384,7 @@ def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
     if ckpt.config is None:
         raise VaekitError(f"{ckpt.path}: this run was trained from Python (vaekit.fit): resume it with "
                           "fit(..., out=..., resume=True)")
-    trained = Config.from_dict(ckpt.config, f"{ckpt.path} (its config)")
+    trained = Config.from_stored(ckpt.config, f"{ckpt.path} (its config)")
     refused = [line for line in trained.diff(config) if line.split(":", 1)[0] not in MAY_CHANGE_ON_RESUME]
     if refused:
         raise VaekitError(
@@ -436,7 +510,7 @@ def load_config(run_dir: str | Path) -> Config:
                 f"{run.path} was trained with a model defined in Python (vaekit.fit): load it with "
                 "vaekit.load(run_dir, model=YourModel(...))"
             )
-    return Config.from_dict(run.read_config(), str(run.file("config.json")))
+    return Config.from_stored(run.read_config(), str(run.file("config.json")))
 
 
 def load_run(run_dir: str | Path, weights: str = "last", device: str | torch.device = "cpu"):

@@ -1,0 +1,344 @@
+"""Reproduce a preset's published number: train it (resumable), evaluate the final model on
+the full test set with K = 5000 importance samples, write a JSON record and the figure of
+the test NLL against training time, next to the published number.
+
+    python benchmarks/reproduce.py burda2016-vae-1l-cpu60           # an hour of training, then ~4 min of evaluation
+    python benchmarks/reproduce.py burda2016-vae-1l-cpu60 --quick   # the whole pipeline in a few minutes (300 steps,
+                                                                    # K = 100 on 1000 test images): numbers not citable
+    python benchmarks/reproduce.py --estimate pytorch-examples burda2016-vae-1l   # steps/s here, projected durations
+
+Run the same command again after an interruption (Ctrl-C, a kill, a reboot): training resumes
+from its checkpoint (bit for bit for step and epoch budgets) and evaluations already done are
+kept. Everything goes to benchmarks/results/reproduce/PRESET/ (``run/``: the run directory,
+``snapshots/``: weights at training-time marks, ``record.json``, ``nll_vs_time.png``). A full
+run that spent its budget also writes its record to src/vaekit/app/presets/records/PRESET.json,
+where ``vaekit presets`` reads the measured number from (commit it; --no-publish skips it).
+
+The record holds the machine (CPU, cores, the float32 GEMM peak measured here), the share of
+the CPU other processes took while training ran (the development machine is shared: a busy
+neighbour slows training and shrinks what a time budget can do), the commit, seed, versions,
+training and wall time, the curve and the final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import vaekit  # noqa: E402
+from vaekit.app import presets  # noqa: E402
+from vaekit.app.config import Config  # noqa: E402
+from vaekit.app.data import select_split  # noqa: E402
+from vaekit.app.runs import build_model, load_config, load_run, resume, train  # noqa: E402
+from vaekit.rundir import RunDirectory, atomic_write, read_metrics, save_weights  # noqa: E402
+
+RESULTS = common.ROOT / "benchmarks" / "results" / "reproduce"
+EVAL_SAMPLE = 200  # test images the evaluation time is projected from (×50 for the 10k)
+# Training-time marks (minutes) at which weights are kept for the curve; hourly after the last.
+MARKS_MINUTES = (5 / 60, 10 / 60, 20 / 60, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60)
+
+
+def marks_seconds(up_to_hours: float = 1000.0) -> list[float]:
+    marks = [60.0 * m for m in MARKS_MINUTES]
+    hour = 2
+    while hour <= up_to_hours:
+        marks.append(3600.0 * hour)
+        hour += 1
+    return marks
+
+
+class Snapshots(vaekit.Callback):
+    """Keeps the weights when training time (or, for quick runs, the step count) passes
+    each mark: snapshots/t<seconds>-s<steps>.safetensors. After a resume the marks already
+    passed are not taken again."""
+
+    def __init__(self, folder: Path, seconds: list[float] | None = None, steps: list[int] | None = None):
+        self.folder, self.seconds, self.steps = folder, seconds or [], steps or []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_fit_start(self, loop) -> None:
+        self.seconds = [m for m in self.seconds if m > loop.seconds]
+        self.steps = [m for m in self.steps if m > loop.steps_done]
+
+    def on_step_end(self, loop, loss: float) -> None:
+        due = False
+        while self.seconds and loop.seconds >= self.seconds[0]:
+            self.seconds.pop(0)
+            due = True
+        while self.steps and loop.steps_done >= self.steps[0]:
+            self.steps.pop(0)
+            due = True
+        if due:
+            name = f"t{loop.seconds:09.1f}-s{loop.steps_done:09d}.safetensors"
+            save_weights(loop.model, self.folder / name, seconds=loop.seconds, steps=loop.steps_done,
+                         epochs=loop.epochs_done)
+
+
+# ---------------------------------------------------------------------- one reproduction
+def reproduce(name: str, args) -> dict:
+    preset = presets.load(name)
+    quick = args.quick
+    out = args.out or RESULTS / (f"{name}-quick" if quick else name)
+    run_dir, snaps, record_path = out / "run", out / "snapshots", out / "record.json"
+    out.mkdir(parents=True, exist_ok=True)
+    record = _read(record_path) or {"preset": name, "sessions": []}
+    config = preset.config().override({"data_dir": args.data_dir})
+    if quick or args.steps:
+        config = dataclasses.replace(config, steps=args.steps or 300, time_budget=None).validate()
+    if args.threads is not None:
+        config = dataclasses.replace(config, threads=args.threads).validate()
+    k, n_test = (100, 1000) if quick else (args.k, args.n_test)
+    curve_k, curve_n = (50, 500) if quick else (args.curve_k, args.curve_n)
+
+    torch.set_num_threads(2)
+    peak = record.get("gemm_peak_gflops") or common.gemm_peak()
+    record.update(preset=name, published=preset.published, metric=preset.meta.get("metric"), measure=preset.measure,
+                  quick=quick, config=config.to_dict(), machine=common.machine(), gemm_peak_gflops=peak,
+                  command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    _write(record_path, record)
+
+    if not record.get("training_done"):
+        snapshot = Snapshots(snaps, None if quick else marks_seconds(),
+                             [int(config.steps * f) for f in (0.1, 0.25, 0.5, 0.75)] if quick else None)
+        session = {"started": _now(), "commit": _commit()}
+        with common.timed() as region:
+            if (run_dir / "checkpoint.safetensors").is_file():
+                resume(run_dir, {"data_dir": args.data_dir, **({"threads": args.threads} if args.threads else {})},
+                       quiet=args.quiet, figures=False, callbacks=[snapshot])
+            else:
+                train(config, run_dir, overwrite=True, quiet=args.quiet, figures=False, callbacks=[snapshot])
+        session.update(wall_seconds=region.seconds, others_cpu=region.others, ended=_now())
+        record["sessions"].append(session)
+        record["training_done"] = True
+        _write(record_path, record)
+
+    record.update(_training_summary(run_dir, load_config(run_dir)))
+    curve = {p["file"]: p for p in record.get("curve", [])}
+    for path in sorted(snaps.glob("*.safetensors")):
+        if path.name not in curve:
+            curve[path.name] = {"file": path.name, **_evaluate_snapshot(run_dir, path, curve_k, curve_n)}
+            record["curve"] = sorted(curve.values(), key=lambda p: p["seconds"])
+            _write(record_path, record)
+    if not record.get("final") or record["final"].get("importance_samples") != k:
+        with common.timed() as region:
+            final = _evaluate(*load_run(run_dir), run_dir, k, n_test)
+        record["final"] = {**final, "seconds": region.seconds, "others_cpu": region.others}
+    final = record["final"]
+    value, se = _measured(final, preset.measure)
+    record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
+    _write(record_path, record)
+    figure = nll_figure(record, out / "nll_vs_time.png")
+    published = preset.published
+    gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
+    print(f"{name}: {preset.measure} {value:.2f} ± {se:.2f}{gap}; training {record['training_seconds'] / 60:.1f} min, "
+          f"{record['steps']} steps; record {record_path}; figure {figure}")
+    if not quick and not args.steps and not args.no_publish and record.get("budget_reached"):
+        atomic_write(presets.RECORDS / f"{name}.json", json.dumps(record, indent=2) + "\n")
+        print(f"published the record to {presets.RECORDS / (name + '.json')} (vaekit presets shows it)")
+    return record
+
+
+def _training_summary(run_dir: Path, config: Config) -> dict:
+    from vaekit.checkpoint import load
+
+    meta = load(run_dir).meta
+    rows = read_metrics(run_dir)
+    steps = meta.get("steps") or 0
+    if config.steps:
+        reached = steps >= config.steps
+    elif config.time_budget is not None:
+        plan = meta.get("plan") or {}
+        reached = steps >= plan.get("total_steps", math.inf) or meta["seconds"] >= config.time_budget_seconds
+    else:
+        reached = meta["epoch"] >= config.epochs
+    return {"training_seconds": meta["seconds"], "steps": steps, "epochs": meta["epoch"],
+            "epochs_done": rows[-1].get("steps", 0) / max(1, _steps_per_epoch(rows)) if rows else 0,
+            "budget_reached": bool(reached), "reached": f"{meta['epoch']} epochs, {steps} steps",
+            "plan": meta.get("plan"), "final_lr": rows[-1].get("lr") if rows else None, "seed": config.seed}
+
+
+def _steps_per_epoch(rows: list[dict]) -> int:
+    return rows[0].get("steps", 1) if rows else 1
+
+
+def _evaluate_snapshot(run_dir: Path, path: Path, k: int, n: int) -> dict:
+    from vaekit.rundir import read_tensors
+
+    config = load_config(run_dir)
+    model = build_model(config, tuple(RunDirectory(run_dir).read_info()["event_shape"]))
+    from vaekit.rundir import load_state
+
+    tensors, meta = read_tensors(path, "a snapshot")
+    load_state(model, tensors, path)  # names, shapes and finiteness checked
+    result = _evaluate(model.eval(), config, run_dir, k, n)
+    return {"seconds": float(meta["seconds"]), "steps": int(meta["steps"]), "epochs": float(meta["epochs"]), **result}
+
+
+def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None) -> dict:
+    test = select_split(config, "test", run_dir=run_dir)
+    x = test.x if not n else test.x[:n]
+    result = vaekit.evaluate(model, x, importance_samples=k, seed=0)
+    keep = ("n", "elbo", "elbo_se", "log_likelihood", "log_likelihood_se", "kl", "reconstruction", "active_units")
+    return {"importance_samples": k, **{key: result.get(key) for key in keep}}
+
+
+def _measured(result: dict, measure: str) -> tuple[float, float]:
+    if measure == "nll":
+        return -result["log_likelihood"], result["log_likelihood_se"]
+    if measure == "loss":
+        return -result["elbo"], result["elbo_se"]
+    return result["elbo"], result["elbo_se"]
+
+
+def nll_figure(record: dict, path: Path) -> Path:
+    """The measured number against training minutes: the curve (snapshots, fewer samples
+    and images), the final K = 5000 point, the published number as a line."""
+    from matplotlib.figure import Figure
+
+    measure = record["measure"]
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    curve = record.get("curve", [])
+    scale, unit = (60.0, "minutes") if record["training_seconds"] >= 300 else (1.0, "seconds")
+    if curve:
+        xs = [p["seconds"] / scale for p in curve]
+        ys = [_measured(p, measure)[0] for p in curve]
+        k, n = curve[0]["importance_samples"], curve[0]["n"]
+        ax.plot(xs, ys, "o-", color="#1f77b4", label=f"snapshots (K = {k}, first {n} test images)")
+    final = record["final"]
+    ax.plot([record["training_seconds"] / scale], [_measured(final, measure)[0]], "s", color="#d62728",
+            label=f"final (K = {final['importance_samples']}, {final['n']} test images)")
+    if record.get("published") is not None:
+        ax.axhline(record["published"], color="grey", linestyle="--", label=f"published {record['published']:.2f}")
+    label = {"nll": "test NLL (nats)", "loss": "test loss = −ELBO (nats)", "elbo": "test ELBO (nats)"}[measure]
+    ax.set_xlabel(f"training time ({unit})")
+    ax.set_ylabel(label)
+    if len(curve) > 2 and measure != "elbo":
+        ys = [_measured(p, measure)[0] for p in curve[1:]] + [_measured(final, measure)[0]]
+        top = max(ys) + 2
+        low = min([*ys, record.get("published") or math.inf]) - 1
+        ax.set_ylim(low, top)
+    others = max((s.get("others_cpu", 0.0) for s in record.get("sessions", [])), default=0.0)
+    ax.set_title(f"{record['preset']}{' (quick check)' if record.get('quick') else ''}\n"
+                 f"{record['machine']['cores']} cores, others took up to {100 * others:.0f} % of the CPU", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------------- estimates
+def estimate(names: list[str], args) -> list[dict]:
+    """Steps per second of each preset over a short run here, and the projected durations
+    of its full protocol (training; the K = 5000 evaluation from a sample of test images)."""
+    rows = []
+    for name in names:
+        config = presets.load(name).config().override({"data_dir": args.data_dir})
+        steps = args.estimate_steps
+        with tempfile.TemporaryDirectory() as folder:
+            short = dataclasses.replace(config, steps=steps, time_budget=None, checkpoint_every=0,
+                                        checkpoint_minutes=0.0, validation_fraction=0.0,
+                                        validation_split="fraction", patience=0).validate()
+            if args.threads is not None:
+                short = dataclasses.replace(short, threads=args.threads).validate()
+            with common.timed() as region:
+                run = train(short, Path(folder) / "run", quiet=True, figures=False)
+            seconds = sum(r["seconds"] for r in read_metrics(run))
+            model, cfg = load_run(run)
+            test = select_split(cfg, "test", run_dir=run)
+            from vaekit.evaluation import per_example
+
+            with common.timed() as eval_region:  # the importance sampling is nearly all of evaluate's time
+                per_example(model, test.x[:EVAL_SAMPLE], importance_samples=5000)
+        rate = steps / seconds
+        per_epoch = math.ceil(round(60000 * (1 - config.validation_fraction)) / config.batch_size) \
+            if config.validation_split == "fraction" else math.ceil(60000 / config.batch_size)
+        if config.time_budget is not None:
+            planned = int(config.time_budget_seconds * rate)
+            training = config.time_budget_seconds
+        else:
+            planned = (config.steps or config.epochs * per_epoch)
+            training = planned / rate
+        evaluation = eval_region.seconds * len(test) / EVAL_SAMPLE
+        row = {"preset": name, "steps_per_second": rate, "others_cpu": region.others,
+               "eval_others_cpu": eval_region.others,
+               "batch_size": config.batch_size, "steps": planned, "training_hours": training / 3600,
+               "evaluation_minutes": evaluation / 60, "measured_steps": steps}
+        rows.append(row)
+        print(f"{name:<28} {rate:8.1f} steps/s (batch {config.batch_size}, others {100 * region.others:3.0f} % CPU)  "
+              f"{planned:>9} steps -> training {training / 3600:7.2f} h, "
+              f"evaluation K=5000 ≈ {evaluation / 60:5.1f} min",
+              flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------- helpers
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write(path: Path, record: dict) -> None:
+    atomic_write(path, json.dumps(record, indent=2) + "\n")
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=common.ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="+", help="preset name(s) (vaekit presets lists them)")
+    parser.add_argument("--quick", action="store_true", help="300 steps and small evaluations: checks the pipeline")
+    parser.add_argument("--steps", type=int, default=None, help="train for this many steps instead of the budget")
+    parser.add_argument("--estimate", action="store_true", help="measure steps/s and project durations; no record")
+    parser.add_argument("--estimate-steps", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the run, snapshots, record and figure")
+    parser.add_argument("--data-dir", default=str(common.MNIST_DIR))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for training (default: the preset's, auto)")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples of the final evaluation")
+    parser.add_argument("--n-test", type=int, default=0, help="test images of the final evaluation (0: all)")
+    parser.add_argument("--curve-k", type=int, default=1000, help="importance samples per snapshot of the curve")
+    parser.add_argument("--curve-n", type=int, default=2000, help="test images per snapshot of the curve")
+    parser.add_argument("--no-publish", action="store_true", help="do not write the record into the package")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if args.estimate:
+        common.write_json(RESULTS / "estimates.json", {"machine": common.machine(), "date": _now(), "commit": _commit(),
+                                                       "rows": estimate(args.presets, args)})
+        return
+    if len(args.presets) != 1 and args.out is not None:
+        parser.error("--out takes one preset")
+    for name in args.presets:
+        reproduce(name, args)
+
+
+if __name__ == "__main__":
+    main()
