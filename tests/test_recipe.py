@@ -171,6 +171,26 @@ def test_train_with_a_preset_and_overrides(tmp_path):
 
 
 # ---------------------------------------------------------------------- budgets and early stopping
+def test_a_run_of_few_epochs_on_little_data_warns_with_its_step_count(tmp_path):
+    """200 images, batch 128, 20 epochs = 40 steps: said, with the arithmetic, not silent."""
+    from vaekit.app.config import Config
+    from vaekit.app.runs import short_run
+
+    said = short_run(Config(epochs=20, batch_size=128), 200)
+    assert said == "20 epochs of 2 steps (200 examples, batch 128) = 40 steps"
+    assert short_run(Config(epochs=300, batch_size=128), 128) is None  # 300 steps: enough
+    assert short_run(Config(epochs=299, batch_size=128), 128) is not None
+    assert short_run(Config(steps=299), 60000) == "299 steps" and short_run(Config(steps=300), 10) is None
+    assert short_run(Config(time_budget="1m", epochs=1), 10) is None  # planned while training
+    done = run_cli("train", "--data", "digits", "--hidden", "16", "--epochs", "2", "--out", tmp_path / "run",
+                   "--no-figures")
+    assert done.returncode == 0, done.stderr
+    assert "warning: 2 epochs of 13 steps (1617 examples, batch 128) = 26 steps is a very short run" in done.stderr
+    quiet = run_cli("train", "--data", "digits", "--hidden", "16", "--epochs", "2", "--out", tmp_path / "q",
+                    "--no-figures", "-q")
+    assert quiet.returncode == 0 and "very short run" not in quiet.stderr
+
+
 def test_steps_budget_warns_when_short_and_resumes_with_more(tmp_path):
     out = tmp_path / "run"
     done = run_cli("train", "--data", "digits", "--hidden", "16", "--steps", "30", "--batch-size", "64",

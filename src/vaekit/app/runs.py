@@ -61,9 +61,10 @@ def train(
         with forked_rng(torch.device("cpu"), config.seed):  # the initial weights follow the seed
             model = build_model(config, train_set.event_shape)
             initialise(model, config, train_set.x)
-        if config.steps and config.steps < SHORT_RUN_STEPS and not quiet and (group is None or group.main):
-            _say(f"warning: {config.steps} steps is a very short run: its numbers are far from what the model "
-                 f"reaches (a few hundred steps at the least, usually many thousands)")
+        short = short_run(config, len(train_set.x))
+        if short and not quiet and (group is None or group.main):
+            _say(f"warning: {short} is a very short run: its numbers are far from what the model reaches "
+                 f"(a few hundred steps at the least, usually many thousands); give more --epochs or --steps N")
         # Everything that can be checked has been: only now is the folder touched. An old run
         # (--overwrite) stays as it was until the new one starts training (fit commits it).
         run = RunDirectory(out)
@@ -88,6 +89,22 @@ def train(
         finally:
             run.release()
     return run.path
+
+
+def short_run(config: Config, examples: int) -> str | None:
+    """How the run's budget reads when it plans fewer than SHORT_RUN_STEPS optimisation
+    steps ('30 steps', '20 epochs of 2 steps (200 examples, batch 128) = 40 steps'), else
+    None. A time budget plans its steps while training: never short here."""
+    if config.steps:
+        return f"{config.steps} steps" if config.steps < SHORT_RUN_STEPS else None
+    if config.time_budget is not None:
+        return None
+    per_epoch = math.ceil(examples / config.batch_size)
+    planned = config.epochs * per_epoch
+    if planned >= SHORT_RUN_STEPS:
+        return None
+    return (f"{config.epochs} epochs of {per_epoch} steps ({examples} examples, batch {config.batch_size}) "
+            f"= {planned} steps")
 
 
 def budget_text(config: Config) -> str:
