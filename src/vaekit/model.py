@@ -30,6 +30,12 @@ LOGVAR_MIN = -LOGVAR_MAX
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def num_classes(model: nn.Module) -> int:
+    """The number of classes ``model`` is conditioned on; 0 for an unconditional one,
+    including a user's module that has no ``num_classes`` attribute."""
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
 class VAE(nn.Module):
     """q(z|x) = N(μ_I, diag σ_I²) from the ``encoder``; p(z) = N(0, I); p(x|z) from the
     ``decoder`` and a ``likelihood`` family.

@@ -19,6 +19,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from vaekit.errors import VaekitError
+from vaekit.model import num_classes
 from vaekit.rundir import FIGURES
 
 __all__ = ["FIGURES", "draw_all"]
@@ -70,7 +71,7 @@ def posterior_means(
 
 def _labels(model, labels: torch.Tensor | None) -> torch.Tensor | None:
     """The labels to hand a conditional model; unconditional models get none."""
-    if not getattr(model, "num_classes", 0):
+    if not num_classes(model):
         return None
     if labels is None:
         raise VaekitError("this conditional model needs class labels with its data")
@@ -139,7 +140,7 @@ def manifold_figure(model, path: Path, n: int = 20, label: int | None = None,
 
     A conditional model draws the grid for class ``label``, or (by default) one smaller
     panel per class: the same latent grid decoded under each label."""
-    classes = getattr(model, "num_classes", 0)
+    classes = num_classes(model)
     if classes and label is None:
         return _manifold_per_class(model, path, classes, min(n, 10), class_names)
     z, values, rows, cols = _latent_grid(model.latent_dim, n)
@@ -214,7 +215,7 @@ def samples_figure(model, path: Path, n: int = 64) -> Path:
     cols = int(np.ceil(np.sqrt(n)))
     fig, ax = _figure(figsize=(7, 7))
     _show_tiles(ax, images, -(-n // cols), cols)
-    conditional = getattr(model, "num_classes", 0)
+    conditional = num_classes(model)
     which = f", classes 0…{conditional - 1} in turn" if conditional else ""
     prior = "p(z₁|z₂)p(z₂)" if hasattr(model, "z1_dim") else "N(0, I)"
     ax.set(title=f"{n} samples: E[x|z], z ~ {prior}{which}")
@@ -431,23 +432,32 @@ def _shown_features(d: int) -> tuple[list[int], str]:
     return shown, "" if d <= MAX_PANELS else f" (first {MAX_PANELS} of {d} features)"
 
 
+def _feature_panels(d: int, feature_names: list[str] | None, width: float = 2.6):
+    """A figure with one panel per feature shown (the first MAX_PANELS of ``d``), each titled
+    with its feature's name: ``(fig, [(axes, feature index)], note on features left out)``."""
+    names = feature_names_for(d, feature_names)
+    shown, note = _shown_features(d)
+    fig, axes = _panels(len(shown), width=width)
+    for ax, j in zip(axes, shown, strict=True):
+        ax.set_title(_short(names[j]), fontsize=9)
+        ax.tick_params(labelsize=7)
+    return fig, list(zip(axes, shown, strict=True)), note
+
+
 def _feature_scatter(originals: np.ndarray, recon: np.ndarray, path: Path,
                      feature_names: list[str] | None) -> Path:
     """Each feature's reconstruction E[x | z = μ(x)] against its original value, with the
     diagonal (perfect reconstruction) and R² (1 − residual / total variance)."""
     a, b = originals, recon
-    names = feature_names_for(a.shape[1], feature_names)
-    shown, note = _shown_features(a.shape[1])
-    fig, axes = _panels(len(shown))
-    for ax, j in zip(axes, shown, strict=True):
+    fig, panels, note = _feature_panels(a.shape[1], feature_names)
+    for ax, j in panels:
         ax.scatter(a[:, j], b[:, j], s=6, alpha=0.5)
         lo, hi = min(a[:, j].min(), b[:, j].min()), max(a[:, j].max(), b[:, j].max())
         ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=0.8, linestyle="--")
         total = ((a[:, j] - a[:, j].mean()) ** 2).sum()
         r2 = 1 - ((a[:, j] - b[:, j]) ** 2).sum() / total if total > 0 else float("nan")
-        ax.set_title(f"{_short(names[j])}\nR² {r2:.2f}", fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set(xlabel="original", ylabel="reconstruction")
+        ax.set_title(f"{ax.get_title()}\nR² {r2:.2f}", fontsize=9)
+    panels[0][0].set(xlabel="original", ylabel="reconstruction")
     fig.suptitle(f"reconstructions E[x | z = μ(x)] against the originals, {len(a)} examples{note}")
     return _save(fig, path)
 
@@ -465,11 +475,9 @@ def samples_figure_features(model, x: torch.Tensor | None, path: Path, feature_n
             samples = model.sample(n, mean=False, generator=torch.Generator().manual_seed(0))
     drawn = _units(samples, data_units)
     data = None if x is None else _units(x, data_units)
-    names = feature_names_for(drawn.shape[1], feature_names)
-    shown, note = _shown_features(drawn.shape[1])
-    fig, axes = _panels(len(shown))
+    fig, panels, note = _feature_panels(drawn.shape[1], feature_names)
     count = len(drawn) if data is None else min(len(drawn), len(data))
-    for ax, j in zip(axes, shown, strict=True):
+    for ax, j in panels:
         values = drawn[:, j] if data is None else np.concatenate([drawn[:, j], data[:, j]])
         lo, hi = np.quantile(values, [0.005, 0.995])  # a few wild draws would squash the rest
         edges = int(np.clip(2 * np.sqrt(count), 8, 40))  # as many bins as the smaller set fills
@@ -478,10 +486,8 @@ def samples_figure_features(model, x: torch.Tensor | None, path: Path, feature_n
             ax.hist(data[:, j], bins=bins, density=True, color="0.75", label="data")
         ax.hist(drawn[:, j], bins=bins, density=True, histtype="step", linewidth=1.4, color="C0",
                 label="samples")
-        ax.set_title(_short(names[j]), fontsize=9)
-        ax.tick_params(labelsize=7)
         ax.set_yticks([])
-    axes[0].legend(fontsize=7)
+    panels[0][0].legend(fontsize=7)
     against = "" if data is None else f", against {len(data)} training rows"
     fig.suptitle((title or f"{len(drawn)} samples x ~ p(x|z), z ~ the prior") + f"{against}{note}")
     return _save(fig, path)
@@ -498,31 +504,25 @@ def manifold_figure_features(model, path: Path, feature_names: list[str] | None 
     """Figure (b) for rows of features: each feature's decoded value E[x|z] over a grid of
     (z₁, z₂) (Φ⁻¹ of a unit-square grid; the other coordinates at 0), one heat map per
     feature; for d = 1 each feature against z. A conditional model decodes under class 0."""
-    classes = getattr(model, "num_classes", 0)
+    classes = num_classes(model)
     z, values, rows, cols = _latent_grid(model.latent_dim, n)
     y = None if not classes else torch.zeros(len(z), dtype=torch.long)
     decoded = _units(_decode(model, z, y), data_units)
-    names = feature_names_for(decoded.shape[1], feature_names)
-    shown, note = _shown_features(decoded.shape[1])
     under = "" if not classes else f", class {_class_name(0, class_names)}"
     if rows == 1:
-        fig, axes = _panels(len(shown))
-        for ax, j in zip(axes, shown, strict=True):
+        fig, panels, note = _feature_panels(decoded.shape[1], feature_names)
+        for ax, j in panels:
             ax.plot(values.numpy(), decoded[:, j])
-            ax.set_title(_short(names[j]), fontsize=9)
-            ax.tick_params(labelsize=7)
-        axes[0].set(xlabel="z")
+        panels[0][0].set(xlabel="z")
         fig.suptitle(f"decoded E[x|z] along the 1-D latent space{under}{note}")
         return _save(fig, path)
-    fig, axes = _panels(len(shown), width=2.9)
+    fig, panels, note = _feature_panels(decoded.shape[1], feature_names, width=2.9)
     a, b = float(values[0]), float(values[-1])
-    for ax, j in zip(axes, shown, strict=True):
+    for ax, j in panels:
         image = ax.imshow(decoded[:, j].reshape(rows, cols), extent=(a, b, a, b), aspect="auto",
                           cmap="viridis", interpolation="nearest")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-        ax.set_title(_short(names[j]), fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set(xlabel="z₁", ylabel="z₂")
+    panels[0][0].set(xlabel="z₁", ylabel="z₂")
     d = model.latent_dim
     rest = "" if d <= 2 else f", z₃…z_{d} = 0"
     fig.suptitle(f"decoded E[x|z] of each feature over the (z₁, z₂) plane{rest}{under}{note}")
@@ -547,17 +547,13 @@ def traversals_figure_features(model, x: torch.Tensor, path: Path, labels: torch
     decoded = _units(decode_latents(model, torch.cat([traversal(start, d, values) for d in dims]), y), data_units)
     decoded = decoded.reshape(len(dims), steps, -1)
     original = _units(x[:1], data_units)[0]
-    names = feature_names_for(decoded.shape[2], feature_names)
-    shown, note = _shown_features(decoded.shape[2])
-    fig, axes = _panels(len(shown))
-    for ax, j in zip(axes, shown, strict=True):
+    fig, panels, note = _feature_panels(decoded.shape[2], feature_names)
+    for ax, j in panels:
         for k, d in enumerate(dims):
             ax.plot(values.numpy(), decoded[k, :, j], color=f"C{k % 10}", label=f"z{d + 1}")
         ax.axhline(float(original[j]), color="0.3", linestyle=":", linewidth=1)
-        ax.set_title(_short(names[j]), fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set(xlabel="latent coordinate's value")
-    axes[0].legend(fontsize=7)
+    panels[0][0].set(xlabel="latent coordinate's value")
+    panels[0][0].legend(fontsize=7)
     fig.suptitle(f"traversals from μ(x): each feature as one latent coordinate moves over [−{width:g}, {width:g}] "
                  f"(dotted: the example's value){note}", fontsize=10)
     return _save(fig, path)
@@ -581,18 +577,14 @@ def interpolations_figure_features(model, x0: torch.Tensor, x1: torch.Tensor, pa
     paths = {m: _units(decode_latents(model, interpolate(z0, z1, steps, m), label), data_units)
              for m in ("linear", "spherical")}
     ends = _units(torch.cat([x0[:1], x1[:1]]), data_units)
-    names = feature_names_for(ends.shape[1], feature_names)
-    shown, note = _shown_features(ends.shape[1])
     t = np.linspace(0, 1, steps)
-    fig, axes = _panels(len(shown))
-    for ax, j in zip(axes, shown, strict=True):
+    fig, panels, note = _feature_panels(ends.shape[1], feature_names)
+    for ax, j in panels:
         ax.plot(t, paths["linear"][:, j], color="C0", label="linear")
         ax.plot(t, paths["spherical"][:, j], color="C1", linestyle="--", label="spherical")
         ax.plot([0, 1], ends[:, j], "o", color="0.2", markersize=4, label="original rows")
-        ax.set_title(_short(names[j]), fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set(xlabel="along the path (0: first row, 1: second)")
-    axes[0].legend(fontsize=7)
+    panels[0][0].set(xlabel="along the path (0: first row, 1: second)")
+    panels[0][0].legend(fontsize=7)
     fig.suptitle(f"interpolation between two encoded rows, decoded: linear (solid), spherical (dashed); "
                  f"dots: the two rows{note}", fontsize=10)
     return _save(fig, path)

@@ -18,6 +18,7 @@ import torch
 
 from vaekit.devices import model_device
 from vaekit.errors import VaekitError
+from vaekit.model import num_classes
 
 
 @contextmanager
@@ -103,7 +104,7 @@ def decode_latents(
     labels = None
     if y is not None:
         labels = torch.as_tensor(y, dtype=torch.long).expand(len(z)).to(device)
-    elif getattr(model, "num_classes", 0):
+    elif num_classes(model):
         labels = (torch.arange(len(z)) % model.num_classes).to(device)
     with eval_mode(model):
         out = model.decode_mean(z, labels) if mean else model.decode(z, labels).sample()

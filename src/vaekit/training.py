@@ -45,6 +45,7 @@ from vaekit import checkpoint, distributed
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import Interrupted, VaekitError, WriteError
+from vaekit.model import num_classes
 from vaekit.objectives import Batch, elbo_objective, elbo_terms
 from vaekit.rundir import RunDirectory
 from vaekit.schedules import Schedule, TimeBudget, TorchScheduler, as_schedule
@@ -412,7 +413,7 @@ def _materialize(model, source: Source, batch_size: int, device: torch.device, a
 
 
 def _labels(model, y, device, n: int | None = None):
-    if not getattr(model, "num_classes", 0):
+    if not num_classes(model):
         return None
     if y is None:
         raise VaekitError("this conditional model needs class labels with its data: give (x, labels)")
@@ -805,7 +806,7 @@ class _Trainer:
         result = None
         if len(x):
             result = {"split": name, **evaluate(
-                self.model, (x, labels if getattr(self.model, "num_classes", 0) else None),
+                self.model, (x, labels if num_classes(self.model) else None),
                 importance_samples=FINAL_K, seed=self.settings["seed"])}
             distributed.together(lambda: self.run and self.run.write_evaluation(result), self.group, main_only=True)
         if figures and self.run is not None:

@@ -318,7 +318,9 @@ def sample(
     _check_table_output(output, model)
     y = None
     if label is not None:
-        classes = getattr(model, "num_classes", 0)
+        from vaekit.model import num_classes
+
+        classes = num_classes(model)
         if not classes:
             raise VaekitError(f"--label needs a conditional model (--model cvae); {run_dir} is '{config.model}'")
         y = class_index(label, classes, record.get("classes"))

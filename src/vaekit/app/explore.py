@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.model import num_classes
 
 Z_LIMIT = 50.0  # largest |z_i| accepted: 50 prior standard deviations, far outside the data
 MAX_GRID = 32  # grid columns and rows: 32² = 1024 decodes per request at most
@@ -75,7 +76,7 @@ class Explorer:
 
     @property
     def classes(self) -> int:
-        return int(getattr(self.model, "num_classes", 0))
+        return num_classes(self.model)
 
     # -- decoding
     @torch.no_grad()

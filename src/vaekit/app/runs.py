@@ -25,7 +25,7 @@ from vaekit.app.config import MAY_CHANGE_ON_RESUME, SHORT_RUN_STEPS, Config, sch
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
-from vaekit.model import AE, VAE, TwoLayerVAE
+from vaekit.model import AE, VAE, TwoLayerVAE, num_classes
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
 from vaekit.trackers import check_installed, trackers
 from vaekit.training import Callback, EarlyStopping, fit
@@ -241,7 +241,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     if not quiet:
         callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
     train_set, val_set = splits["train"], splits["validation"]
-    conditional = bool(getattr(model, "num_classes", 0))
+    conditional = bool(num_classes(model))
     policy.tune(step_flops(model, config), quiet=quiet)
     budget = {"epochs": config.epochs}
     if config.steps:
@@ -473,7 +473,7 @@ MAX_CLASSES = 100_000
 def labels_for(model, dataset) -> torch.Tensor | None:
     """The labels to pass along with ``dataset`` to ``model``: its labels when the model is
     conditional, ``None`` otherwise (unconditional models ignore labels)."""
-    classes = getattr(model, "num_classes", 0)
+    classes = num_classes(model)
     if not classes:
         return None
     if dataset.labels is None:
