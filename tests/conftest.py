@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -19,6 +20,18 @@ MNIST_DIR = Path(os.environ.get("VAEKIT_TEST_MNIST")
 # environment variable also caps vaekit's automatic thread count (vaekit.app.threads).
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+def full_disk_for(monkeypatch, name: str) -> None:
+    """Make fsync of a temporary file for ``name`` fail as on a full disk."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import full_disk_for, run_cli
 from vaekit import checkpoint, rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
@@ -360,21 +360,9 @@ def test_unwritable_output_directory(capsys, grey, tmp_path, monkeypatch):
     assert list((tmp_path / "locked").iterdir()) == []
 
 
-def _full_disk_for(monkeypatch, name: str) -> None:
-    """Make fsync of a temporary file for ``name`` fail as on a full disk."""
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, monkeypatch):
     before = (run / rundir.CHECKPOINT).read_bytes()
-    _full_disk_for(monkeypatch, rundir.CHECKPOINT)
+    full_disk_for(monkeypatch, rundir.CHECKPOINT)
     with pytest.raises(VaekitError) as failed:
         resume(run, {"epochs": 3}, quiet=True, figures=False)
     message = str(failed.value)
@@ -392,7 +380,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, m
 # The files a run writes before its first step (the weights come at the end of an epoch).
 @pytest.mark.parametrize("name", [rundir.CONFIG, rundir.DATA, rundir.INFO, rundir.METRICS])
 def test_full_disk_when_training_starts_leaves_no_half_run(capsys, grey, tmp_path, monkeypatch, name):
-    _full_disk_for(monkeypatch, name)
+    full_disk_for(monkeypatch, name)
     err = fails(capsys, "train", "--data", grey, "--out", tmp_path / "o", *TINY)
     assert "No space left on device" in err
     assert list((tmp_path / "o").iterdir()) == []

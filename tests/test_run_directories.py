@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import SRC
+from conftest import SRC, full_disk_for
 from vaekit import rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
@@ -219,17 +219,6 @@ def test_library_overwrite_replaces_a_fit_run_as_one_step(tmp_path):
 
 
 # ---------------------------------------------------------------------- 2. every writer is atomic
-def _full_disk_for(monkeypatch, name: str) -> None:
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        if f".{name}." in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
 # (command, output file name, where it goes: "out" = the test's folder, "run" = into the run);
 # --overwrite because the old file is there on purpose (without it the command refuses first)
 WRITERS = [
@@ -256,7 +245,7 @@ def test_every_writer_keeps_the_old_file_when_the_disk_is_full(capsys, received,
     folder = received if where == "run" else tmp_path / "out"
     folder.mkdir(exist_ok=True)
     (folder / name).write_bytes(b"the previous file")
-    _full_disk_for(monkeypatch, name)
+    full_disk_for(monkeypatch, name)
     args = [a.format(run=received, out=tmp_path / "out") for a in command]
     err = fails(capsys, *args)
     assert f"could not write {folder / name}: No space left on device" in err  # the file is named
@@ -268,7 +257,7 @@ def test_every_writer_keeps_the_old_file_when_the_disk_is_full(capsys, received,
                                          (CURVE, ["--curve", "--no-save"])])
 def test_evaluate_keeps_its_stored_files_when_the_disk_is_full(capsys, old_run, monkeypatch, name, flags):
     (old_run / name).write_bytes(b"the previous file")
-    _full_disk_for(monkeypatch, name)
+    full_disk_for(monkeypatch, name)
     assert main(["evaluate", str(old_run), "--samples", "5", *flags]) == 0  # the printed result counts
     out = capsys.readouterr()
     assert "log_likelihood" in out.out
@@ -280,7 +269,7 @@ def test_evaluate_keeps_its_stored_files_when_the_disk_is_full(capsys, old_run, 
 def test_config_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.json"
     path.write_text("previous")
-    _full_disk_for(monkeypatch, "c.json")
+    full_disk_for(monkeypatch, "c.json")
     with pytest.raises(VaekitError, match="No space left on device"):
         Config().save(path)
     assert path.read_text() == "previous"

@@ -427,16 +427,12 @@ def _panels(count: int, width: float = 2.6, height: float = 2.4):
     return fig, list(axes.flat[:count])
 
 
-def _shown_features(d: int) -> tuple[list[int], str]:
-    shown = list(range(min(d, MAX_PANELS)))
-    return shown, "" if d <= MAX_PANELS else f" (first {MAX_PANELS} of {d} features)"
-
-
 def _feature_panels(d: int, feature_names: list[str] | None, width: float = 2.6):
     """A figure with one panel per feature shown (the first MAX_PANELS of ``d``), each titled
     with its feature's name: ``(fig, [(axes, feature index)], note on features left out)``."""
     names = feature_names_for(d, feature_names)
-    shown, note = _shown_features(d)
+    shown = list(range(min(d, MAX_PANELS)))
+    note = "" if d <= MAX_PANELS else f" (first {MAX_PANELS} of {d} features)"
     fig, axes = _panels(len(shown), width=width)
     for ax, j in zip(axes, shown, strict=True):
         ax.set_title(_short(names[j]), fontsize=9)
