@@ -6,6 +6,12 @@ the test NLL against training time, next to the published number.
     python benchmarks/reproduce.py burda2016-vae-1l-cpu60 --quick   # the whole pipeline in a few minutes (300 steps,
                                                                     # K = 100 on 1000 test images): numbers not citable
     python benchmarks/reproduce.py --estimate pytorch-examples burda2016-vae-1l   # steps/s here, projected durations
+    python benchmarks/reproduce.py burda2016-vae-1l --hours 2   # two hours of a 5-7 h protocol, then evaluate
+                                                               # where it reached; run it again to go on
+
+``--hours H`` ends this session's training after the epoch in which H hours have passed and
+evaluates the model where it reached (the record says which pass: ``reached``,
+``budget_reached``); the same command continues it later.
 
 Run the same command again after an interruption (Ctrl-C, a kill, a reboot): training resumes
 from its checkpoint (bit for bit for step and epoch budgets) and evaluations already done are
@@ -30,6 +36,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +93,18 @@ class Snapshots(vaekit.Callback):
                          epochs=loop.epochs_done)
 
 
+class SessionLimit(vaekit.Callback):
+    """Asks the loop to stop (after the current epoch, with its checkpoint) once this
+    session has trained ``hours``: a long protocol then goes on in a later session."""
+
+    def __init__(self, hours: float):
+        self.seconds, self.start = 3600.0 * hours, time.monotonic()
+
+    def on_step_end(self, loop, loss: float) -> None:
+        if time.monotonic() - self.start >= self.seconds:
+            loop.stop()
+
+
 # ---------------------------------------------------------------------- one reproduction
 def reproduce(name: str, args) -> dict:
     preset = presets.load(name)
@@ -112,16 +131,18 @@ def reproduce(name: str, args) -> dict:
     if not record.get("training_done"):
         snapshot = Snapshots(snaps, None if quick else marks_seconds(),
                              [int(config.steps * f) for f in (0.1, 0.25, 0.5, 0.75)] if quick else None)
+        callbacks = [snapshot] + ([SessionLimit(args.hours)] if args.hours else [])
         session = {"started": _now(), "commit": _commit()}
         with common.timed() as region:
             if (run_dir / "checkpoint.safetensors").is_file():
                 resume(run_dir, {"data_dir": args.data_dir, **({"threads": args.threads} if args.threads else {})},
-                       quiet=args.quiet, figures=False, callbacks=[snapshot])
+                       quiet=args.quiet, figures=False, callbacks=callbacks)
             else:
-                train(config, run_dir, overwrite=True, quiet=args.quiet, figures=False, callbacks=[snapshot])
+                train(config, run_dir, overwrite=True, quiet=args.quiet, figures=False, callbacks=callbacks)
         session.update(wall_seconds=region.seconds, others_cpu=region.others, ended=_now())
         record["sessions"].append(session)
-        record["training_done"] = True
+        # a session cut short by --hours leaves the budget unspent: the next run continues it
+        record["training_done"] = _training_summary(run_dir, load_config(run_dir))["budget_reached"]
         _write(record_path, record)
 
     record.update(_training_summary(run_dir, load_config(run_dir)))
@@ -131,10 +152,11 @@ def reproduce(name: str, args) -> dict:
             curve[path.name] = {"file": path.name, **_evaluate_snapshot(run_dir, path, curve_k, curve_n)}
             record["curve"] = sorted(curve.values(), key=lambda p: p["seconds"])
             _write(record_path, record)
-    if not record.get("final") or record["final"].get("importance_samples") != k:
+    final = record.get("final") or {}
+    if final.get("importance_samples") != k or final.get("steps", record["steps"]) != record["steps"]:
         with common.timed() as region:
             final = _evaluate(*load_run(run_dir), run_dir, k, n_test)
-        record["final"] = {**final, "seconds": region.seconds, "others_cpu": region.others}
+        record["final"] = {**final, "steps": record["steps"], "seconds": region.seconds, "others_cpu": region.others}
     final = record["final"]
     value, se = _measured(final, preset.measure)
     record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
@@ -142,8 +164,9 @@ def reproduce(name: str, args) -> dict:
     figure = nll_figure(record, out / "nll_vs_time.png")
     published = preset.published
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
+    where = "" if record["budget_reached"] else f" (budget not reached: {record['reached']}; run it again to go on)"
     print(f"{name}: {preset.measure} {value:.2f} ± {se:.2f}{gap}; training {record['training_seconds'] / 60:.1f} min, "
-          f"{record['steps']} steps; record {record_path}; figure {figure}")
+          f"{record['steps']} steps{where}; record {record_path}; figure {figure}")
     if not quick and not args.steps and not args.no_publish and record.get("budget_reached"):
         atomic_write(presets.RECORDS / f"{name}.json", json.dumps(record, indent=2) + "\n")
         print(f"published the record to {presets.RECORDS / (name + '.json')} (vaekit presets shows it)")
@@ -327,6 +350,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=0, help="test images of the final evaluation (0: all)")
     parser.add_argument("--curve-k", type=int, default=1000, help="importance samples per snapshot of the curve")
     parser.add_argument("--curve-n", type=int, default=2000, help="test images per snapshot of the curve")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="train at most this long in this session, then evaluate where it reached")
     parser.add_argument("--no-publish", action="store_true", help="do not write the record into the package")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -334,6 +359,8 @@ def main() -> None:
         common.write_json(RESULTS / "estimates.json", {"machine": common.machine(), "date": _now(), "commit": _commit(),
                                                        "rows": estimate(args.presets, args)})
         return
+    if args.hours is not None and not args.hours > 0:
+        parser.error(f"--hours must be positive, got {args.hours}")
     if len(args.presets) != 1 and args.out is not None:
         parser.error("--out takes one preset")
     for name in args.presets:
