@@ -49,6 +49,7 @@ from vaekit.app import presets  # noqa: E402
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import select_split  # noqa: E402
 from vaekit.app.runs import build_model, load_config, load_run, resume, train  # noqa: E402
+from vaekit.errors import Interrupted, VaekitError  # noqa: E402
 from vaekit.rundir import RunDirectory, atomic_write, read_metrics, save_weights  # noqa: E402
 
 RESULTS = common.ROOT / "benchmarks" / "results" / "reproduce"
@@ -364,7 +365,12 @@ def main() -> None:
     if len(args.presets) != 1 and args.out is not None:
         parser.error("--out takes one preset")
     for name in args.presets:
-        reproduce(name, args)
+        try:
+            reproduce(name, args)
+        except VaekitError as error:  # an interruption says how to go on: the same command resumes
+            hint = "; run the same command to go on" if isinstance(error, Interrupted) else ""
+            print(f"{name}: {error}{hint}", file=sys.stderr)
+            sys.exit(error.exit_code)
 
 
 if __name__ == "__main__":
