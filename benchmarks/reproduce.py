@@ -163,6 +163,7 @@ def reproduce(name: str, args) -> dict:
     record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
     _write(record_path, record)
     figure = nll_figure(record, out / "nll_vs_time.png")
+    validation_figure(record, run_dir, out / "validation_vs_examples.png")
     published = preset.published
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
     where = "" if record["budget_reached"] else f" (budget not reached: {record['reached']}; run it again to go on)"
@@ -259,6 +260,35 @@ def nll_figure(record: dict, path: Path) -> Path:
                  f"{record['machine']['cores']} cores, others took up to {100 * others:.0f} % of the CPU", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def validation_figure(record: dict, run_dir: Path, path: Path) -> Path | None:
+    """Each epoch's validation ELBO against the training examples seen, on a log axis: the
+    axes of Kingma & Welling's Fig. 2 (their lower bound on the test set, which is what a
+    preset with ``validation_split = "test"`` validates on)."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in read_metrics(run_dir) if isinstance(r.get("validation_elbo"), (int, float))]
+    if not rows:
+        return None
+    config = record["config"]
+    batch = config["batch_size"]
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot([r["steps"] * batch for r in rows], [r["validation_elbo"] for r in rows], color="#1f77b4", lw=1)
+    ax.set_xscale("log")
+    where = ("the test set" if config.get("validation_split") == "test"
+             else f"{100 * config.get('validation_fraction', 0):.2g} % of the training images, held out")
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel("ELBO (nats), one sample per image")
+    ax.set_title(f"{record['preset']}: the ELBO after each epoch on {where}\n"
+                 f"last {rows[-1]['validation_elbo']:.2f} after {rows[-1]['steps'] * batch:.3g} examples", fontsize=9)
+    values = [r["validation_elbo"] for r in rows]
+    ax.set_ylim(max(min(values), max(values) - 50) - 1, max(values) + 1)  # the first epochs' bounds dwarf the rest
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path)
     return path
