@@ -175,6 +175,20 @@ def reproduce(name: str, args) -> dict:
     return record
 
 
+def redraw(name: str, args) -> list[Path]:
+    """The figures again, from the record alone: the results folder's, or else the one the
+    package holds (a published run whose folder is not on this machine)."""
+    out = args.out or RESULTS / name
+    record = _read(out / "record.json") or _read(presets.RECORDS / f"{name}.json")
+    if not record or "final" not in record:
+        raise VaekitError(f"no finished record of {name!r} in {out} or in the package: run it first")
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [nll_figure(record, out / "nll_vs_time.png"),
+             validation_figure(record, out / "run", out / "validation_vs_examples.png")]
+    print(f"{name}: drew {', '.join(str(p) for p in drawn if p)}")
+    return [p for p in drawn if p]
+
+
 def _training_summary(run_dir: Path, config: Config) -> dict:
     from vaekit.checkpoint import load
 
@@ -271,22 +285,30 @@ def validation_figure(record: dict, run_dir: Path, path: Path) -> Path | None:
     preset with ``validation_split = "test"`` validates on)."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in read_metrics(run_dir) if isinstance(r.get("validation_elbo"), (int, float))]
-    if not rows:
-        return None
     config = record["config"]
     batch = config["batch_size"]
+    rows = [r for r in read_metrics(run_dir) if isinstance(r.get("validation_elbo"), (int, float))]
+    if rows:
+        points = [(r["steps"] * batch, r["validation_elbo"]) for r in rows]
+        where = ("the test set" if config.get("validation_split") == "test"
+                 else f"{100 * config.get('validation_fraction', 0):.2g} % of the training images, held out")
+        title, ylabel = f"the ELBO after each epoch on {where}", "ELBO (nats), one sample per image"
+    else:  # the run folder is gone (a published record alone): the snapshots' ELBO instead
+        curve = record.get("curve") or []
+        if not curve:
+            return None
+        points = [(p["steps"] * batch, p["elbo"]) for p in curve]
+        title = f"the ELBO of each snapshot on the first {curve[0]['n']} test images"
+        ylabel = f"ELBO (nats), mean of {curve[0]['importance_samples']} samples per image"
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.add_subplot()
-    ax.plot([r["steps"] * batch for r in rows], [r["validation_elbo"] for r in rows], color="#1f77b4", lw=1)
+    ax.plot([x for x, _ in points], [y for _, y in points], "-" if rows else "o-", color="#1f77b4", lw=1)
     ax.set_xscale("log")
-    where = ("the test set" if config.get("validation_split") == "test"
-             else f"{100 * config.get('validation_fraction', 0):.2g} % of the training images, held out")
     ax.set_xlabel("training examples seen")
-    ax.set_ylabel("ELBO (nats), one sample per image")
-    ax.set_title(f"{record['preset']}: the ELBO after each epoch on {where}\n"
-                 f"last {rows[-1]['validation_elbo']:.2f} after {rows[-1]['steps'] * batch:.3g} examples", fontsize=9)
-    values = [r["validation_elbo"] for r in rows]
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{record['preset']}: {title}\n"
+                 f"last {points[-1][1]:.2f} after {points[-1][0]:.3g} examples", fontsize=9)
+    values = [value for _, value in points]
     ax.set_ylim(max(min(values), max(values) - 50) - 1, max(values) + 1)  # the first epochs' bounds dwarf the rest
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -384,6 +406,8 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=None,
                         help="train at most this long in this session, then evaluate where it reached")
     parser.add_argument("--no-publish", action="store_true", help="do not write the record into the package")
+    parser.add_argument("--redraw", action="store_true",
+                        help="only draw the figures again from the record (the package's where no run is here)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.estimate:
@@ -396,7 +420,7 @@ def main() -> None:
         parser.error("--out takes one preset")
     for name in args.presets:
         try:
-            reproduce(name, args)
+            redraw(name, args) if args.redraw else reproduce(name, args)
         except VaekitError as error:  # an interruption says how to go on: the same command resumes
             hint = "; run the same command to go on" if isinstance(error, Interrupted) else ""
             print(f"{name}: {error}{hint}", file=sys.stderr)

@@ -1,0 +1,92 @@
+"""benchmarks/reproduce.py end to end on real MNIST, with budgets small enough for CI: the
+record, the figures, resuming a session cut short by --hours, redrawing from a record, and
+one-line errors. Skipped where MNIST is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MNIST_DIR, SRC
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+RECORDS = SRC / "vaekit" / "app" / "presets" / "records"
+SMALL = ("--k", "20", "--n-test", "200", "--curve-k", "10", "--curve-n", "100", "--threads", "1", "--quiet")
+
+needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                                 reason="MNIST not found at ../shared/data/mnist")
+
+
+def reproduce(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def published() -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in RECORDS.glob("*.json")}
+
+
+@needs_mnist
+def test_a_session_cut_short_by_hours_resumes_and_is_evaluated_again(tmp_path):
+    before = published()
+    out = tmp_path / "pe"
+    # pytorch-examples: 469 steps per epoch; --hours stops after the epoch in which the time passed
+    first = reproduce("pytorch-examples", "--steps", "1000", "--hours", "1e-9", "--out", out,
+                      "--data-dir", MNIST_DIR, *SMALL)
+    assert first.returncode == 0, first.stderr
+    assert "budget not reached" in first.stdout and "run it again to go on" in first.stdout
+    record = json.loads((out / "record.json").read_text())
+    assert record["training_done"] is False and record["budget_reached"] is False
+    assert 0 < record["steps"] < 1000
+    assert record["final"]["steps"] == record["steps"]
+    assert record["final"]["importance_samples"] == 20 and record["final"]["n"] == 200
+    assert record["measure"] == "loss" and record["measured"] == pytest.approx(-record["final"]["elbo"])
+    assert record["published"] == pytest.approx(105.6)
+    assert (out / "nll_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "validation_vs_examples.png").is_file()
+
+    second = reproduce("pytorch-examples", "--steps", "1000", "--out", out, "--data-dir", MNIST_DIR, *SMALL)
+    assert second.returncode == 0, second.stderr
+    resumed = json.loads((out / "record.json").read_text())
+    assert resumed["training_done"] is True and resumed["budget_reached"] is True
+    assert resumed["steps"] == 1000 and resumed["final"]["steps"] == 1000  # evaluated again where it reached
+    assert len(resumed["sessions"]) == 2
+    # a finished record is not trained or evaluated again
+    third = reproduce("pytorch-examples", "--steps", "1000", "--out", out, "--data-dir", MNIST_DIR, *SMALL)
+    assert third.returncode == 0, third.stderr
+    again = json.loads((out / "record.json").read_text())
+    assert len(again["sessions"]) == 2 and again["final"] == resumed["final"]
+    # a step budget is not the preset's protocol: nothing goes into the package
+    assert published() == before
+
+    for figure in ("nll_vs_time.png", "validation_vs_examples.png"):
+        (out / figure).unlink()
+    redrawn = reproduce("pytorch-examples", "--redraw", "--out", out)
+    assert redrawn.returncode == 0, redrawn.stderr
+    assert (out / "nll_vs_time.png").is_file() and (out / "validation_vs_examples.png").is_file()
+    assert json.loads((out / "record.json").read_text()) == again  # redrawing reads, never writes
+
+
+def test_redraw_uses_the_package_record_when_no_run_is_here(tmp_path):
+    name = next(p.stem for p in sorted(RECORDS.glob("*.json")))
+    result = reproduce(name, "--redraw", "--out", tmp_path / "figures")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "figures" / "nll_vs_time.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, words", [
+    (("no-such-preset", "--quick"), "no-such-preset"),
+    (("burda2016-iwae-2l-k50", "--redraw", "--out", "{tmp}/none"), "no finished record"),
+    (("pytorch-examples", "--hours", "0"), "--hours must be positive"),
+])
+def test_bad_input_is_one_line_without_a_traceback(tmp_path, args, words):
+    result = reproduce(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert words in result.stderr.strip().splitlines()[-1]  # the message is one line (argparse's usage comes first)
