@@ -299,11 +299,16 @@ class ProgressLines(Callback):
         done = epoch - self.first + 1
         per_epoch = (now - self.started) / done
         parts.append(f"{_duration(per_epoch)}/epoch")
+        left = []  # each budget's remaining time; the run ends at the first
         if loop.epochs is not None and epoch < loop.epochs:
-            parts.append(f"about {_duration(per_epoch * (loop.epochs - epoch))} left")
-        elif loop.epochs is None and loop.total_steps and loop.steps_done > self.first_step:  # a step or time budget
+            left.append(per_epoch * (loop.epochs - epoch))
+        if loop.budget is not None:  # a time budget ends on its clock, whatever pace the plan assumed
+            left.append(max(0.0, loop.budget.seconds - loop.seconds))
+        elif loop.total_steps and loop.steps_done > self.first_step:  # a step budget
             per_step = (now - self.started) / (loop.steps_done - self.first_step)
-            parts.append(f"about {_duration(per_step * max(0, loop.total_steps - loop.steps_done))} left")
+            left.append(per_step * max(0, loop.total_steps - loop.steps_done))
+        if left:
+            parts.append(f"about {_duration(min(left))} left")
         _say("  ".join(parts))
 
 
