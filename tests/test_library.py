@@ -347,5 +347,7 @@ def test_run_directories_of_vaekit_0_1_load_evaluate_and_resume(tmp_path, name):
         for key, value in want.items():
             if key.startswith("validation_"):  # now summed in float64, 0.1 summed in float32
                 assert got[key] == pytest.approx(value, rel=1e-6), key
-            else:  # the training steps are bit for bit those vaekit 0.1 made
-                assert got[key] == value, key
+            else:  # the training steps are those vaekit 0.1 made: bit for bit on the CPU that wrote the
+                # fixtures (an Intel Xeon); another CPU's kernels round differently (2e-7 on an AMD EPYC),
+                # while a wrong random state or optimiser state would move these by far more than 1e-5
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
