@@ -162,8 +162,7 @@ def reproduce(name: str, args) -> dict:
     value, se = _measured(final, preset.measure)
     record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
     _write(record_path, record)
-    figure = nll_figure(record, out / "nll_vs_time.png")
-    validation_figure(record, run_dir, out / "validation_vs_examples.png")
+    figure = figures(record, out)[0]
     published = preset.published
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
     where = "" if record["budget_reached"] else f" (budget not reached: {record['reached']}; run it again to go on)"
@@ -183,10 +182,16 @@ def redraw(name: str, args) -> list[Path]:
     if not record or "final" not in record:
         raise VaekitError(f"no finished record of {name!r} in {out} or in the package: run it first")
     out.mkdir(parents=True, exist_ok=True)
+    drawn = figures(record, out)
+    print(f"{name}: drew {', '.join(map(str, drawn))}")
+    return drawn
+
+
+def figures(record: dict, out: Path) -> list[Path]:
+    """A record's figures in ``out`` (its run folder ``out/run`` where there is one)."""
     drawn = [nll_figure(record, out / "nll_vs_time.png"),
              validation_figure(record, out / "run", out / "validation_vs_examples.png")]
-    print(f"{name}: drew {', '.join(str(p) for p in drawn if p)}")
-    return [p for p in drawn if p]
+    return [path for path in drawn if path is not None]
 
 
 def _training_summary(run_dir: Path, config: Config) -> dict:

@@ -16,6 +16,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MNIST_DIR = Path(os.environ.get("VAEKIT_TEST_MNIST")
                  or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
+
+def _has_mnist() -> bool:
+    from vaekit.app.data import mnist
+
+    return all((MNIST_DIR / name).is_file() for name in mnist.FILES)
+
+
+needs_mnist = pytest.mark.skipif(not _has_mnist(), reason=f"no MNIST files in {MNIST_DIR}")
+
 # Two test processes on two cores spin against each other; one thread each is faster. The
 # environment variable also caps vaekit's automatic thread count (vaekit.app.threads).
 os.environ["OMP_NUM_THREADS"] = "1"

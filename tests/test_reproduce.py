@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_DIR, SRC
+from conftest import MNIST_DIR, SRC, needs_mnist
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
 RECORDS = SRC / "vaekit" / "app" / "presets" / "records"
 SMALL = ("--k", "20", "--n-test", "200", "--curve-k", "10", "--curve-n", "100", "--threads", "1", "--quiet")
-
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                                 reason="MNIST not found at ../shared/data/mnist")
 
 
 def reproduce(*args: str) -> subprocess.CompletedProcess:

@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST_DIR, run_cli
+from conftest import MNIST_DIR, needs_mnist, run_cli
 from vaekit.app.data import download as dl
 from vaekit.app.data import load_data, mnist
 from vaekit.errors import VaekitError
 
 from .helpers import cli, sha256
-
-needs_mnist = pytest.mark.skipif(
-    not all((MNIST_DIR / f).is_file() for f in mnist.FILES), reason=f"no MNIST files in {MNIST_DIR}"
-)
 
 
 def test_loads_official_layout_scaled_to_unit_interval(fake_mnist):
