@@ -29,7 +29,7 @@ def test_lr_schedule_mini_language_with_defaults():
 
 
 def schedules_from(text: str):
-    from vaekit.app.config import schedule_from_spec
+    from vaekit.app.factories import schedule_from_spec
 
     return schedule_from_spec(Config(lr_schedule=text).validate().schedule)
 

@@ -28,6 +28,7 @@ from torch.distributions import (
 )
 
 from vaekit.errors import VaekitError
+from vaekit.registry import LIKELIHOODS
 
 
 class BernoulliLikelihood(nn.Module):
@@ -396,7 +397,7 @@ class DiscretizedLogisticLikelihood(nn.Module):
         return params.select(-dims - 1, 0).clamp(0.0, 1.0)
 
 
-NAMES = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "laplace")
+NAMES = LIKELIHOODS.names  # the families, as :data:`vaekit.registry.LIKELIHOODS` lists them
 
 
 def make_likelihood(
@@ -407,18 +408,15 @@ def make_likelihood(
     levels: int = 256,
 ) -> nn.Module:
     """The likelihood family ``name`` (one of :data:`NAMES`); ``sigma`` (Gaussian and Laplace)
-    is a positive number for a fixed σ_G, or ``"shared"`` / ``"per-dim"`` to learn it."""
-    if name == "bernoulli":
-        return BernoulliLikelihood(event_shape)
-    if name == "gaussian":
-        return GaussianLikelihood(event_shape, sigma, sigma_min)
-    if name == "laplace":
-        return LaplaceLikelihood(event_shape, sigma, sigma_min)
-    if name == "continuous-bernoulli":
-        return ContinuousBernoulliLikelihood(event_shape)
-    if name == "logistic":
-        return DiscretizedLogisticLikelihood(event_shape, levels)
-    raise VaekitError(f"unknown likelihood {name!r}; choose one of {', '.join(NAMES)}")
+    is a positive number for a fixed σ_G, or ``"shared"`` / ``"per-dim"`` to learn it;
+    ``levels`` the grey levels of the discretised logistic."""
+    entry = LIKELIHOODS[name]
+    options: dict = {}
+    if entry.trait("sigma"):
+        options.update(sigma=sigma, sigma_min=sigma_min)
+    if entry.trait("levels"):
+        options.update(levels=levels)
+    return entry(event_shape, **options)
 
 
 def _event_dims(likelihood, params: torch.Tensor, given: int | None, parameter_axis: bool = False) -> int:

@@ -15,17 +15,10 @@ import torch
 from torch import nn
 
 from vaekit.errors import VaekitError
+from vaekit.registry import ACTIVATIONS as ACTIVATION_REGISTRY
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-    "sigmoid": nn.Sigmoid,
-}
+# ``ACTIVATIONS[name]()`` builds the torch module the registry names (an unknown name: a VaekitError)
+ACTIVATIONS = ACTIVATION_REGISTRY
 
 
 def _one_hot(y: torch.Tensor, classes: int, like: torch.Tensor) -> torch.Tensor:

@@ -17,33 +17,26 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from vaekit import registry
 from vaekit.errors import VaekitError
+from vaekit.registry import Entry, Registry, Spec
 
-MODELS = ("vae", "ae", "cvae", "hvae")
-ARCHITECTURES = ("mlp", "linear", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous-bernoulli", "logistic", "laplace")
-ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "gelu", "silu", "leaky_relu", "sigmoid")
-KL_ESTIMATORS = ("analytic", "mc")
-OBJECTIVES = ("elbo", "iwae")
-BINARIZE_MODES = ("auto", "none", "dynamic", "static", "threshold")
+# The component names a config may give: the library's registries, and the app's own bodies.
+MODELS, LIKELIHOODS, ACTIVATIONS = registry.MODELS, registry.LIKELIHOODS, registry.ACTIVATIONS
+KL_ESTIMATORS, OBJECTIVES, OPTIMIZERS = registry.KL_ESTIMATORS, registry.OBJECTIVES, registry.OPTIMIZERS
+LR_SCHEDULES = registry.SCHEDULES
+ARCHITECTURES = Registry("architecture", [
+    Entry("mlp", "vaekit.app.factories:mlp_bodies", "hidden layers, the decoder mirrors them"),
+    Entry("linear", "vaekit.app.factories:linear_bodies", "probabilistic PCA's model"),
+    Entry("conv", "vaekit.app.factories:conv_bodies", "stride-2 convolutions, see channels"),
+])
 # Grey-level renderings of binary drawings: binarize = "auto" draws them dynamically for the
 # Bernoulli likelihood (its ELBO is a bound only on binary data), the literature's protocol.
 BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
-OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
 OUTPUT_BIASES = ("zero", "data")
-# lr_schedule: name -> (parameter names, defaults); "step:10:0.5" sets them in order
-LR_SCHEDULES = {
-    "constant": ((), ()),
-    "step": (("epochs", "gamma"), (10.0, 0.5)),
-    "exponential": (("gamma",), (0.95,)),
-    "cosine": (("final",), (0.0,)),
-    "geometric": (("hold", "final"), (0.25, 0.05)),
-    "plateau": (("patience", "factor"), (5.0, 0.5)),
-    "burda": ((), ()),
-}
 SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
 # Settings that say how long to train, how often to save or where to run, not what is
 # computed: a resumed run may change them. Any other difference is refused (the result would
@@ -58,12 +51,7 @@ TRACKERS = ("tensorboard", "mlflow")
 BEFORE_THE_KEY = {"init": "default", "output_bias": "zero"}
 
 
-class ScheduleSpec(NamedTuple):
-    """A learning-rate schedule, parsed: ``name`` (a key of :data:`LR_SCHEDULES`) and its
-    numbers in order (defaults filled in)."""
-
-    name: str
-    args: tuple[float, ...] = ()
+ScheduleSpec = Spec  # a parsed lr_schedule: its name and numbers (defaults filled in)
 
 
 class Binarization(NamedTuple):
@@ -372,48 +360,16 @@ def parse_hidden(text: str, name: str = "hidden") -> list[int]:
         raise VaekitError(f"{name} must be layer sizes like '400' or '400,200', got '{text}'") from None
 
 
-def parse_lr_schedule(text: str) -> ScheduleSpec:
+def parse_lr_schedule(text: str) -> Spec:
     """``constant`` | ``step[:EPOCHS[:GAMMA]]`` | ``exponential[:GAMMA]`` | ``cosine[:FINAL]`` |
-    ``geometric[:HOLD[:FINAL]]`` | ``plateau[:PATIENCE[:FACTOR]]`` | ``burda``."""
-    name, *parts = text.split(":")
-    if name not in LR_SCHEDULES:
-        _choice("lr_schedule", name, tuple(LR_SCHEDULES))
-    names, defaults = LR_SCHEDULES[name]
-    if len(parts) > len(names):
-        usage = ":".join([name, *(n.upper() for n in names)])
-        raise VaekitError(f"lr_schedule '{text}' has too many parts: {name} takes {usage}")
+    ``geometric[:HOLD[:FINAL]]`` | ``plateau[:PATIENCE[:FACTOR]]`` | ``burda``
+    (:data:`vaekit.registry.SCHEDULES`), checked by building the schedule (its own ranges)."""
+    spec = LR_SCHEDULES.parse(text, "lr_schedule")
     try:
-        args = tuple(float(p) for p in parts) + defaults[len(parts):]
-    except ValueError:
-        raise VaekitError(f"lr_schedule '{text}': the parts after '{name}:' must be numbers") from None
-    spec = ScheduleSpec(name, args)
-    try:
-        schedule_from_spec(spec)  # the schedule's own checks (ranges), with its own message
+        LR_SCHEDULES.create(spec)
     except VaekitError as err:
         raise VaekitError(f"lr_schedule '{text}': {err}") from None
     return spec
-
-
-def schedule_from_spec(spec: ScheduleSpec):
-    """The :mod:`vaekit.schedules` schedule a parsed ``lr_schedule`` names (None: constant)."""
-    from vaekit import schedules
-
-    a = spec.args
-    if spec.name == "step":
-        return schedules.StepDecay(a[0], a[1])
-    if spec.name == "exponential":
-        return schedules.Exponential(a[0])
-    if spec.name == "cosine":
-        return schedules.Cosine(a[0])
-    if spec.name == "geometric":
-        return schedules.Geometric(a[0], a[1])
-    if spec.name == "plateau":
-        if a[0] != int(a[0]):
-            raise VaekitError(f"plateau's patience counts epochs: a whole number, got {a[0]:g}")
-        return schedules.Plateau(int(a[0]), a[1])
-    if spec.name == "burda":
-        return schedules.Burda()
-    return None
 
 
 def parse_init(text: str) -> float | None:
@@ -476,7 +432,11 @@ def parse_mirrors(text: str) -> list[str]:
     return urls
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: str, allowed: tuple[str, ...] | Registry) -> None:
+    if isinstance(allowed, Registry):
+        if value not in allowed:
+            raise VaekitError(allowed.unknown(value, name))
+        return
     if value not in allowed:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         extra = f" (did you mean '{hint[0]}'?)" if hint else ""

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,12 +18,23 @@ from typing import Any
 
 import torch
 
-from vaekit import checkpoint, distributed, likelihoods, nets, objectives, rundir
-from vaekit.app.config import MAY_CHANGE_ON_RESUME, SHORT_RUN_STEPS, Config, schedule_from_spec
+from vaekit import checkpoint, distributed
+from vaekit.app.config import MAY_CHANGE_ON_RESUME, SHORT_RUN_STEPS, Config
+from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... are also read from here)
+    build_checked,
+    build_model,
+    check_model_size,
+    data_mean,
+    initialise,
+    objective_for,
+    optimizer_for,
+    schedule_from_spec,
+    step_flops,
+)
 from vaekit.app.threads import ThreadPolicy
 from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import VaekitError
-from vaekit.model import AE, VAE, TwoLayerVAE, num_classes
+from vaekit.model import VAE, num_classes
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
 from vaekit.trackers import check_installed, trackers
 from vaekit.training import Callback, EarlyStopping, fit
@@ -114,32 +123,6 @@ def budget_text(config: Config) -> str:
     if config.time_budget is not None:
         return f"{config.time_budget} of training time"
     return f"{config.epochs} epochs"
-
-
-def initialise(model: torch.nn.Module, config: Config, x) -> None:
-    """The config's initialisation recipe on a freshly built model: ``init`` (torch's
-    default, Glorot-uniform or N(0, SD²) weights) and ``output_bias = "data"`` (the decoder's
-    output bias at the likelihood's natural parameter of the training data's mean ``x``)."""
-    from vaekit import init
-
-    if config.init == "glorot":
-        init.glorot_(model)
-    elif config.init_std is not None:
-        init.normal_(model, config.init_std)
-    if config.output_bias == "data":
-        init.output_bias_(model, data_mean(x))
-
-
-def data_mean(x) -> torch.Tensor:
-    """The mean example of ``x`` (a tensor or an array read on demand), summed in float64."""
-    from vaekit.app.data.lazy import is_lazy
-
-    total, n = None, 0
-    chunks = x.chunks() if is_lazy(x) else (x[i : i + 10_000] for i in range(0, len(x), 10_000))
-    for chunk in chunks:
-        part = torch.as_tensor(chunk).double().sum(0)
-        total, n = (part if total is None else total + part), n + len(chunk)
-    return total / n
 
 
 def resume(
@@ -362,42 +345,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-def optimizer_for(config: Config, device: torch.device):
-    """A function ``params -> optimiser`` for the config's ``optimizer``, ``lr``, ``weight_decay``
-    and Adam's ``adam_betas`` / ``adam_eps``; fused kernels where torch has them (one kernel
-    per update instead of a loop over parameters: the largest single cost of a small CPU step)."""
-    fused = device.type in ("cpu", "cuda")
-    lr, decay = config.lr, config.weight_decay
-    if config.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        betas = tuple(config.adam_betas)
-        return lambda params: cls(params, lr=lr, betas=betas, eps=config.adam_eps, weight_decay=decay, fused=fused)
-    if config.optimizer == "adagrad":
-        return lambda params: torch.optim.Adagrad(params, lr=lr, weight_decay=decay, fused=fused)
-    return lambda params: torch.optim.SGD(params, lr=lr, weight_decay=decay, fused=fused)
-
-
-def objective_for(config: Config):
-    """The training objective a config names, as a function ``(model, batch) -> (loss, terms)``."""
-    if config.objective == "iwae":
-        return functools.partial(objectives.iwae_objective, k=config.k, beta=config.beta,
-                                 warmup=float(config.kl_warmup))
-    return functools.partial(objectives.elbo_objective, samples=config.samples, kl=config.kl,
-                             beta=config.beta, warmup=float(config.kl_warmup), free_bits=config.free_bits)
-
-
-def step_flops(model: torch.nn.Module, config: Config) -> float | None:
-    """Rough FLOPs of one training step of an MLP or linear model: forward and backward
-    (3 × 2 multiply-adds per weight and example), the decoder's share once per draw; None
-    for conv bodies, whose weights are reused across the image."""
-    if config.architecture == "conv":
-        return None
-    draws = config.k if config.objective == "iwae" else config.samples
-    weights = sum(m.weight.numel() * (draws if "decoder" in name else 1)
-                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    return 6.0 * config.batch_size * weights
-
-
 def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
     """The config a resumed run uses: ``stored`` (the run's config.json) with ``changes``
     applied; refused, listing the differences, if anything but a budget setting differs
@@ -418,36 +365,6 @@ def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
 
 
 # ---------------------------------------------------------------------- models from configs
-def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
-    """The model a :class:`Config` describes, for data of ``event_shape``."""
-    event_shape = tuple(event_shape)
-    d = math.prod(event_shape)
-    likelihood = likelihoods.make_likelihood(config.likelihood, event_shape, config.sigma_value,
-                                             config.sigma_min, config.levels)
-    params = likelihood.params_per_dim
-    out_shape = ((params,) if params > 1 else ()) + event_shape
-    classes = config.classes if config.model == "cvae" else 0
-    if config.model == "cvae" and classes < 1:
-        raise VaekitError("model 'cvae' needs the number of classes (classes > 0, or labelled data)")
-    latent = config.latent_dim
-    z2 = config.latent_dim2 or max(1, latent // 2)
-    enc_out = latent if config.model == "ae" else 2 * latent
-    hidden = [] if config.architecture == "linear" else config.hidden
-    if config.architecture == "conv":
-        nets.check_conv_shape(event_shape, config.channels)
-        encoder = nets.ConvEncoder(event_shape, enc_out, config.channels, config.activation, classes)
-        decoder = nets.ConvDecoder(latent, event_shape, config.channels, config.activation, params, classes)
-    else:
-        encoder = nets.MLP(d, hidden, enc_out, config.activation, classes)
-        decoder = nets.MLP(latent, hidden[::-1], out_shape, config.activation, classes)
-    if config.model == "hvae":
-        up = nets.MLP(latent, config.hidden2, 2 * z2, config.activation)
-        down = nets.MLP(z2, config.hidden2[::-1], 2 * latent, config.activation)
-        return TwoLayerVAE(encoder, decoder, likelihood, latent, z2, up, down, event_shape=event_shape)
-    cls = AE if config.model == "ae" else VAE
-    return cls(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
-
-
 def with_classes(config: Config, labels: torch.Tensor | None, names: list[str] | None = None) -> Config:
     """``config`` with ``classes`` set from the training labels (and class ``names``, all of
     which count even if the training split misses one) for a conditional model (unchanged
@@ -558,40 +475,6 @@ def load_run_epoch(run_dir: str | Path, weights: str = "last", device: str | tor
         metrics = run.read_metrics()
         epoch = metrics[-1]["epoch"] if metrics else None
     return model.to(resolve_device(device)).eval(), dataclasses.replace(config, mirror=None), epoch
-
-
-def build_checked(config: Config, event_shape: tuple[int, ...], stored: dict[str, tuple[int, ...]],
-                  where: Path) -> VAE:
-    """:func:`build_model`, once the model's tensor shapes (found on the meta device, where
-    nothing is allocated) match the ``stored`` ones; refused otherwise."""
-    with torch.device("meta"):
-        skeleton = build_model(config, event_shape)
-    problem = rundir.mismatch(rundir.state_shapes(skeleton), stored)
-    if problem:
-        raise VaekitError(f"{where}: {problem}")
-    return build_model(config, event_shape)
-
-
-def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
-    """Refuse a model whose parameters alone would not fit in this machine's memory (a
-    typo such as ``hidden = 100000000``), before anything is allocated."""
-    with torch.device("meta"):
-        skeleton = build_model(config, event_shape)
-    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
-               if not isinstance(p, torch.nn.parameter.UninitializedParameter))
-    memory = _physical_memory()
-    if memory and size > memory:
-        raise VaekitError(
-            f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
-            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
-        )
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def load(run_dir: str | Path, model: torch.nn.Module | None = None, *, weights: str = "last",

@@ -1,0 +1,164 @@
+"""A config's parts, built: the model, its initialisation, the objective, the optimiser and
+the learning-rate schedule. Each is chosen by name from a registry
+(:mod:`vaekit.registry`, :data:`ARCHITECTURES` here), never by a chain of ifs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from vaekit import nets, rundir
+from vaekit.app.config import ARCHITECTURES, Config
+from vaekit.errors import VaekitError
+from vaekit.likelihoods import make_likelihood
+from vaekit.model import VAE
+from vaekit.registry import MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Spec
+
+
+# ---------------------------------------------------------------------- the model
+def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
+    """The model a :class:`Config` describes, for data of ``event_shape``."""
+    event_shape = tuple(event_shape)
+    kind = MODELS[config.model]
+    likelihood = make_likelihood(config.likelihood, event_shape, config.sigma_value, config.sigma_min, config.levels)
+    params = likelihood.params_per_dim
+    classes = config.classes if kind.trait("conditional") else 0
+    if kind.trait("conditional") and classes < 1:
+        raise VaekitError(f"model '{config.model}' needs the number of classes (classes > 0, or labelled data)")
+    latent = config.latent_dim
+    encoder_out = latent if kind.trait("deterministic") else 2 * latent
+    encoder, decoder = ARCHITECTURES[config.architecture](config, event_shape, encoder_out, params, classes)
+    if kind.trait("two_layer"):
+        z2 = config.latent_dim2 or max(1, latent // 2)
+        up = nets.MLP(latent, config.hidden2, 2 * z2, config.activation)
+        down = nets.MLP(z2, config.hidden2[::-1], 2 * latent, config.activation)
+        return kind(encoder, decoder, likelihood, latent, z2, up, down, event_shape=event_shape)
+    return kind(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
+
+
+def mlp_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int,
+               hidden: list[int] | None = None):
+    """(encoder, decoder) MLPs; the decoder mirrors the encoder's hidden sizes."""
+    hidden = config.hidden if hidden is None else hidden
+    out_shape = ((params,) if params > 1 else ()) + tuple(event_shape)
+    encoder = nets.MLP(math.prod(event_shape), hidden, encoder_out, config.activation, classes)
+    decoder = nets.MLP(config.latent_dim, hidden[::-1], out_shape, config.activation, classes)
+    return encoder, decoder
+
+
+def linear_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int):
+    """Probabilistic PCA's linear maps: MLPs without hidden layers."""
+    return mlp_bodies(config, event_shape, encoder_out, params, classes, hidden=[])
+
+
+def conv_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int):
+    """Stride-2 convolutions down, transposed convolutions up."""
+    nets.check_conv_shape(event_shape, config.channels)
+    encoder = nets.ConvEncoder(event_shape, encoder_out, config.channels, config.activation, classes)
+    decoder = nets.ConvDecoder(config.latent_dim, event_shape, config.channels, config.activation, params, classes)
+    return encoder, decoder
+
+
+def build_checked(config: Config, event_shape: tuple[int, ...], stored: dict[str, tuple[int, ...]],
+                  where: Path) -> VAE:
+    """:func:`build_model`, once the model's tensor shapes (found on the meta device, where
+    nothing is allocated) match the ``stored`` ones; refused otherwise."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    problem = rundir.mismatch(rundir.state_shapes(skeleton), stored)
+    if problem:
+        raise VaekitError(f"{where}: {problem}")
+    return build_model(config, event_shape)
+
+
+def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose parameters alone would not fit in this machine's memory (a
+    typo such as ``hidden = 100000000``), before anything is allocated."""
+    with torch.device("meta"):
+        skeleton = build_model(config, event_shape)
+    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
+               if not isinstance(p, torch.nn.parameter.UninitializedParameter))
+    memory = _physical_memory()
+    if memory and size > memory:
+        raise VaekitError(
+            f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
+            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def initialise(model: torch.nn.Module, config: Config, x) -> None:
+    """The config's initialisation recipe on a freshly built model: ``init`` (torch's
+    default, Glorot-uniform or N(0, SD²) weights) and ``output_bias = "data"`` (the decoder's
+    output bias at the likelihood's natural parameter of the training data's mean ``x``)."""
+    from vaekit import init
+
+    if config.init == "glorot":
+        init.glorot_(model)
+    elif config.init_std is not None:
+        init.normal_(model, config.init_std)
+    if config.output_bias == "data":
+        init.output_bias_(model, data_mean(x))
+
+
+def data_mean(x) -> torch.Tensor:
+    """The mean example of ``x`` (a tensor or an array read on demand), summed in float64."""
+    from vaekit.app.data.lazy import is_lazy
+
+    total, n = None, 0
+    chunks = x.chunks() if is_lazy(x) else (x[i : i + 10_000] for i in range(0, len(x), 10_000))
+    for chunk in chunks:
+        part = torch.as_tensor(chunk).double().sum(0)
+        total, n = (part if total is None else total + part), n + len(chunk)
+    return total / n
+
+
+# ---------------------------------------------------------------------- training parts
+def objective_for(config: Config):
+    """The training objective a config names, as a function ``(model, batch) -> (loss, terms)``,
+    given the settings among ``samples``, ``kl``, ``beta``, ``kl_warmup``, ``free_bits`` and
+    ``k`` that it takes (its keyword parameters say which)."""
+    objective = OBJECTIVES[config.objective].load()
+    settings = {"samples": config.samples, "kl": config.kl, "beta": config.beta,
+                "warmup": float(config.kl_warmup), "free_bits": config.free_bits, "k": config.k}
+    takes = inspect.signature(objective).parameters
+    return functools.partial(objective, **{k: v for k, v in settings.items() if k in takes})
+
+
+def optimizer_for(config: Config, device: torch.device):
+    """A function ``params -> optimiser`` for the config's ``optimizer``, ``lr``, ``weight_decay``
+    and Adam's ``adam_betas`` / ``adam_eps`` (:mod:`vaekit.optimizers`); fused kernels where
+    torch has them."""
+    make = OPTIMIZERS[config.optimizer].load()
+    options = {"lr": config.lr, "weight_decay": config.weight_decay, "betas": tuple(config.adam_betas),
+               "eps": config.adam_eps, "fused": device.type in ("cpu", "cuda")}
+    return lambda params: make(params, **options)
+
+
+def schedule_from_spec(spec: Spec):
+    """The :mod:`vaekit.schedules` schedule a parsed ``lr_schedule`` names (None: constant)."""
+    return SCHEDULES.create(spec)
+
+
+def step_flops(model: torch.nn.Module, config: Config) -> float | None:
+    """Rough FLOPs of one training step of an MLP or linear model: forward and backward
+    (3 × 2 multiply-adds per weight and example), the decoder's share once per draw; None
+    for conv bodies, whose weights are reused across the image."""
+    if config.architecture == "conv":
+        return None
+    draws = config.k if config.objective == "iwae" else config.samples
+    weights = sum(m.weight.numel() * (draws if "decoder" in name else 1)
+                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * config.batch_size * weights
