@@ -94,3 +94,61 @@ def test_string_settings_have_typed_values():
 def test_diff_lists_each_change():
     a, b = Config(), Config(latent_dim=9, lr=0.1)
     assert a.diff(b) == ["latent_dim: 2 -> 9", "lr: 0.001 -> 0.1"]
+
+
+# ---------------------------------------------------------------------- declared once (issue 22)
+def test_docs_settings_md_is_generated_from_the_declarations():
+    from pathlib import Path
+
+    from vaekit.app.config import settings_reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert docs.read_text() == settings_reference(), "regenerate docs/settings.md from settings_reference()"
+
+
+def test_every_setting_is_declared_once_with_help_a_section_and_a_generated_flag():
+    import dataclasses
+
+    from vaekit.app.commands.options import setting_options
+    from vaekit.app.config import SECTIONS, help_text, section_of
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    assert len(names) == len(set(names)) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
+    assert all(help_text(name) for name in names)
+    assert all(section_of(name) in SECTIONS for name in names)
+    assert [p.name for p in setting_options()] == names
+
+
+def test_toml_sections_are_an_alternative_to_flat_keys(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "ae"\n[optimisation]\nlr = 0.01\nbatch_size = 32\n[data]\ndata = "digits"\n'
+                    'validation_fraction = 0.2\n')
+    config = Config.from_file(path)
+    assert (config.model, config.lr, config.batch_size, config.validation_fraction) == ("ae", 0.01, 32, 0.2)
+    assert config.section("optimisation").lr == 0.01
+    path.write_text("[optimisation]\nlatent_dim = 3\n")
+    with pytest.raises(VaekitError, match=r"\[optimisation\] has no setting 'latent_dim' \(it is in \[model\]\)"):
+        Config.from_file(path)
+
+
+def test_component_names_come_from_one_registry_per_kind():
+    from vaekit import likelihoods, nets, registry
+    from vaekit.app import config
+
+    assert config.LIKELIHOODS is registry.LIKELIHOODS and registry.LIKELIHOODS.names == likelihoods.NAMES
+    assert nets.ACTIVATIONS is registry.ACTIVATIONS
+    for kind in (registry.MODELS, registry.LIKELIHOODS, registry.SCHEDULES, registry.OPTIMIZERS,
+                 registry.OBJECTIVES, config.ARCHITECTURES):
+        for entry in kind.values():  # every name's factory exists
+            assert entry.factory is None or callable(entry.load()), entry.name
+    with pytest.raises(VaekitError, match="did you mean 'gaussian'"):
+        Config(likelihood="gausian").validate()
+
+
+def test_the_schedule_mini_language_is_parsed_once_into_typed_numbers():
+    from vaekit.registry import SCHEDULES, Spec
+
+    assert SCHEDULES.parse("step:3") == Spec("step", (3.0, 0.5))
+    assert Config(lr_schedule="plateau:4:0.1").validate().schedule == Spec("plateau", (4.0, 0.1))
+    with pytest.raises(VaekitError, match="finite"):
+        SCHEDULES.parse("step:inf")

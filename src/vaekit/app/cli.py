@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from vaekit.app.commands import train
 from vaekit.errors import Interrupted, VaekitError
 
 app = typer.Typer(
@@ -25,25 +26,8 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
-_NOT_SETTINGS = ("out", "config", "overwrite", "figures", "quiet", "resume", "dist_backend")  # --preset is recorded as a setting
 DistBackend = Annotated[str, Opt(help="Under torchrun: the torch.distributed backend, auto (NCCL for GPUs, gloo for the CPU) | gloo | nccl.")]
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
-
-
-def _default(name: str) -> str:
-    """A setting's default as ``train --help`` shows it (the flags default to "not given", so
-    that a --config file can set them; this is what applies when neither does)."""
-    from dataclasses import MISSING, fields
-
-    from vaekit.app.config import Config
-
-    f = next(f for f in fields(Config) if f.name == name)
-    value = f.default if f.default is not MISSING else f.default_factory()
-    if isinstance(value, bool):
-        return name.replace("_", "-") if value else "no-" + name.replace("_", "-")
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return "none" if value == "" else str(value)
 
 
 def _version(show: bool) -> None:
@@ -61,123 +45,7 @@ def _main(
     """Variational Autoencoders on PyTorch: train, evaluate, sample, reconstruct, encode, plot."""
 
 
-@app.command()
-def train(
-    data: Annotated[str | None, Opt(help="Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.", show_default=_default("data"))] = None,
-    out: Annotated[str | None, Opt("--out", "-o", metavar="PATH", help="Run directory to write (default runs/<data>-<model>-<time>).")] = None,
-    config: Annotated[Path | None, Opt(help="TOML (or JSON) file of settings; flags override it.")] = None,
-    preset: Annotated[str | None, Opt(help="Start from a published protocol's settings (vaekit presets lists them); --config and flags override it.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Folder already holding a published dataset's official files (instead of the download cache).")] = None,
-    binarize: Annotated[str | None, Opt(help="auto | none | dynamic | static | threshold:LEVEL (auto: dynamic for the bernoulli likelihood on digits and the MNIST family, whose ELBO is a bound only on binary data; none otherwise).", show_default=_default("binarize"))] = None,
-    validation_fraction: Annotated[float | None, Opt(help="Share of training data held out for validation.", show_default=_default("validation_fraction"))] = None,
-    mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download published datasets from as URL/<file name> (default: $VAEKIT_MIRROR, else the official hosts, then mirrors).")] = None,
-    image_size: Annotated[int | None, Opt(help="Image folders: resize every image to N x N (0: keep sizes, which must then all match).", show_default=_default("image_size"))] = None,
-    image_mode: Annotated[str | None, Opt(help="Image folders: auto | grey | rgb (auto: grey when every image is).", show_default=_default("image_mode"))] = None,
-    label_column: Annotated[str | None, Opt(help="CSV/Parquet: the column holding labels (not used as a feature).")] = None,
-    standardize: Annotated[bool | None, Opt("--standardize/--no-standardize", help="Standardise every feature to mean 0, sd 1 over the training split; recorded in the run and applied by evaluate/encode/sample.", show_default=_default("standardize"))] = None,
-    validation_split: Annotated[str | None, Opt(help="fraction (a seeded share of the training data) | test (the dataset's official test split).", show_default=_default("validation_split"))] = None,
-    model: Annotated[str | None, Opt(help="vae | ae (the deterministic autoencoder) | cvae (conditional on the label) | hvae (two stochastic layers).", show_default=_default("model"))] = None,
-    architecture: Annotated[str | None, Opt(help="mlp | linear (linear = probabilistic PCA's model) | conv.", show_default=_default("architecture"))] = None,
-    hidden: Annotated[str | None, Opt(help="Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).", show_default=_default("hidden"))] = None,
-    activation: Annotated[str | None, Opt(help="relu | tanh | elu | softplus | gelu | silu | leaky_relu | sigmoid.", show_default=_default("activation"))] = None,
-    latent_dim: Annotated[int | None, Opt(help="Latent dimensions d.", show_default=_default("latent_dim"))] = None,
-    likelihood: Annotated[str | None, Opt(help="bernoulli | gaussian | continuous-bernoulli | logistic (discretised) | laplace.", show_default=_default("likelihood"))] = None,
-    sigma: Annotated[str | None, Opt(help="Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.", show_default=_default("sigma"))] = None,
-    sigma_min: Annotated[float | None, Opt(help="Floor on a learned σ_G.", show_default=_default("sigma_min"))] = None,
-    samples: Annotated[int | None, Opt(help="Monte-Carlo samples M per data point.", show_default=_default("samples"))] = None,
-    kl: Annotated[str | None, Opt(help="KL estimator: analytic | mc.", show_default=_default("kl"))] = None,
-    beta: Annotated[float | None, Opt(help="Weight on the KL term while training (reported ELBO always uses 1).", show_default=_default("beta"))] = None,
-    epochs: Annotated[int | None, Opt(help="Passes over the training data.", show_default=_default("epochs"))] = None,
-    steps: Annotated[int | None, Opt(help="Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short).", show_default=_default("steps"))] = None,
-    time_budget: Annotated[str | None, Opt(help="Budget in training time instead of --epochs, e.g. 60m, 1.5h, 90s: the number of steps is planned from the measured time per step (and re-planned if the pace changes); schedules follow the plan.", show_default=_default("time_budget"))] = None,
-    patience: Annotated[int | None, Opt(help="Stop when the validation ELBO has not improved for N epochs, keeping the best epoch's weights (0: off).", show_default=_default("patience"))] = None,
-    batch_size: Annotated[int | None, Opt(help="Examples per minibatch.", show_default=_default("batch_size"))] = None,
-    optimizer: Annotated[str | None, Opt(help="adam | adamw | adagrad | sgd.", show_default=_default("optimizer"))] = None,
-    lr: Annotated[float | None, Opt(help="Learning rate (the initial one, under a schedule).", show_default=_default("lr"))] = None,
-    lr_schedule: Annotated[str | None, Opt(help="constant | step[:EPOCHS[:GAMMA]] (default 10:0.5) | exponential[:GAMMA] (per epoch, 0.95) | cosine[:FINAL] (to FINAL x lr over the planned steps, 0) | geometric[:HOLD[:FINAL]] (constant for HOLD of the steps, then geometric to FINAL x lr; 0.25:0.05) | plateau[:PATIENCE[:FACTOR]] (5:0.5) | burda (3^i passes at lr x 10^(-i/7), i = 0..7).", show_default=_default("lr_schedule"))] = None,
-    adam_betas: Annotated[str | None, Opt(help="Adam/AdamW beta1,beta2 (default 0.9,0.999).", show_default=_default("adam_betas"))] = None,
-    adam_eps: Annotated[float | None, Opt(help="Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).", show_default=_default("adam_eps"))] = None,
-    weight_decay: Annotated[float | None, Opt(help="Weight decay (L2 for adam, adagrad and sgd; decoupled for adamw).", show_default=_default("weight_decay"))] = None,
-    init: Annotated[str | None, Opt(help="default (torch's) | glorot (Glorot-uniform weights, zero biases) | normal:SD.", show_default=_default("init"))] = None,
-    output_bias: Annotated[str | None, Opt(help="zero (default: as built) | data (the decoder's output bias at the likelihood's natural parameter of the training mean, e.g. the logit of the mean pixel: what lets a tanh decoder reach MNIST's background without saturating).", show_default=_default("output_bias"))] = None,
-    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this (0: off).", show_default=_default("grad_clip"))] = None,
-    seed: Annotated[int | None, Opt(help="Random seed (initialisation, data order, splits).", show_default=_default("seed"))] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while training).", show_default=_default("threads"))] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", show_default=_default("device"))] = None,
-    precision: Annotated[str | None, Opt(help="fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).", show_default=_default("precision"))] = None,
-    checkpoint_every: Annotated[int | None, Opt(help="Write a checkpoint every N epochs (0: off).", show_default=_default("checkpoint_every"))] = None,
-    checkpoint_minutes: Annotated[float | None, Opt(help="Also write one every T minutes, between steps (0: off).", show_default=_default("checkpoint_minutes"))] = None,
-    save_best: Annotated[bool | None, Opt("--save-best/--no-save-best", help="Keep the best validation epoch's weights in best.safetensors.", show_default=_default("save_best"))] = None,
-    max_bad_steps: Annotated[int | None, Opt(help="Stop after this many steps in a row with a non-finite loss or gradient.", show_default=_default("max_bad_steps"))] = None,
-    log: Annotated[str | None, Opt("--log", help="Experiment trackers, comma-separated: tensorboard (into RUN/tensorboard) | mlflow (a file store in RUN/mlruns unless $MLFLOW_TRACKING_URI).", show_default=_default("log"))] = None,
-    channels: Annotated[str | None, Opt(help="Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image side must be divisible by 2^layers).", show_default=_default("channels"))] = None,
-    latent_dim2: Annotated[int | None, Opt(help="Model hvae: size of the top latent layer z2 (0: half of --latent-dim).", show_default=_default("latent_dim2"))] = None,
-    hidden2: Annotated[str | None, Opt(help="Model hvae: hidden sizes between z1 and z2, e.g. 100,100.", show_default=_default("hidden2"))] = None,
-    classes: Annotated[int | None, Opt(help="Model cvae: number of classes (0: from the training labels).", show_default=_default("classes"))] = None,
-    levels: Annotated[int | None, Opt(help="Logistic likelihood: grey levels of the data (256 for 8-bit images, 17 for digits).", show_default=_default("levels"))] = None,
-    k: Annotated[int | None, Opt("--k", help="Objective iwae: importance samples per data point.", show_default=_default("k"))] = None,
-    kl_warmup: Annotated[int | None, Opt(help="Epochs of linear KL warm-up from 0 to beta (0: none).", show_default=_default("kl_warmup"))] = None,
-    free_bits: Annotated[float | None, Opt(help="Free bits: KL floor per latent dimension in nats (0: off).", show_default=_default("free_bits"))] = None,
-    objective: Annotated[str | None, Opt(help="Training objective: elbo | iwae (the importance-weighted bound with --k samples).", show_default=_default("objective"))] = None,
-    overwrite: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
-    figures: Annotated[bool, Opt(help="Draw the figures at the end.")] = True,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,
-    resume: Annotated[str | None, Opt(metavar="PATH", help="Continue the run in this directory from its checkpoint (only budget settings such as --epochs may change).")] = None,
-    dist_backend: DistBackend = "auto",
-) -> None:
-    """Train a VAE (or AE) and write a run directory with weights, metrics and figures.
-    Under torchrun, data parallel: the batch size is the global minibatch, split across the
-    processes; rank 0 alone writes the run directory (docs/distributed.md)."""
-    flags = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
-    from vaekit.app.launch import process_group
-
-    # the run directories are strings, not typer Paths: typer stats a Path while parsing, and
-    # under torchrun only rank 0 may touch the run directory
-    with process_group(dist_backend):
-        _train(flags, None if out is None else Path(out), config, overwrite, figures, quiet,
-               None if resume is None else Path(resume))
-
-
-def _train(flags: dict, out: Path | None, config: Path | None, overwrite: bool, figures: bool, quiet: bool,
-           resume: Path | None) -> None:
-    from vaekit.app.config import Config, read_config_file
-    from vaekit.app.launch import rank
-    from vaekit.app.runs import train as run_training
-    from vaekit.app.threads import tune_allocator
-
-    quiet = quiet or rank() != 0
-    preset = flags.get("preset")
-    tune_allocator()  # a CLI process keeps freed memory for reuse (vaekit.app.threads)
-    if resume is not None:
-        from vaekit.app.runs import resume as resume_training
-
-        if preset is not None:
-            raise VaekitError("--preset starts a new run; --resume continues one with its own settings: choose one")
-        if out is not None and out.resolve() != resume.resolve():
-            raise VaekitError("--resume continues a run where it is: drop --out (or make it the same)")
-        if overwrite:
-            raise VaekitError("--resume and --overwrite contradict each other: choose one")
-        changes: dict = {}
-        if config:
-            Config.from_file(config)  # checks the file on its own first
-            changes.update(read_config_file(config))
-        changes.update({k: v for k, v in flags.items() if v is not None})
-        resume_training(resume, changes, quiet=quiet, figures=figures)
-        return
-    base = Config()
-    if preset is not None:
-        from vaekit.app import presets
-
-        base = presets.load(preset).config()
-    if config:
-        base = base.override(read_config_file(config), source=str(config))
-    resolved = base.override(flags)
-    if out is None:
-        import time
-
-        name = preset or f"{Path(resolved.data).stem or 'data'}-{resolved.model}"
-        out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_training(resolved, out, overwrite=overwrite, quiet=quiet, figures=figures)
+app.command("train")(train.command)
 
 
 Weights = Annotated[str, Opt(help="last (model.safetensors) | best (best.safetensors, the best validation epoch's weights).")]

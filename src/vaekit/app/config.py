@@ -12,8 +12,8 @@ import difflib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,13 +38,6 @@ VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
 OUTPUT_BIASES = ("zero", "data")
 SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
-# Settings that say how long to train, how often to save or where to run, not what is
-# computed: a resumed run may change them. Any other difference is refused (the result would
-# not be the run's).
-MAY_CHANGE_ON_RESUME = (
-    "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best", "log", "mirror", "steps", "time_budget", "patience",
-)
 TRACKERS = ("tensorboard", "mlflow")
 # What a stored config.json without these keys (written before they existed) was trained with.
 # A config that omits them otherwise (a TOML file, Python) gets the current defaults.
@@ -66,78 +59,217 @@ class Binarization(NamedTuple):
         return self.kind == "dynamic"
 
 
-@dataclass
-class Config:
-    """Everything that defines a run. Field names are the TOML keys and, with ``-`` for
-    ``_``, the command-line flags."""
+def setting(default: Any, help: str, *, choices: Registry | tuple[str, ...] | None = None,
+            parse: Callable[[str], Any] | None = None, minimum: str | int | None = None,
+            max_items: int | None = None, on_resume: bool = False) -> Any:
+    """A setting of :class:`Config`, declared once: its default and ``help`` (what ``vaekit
+    train --help`` and docs/settings.md show), the ``choices`` it takes (a registry's names,
+    listed in the help), the ``parse`` function of its mini-language (run once, by
+    :meth:`Config.validate`; :meth:`Config.typed` returns the result), a ``minimum``
+    (``"positive"``, ``"non-negative"`` or a number; for a list, of each item), a cap on a list's
+    length, and whether a resumed run may change it (``on_resume``)."""
+    meta = {"help": help, "choices": choices, "parse": parse, "minimum": minimum, "max_items": max_items,
+            "on_resume": on_resume}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-    # data
-    data: str = "digits"
-    data_dir: str | None = None
-    binarize: str = "auto"  # auto: dynamic for the bernoulli likelihood on BINARY_IMAGE_DATA, else none
-    validation_fraction: float = 0.1
-    mirror: str | None = None
-    image_size: int = 0
-    image_mode: str = "auto"
-    label_column: str | None = None
-    standardize: bool = False
-    validation_split: str = "fraction"
-    # model
-    model: str = "vae"
-    architecture: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [400])
-    activation: str = "relu"
-    latent_dim: int = 2
-    likelihood: str = "bernoulli"
-    sigma: str = "shared"
-    sigma_min: float = 1e-3
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    latent_dim2: int = 0
-    hidden2: list[int] = field(default_factory=lambda: [100, 100])
-    classes: int = 0
-    levels: int = 256
-    init: str = "default"  # default (torch's) | glorot | normal:SD
+
+# Caps on list settings. A list is a layer per item, and nothing a VAE needs comes near them,
+# while a config that runs away (20,000 hidden layers took 100 s and 1.8 GB just to build) fails
+# only after the model is built: refused up front instead. 64 fully connected layers is already
+# far deeper than any published VAE (Burda et al.: 2 per stochastic layer; ladder VAEs: ~10).
+# A conv body halves the image side per layer, so 16 layers would need images 65,536 pixels wide.
+MAX_LAYERS = 64
+MAX_CONV_LAYERS = 16
+# Integers go to torch and numpy as int64: a larger one can only be a mistake.
+MAX_INT = 2**63 - 1
+
+
+@dataclass
+class DataSettings:
+    """What the model is trained on."""
+
+    data: str = setting("digits", "Dataset: digits (built in), mnist | fashion-mnist | kmnist (downloaded once, "
+                        "verified), a .npy/.npz/.csv/.tsv/.parquet file, or a folder of images.")
+    data_dir: str | None = setting(None, "Folder already holding a published dataset's official files (instead "
+                                   "of the download cache).", on_resume=True)
+    # auto: dynamic for the bernoulli likelihood on BINARY_IMAGE_DATA, else none
+    binarize: str = setting("auto", "auto | none | dynamic | static | threshold:LEVEL (auto: dynamic for the "
+                            "bernoulli likelihood on digits and the MNIST family, whose ELBO is a bound only on "
+                            "binary data; none otherwise).", parse=lambda text: text == "auto" or parse_binarize(text))
+    validation_fraction: float = setting(0.1, "Share of training data held out for validation.")
+    mirror: str | None = setting(None, "Base URL(s), comma-separated, to download published datasets from as "
+                                 "URL/<file name> (default: $VAEKIT_MIRROR, else the official hosts, then mirrors).",
+                                 parse=lambda text: parse_mirrors(text), on_resume=True)
+    image_size: int = setting(0, "Image folders: resize every image to N x N (0: keep sizes, which must then all "
+                              "match).", minimum="non-negative")
+    image_mode: str = setting("auto", "Image folders: auto | grey | rgb (auto: grey when every image is).",
+                              choices=("auto", "grey", "rgb"))
+    label_column: str | None = setting(None, "CSV/Parquet: the column holding labels (not used as a feature).")
+    standardize: bool = setting(False, "Standardise every feature to mean 0, sd 1 over the training split; "
+                                "recorded in the run and applied by evaluate/encode/sample.")
+    validation_split: str = setting("fraction", "fraction (a seeded share of the training data) | test (the "
+                                    "dataset's official test split).", choices=("fraction", "test"))
+
+
+@dataclass
+class ModelSettings:
+    """The networks and the latent space."""
+
+    model: str = setting("vae", "", choices=registry.MODELS)
+    architecture: str = setting("mlp", "", choices=ARCHITECTURES)
+    hidden: list[int] = setting([400], "Hidden layer sizes, e.g. 400 or 400,200 (decoder mirrors).",
+                                minimum="positive", max_items=MAX_LAYERS)
+    activation: str = setting("relu", "", choices=registry.ACTIVATIONS)
+    latent_dim: int = setting(2, "Latent dimensions d.", minimum="positive")
+    channels: list[int] = setting([32, 64], "Conv architecture: channels per stride-2 layer, e.g. 32,64 (the image "
+                                  "side must be divisible by 2^layers).", minimum="positive",
+                                  max_items=MAX_CONV_LAYERS)
+    latent_dim2: int = setting(0, "Model hvae: size of the top latent layer z2 (0: half of --latent-dim).",
+                               minimum="non-negative")
+    hidden2: list[int] = setting([100, 100], "Model hvae: hidden sizes between z1 and z2, e.g. 100,100.",
+                                 minimum="positive", max_items=MAX_LAYERS)
+    classes: int = setting(0, "Model cvae: number of classes (0: from the training labels).", minimum="non-negative")
+    init: str = setting("default", "default (torch's) | glorot (Glorot-uniform weights, zero biases) | normal:SD.",
+                        parse=lambda text: parse_init(text))
     # zero: as built | data: the decoder's output bias at the natural parameter of the data mean (not the
     # default: on digits it made the two-layer relu model's posterior collapse, docs/results.md)
-    output_bias: str = "zero"
-    # objective
-    objective: str = "elbo"
-    samples: int = 1
-    kl: str = "analytic"
-    beta: float = 1.0
-    k: int = 50
-    kl_warmup: int = 0
-    free_bits: float = 0.0
-    # optimisation
-    epochs: int = 30
-    steps: int = 0  # > 0: the budget in optimisation steps instead of epochs
-    time_budget: str | None = None  # "60m": the budget in training time instead of epochs (vaekit.schedules)
-    patience: int = 0  # > 0: stop when the validation ELBO has not improved for this many epochs; keep the best
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    seed: int = 0
-    threads: int = 0  # 0: auto, every free core (vaekit.app.threads)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (vaekit.devices)
-    precision: str = "fp32"  # fp32 | bf16 (autocast while training)
-    # checkpoints and numerical faults (see vaekit.checkpoint and docs/reliability.md)
-    checkpoint_every: int = 1
-    checkpoint_minutes: float = 10.0
-    save_best: bool = True
-    max_bad_steps: int = 20
-    log: str = ""  # experiment trackers, comma-separated: tensorboard, mlflow
-    preset: str | None = None  # the preset the run started from (vaekit presets), for the record
+    output_bias: str = setting("zero", "zero (default: as built) | data (the decoder's output bias at the "
+                               "likelihood's natural parameter of the training mean, e.g. the logit of the mean "
+                               "pixel: what lets a tanh decoder reach MNIST's background without saturating).",
+                               choices=("zero", "data"))
+
+
+@dataclass
+class LikelihoodSettings:
+    """p(x|z)."""
+
+    likelihood: str = setting("bernoulli", "", choices=registry.LIKELIHOODS)
+    sigma: str = setting("shared", "Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.",
+                         parse=lambda text: parse_sigma(text))
+    sigma_min: float = setting(1e-3, "Floor on a learned σ_G.", minimum="positive")
+    levels: int = setting(256, "Logistic likelihood: grey levels of the data (256 for 8-bit images, 17 for digits).",
+                          minimum=2)
+
+
+@dataclass
+class ObjectiveSettings:
+    """What training maximises."""
+
+    objective: str = setting("elbo", "Training objective:", choices=registry.OBJECTIVES)
+    samples: int = setting(1, "Monte-Carlo samples M per data point.", minimum="positive")
+    kl: str = setting("analytic", "KL estimator:", choices=registry.KL_ESTIMATORS)
+    beta: float = setting(1.0, "Weight on the KL term while training (reported ELBO always uses 1).",
+                          minimum="non-negative")
+    k: int = setting(50, "Objective iwae: importance samples per data point.", minimum="positive")
+    kl_warmup: int = setting(0, "Epochs of linear KL warm-up from 0 to beta (0: none).", minimum="non-negative")
+    free_bits: float = setting(0.0, "Free bits: KL floor per latent dimension in nats (0: off).",
+                               minimum="non-negative")
+
+
+@dataclass
+class BudgetSettings:
+    """How long to train."""
+
+    epochs: int = setting(30, "Passes over the training data.", minimum="non-negative", on_resume=True)
+    steps: int = setting(0, "Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short).",
+                         minimum="non-negative", on_resume=True)
+    # "60m": the budget in training time instead of epochs (vaekit.schedules)
+    time_budget: str | None = setting(None, "Budget in training time instead of --epochs, e.g. 60m, 1.5h, 90s: the "
+                                      "number of steps is planned from the measured time per step (and re-planned if "
+                                      "the pace changes); schedules follow the plan.",
+                                      parse=lambda text: _parse_duration(text), on_resume=True)
+    patience: int = setting(0, "Stop when the validation ELBO has not improved for N epochs, keeping the best "
+                            "epoch's weights (0: off).", minimum="non-negative", on_resume=True)
+
+
+@dataclass
+class OptimisationSettings:
+    """The optimiser, its schedule and the minibatches."""
+
+    batch_size: int = setting(128, "Examples per minibatch.", minimum="positive")
+    optimizer: str = setting("adam", "", choices=registry.OPTIMIZERS)
+    lr: float = setting(1e-3, "Learning rate (the initial one, under a schedule).", minimum="positive")
+    lr_schedule: str = setting("constant", "", choices=registry.SCHEDULES, parse=lambda text: parse_lr_schedule(text))
+    adam_betas: list[float] = setting([0.9, 0.999], "Adam/AdamW beta1,beta2 (default 0.9,0.999).")
+    adam_eps: float = setting(1e-8, "Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).", minimum="positive")
+    weight_decay: float = setting(0.0, "Weight decay (L2 for adam, adagrad and sgd; decoupled for adamw).",
+                                  minimum="non-negative")
+    grad_clip: float = setting(0.0, "Clip the gradient norm to this (0: off).", minimum="non-negative")
+    seed: int = setting(0, "Random seed (initialisation, data order, splits).")
+
+
+@dataclass
+class HardwareSettings:
+    """Where it runs."""
+
+    threads: int = setting(0, "CPU threads for torch (0: auto, every core other processes leave free, re-checked "
+                           "while training).", minimum="non-negative", on_resume=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", on_resume=True)
+    precision: str = setting("fp32", "fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).",
+                             choices=("fp32", "bf16"))
+
+
+@dataclass
+class CheckpointSettings:
+    """Checkpoints and numerical faults (vaekit.checkpoint, docs/reliability.md)."""
+
+    checkpoint_every: int = setting(1, "Write a checkpoint every N epochs (0: off).", minimum="non-negative",
+                                    on_resume=True)
+    checkpoint_minutes: float = setting(10.0, "Also write one every T minutes, between steps (0: off).",
+                                        minimum="non-negative", on_resume=True)
+    save_best: bool = setting(True, "Keep the best validation epoch's weights in best.safetensors.", on_resume=True)
+    max_bad_steps: int = setting(20, "Stop after this many steps in a row with a non-finite loss or gradient.",
+                                 minimum="positive", on_resume=True)
+
+
+@dataclass
+class RecordSettings:
+    """What is logged and recorded."""
+
+    log: str = setting("", "Experiment trackers, comma-separated: tensorboard (into RUN/tensorboard) | mlflow (a "
+                       "file store in RUN/mlruns unless $MLFLOW_TRACKING_URI).",
+                       parse=lambda text: _parse_trackers(text), on_resume=True)
+    preset: str | None = setting(None, "Start from a published protocol's settings (vaekit presets lists them); "
+                                 "--config and flags override it.")
+
+
+# The sections, in the order config.json, --help and docs/settings.md list them; as TOML tables
+# ([optimisation] lr = 1e-3) they are an alternative to the flat keys.
+SECTIONS: dict[str, type] = {
+    "data": DataSettings, "model": ModelSettings, "likelihood": LikelihoodSettings, "objective": ObjectiveSettings,
+    "budget": BudgetSettings, "optimisation": OptimisationSettings, "hardware": HardwareSettings,
+    "checkpoints": CheckpointSettings, "record": RecordSettings,
+}
+
+
+# Config is every section's fields, flat: one attribute, TOML key and flag per setting. (A dataclass
+# collects its bases' fields from the last base to the first, hence the reversed order.)
+@dataclass
+class Config(RecordSettings, CheckpointSettings, HardwareSettings, OptimisationSettings, BudgetSettings,
+             ObjectiveSettings, LikelihoodSettings, ModelSettings, DataSettings):
+    """Everything that defines a run. Field names are the TOML keys and, with ``-`` for
+    ``_``, the command-line flags; the sections (:data:`SECTIONS`) group them."""
 
     # ------------------------------------------------------------------ typed values
-    # The string mini-languages of the TOML/JSON record, parsed once per config.
-    @cached_property
+    # The string mini-languages of the TOML/JSON record, each parsed once, by its setting's parser.
+    def typed(self, name: str) -> Any:
+        """Setting ``name`` parsed by its mini-language's parser (cached while the value stays)."""
+        value = getattr(self, name)
+        cache = self.__dict__.setdefault("_typed", {})
+        if name not in cache or cache[name][0] != value:
+            parse = _FIELDS[name].metadata["parse"]
+            cache[name] = (value, None if value is None else parse(value))
+        return cache[name][1]
+
+    @property
     def binarization(self) -> Binarization:
-        return Binarization(*parse_binarize(self.binarize_protocol))
+        protocol = self.binarize_protocol
+        cache = self.__dict__.setdefault("_typed", {})
+        if cache.get("binarization", (None,))[0] != protocol:
+            cache["binarization"] = (protocol, Binarization(*parse_binarize(protocol)))
+        return cache["binarization"][1]
 
     @property
     def binarize_protocol(self) -> str:
@@ -151,72 +283,53 @@ class Config:
         """A copy with ``auto`` settings decided (what a run records in config.json)."""
         return dataclasses.replace(self, binarize=self.binarize_protocol).validate()
 
-    @cached_property
+    @property
     def trackers(self) -> tuple[str, ...]:
         """The experiment trackers ``log`` names, checked."""
-        names = tuple(n for n in self.log.replace(",", " ").split() if n)
-        for name in names:
-            _choice("log", name, TRACKERS)
-        return names
+        return self.typed("log")
 
-    @cached_property
-    def schedule(self) -> ScheduleSpec:
-        return parse_lr_schedule(self.lr_schedule)
+    @property
+    def schedule(self) -> Spec:
+        return self.typed("lr_schedule")
 
-    @cached_property
+    @property
     def time_budget_seconds(self) -> float | None:
-        from vaekit.schedules import parse_duration
+        return self.typed("time_budget")
 
-        return None if self.time_budget is None else parse_duration(self.time_budget)
-
-    @cached_property
+    @property
     def init_std(self) -> float | None:
         """The standard deviation of ``init = "normal:SD"`` (None for the other choices)."""
-        return parse_init(self.init)
+        return self.typed("init")
 
-    @cached_property
+    @property
     def sigma_value(self) -> float | str:
         """σ_G as the likelihood takes it: a number (fixed), ``shared`` or ``per-dim``."""
-        mode, value = parse_sigma(self.sigma)
+        mode, value = self.typed("sigma")
         return value if mode == "fixed" else mode
+
+    def section(self, name: str) -> Any:
+        """The settings of one section (a key of :data:`SECTIONS`) as its own dataclass."""
+        cls = SECTIONS[name]
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Config:
-        """Raise :class:`VaekitError` naming the first bad value; return self when fine."""
+        """Raise :class:`VaekitError` naming the first bad value; return self when fine.
+        Each setting's declaration is checked first (type, choices, minimum, list length,
+        mini-language), then the combinations."""
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), str(f.type))
-        _choice("model", self.model, MODELS)
-        _choice("architecture", self.architecture, ARCHITECTURES)
-        _choice("likelihood", self.likelihood, LIKELIHOODS)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("kl", self.kl, KL_ESTIMATORS)
-        _choice("objective", self.objective, OBJECTIVES)
-        parsed = ("binarization", "sigma_value", "trackers", "schedule", "time_budget_seconds", "init_std")
-        for name in parsed:
-            self.__dict__.pop(name, None)  # a field may have been set since: parse afresh
-        _ = [getattr(self, name) for name in parsed]
-        _choice("precision", self.precision, PRECISIONS)
+            _check_setting(f, getattr(self, f.name))
+        self.__dict__.pop("_typed", None)  # parse afresh: a field may have been set since
+        for f in fields(self):
+            if f.metadata.get("parse") is not None:
+                self.typed(f.name)
+        _ = self.binarization
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise VaekitError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{self.device}'")
         if not self.data:
             raise VaekitError("data must name a dataset or a file, got an empty string")
         if not self.hidden and self.architecture == "mlp":
             raise VaekitError("hidden must list at least one layer size for the mlp architecture")
-        for h in self.hidden:
-            _positive("hidden", h)
-        _positive("latent_dim", self.latent_dim)
-        _positive("samples", self.samples)
-        _positive("epochs", self.epochs, allow_zero=True)
-        _positive("batch_size", self.batch_size)
-        _positive("lr", self.lr)
-        _positive("sigma_min", self.sigma_min)
-        _positive("beta", self.beta, allow_zero=True)
-        _positive("weight_decay", self.weight_decay, allow_zero=True)
-        _positive("grad_clip", self.grad_clip, allow_zero=True)
-        _positive("threads", self.threads, allow_zero=True)
-        _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
-        _positive("checkpoint_minutes", self.checkpoint_minutes, allow_zero=True)
-        _positive("max_bad_steps", self.max_bad_steps)
         self._validate_recipe()
         if not 0 <= self.seed < 2**32:
             # numpy's legacy generator, seeded from it too, takes 32-bit seeds only
@@ -231,11 +344,6 @@ class Config:
 
     def _validate_recipe(self) -> None:
         """Optimiser, schedule, budgets, early stopping and initialisation."""
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("output_bias", self.output_bias, OUTPUT_BIASES)
-        _positive("steps", self.steps, allow_zero=True)
-        _positive("patience", self.patience, allow_zero=True)
-        _positive("adam_eps", self.adam_eps)
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise VaekitError(f"adam_betas must be two numbers in [0, 1), like 0.9,0.999; got {self.adam_betas}")
         if self.steps and self.time_budget is not None:
@@ -245,11 +353,6 @@ class Config:
                               "(validation_fraction > 0 or validation_split = 'test')")
 
     def _validate_data_options(self) -> None:
-        _choice("image_mode", self.image_mode, IMAGE_MODES)
-        _choice("validation_split", self.validation_split, VALIDATION_SPLITS)
-        _positive("image_size", self.image_size, allow_zero=True)
-        if self.mirror is not None:
-            parse_mirrors(self.mirror)
         if self.label_column == "":
             raise VaekitError("label_column must name a column, got an empty string")
         if self.standardize and self.binarization.kind != "none":
@@ -261,25 +364,15 @@ class Config:
     def _validate_variants(self) -> None:
         """The settings of the variants (conv, two stochastic layers, CVAE, IWAE, warm-up,
         free bits, discrete likelihoods) and the combinations that make no sense."""
-        for c in self.channels:
-            _positive("channels", c)
-        for h in self.hidden2:
-            _positive("hidden2", h)
-        _positive("latent_dim2", self.latent_dim2, allow_zero=True)
-        _positive("classes", self.classes, allow_zero=True)
-        _positive("k", self.k)
-        _positive("kl_warmup", self.kl_warmup, allow_zero=True)
-        _positive("free_bits", self.free_bits, allow_zero=True)
         if self.architecture == "conv" and not self.channels:
             raise VaekitError("channels must list at least one layer for the conv architecture")
-        if self.levels < 2:
-            raise VaekitError(f"levels must be at least 2, got {self.levels}")
-        if self.model == "hvae" and self.kl == "analytic":
+        kind = MODELS[self.model]
+        if not kind.trait("closed_form_kl") and self.kl == "analytic":
             raise VaekitError(
-                "the two-layer model (model 'hvae') has no closed-form KL: its prior "
+                f"the two-layer model (model '{self.model}') has no closed-form KL: its prior "
                 "p(z1|z2)p(z2) is not Gaussian; use kl 'mc' (--kl mc)"
             )
-        if self.model == "ae" and (self.objective == "iwae" or self.free_bits or self.kl_warmup):
+        if kind.trait("deterministic") and (self.objective == "iwae" or self.free_bits or self.kl_warmup):
             raise VaekitError(
                 "the autoencoder has no KL term or posterior to sample: "
                 "objective 'iwae', free_bits and kl_warmup apply to the VAE models"
@@ -311,18 +404,18 @@ class Config:
         return cls.from_dict(read_config_file(path), source=str(path))
 
     def override(self, values: dict[str, Any], source: str = "command line") -> Config:
-        """A copy with ``values`` applied (``None`` values are skipped), type-checked."""
-        known = {f.name: f for f in fields(self)}
+        """A copy with ``values`` applied (``None`` values are skipped), type-checked. Keys are
+        flat (``lr``) or grouped in a section's table (``{"optimisation": {"lr": ...}}``)."""
         updates: dict[str, Any] = {}
-        for key, value in values.items():
+        for key, value in flatten(values, source).items():
             if value is None:
                 continue
             name = key.replace("-", "_")
-            if name not in known:
-                hint = difflib.get_close_matches(name, list(known), n=1)
+            if name not in _FIELDS:
+                hint = difflib.get_close_matches(name, list(_FIELDS), n=1)
                 extra = f"; did you mean '{hint[0]}'?" if hint else ""
                 raise VaekitError(f"{source}: unknown setting '{key}'{extra}")
-            updates[name] = _coerce(name, value, known[name].type, source)
+            updates[name] = _coerce(name, value, _FIELDS[name].type, source)
         return dataclasses.replace(self, **updates).validate()
 
     def diff(self, other: Config) -> list[str]:
@@ -336,7 +429,47 @@ class Config:
         write_json(path, self.to_dict())
 
 
+_FIELDS = {f.name: f for f in fields(Config)}
+# Settings that say how long to train, how often to save or where to run, not what is
+# computed (declared with on_resume=True): a resumed run may change them. Any other difference
+# is refused (the result would not be the run's).
+MAY_CHANGE_ON_RESUME = tuple(f.name for f in fields(Config) if f.metadata["on_resume"])
+
+
+def section_of(name: str) -> str:
+    """The section (a key of :data:`SECTIONS`) that declares setting ``name``."""
+    return next(key for key, cls in SECTIONS.items() if name in {f.name for f in fields(cls)})
+
+
+def help_text(name: str) -> str:
+    """A setting's help as --help and the docs show it: its text, then its registry's choices."""
+    meta = _FIELDS[name].metadata
+    text, choices = meta["help"], meta["choices"]
+    if isinstance(choices, Registry) and (not text or text.endswith(":")):
+        text = f"{text} {choices.describe()}.".strip()
+    return text
+
+
 # ---------------------------------------------------------------------- parsing helpers
+def flatten(values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Settings with the sections' tables (``[optimisation]`` in TOML) opened into flat keys.
+    ``data`` and ``model`` are both a section and a setting: a table is the section."""
+    if not isinstance(values, dict):
+        raise VaekitError(f"{source}: expected a table of settings, got {type(values).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            known = {f.name for f in fields(SECTIONS[key])}
+            for name, item in value.items():
+                if str(name).replace("-", "_") not in known:
+                    raise VaekitError(f"{source}: section [{key}] has no setting '{name}'"
+                                      + (f" (it is in [{section_of(name)}])" if name in _FIELDS else ""))
+                flat[name] = item
+        else:
+            flat[key] = value
+    return flat
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -450,6 +583,38 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise VaekitError(f"{name} must be {need} and finite, got {value}")
 
 
+def _check_setting(f: dataclasses.Field, value: Any) -> None:
+    """One setting against its declaration: type, choices, minimum, list length."""
+    name, meta = f.name, f.metadata
+    _check_type(name, value, str(f.type))
+    if meta["choices"] is not None and meta["parse"] is None:
+        _choice(name, value, meta["choices"])
+    if isinstance(value, list) and meta["max_items"] is not None and len(value) > meta["max_items"]:
+        raise VaekitError(f"{name} lists {len(value):,} layers; at most {meta['max_items']} are allowed")
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            raise VaekitError(f"{name} must fit in 64 bits, got a number of {len(str(abs(item)))} digits")
+        minimum = meta["minimum"]
+        if minimum in ("positive", "non-negative"):
+            _positive(name, item, allow_zero=minimum == "non-negative")
+        elif minimum is not None and item < minimum:
+            raise VaekitError(f"{name} must be at least {minimum}, got {item}")
+
+
+def _parse_trackers(text: str) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` -> the tracker names, checked."""
+    names = tuple(n for n in text.replace(",", " ").split() if n)
+    for name in names:
+        _choice("log", name, TRACKERS)
+    return names
+
+
+def _parse_duration(text: str) -> float:
+    from vaekit.schedules import parse_duration
+
+    return parse_duration(text)
+
+
 def _check_type(name: str, value: Any, kind: str) -> None:
     # Python callers build Config directly: a wrong type gets a message, not a TypeError later.
     def is_int(v: Any) -> bool:
@@ -508,3 +673,24 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
     else:
         return value
     raise VaekitError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
+
+
+def settings_reference() -> str:
+    """docs/settings.md: every setting by section, with its flag, default and help, and the
+    registries' choices (tests/test_config.py checks that the file is this text)."""
+    lines = ["# Settings", "",
+             "Generated from the declarations in `src/vaekit/app/config.py` (`settings_reference()`); do not edit.",
+             "Each setting is a TOML/JSON key, a `vaekit train` flag (`--name-with-dashes`) and an attribute of",
+             "`vaekit.Config`. In a TOML file the keys may be flat (`lr = 1e-3`) or grouped by section",
+             "(`[optimisation]` then `lr = 1e-3`).", ""]
+    for key, cls in SECTIONS.items():
+        lines += [f"## [{key}]: {cls.__doc__.strip()}", "",
+                  "| setting | flag | default | meaning |", "|---|---|---|---|"]
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            flag = "--" + f.name.replace("_", "-")
+            flag = f"{flag} / --no-{flag[2:]}" if str(f.type) == "bool" else flag
+            text = help_text(f.name).replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{flag}` | `{json.dumps(default)}` | {text} |")
+        lines.append("")
+    return "\n".join(lines)
