@@ -163,8 +163,9 @@ def _features(classifier, images: np.ndarray) -> np.ndarray:
 def sample_quality(base: Config, out: Path, epochs: int, n: int = 1000) -> list[dict]:
     from sklearn.neural_network import MLPClassifier
 
+    from vaekit.app.commands.sample import fit_gmm_for_run
     from vaekit.app.data import load_data
-    from vaekit.app.runs import fit_gmm_for_run, load
+    from vaekit.app.runs import load
     from vaekit.sampling import decode_latents, sample_gmm_latents
 
     split = run_splits(base)

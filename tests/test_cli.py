@@ -131,7 +131,7 @@ def test_help_does_not_import_torch():
 
 def test_the_default_split_reads_the_data_once(tiny_run, monkeypatch):
     import vaekit.app.data as data
-    from vaekit.app.cli import _model_and_data
+    from vaekit.app.commands.common import model_and_data as _model_and_data
 
     calls = []
     real = data.load_data

@@ -152,3 +152,31 @@ def test_the_schedule_mini_language_is_parsed_once_into_typed_numbers():
     assert Config(lr_schedule="plateau:4:0.1").validate().schedule == Spec("plateau", (4.0, 0.1))
     with pytest.raises(VaekitError, match="finite"):
         SCHEDULES.parse("step:inf")
+
+
+# ---------------------------------------------------------------------- hostile --config files (issue 25 item 4)
+HOSTILE = {
+    "deep.json": ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests tables or lists too deeply"),
+    "deep.toml": ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "nests tables or lists too deeply"),
+    "digits.toml": ("epochs = " + "9" * 5000 + "\n", "holds a number too long"),
+    "digits.json": ('{"epochs": ' + "9" * 5000 + "}", "holds a number too long"),
+    "list.json": ("[1, 2]", "expected a table of settings, got list"),
+    "hidden.toml": ("hidden = [" + ",".join(["4"] * 20_000) + "]\n", "hidden lists 20,000 layers; at most 64"),
+    "int64.toml": ("epochs = " + "9" * 4000 + "\n", "epochs must fit in 64 bits"),
+    "channels.json": ('{"channels": [' + ",".join(["8"] * 17) + "]}", "channels lists 17 layers; at most 16"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_config_file_gets_a_one_line_error(tmp_path, capsys, name):
+    from vaekit.app.cli import main
+
+    text, message = HOSTILE[name]
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(VaekitError, match=message):
+        Config.from_file(path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.split(";")[0] in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

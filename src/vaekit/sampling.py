@@ -67,6 +67,19 @@ def posterior_means(
     return torch.cat(parts)
 
 
+def posterior_parameters(
+    model, x: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, log-variances) of q(z|x) for every row of ``x``, in batches, on the CPU
+    ([N, L] each); ``labels`` for a conditional model."""
+    means, logvars = [], []
+    for i in range(0, len(x), batch_size):
+        q = encode_posterior(model, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+        means.append(q.mean.cpu())
+        logvars.append(torch.log(q.variance).cpu())
+    return torch.cat(means), torch.cat(logvars)
+
+
 def fit_gmm(
     model, x: torch.Tensor, components: int = 10, labels: torch.Tensor | None = None,
     seed: int = 0, binarize: torch.Generator | None = None,

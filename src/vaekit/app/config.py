@@ -84,6 +84,9 @@ MAX_LAYERS = 64
 MAX_CONV_LAYERS = 16
 # Integers go to torch and numpy as int64: a larger one can only be a mistake.
 MAX_INT = 2**63 - 1
+# The longest preset is 1 KB; a megabyte of settings is a mistake or an attack, and reading it
+# whole (as the TOML and JSON parsers do) is what that size bounds.
+MAX_CONFIG_BYTES = 1_000_000
 
 
 @dataclass
@@ -476,12 +479,23 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise VaekitError(f"config file not found: {path}")
     kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise VaekitError(f"config file {path} is {path.stat().st_size:,} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES:,}")
         text = path.read_text(encoding="utf-8")
-        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
+        values = json.loads(text) if kind == "JSON" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise VaekitError(f"config file {path} is not valid {kind}: {err}") from None
+    except RecursionError:  # both parsers recurse once per level of nesting
+        raise VaekitError(f"config file {path} nests tables or lists too deeply to be a config") from None
+    except ValueError as err:  # an integer past Python's 4,300-digit conversion limit
+        raise VaekitError(f"config file {path} holds a number too long to be a setting: "
+                          f"{str(err).split(':')[0]}") from None
     except OSError as err:
         raise VaekitError(f"cannot read config file {path}: {err.strerror or err}") from None
+    if not isinstance(values, dict):
+        raise VaekitError(f"config file {path}: expected a table of settings, got {type(values).__name__}")
+    return values
 
 
 def parse_hidden(text: str, name: str = "hidden") -> list[int]:

@@ -66,3 +66,74 @@ def class_index(label: str, classes: int, names: list[str] | None) -> int:
     if not 0 <= index < classes:
         raise VaekitError(f"--label must be in 0..{classes - 1} for this model, got {label}")
     return index
+
+
+def check_table_output(output: Path, model) -> None:
+    if output.suffix.lower() == ".csv" and len(model.event_shape) != 1:
+        raise VaekitError(f"{output}: CSV output is for rows of features ([N, D] data); this model's data are "
+                          f"shaped {list(model.event_shape)}: write .png or .npy")
+
+
+def write_rows(x, output: Path, title: str, features: list[str] | None = None) -> None:
+    """Images or rows of features to .png (a grid), .npy, or .csv (rows headed by the
+    column names)."""
+    import numpy as np
+
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
+        from vaekit.rundir import write_output
+
+        write_output(output, lambda f: np.save(f, x.numpy()))
+    elif suffix == ".csv":
+        from vaekit.evaluation import write_table
+        from vaekit.plots import feature_names_for
+
+        names = feature_names_for(x.shape[1], features)
+        write_table(output, dict(zip(names, x.double().numpy().T, strict=True)), float_format="%.8g")
+    else:
+        from vaekit.plots import images_figure
+
+        images_figure(x, output, title)
+    print(f"wrote {output}")
+
+
+def write_latents(output: Path, mu, logvar, labels=None, ids: dict | None = None) -> None:
+    """Posterior means and log-variances ([N, L] arrays) to FILE.npy (means; log-variances
+    in FILE.logvar.npy), FILE.npz (mu, logvar, labels and the ``ids`` columns) or FILE.csv
+    (mu_1.., logvar_1.., label, then the ``ids`` columns)."""
+    import numpy as np
+
+    from vaekit.evaluation import write_table
+    from vaekit.rundir import write_output
+
+    ids = ids or {}
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
+        write_output(output, lambda f: np.save(f, mu))
+        write_output(output.with_suffix(".logvar.npy"), lambda f: np.save(f, logvar))
+    elif suffix == ".npz":
+        arrays = {"mu": mu, "logvar": logvar}
+        if labels is not None:
+            arrays["labels"] = labels
+        arrays.update({k: np.asarray(v) for k, v in ids.items()})
+        write_output(output, lambda f: np.savez(f, **arrays))
+    else:
+        d = mu.shape[1]
+        columns = {**{f"mu_{i + 1}": mu[:, i] for i in range(d)}, **{f"logvar_{i + 1}": logvar[:, i] for i in range(d)}}
+        if labels is not None:
+            columns["label"] = labels
+        write_table(output, {**columns, **ids}, float_format="%.8g")
+
+
+def store_in_run(path: Path, write, what: str) -> str:
+    """Write ``path`` into a run directory (clearing what killed writers left there first);
+    a run that cannot be written (read-only, someone else's) gets a warning, not a failure:
+    the printed result is what counts."""
+    from vaekit.rundir import remove_temporary_files
+
+    remove_temporary_files(path.parent)
+    try:
+        write(path)
+    except VaekitError as err:
+        return f"warning: could not store {what} in the run: {err}"
+    return f"stored {what} in {path}" if what == "the result" else f"wrote {path}"

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import torch
 
 from vaekit import checkpoint, distributed
 from vaekit.app.config import MAY_CHANGE_ON_RESUME, SHORT_RUN_STEPS, Config
+from vaekit.app.console import ProgressLines, Summary
+from vaekit.app.console import say as _say
 from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... are also read from here)
     build_checked,
     build_model,
@@ -250,101 +251,6 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         print(f"run written to {run.path}")
 
 
-class ProgressLines(Callback):
-    """Progress where stderr is not a terminal (CI logs, nohup, a notebook's subprocess), where
-    a progress bar shows nothing: one line per epoch, at most one every ``every`` seconds
-    (the first and the last epoch always), and a line within an epoch that runs longer than
-    ``step_every`` seconds without one."""
-
-    def __init__(self, every: float = 5.0, step_every: float = 60.0):
-        self.every, self.step_every = every, step_every
-
-    def on_fit_start(self, loop) -> None:
-        self.started = self.last = time.monotonic()
-        self.first = len(loop.history.epochs) + 1
-        self.first_step = loop.steps_done
-
-    def on_step_end(self, loop, loss: float) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.step_every:
-            _say(f"epoch {_of(loop.epoch, loop.epochs)}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
-            self.last = now
-
-    def on_epoch_end(self, loop, record: dict) -> None:
-        now = time.monotonic()
-        epoch = record["epoch"]
-        if epoch not in (self.first, loop.epochs) and now - self.last < self.every and not loop.stop_requested:
-            return
-        self.last = now
-        parts = [f"epoch {_of(epoch, loop.epochs)}", f"train ELBO {_nats(record.get('train_elbo'))}"]
-        if record.get("validation_elbo") is not None:
-            parts.append(f"validation ELBO {_nats(record['validation_elbo'])}")
-        done = epoch - self.first + 1
-        per_epoch = (now - self.started) / done
-        parts.append(f"{_duration(per_epoch)}/epoch")
-        left = []  # each budget's remaining time; the run ends at the first
-        if loop.epochs is not None and epoch < loop.epochs:
-            left.append(per_epoch * (loop.epochs - epoch))
-        if loop.budget is not None:  # a time budget ends on its clock, whatever pace the plan assumed
-            left.append(max(0.0, loop.budget.seconds - loop.seconds))
-        elif loop.total_steps and loop.steps_done > self.first_step:  # a step budget
-            per_step = (now - self.started) / (loop.steps_done - self.first_step)
-            left.append(per_step * max(0, loop.total_steps - loop.steps_done))
-        if left:
-            parts.append(f"about {_duration(min(left))} left")
-        _say("  ".join(parts))
-
-
-class Summary(Callback):
-    """A few lines at the end of training (stdout): the final train and validation ELBO, the
-    best validation epoch, the final evaluation's log-likelihood and active units, and the
-    wall time."""
-
-    def on_fit_start(self, loop) -> None:
-        self.started = time.monotonic()
-
-    def on_results(self, loop, evaluation: dict | None) -> None:
-        epochs = loop.history.epochs
-        if not epochs:
-            return
-        last = epochs[-1]
-        line = (f"trained {last['epoch']} epochs (this session {_duration(time.monotonic() - self.started)}): "
-                f"train ELBO {_nats(last.get('train_elbo'))}")
-        if last.get("validation_elbo") is not None:
-            line += f", validation ELBO {_nats(last['validation_elbo'])}"
-        best = loop.history.best
-        if best is not None and best["epoch"] != last["epoch"]:
-            line += f" (best {_nats(best['value'])} at epoch {best['epoch']})"
-        print(line)
-        if evaluation and evaluation.get("log_likelihood") is not None:
-            se = evaluation.get("log_likelihood_se")
-            units = evaluation.get("active_units_per_dim") or []
-            print(f"{evaluation.get('split', 'data')}: log-likelihood {_nats(evaluation['log_likelihood'])}"
-                  + ("" if se is None else f" ± {se:.2g}")
-                  + f" nats (K = {evaluation.get('importance_samples')}), "
-                  f"active units {evaluation.get('active_units')} of {len(units)}")
-        elif evaluation and evaluation.get("reconstruction") is not None:
-            print(f"{evaluation.get('split', 'data')}: reconstruction log-likelihood "
-                  f"{_nats(evaluation['reconstruction'])} nats")
-
-
-def _of(count: int, total: int | None) -> str:
-    return str(count) if total is None else f"{count}/{total}"
-
-
-def _nats(value) -> str:
-    return "nan" if value is None or value != value else f"{value:.2f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    return f"{minutes // 60}h {minutes % 60:02d}m"
-
-
 def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
     """The config a resumed run uses: ``stored`` (the run's config.json) with ``changes``
     applied; refused, listing the differences, if anything but a budget setting differs
@@ -502,19 +408,3 @@ def save(model: VAE, config: Config, run_dir: str | Path) -> Path:
     run.write_info(model.event_shape, model=type(model).__name__)
     run.save_weights(model)
     return run.path
-
-
-def fit_gmm_for_run(model, config: Config, components: int = 10, seed: int = 0, run_dir=None):
-    """:func:`vaekit.sampling.fit_gmm` on a run's training split, as the model saw it in
-    training (the data treatment recorded in ``run_dir`` applied; under dynamic
-    binarisation one seeded binary draw of every training image)."""
-    from vaekit.app.data import run_splits
-    from vaekit.sampling import fit_gmm
-
-    train_set = run_splits(config, quiet=True, run_dir=run_dir)["train"]
-    draws = torch.Generator().manual_seed(seed) if config.binarization.dynamic else None
-    return fit_gmm(model, train_set.x, components, labels_for(model, train_set), seed, draws)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)

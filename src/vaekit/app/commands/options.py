@@ -55,11 +55,14 @@ def setting_options() -> list[inspect.Parameter]:
     return options
 
 
-def with_settings(command, own) -> Any:
+def with_settings(command, own, first: tuple[str, ...] = ()) -> Any:
     """``command`` (which takes ``**options``) given the typer signature of ``own``'s parameters
-    followed by every setting's option; ``own``'s docstring is the command's help."""
-    mine = list(inspect.signature(own, eval_str=True).parameters.values())
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in mine] + setting_options()
+    named in ``first``, every setting's option, then ``own``'s other parameters; ``own``'s
+    docstring is the command's help."""
+    mine = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(own, eval_str=True).parameters.values()]
+    params = ([p for p in mine if p.name in first] + setting_options()
+              + [p for p in mine if p.name not in first])
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = own.__doc__

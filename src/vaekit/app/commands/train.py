@@ -39,7 +39,7 @@ def _command(**options: Any) -> None:
               options["figures"], options["quiet"], None if resume is None else Path(resume))
 
 
-command = with_settings(_command, _options)
+command = with_settings(_command, _options, first=("out", "config"))
 
 
 def train(flags: dict[str, Any], out: Path | None, config: Path | None, overwrite: bool, figures: bool,

@@ -1,0 +1,114 @@
+"""``vaekit evaluate``: score a trained model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from vaekit.app.commands.common import (
+    labels_of,
+    model_and_data,
+)
+from vaekit.app.commands.options import (
+    DistBackend,
+    Opt,
+    RunDir,
+    Weights,
+    check_threads,
+    positive,
+)
+from vaekit.app.outputs import store_in_run
+
+
+def command(
+    run_dir: RunDir,
+    data: Annotated[str | None, Opt(help="Other data to score (default: the run's own). A table needs no label column unless the model is conditional.")] = None,
+    split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
+    importance_samples: Annotated[int, Opt(help="Importance samples K per example for the log-likelihood (published MNIST numbers use 5000).")] = 1000,
+    iwae_k: Annotated[int | None, Opt(help="k of the reported IWAE bound L_k (default 50, or K if smaller).")] = None,
+    batch_size: Annotated[int, Opt(help="Examples per evaluation batch (memory does not grow with K).")] = 1000,
+    seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
+    per_example: Annotated[Path | None, Opt(help="Write every example's ELBO and log-likelihood (anomaly scores) to FILE.csv or FILE.npy, with its row in the file (row), image file (file) and class name (label_name).")] = None,
+    gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by fitting a Gaussian to each example (slower).")] = False,
+    local_steps: Annotated[int, Opt(help="Adam steps per example's Gaussian for --gap-decomposition.")] = 200,
+    curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
+    save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json (evaluation-SPLIT-best.json for --weights best) in the run directory (the run's own data only).")] = True,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
+    data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
+    mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
+    samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
+    threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
+    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    weights: Weights = "last",
+    overwrite: Annotated[bool, Opt(help="Replace an existing --per-example file.")] = False,
+    dist_backend: DistBackend = "auto",
+) -> None:
+    """Score a trained model: ELBO, importance-sampled log-likelihood, the gap, active units
+    and mutual information; per-example means in nats, each with its Monte-Carlo standard error.
+    Under torchrun the batches are shared out and the results gathered exactly: the numbers
+    are one process's (docs/distributed.md)."""
+    from vaekit.app.console import progress
+    from vaekit.app.data import same_data
+    from vaekit.app.launch import process_group, rank
+    from vaekit.app.outputs import output_path, source_columns
+    from vaekit.app.threads import ThreadPolicy, tune_allocator
+    from vaekit.devices import forked_rng, model_device, resolve_device
+    from vaekit.distributed import local_device
+    from vaekit.evaluation import check_samples, format_table, share, summarise, write_per_example
+    from vaekit.evaluation import per_example as score_examples
+
+    with process_group(dist_backend):  # under torchrun the batches are shared out
+        main = rank() == 0
+        quiet = quiet or not main
+        device = str(local_device(resolve_device(device)))
+        overrides = {"binarize": binarize, "data_dir": data_dir, "mirror": mirror}
+        positive("--batch-size", batch_size)
+        positive("--local-steps", local_steps)
+        if samples is not None:
+            positive("--samples", samples)
+            importance_samples = samples
+        k, iwae_k = check_samples(importance_samples, iwae_k)
+        if per_example is not None:
+            output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
+        check_threads(threads)
+        model, config, dataset, split, epoch = model_and_data(run_dir, data, split, overrides, device, weights)
+        tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
+        policy = ThreadPolicy(threads, quiet=quiet or as_json)
+        labels = labels_of(model, dataset)
+        total = share(len(dataset), batch_size, k) * (2 if gap_decomposition else 1)
+        with forked_rng(model_device(model), seed), progress(quiet, f"evaluating (K = {k})", total) as advance:
+            scores = score_examples(
+                model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+                curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+                labels=labels, on_progress=lambda n: (advance(n), policy.check()),
+            )
+            result = {"split": split, "seed": seed, **summarise(
+                model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+                labels=labels)}
+        result.update(weights=weights, epoch=epoch)
+        if not main:
+            return  # rank 0 writes and prints
+        notes = []
+        if per_example is not None:
+            write_per_example(scores, per_example, dataset.labels, extra=source_columns(dataset))
+            notes.append(f"wrote per-example scores to {per_example}")
+        if curve and result.get("curve"):
+            from vaekit import plots
+
+            notes.append(store_in_run(run_dir / "likelihood_curve.png",
+                                       lambda path: plots.likelihood_curve_figure(result, path), "the curve"))
+        if save and same_data(data, config):
+            from vaekit.rundir import write_json
+
+            name = f"evaluation-{split}.json" if weights == "last" else f"evaluation-{split}-{weights}.json"
+            notes.append(store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print(format_table(result))
+        for note in notes:
+            print(note, file=sys.stderr)
