@@ -108,12 +108,12 @@ class DataSettings:
     image_size: int = setting(0, "Image folders: resize every image to N x N (0: keep sizes, which must then all "
                               "match).", minimum="non-negative")
     image_mode: str = setting("auto", "Image folders: auto | grey | rgb (auto: grey when every image is).",
-                              choices=("auto", "grey", "rgb"))
+                              choices=IMAGE_MODES)
     label_column: str | None = setting(None, "CSV/Parquet: the column holding labels (not used as a feature).")
     standardize: bool = setting(False, "Standardise every feature to mean 0, sd 1 over the training split; "
                                 "recorded in the run and applied by evaluate/encode/sample.")
     validation_split: str = setting("fraction", "fraction (a seeded share of the training data) | test (the "
-                                    "dataset's official test split).", choices=("fraction", "test"))
+                                    "dataset's official test split).", choices=VALIDATION_SPLITS)
 
 
 @dataclass
@@ -141,7 +141,7 @@ class ModelSettings:
     output_bias: str = setting("zero", "zero (default: as built) | data (the decoder's output bias at the "
                                "likelihood's natural parameter of the training mean, e.g. the logit of the mean "
                                "pixel: what lets a tanh decoder reach MNIST's background without saturating).",
-                               choices=("zero", "data"))
+                               choices=OUTPUT_BIASES)
 
 
 @dataclass
@@ -211,7 +211,7 @@ class HardwareSettings:
                            "while training).", minimum="non-negative", on_resume=True)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", on_resume=True)
     precision: str = setting("fp32", "fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).",
-                             choices=("fp32", "bf16"))
+                             choices=PRECISIONS)
 
 
 @dataclass
