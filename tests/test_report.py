@@ -163,3 +163,30 @@ def test_the_new_commands_document_their_options():
     for command, option in (("report", "--output"), ("runs", "--json"), ("explore", "--no-browser")):
         done = run_cli(command, "--help")
         assert done.returncode == 0 and option in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    ({"curve": "abc"}, "curve is 'abc', not a list of points"),
+    ({"curve": [{"k": 1}]}, "is not {k ≥ 1, estimate, se}"),
+    ({"split": ["a"]}, "split is ['a'], not a text"),
+    ({"elbo": {"a": 1}}, "elbo is {'a': 1}, not a number"),
+])
+def test_a_damaged_run_is_named_and_the_others_are_reported(fixture_runs, tmp_path, damage, reason):
+    import html as html_module
+
+    vae, cvae = fixture_runs
+    bad = tmp_path / "bad"
+    shutil.copytree(vae, bad)
+    stored = json.loads((bad / "evaluation.json").read_text())
+    (bad / "evaluation.json").write_text(json.dumps({**stored, **damage}))
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    (bad / "metrics.jsonl").write_text("\n".join([*lines, '{"epoch": 3, "seconds": ' + "9" * 5000 + "}"]) + "\n")
+    (bad / "latent.png").write_text("not a png")
+    html = report.write_report([cvae, bad], tmp_path / "r.html").read_text()
+    text = html_module.unescape(html)
+    assert f"evaluation.json skipped: {bad}/evaluation.json: " in text and reason in text
+    assert "line 3 holds a 5,000-digit integer" in text and "latent.png left out" in text
+    page = Page(html)
+    assert "unreadable" in page.cells  # the damaged run's status in the runs table
+    cvae_eval = json.loads((cvae / "evaluation.json").read_text())
+    assert f"{cvae_eval['elbo']:.3f} ± {cvae_eval['elbo_se']:.3f}" in page.cells  # the other run as usual

@@ -80,14 +80,41 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
             config = load_config(run_dir)
             data, model = config.data, describe_model(config)
         else:  # trained from Python (vaekit.fit): run.json holds the plan
-            info = rundir.load_info(run_dir)
-            config = SimpleNamespace(epochs=info.get("epochs"), steps=info.get("steps"),
-                                     time_budget=info.get("time_budget"),
-                                     checkpoint_minutes=info.get("checkpoint_minutes", 10.0))
-            data, model = "(from Python)", f"{info.get('model', 'model')} (from Python)"
+            config, model = _python_plan(rundir.load_info(run_dir), run_dir / rundir.INFO)
+            data, model = "(from Python)", f"{model} (from Python)"
+        return _summarise(run_dir, dict(row), config, data, model, metrics, now)
     except VaekitError as err:
-        row["problem"] = str(err)
-        return row
+        problem = str(err)
+    except Exception as err:  # noqa: BLE001 - one damaged run must not hide the others
+        problem = f"could not be read ({type(err).__name__}: {_clip(str(err))})"
+    return {**row, "problem": problem}
+
+
+def _python_plan(info: dict[str, Any], path: Path) -> tuple[SimpleNamespace, str]:
+    """The plan ``vaekit.fit`` recorded in run.json (epochs, steps, time budget, checkpoint
+    interval) and the model's class name, each checked."""
+    def whole(key: str, default: int | None) -> int | None:
+        value = info.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a whole number ≥ 0")
+        return value
+
+    def positive(key: str, default: float | None) -> float | None:
+        value = info.get(key, default)
+        if value is not None and (finite(value) is None or value < 0):
+            raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a number ≥ 0")
+        return value
+
+    model = info.get("model", "model")
+    if not isinstance(model, str):
+        raise VaekitError(f"{path}: model is {_clip(repr(model))}, not a name")
+    plan = SimpleNamespace(epochs=whole("epochs", None), steps=whole("steps", 0) or 0,
+                           time_budget=positive("time_budget", None),
+                           checkpoint_minutes=positive("checkpoint_minutes", 10.0))
+    return plan, _clip(model, 40)
+
+
+def _summarise(run_dir: Path, row: dict[str, Any], config, data, model, metrics, now) -> dict[str, Any]:
     budget = getattr(config, "steps", 0) or getattr(config, "time_budget", None) is not None
     row.update(data=data, model=model, epochs_planned=None if budget else config.epochs,  # a step or time budget
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
@@ -95,9 +122,11 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
     best = best_validation(metrics)
     if best is not None:
         row["best_validation_elbo"], row["best_epoch"] = best
-    seconds = [m["seconds"] for m in metrics if isinstance(m.get("seconds"), int | float)]
-    row["wall_seconds"] = sum(seconds) if seconds else None
-    test = test_evaluation(run_dir)
+    seconds = [m["seconds"] for m in metrics if m.get("seconds") is not None]  # checked by read_metrics
+    row["wall_seconds"] = math.fsum(seconds) if seconds else None
+    problems: list[str] = []
+    test = test_evaluation(run_dir, problems)
+    row["problem"] = "; ".join(problems) or None
     if test is not None:
         row["test_log_likelihood"] = test.get("log_likelihood")
         row["test_log_likelihood_se"] = test.get("log_likelihood_se")
@@ -132,14 +161,107 @@ def describe_model(config) -> str:
 
 def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:
     """(best validation ELBO, its epoch), or None when no epoch has a finite one."""
-    scored = [(m["validation_elbo"], m["epoch"]) for m in metrics
-              if isinstance(m.get("validation_elbo"), int | float) and math.isfinite(m["validation_elbo"])]
+    scored = [(v, m["epoch"]) for m in metrics if (v := finite(m.get("validation_elbo"))) is not None]
     return max(scored, key=lambda s: s[0]) if scored else None
 
 
-def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float if it is a number (NaN and ±inf included, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+# What a stored evaluation may hold, as the report and this table read it.
+EVALUATION_NUMBERS = ("elbo", "reconstruction", "kl", "mutual_information", "marginal_kl", "log_likelihood",
+                      "gap", "elbo_local", "amortisation_gap", "approximation_gap", "iwae_bound", "bits_per_dim")
+EVALUATION_COUNTS = ("n", "importance_samples", "iwae_k", "active_units", "epoch", "seed")
+EVALUATION_TEXTS = ("split", "weights", "bits_per_dim_note")
+MAX_CURVE_POINTS = 200  # K values of one stored curve (evaluate --curve stores about 10)
+MAX_TEXT = 300  # characters kept of a stored text (a split's name, a note)
+
+
+def check_evaluation(result: Any, path: Path) -> dict[str, Any]:
+    """A stored evaluation (``evaluation*.json``, already parsed) reduced to what is shown of
+    it, every value checked: numbers are numbers, counts whole and not negative, texts short
+    strings, the curve a list of ``{k, estimate, se}``. A :class:`VaekitError` naming the file
+    and the key otherwise."""
+    if not isinstance(result, dict):
+        raise VaekitError(f"{path}: not a stored evaluation (a JSON object)")
+    clean: dict[str, Any] = {}
+    for key in EVALUATION_NUMBERS:
+        for name in (key, f"{key}_se"):
+            value = result.get(name)
+            if value is not None:
+                if number(value) is None:
+                    raise VaekitError(f"{path}: {name} is {_clip(repr(value))}, not a number")
+                clean[name] = number(value)
+    for key in EVALUATION_COUNTS:
+        value = result.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a whole number ≥ 0")
+            clean[key] = value
+    for key in EVALUATION_TEXTS:
+        value = result.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a text")
+            clean[key] = value[:MAX_TEXT]
+    per_dim = result.get("active_units_per_dim")
+    if isinstance(per_dim, list):
+        clean["active_units_of"] = len(per_dim)  # only its length is shown
+    if result.get("curve") is not None:
+        clean["curve"] = _check_curve(result["curve"], path)
+    return clean
+
+
+def _check_curve(curve: Any, path: Path) -> list[dict[str, float | int | None]]:
+    if not isinstance(curve, list) or not curve:
+        raise VaekitError(f"{path}: curve is {_clip(repr(curve))}, not a list of points")
+    if len(curve) > MAX_CURVE_POINTS:
+        raise VaekitError(f"{path}: curve has {len(curve):,} points, more than the {MAX_CURVE_POINTS} shown")
+    points = []
+    for point in curve:
+        k = point.get("k") if isinstance(point, dict) else None
+        estimate = number(point.get("estimate")) if isinstance(point, dict) else None
+        se = point.get("se") if isinstance(point, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or estimate is None or (
+                se is not None and number(se) is None):
+            raise VaekitError(f"{path}: curve point {_clip(repr(point))} is not {{k ≥ 1, estimate, se}}")
+        points.append({"k": k, "estimate": estimate, "se": None if se is None else number(se)})
+    return points
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """A stored evaluation file, read (size-capped) and checked by :func:`check_evaluation`."""
+    from vaekit import rundir
+
+    return check_evaluation(rundir.read_json(path, "a stored evaluation"), path)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def test_evaluation(run_dir: str | Path, problems: list[str] | None = None) -> dict[str, Any] | None:
     """The stored evaluation of the test split: ``evaluation-test.json`` (``vaekit evaluate``),
-    else ``evaluation.json`` where training evaluated the test split; None if neither."""
+    else ``evaluation.json`` where training evaluated the test split; None if neither. A file
+    that fails :func:`check_evaluation` is skipped, its reason added to ``problems``."""
     from vaekit import rundir
 
     run_dir = Path(run_dir)
@@ -147,10 +269,12 @@ def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
         if not path.is_file():
             continue
         try:
-            result = rundir.read_json(path, "a stored evaluation")
-        except VaekitError:
+            result = read_evaluation(path)
+        except VaekitError as err:
+            if problems is not None:
+                problems.append(f"{path.name} skipped: {err}")
             continue
-        if isinstance(result, dict) and result.get("split") == "test":
+        if result.get("split") == "test":
             return result
     return None
 
@@ -218,7 +342,7 @@ def _mid_epoch(path: Path) -> bool:
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "—"
     if seconds < 60:
         return f"{seconds:.1f} s"

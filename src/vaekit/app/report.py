@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaekit.app.catalog import finite
 from vaekit.errors import VaekitError
 
 # (file, heading, what it shows, the command that draws it)
@@ -69,6 +70,7 @@ class Run:
     metrics: list[dict[str, Any]]
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> result
     figures: dict[str, str | None] = field(default_factory=dict)  # file name -> data URI
+    problems: list[str] = field(default_factory=list)  # what of the run could not be read, and why
 
 
 def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACKAGES)) -> None:
@@ -81,21 +83,44 @@ def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACK
 
 
 def read_run(run_dir: str | Path, name: str | None = None) -> Run:
-    """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`."""
+    """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`. A
+    folder that is not a run is an error; a run's damaged file is left out of the report
+    and named, with the reason, in ``problems`` (one damaged run must not hide the others)."""
     from vaekit import rundir
     from vaekit.app import catalog
     from vaekit.app.runs import load_config
 
     run_dir = Path(run_dir)
-    config = load_config(run_dir)  # a clear error for a folder that is not a run
-    run = Run(name or run_dir.resolve().name, run_dir, catalog.summarise_run(run_dir, name),
-              config.to_dict(), rundir.read_metrics(run_dir))
+    problems = []
+    try:
+        config = load_config(run_dir).to_dict()
+    except VaekitError as err:
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise  # not a run at all (a mistyped folder): say so and stop
+        config, problems = {}, [str(err)]
+    summary = catalog.summarise_run(run_dir, name)
+    try:
+        metrics = rundir.read_metrics(run_dir)
+    except VaekitError as err:
+        metrics = []
+        problems.append(str(err))
+    run = Run(name or run_dir.resolve().name, run_dir, summary, config, metrics, problems=problems)
     for path in sorted(run_dir.glob("evaluation*.json")):
-        result = rundir.read_json(path, "a stored evaluation")
-        if isinstance(result, dict) and "n" in result:
+        try:
+            result = catalog.read_evaluation(path)
+        except VaekitError as err:
+            problems.append(f"{path.name} skipped: {err}")
+            continue
+        if "n" in result:
             run.evaluations[path.name] = result
     for file, *_ in (*FIGURES, (LIKELIHOOD_CURVE,)):
-        run.figures[file] = _data_uri(run_dir / file)
+        try:
+            run.figures[file] = _data_uri(run_dir / file)
+        except VaekitError as err:
+            run.figures[file] = None
+            problems.append(f"{file} left out: {err}")
+    if summary["problem"]:  # the table's own reading, where it found more
+        problems[:0] = [p for p in summary["problem"].split("; ") if p not in problems]
     return run
 
 
@@ -236,10 +261,10 @@ def _best(values: list[Any], better: int) -> int | None:
 
 
 def _active_units(result: dict[str, Any]) -> str:
-    units, per_dim = result.get("active_units"), result.get("active_units_per_dim")
+    units, of = result.get("active_units"), result.get("active_units_of")
     if units is None:
         return "—"
-    return f"{units} of {len(per_dim)}" if isinstance(per_dim, list) else str(units)
+    return f"{units} of {of}" if of is not None else str(units)
 
 
 def _show_value(value: Any) -> str:
@@ -268,8 +293,8 @@ def training_curves_html(runs_: list[Run]) -> str | None:
         for col, (term, _) in enumerate(terms, 1):
             for split, dash in (("train", "solid"), ("validation", "dash")):
                 key = f"{split}_{term}"
-                values = [m.get(key) for m in r.metrics]
-                if not any(isinstance(v, int | float) for v in values):
+                values = [finite(m.get(key)) for m in r.metrics]  # a gap where one is not a number
+                if all(v is None for v in values):
                     continue
                 fig.add_scatter(
                     x=epochs, y=values, mode="lines", row=1, col=col,
@@ -301,8 +326,8 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
             if not curve:
                 continue
             label = f"{r.name}, {result.get('split', 'data')}"
-            k = [p["k"] for p in curve]
-            estimate = [p["estimate"] for p in curve]
+            k = [p["k"] for p in curve]  # checked by catalog.check_evaluation
+            estimate = [finite(p["estimate"]) for p in curve]
             errors = {"type": "data", "array": [p.get("se") or 0.0 for p in curve], "visible": True}
             ks.update(k)
             fig.add_scatter(
@@ -310,14 +335,14 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
                 line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=label,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>%{{y:.3f}} nats<extra>{file}</extra>",
             )
-            elbo = result.get("elbo")
-            if not isinstance(elbo, int | float):
+            elbo = finite(result.get("elbo"))
+            if elbo is None:
                 continue
             fig.add_scatter(x=[k[0], k[-1]], y=[elbo, elbo], mode="lines", name=f"{label}: ELBO",
                             line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=label,
                             hovertemplate=f"{label}: ELBO %{{y:.3f}}<extra></extra>")
             fig.add_scatter(
-                x=k, y=[e - elbo for e in estimate], mode="lines+markers", showlegend=False,
+                x=k, y=[None if e is None else e - elbo for e in estimate], mode="lines+markers", showlegend=False,
                 line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=label,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>estimate − ELBO %{{y:.3f}} nats<extra>{file}</extra>",
             )
