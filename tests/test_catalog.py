@@ -217,3 +217,23 @@ def test_a_python_runs_record_is_checked(tmp_path):
 def test_durations_that_are_not_finite_show_a_dash():
     assert catalog.format_duration(float("inf")) == "—" and catalog.format_duration(float("nan")) == "—"
     assert catalog.format_duration(3725.0) == "1:02:05"
+
+
+def test_wall_time_is_the_sessions_where_recorded_else_the_epochs_named_so(tmp_path):
+    old = copy_run("vae-v0.1", tmp_path / "old")
+    new = copy_run("vae-v0.1", tmp_path / "new")
+    info = json.loads((new / rundir.INFO).read_text())
+    (new / rundir.INFO).write_text(json.dumps({**info, "sessions_seconds": [11.0, 4.5]}))  # a resume: two sessions
+    new_row, old_row = catalog.runs_table(tmp_path)
+    epochs = sum(m["seconds"] for m in rundir.read_metrics(old))
+    assert (new_row["wall_seconds"], new_row["wall_time_source"]) == (15.5, "sessions")
+    assert new_row["epochs_seconds"] == pytest.approx(epochs)
+    assert (old_row["wall_time_source"], old_row["sessions_seconds"]) == ("epochs", None)
+    assert old_row["wall_seconds"] == pytest.approx(epochs)
+    lines = catalog.format_runs([new_row, old_row]).splitlines()
+    assert next(x for x in lines if x.startswith(" new")).endswith("15.5 s")
+    assert next(x for x in lines if x.startswith(" old")).endswith("s (epochs)")
+    assert any(x.startswith("wall time (epochs): the epochs' seconds summed") for x in lines)
+    # a damaged record of the sessions falls back to the epochs' sum
+    (new / rundir.INFO).write_text(json.dumps({**info, "sessions_seconds": "11"}))
+    assert catalog.summarise_run(new)["wall_time_source"] == "epochs"

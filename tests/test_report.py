@@ -190,3 +190,15 @@ def test_a_damaged_run_is_named_and_the_others_are_reported(fixture_runs, tmp_pa
     assert "unreadable" in page.cells  # the damaged run's status in the runs table
     cvae_eval = json.loads((cvae / "evaluation.json").read_text())
     assert f"{cvae_eval['elbo']:.3f} ± {cvae_eval['elbo_se']:.3f}" in page.cells  # the other run as usual
+
+
+def test_wall_time_is_the_sessions_or_named_as_the_epochs_sum(fixture_runs, tmp_path):
+    vae, cvae = fixture_runs
+    timed = tmp_path / "timed"
+    shutil.copytree(vae, timed)
+    info = json.loads((timed / "run.json").read_text())
+    (timed / "run.json").write_text(json.dumps({**info, "sessions_seconds": 11.0}))
+    html = report.write_report([timed, cvae], tmp_path / "r.html").read_text()
+    cells = Page(html[html.index('id="runs"'):html.index('id="evaluation"')]).cells
+    assert "11.0 s" in cells and any(c.endswith("s (epochs)") for c in cells)
+    assert "\"(epochs)\": the epochs' seconds summed" in html

@@ -61,7 +61,10 @@ def find_runs(folder: str | Path) -> list[Path]:
 
 def summarise_run(run_dir: str | Path, name: str | None = None, now: float | None = None) -> dict[str, Any]:
     """One row of the table: name, data, model, epochs done and planned, status, best
-    validation ELBO, test log-likelihood and training wall time (the epochs' seconds summed).
+    validation ELBO, test log-likelihood and training wall time: the training sessions' real
+    time where run.json records it (``sessions_seconds``), else the epochs' seconds summed
+    (``wall_time_source`` says which; the epochs' sum leaves out start-up, the final
+    evaluation and figures).
     A run that cannot be read gets status ``unreadable`` and the reason in ``problem``."""
     from vaekit import rundir
     from vaekit.app.runs import load_config
@@ -72,7 +75,7 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
         "epochs_done": None, "epochs_planned": None, "status": "unreadable",
         "best_validation_elbo": None, "best_epoch": None, "test_log_likelihood": None,
         "test_log_likelihood_se": None, "test_importance_samples": None, "wall_seconds": None,
-        "problem": None,
+        "wall_time_source": None, "sessions_seconds": None, "epochs_seconds": None, "problem": None,
     }
     try:
         metrics = rundir.read_metrics(run_dir)
@@ -123,7 +126,12 @@ def _summarise(run_dir: Path, row: dict[str, Any], config, data, model, metrics,
     if best is not None:
         row["best_validation_elbo"], row["best_epoch"] = best
     seconds = [m["seconds"] for m in metrics if m.get("seconds") is not None]  # checked by read_metrics
-    row["wall_seconds"] = math.fsum(seconds) if seconds else None
+    row["epochs_seconds"] = math.fsum(seconds) if seconds else None
+    row["sessions_seconds"] = sessions_seconds(run_dir)
+    if row["sessions_seconds"] is not None:
+        row["wall_seconds"], row["wall_time_source"] = row["sessions_seconds"], "sessions"
+    elif row["epochs_seconds"] is not None:
+        row["wall_seconds"], row["wall_time_source"] = row["epochs_seconds"], "epochs"
     problems: list[str] = []
     test = test_evaluation(run_dir, problems)
     row["problem"] = "; ".join(problems) or None
@@ -163,6 +171,24 @@ def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:
     """(best validation ELBO, its epoch), or None when no epoch has a finite one."""
     scored = [(v, m["epoch"]) for m in metrics if (v := finite(m.get("validation_elbo"))) is not None]
     return max(scored, key=lambda s: s[0]) if scored else None
+
+
+def sessions_seconds(run_dir: str | Path) -> float | None:
+    """The training sessions' real time, start to end, summed over resumes: run.json's
+    ``sessions_seconds`` (a number, or a list of one per session). None where run.json has
+    none (runs from before it was recorded) or holds no valid one."""
+    from vaekit import rundir
+
+    try:
+        info = rundir.read_json(Path(run_dir) / rundir.INFO, "the run's description", rundir.RECORD_BYTES)
+    except VaekitError:
+        return None
+    value = info.get("sessions_seconds") if isinstance(info, dict) else None
+    parts = value if isinstance(value, list) else [value]
+    parts = [finite(v) for v in parts]
+    if not parts or any(v is None or not 0 <= v <= rundir.MAX_EPOCH_SECONDS for v in parts):
+        return None
+    return math.fsum(parts)
 
 
 def finite(value: Any) -> float | None:
@@ -351,6 +377,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_wall_time(row: dict[str, Any]) -> str:
+    """A row's wall time, marked ``(epochs)`` where it is the epochs' sum, not the sessions'."""
+    shown = format_duration(row.get("wall_seconds"))
+    return f"{shown} (epochs)" if row.get("wall_time_source") == "epochs" else shown
+
+
 def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
     """The rows as a text table (rich), one line per run, problems listed below it."""
     import io
@@ -375,11 +407,14 @@ def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
             if r["test_log_likelihood_se"] is not None:
                 test += f" ± {r['test_log_likelihood_se']:.2f}"
         table.add_row(r["name"], _short(r["data"]), r["model"] or "—", epochs, r["status"], best, test,
-                      format_duration(r["wall_seconds"]))
+                      format_wall_time(r))
     buffer = io.StringIO()
     # a wide virtual terminal: rows are never folded, whatever the real one (or a pipe) is
     Console(file=buffer, width=width or 240, color_system=None, highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    if any(r.get("wall_time_source") == "epochs" for r in rows):
+        lines.append("wall time (epochs): the epochs' seconds summed, without start-up, evaluation and figures "
+                     "(runs from before vaekit recorded the sessions' time)")
     lines += [f"{r['name']}: {r['problem']}" for r in rows if r["problem"]]
     return "\n".join(lines).strip("\n")
 

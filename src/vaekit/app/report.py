@@ -149,6 +149,7 @@ def render(runs_: list[Run]) -> str:
     import plotly.offline
 
     from vaekit import __version__
+    from vaekit.app import catalog
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("vaekit.app", "templates"),
@@ -171,6 +172,7 @@ def render(runs_: list[Run]) -> str:
         likelihood_curves=likelihood_curves_html(curve_runs) if curve_runs else None,
         curve_pngs=[(r.name, r.figures.get(LIKELIHOOD_CURVE)) for r in runs_],
         figures=FIGURES,
+        wall_time=catalog.format_wall_time,
     )
 
 
