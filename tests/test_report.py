@@ -202,3 +202,32 @@ def test_wall_time_is_the_sessions_or_named_as_the_epochs_sum(fixture_runs, tmp_
     cells = Page(html[html.index('id="runs"'):html.index('id="evaluation"')]).cells
     assert "11.0 s" in cells and any(c.endswith("s (epochs)") for c in cells)
     assert "\"(epochs)\": the epochs' seconds summed" in html
+
+
+HOSTILE = '<a href="https:evil.example">click me'
+
+
+def plotly_labels(html: str) -> list[str]:
+    """Every trace name and hover template in the page's plotly figures."""
+    found = []
+    for call in re.findall(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, flags=re.S):
+        for trace in json.loads(call):
+            found += [trace.get("name", ""), trace.get("hovertemplate", "")]
+    return found
+
+
+def test_names_are_shown_as_text_not_links_in_the_figures(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    run = tmp_path / HOSTILE
+    shutil.copytree(vae, run)
+    result = json.loads((run / "evaluation.json").read_text())
+    result.update(split="<b>odd</b> split", curve=[{"k": 1, "estimate": -44.3, "se": 0.01},
+                                                   {"k": 10, "estimate": -44.2, "se": 0.01}])
+    (run / "evaluation.json").write_text(json.dumps(result))
+    html = report.write_report([run], tmp_path / "r.html").read_text()
+    labels = plotly_labels(html)
+    assert len(labels) >= 8 and any("click me" in x for x in labels) and any("odd" in x for x in labels)
+    for label in labels:  # plotly would draw a tag as a link or bold; entities are drawn as text
+        assert "<a" not in label and "<b>" not in label, label
+    assert any("&lt;a href=\"https:evil.example\"&gt;click me" in x for x in labels)
+    assert report.plotly_text("100% %{y} <i>&") == "100&#37; &#37;{y} &lt;i&gt;&amp;"

@@ -280,6 +280,15 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def plotly_text(text: str) -> str:
+    """``text`` shown as itself in a plotly label (legend, hover, title): plotly reads its
+    labels as a small HTML (``<a href>`` makes a link, ``<b>`` bold) and hover templates
+    substitute ``%{...}``; entities are decoded after both, so escaping ``& < > %`` shows
+    a run's or a split's name exactly as it is spelt, never as a link."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("%", "&#37;"))
+
+
 def training_curves_html(runs_: list[Run]) -> str | None:
     """ELBO, reconstruction term and KL per epoch (train solid, validation dashed), one
     colour per run, as an interactive plotly figure; None when no run has metrics."""
@@ -291,6 +300,7 @@ def training_curves_html(runs_: list[Run]) -> str | None:
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in terms], horizontal_spacing=0.07)
     for i, r in enumerate(runs_):
         colour = COLOURS[i % len(COLOURS)]
+        name = plotly_text(r.name)
         epochs = [m["epoch"] for m in r.metrics]
         for col, (term, _) in enumerate(terms, 1):
             for split, dash in (("train", "solid"), ("validation", "dash")):
@@ -300,9 +310,9 @@ def training_curves_html(runs_: list[Run]) -> str | None:
                     continue
                 fig.add_scatter(
                     x=epochs, y=values, mode="lines", row=1, col=col,
-                    name=f"{r.name} {split}", legendgroup=f"{r.name} {split}", showlegend=col == 1,
+                    name=f"{name} {split}", legendgroup=f"{i} {split}", showlegend=col == 1,
                     line={"color": colour, "dash": dash},
-                    hovertemplate=f"{r.name}, {split}<br>epoch %{{x}}<br>%{{y:.3f}} nats<extra></extra>",
+                    hovertemplate=f"{name}, {split}<br>epoch %{{x}}<br>%{{y:.3f}} nats<extra></extra>",
                 )
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="nats per example", row=1, col=1)
@@ -327,25 +337,26 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
             curve = result.get("curve")
             if not curve:
                 continue
-            label = f"{r.name}, {result.get('split', 'data')}"
+            label = plotly_text(f"{r.name}, {result.get('split', 'data')}")
+            group, file = f"{i} {file}", plotly_text(file)
             k = [p["k"] for p in curve]  # checked by catalog.check_evaluation
             estimate = [finite(p["estimate"]) for p in curve]
             errors = {"type": "data", "array": [p.get("se") or 0.0 for p in curve], "visible": True}
             ks.update(k)
             fig.add_scatter(
                 x=k, y=estimate, mode="lines+markers", name=f"{label}: log-likelihood estimate",
-                line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=label,
+                line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=group,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>%{{y:.3f}} nats<extra>{file}</extra>",
             )
             elbo = finite(result.get("elbo"))
             if elbo is None:
                 continue
             fig.add_scatter(x=[k[0], k[-1]], y=[elbo, elbo], mode="lines", name=f"{label}: ELBO",
-                            line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=label,
+                            line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=group,
                             hovertemplate=f"{label}: ELBO %{{y:.3f}}<extra></extra>")
             fig.add_scatter(
                 x=k, y=[None if e is None else e - elbo for e in estimate], mode="lines+markers", showlegend=False,
-                line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=label,
+                line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=group,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>estimate − ELBO %{{y:.3f}} nats<extra>{file}</extra>",
             )
     # ticks at the evaluated K only: a log axis's default minor labels (2, 5, ...) read as K
