@@ -166,6 +166,8 @@ def test_explorer_in_the_browser(page, explorer):
     assert n == 180  # digits' validation split
     assert page.locator("#plane .scatterlayer .point").count() == n
     start_z, _ = wait_for_new_image(page, None)  # the centre is decoded on load
+    # before the first hover the example panel shows no image (not a broken-image icon)
+    assert page.locator("#hovered").is_hidden() and page.locator("#decoded").is_visible()
 
     # two clicks at different places decode two different images
     click_plane(page, 0.2, 0.25)
@@ -201,6 +203,10 @@ def test_explorer_in_the_browser(page, explorer):
     page.check("#grid-toggle")
     grid = page.wait_for_selector("#plane .imagelayer image")
     assert grid.get_attribute("href").startswith("data:image/png;base64,")
+    # drawn pixel-exact and at full contrast
+    style = grid.evaluate("g => [getComputedStyle(g).imageRendering, g.getAttribute('opacity')]")
+    assert style[0] == "pixelated" and style[1] in (None, "1")
+    assert page.locator("#decoded").evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
     save_screenshot(page, "explore.png")
     # the one console error is the browser's note on the deliberately malformed fetch
     assert page.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]

@@ -68,6 +68,7 @@ async function decode() {
         const { dataUrl, ms, network } = await fetchImage(`/api/decode?z=${z.join(",")}${labelParam()}`);
         const img = $("decoded");
         img.src = dataUrl;
+        img.hidden = false;
         img.dataset.z = z.join(",");
         state.lastMs = ms;
         state.lastNetworkMs = network;
@@ -212,6 +213,7 @@ async function showExample(i) {
   try {
     const { dataUrl } = await fetchImage(`/api/example?i=${i}`);
     $("hovered").src = dataUrl;
+    $("hovered").hidden = false; // hidden until the first hover: no broken-image icon
     const info = state.info;
     $("hovered-caption").textContent = `#${i}` + (info.labels ? `, class ${info.class_names[info.labels[i]]}` : "");
   } catch (err) {
@@ -276,7 +278,8 @@ async function refreshGrid() {
         await Plotly.relayout(plane, {
           images: [{
             source: dataUrl, xref: "x", yref: "y", x: x0, y: y1, sizex: x1 - x0, sizey: y1 - y0,
-            xanchor: "left", yanchor: "top", sizing: "stretch", layer: "below", opacity: 0.5,
+            // full contrast, drawn pixel-exact by the stylesheet (#plane image)
+            xanchor: "left", yanchor: "top", sizing: "stretch", layer: "below", opacity: 1,
           }],
         });
         showError("");
