@@ -231,3 +231,47 @@ def test_names_are_shown_as_text_not_links_in_the_figures(fixture_runs, tmp_path
         assert "<a" not in label and "<b>" not in label, label
     assert any("&lt;a href=\"https:evil.example\"&gt;click me" in x for x in labels)
     assert report.plotly_text("100% %{y} <i>&") == "100&#37; &#37;{y} &lt;i&gt;&amp;"
+
+
+def long_metrics(run: Path, epochs: int) -> int:
+    """Give ``run`` a metrics.jsonl of ``epochs`` epochs; return its size in bytes."""
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    with open(run / "metrics.jsonl", "w") as f:
+        for epoch in range(1, epochs + 1):
+            f.write(json.dumps({**row, "epoch": epoch, "train_elbo": -100 + epoch / epochs}) + "\n")
+    return (run / "metrics.jsonl").stat().st_size
+
+
+def test_long_metrics_are_streamed_and_thinned_for_the_page(fixture_runs, tmp_path):
+    import tracemalloc
+
+    vae, _ = fixture_runs
+    run = tmp_path / "long"
+    shutil.copytree(vae, run)
+    report.read_run(vae)  # the modules it imports are not what is measured
+    size = long_metrics(run, 12_345)
+    tracemalloc.start()
+    read = report.read_run(run)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < size  # streamed: memory for the kept epochs, not for the file (was ~15× it)
+    assert read.epochs_total == 12_345 and read.summary["epochs_done"] == 12_345
+    assert report.CURVE_POINTS <= len(read.metrics) <= 2 * report.CURVE_POINTS + 1
+    epochs = [m["epoch"] for m in read.metrics]
+    assert epochs[-1] == 12_345 and epochs[:3] == [1, 1 + read.epochs_stride, 1 + 2 * read.epochs_stride]
+    html = report.render([read])
+    assert f"12,345 epochs, every {read.epochs_stride}th drawn (and the last)" in html
+
+
+def test_figures_over_the_caps_are_left_out_and_named(tiny_run, tmp_path, monkeypatch):
+    sizes = {f: (tiny_run / f).stat().st_size for f, *_ in report.FIGURES}
+    monkeypatch.setattr(report, "FIGURE_CAP", sorted(sizes.values())[-2])  # the largest is over it
+    largest = max(sizes, key=sizes.get)
+    html = report.write_report([tiny_run, tiny_run], tmp_path / "r.html").read_text()
+    assert html.count(f"{largest} left out: ") == 2 and "a report embeds per figure" in html
+    monkeypatch.setattr(report, "FIGURE_CAP", max(sizes.values()))
+    monkeypatch.setattr(report, "FIGURES_CAP", sum(sizes.values()))  # room for the first run's only
+    html = report.write_report([tiny_run, tiny_run], tmp_path / "r.html").read_text()
+    assert html.count("of figures are used up") == len(sizes)  # each of the second run's, named
+    images = [a for t, a in Page(html).tags if t == "img"]
+    assert len(images) == len(sizes)  # the first run's

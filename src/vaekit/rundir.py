@@ -649,7 +649,14 @@ def read_regular(path: str | Path, what: str, cap: int | None) -> bytes:
             raise VaekitError(f"{path} ({what}) is {size:,} bytes, more than the {cap:,} such a file "
                               "may hold; refused")
         try:
-            data = f.read(-1 if cap is None else cap + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, not the cap
+            data = f.read(-1 if cap is None else min(size, cap) + 1)
+            while cap is not None and len(data) == min(size, cap) + 1 and len(data) <= cap:
+                more = f.read(min(1024**2, cap + 1 - len(data)))  # grew since fstat, or a size-0 file
+                if not more:
+                    break
+                data += more
+                size = len(data) - 1
         except OSError as err:
             raise VaekitError(f"cannot read {path} ({what}): {err.strerror or err}") from None
     if cap is not None and len(data) > cap:
@@ -743,14 +750,35 @@ MAX_EPOCH_SECONDS = 1e9  # 31 years: an epoch's "seconds" beyond this is damage
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """``metrics.jsonl`` as a list of epoch records, each checked by :func:`check_epoch_record`."""
+    return list(iter_metrics(run_dir))
+
+
+def iter_metrics(run_dir: str | Path):
+    """The epoch records of ``metrics.jsonl`` one at a time, each checked, read line by line
+    (a reader that keeps a summary needs memory for one line, not for the file); none where
+    the file is missing. The file must be a regular file of at most ``METRICS_BYTES``."""
     path = Path(run_dir) / METRICS
     try:
-        lines = read_regular(path, "the metrics", METRICS_BYTES).decode("utf-8").splitlines()
+        opened = _open_regular(path, "the metrics")
+        f, size = opened.__enter__()
     except FileNotFoundError:
-        return []
-    except UnicodeDecodeError as err:
-        raise VaekitError(f"cannot read {path}: {err}") from None
-    return [parse_epoch_line(line, path, number) for number, line in enumerate(lines, 1) if line.strip()]
+        return
+    try:
+        if size > METRICS_BYTES:
+            raise VaekitError(f"{path} (the metrics) is {size:,} bytes, more than the {METRICS_BYTES:,} such a "
+                              "file may hold; refused")
+        read = 0
+        for number, line in enumerate(f, 1):
+            read += len(line)
+            if read > METRICS_BYTES:
+                raise VaekitError(f"{path} (the metrics) holds more than the {METRICS_BYTES:,} bytes such a "
+                                  "file may hold; refused")
+            if line.strip():
+                yield parse_epoch_line(line, path, number)
+    except OSError as err:
+        raise VaekitError(f"cannot read {path} (the metrics): {err.strerror or err}") from None
+    finally:
+        opened.__exit__(None, None, None)
 
 
 def parse_epoch_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:

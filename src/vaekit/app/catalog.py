@@ -78,7 +78,7 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
         "wall_time_source": None, "sessions_seconds": None, "epochs_seconds": None, "problem": None,
     }
     try:
-        metrics = rundir.read_metrics(run_dir)
+        metrics = metrics_digest(run_dir)
         if (run_dir / rundir.CONFIG).is_file():
             config = load_config(run_dir)
             data, model = config.data, describe_model(config)
@@ -122,11 +122,9 @@ def _summarise(run_dir: Path, row: dict[str, Any], config, data, model, metrics,
     row.update(data=data, model=model, epochs_planned=None if budget else config.epochs,  # a step or time budget
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
                status=run_status(run_dir, config, metrics, now))
-    best = best_validation(metrics)
-    if best is not None:
-        row["best_validation_elbo"], row["best_epoch"] = best
-    seconds = [m["seconds"] for m in metrics if m.get("seconds") is not None]  # checked by read_metrics
-    row["epochs_seconds"] = math.fsum(seconds) if seconds else None
+    if metrics.best is not None:
+        row["best_validation_elbo"], row["best_epoch"] = metrics.best
+    row["epochs_seconds"] = metrics.seconds
     row["sessions_seconds"] = sessions_seconds(run_dir)
     if row["sessions_seconds"] is not None:
         row["wall_seconds"], row["wall_time_source"] = row["sessions_seconds"], "sessions"
@@ -165,6 +163,35 @@ def describe_model(config) -> str:
     if config.objective != "elbo":
         parts.append(f"{config.objective} k={config.k}")
     return " ".join(parts)
+
+
+class MetricsDigest(list):
+    """What the table needs of ``metrics.jsonl``, read in one pass with memory for one line:
+    as a list, the last epoch's record with the longest epoch's ``seconds`` (what
+    :func:`run_status` reads); ``best`` (validation ELBO, epoch) and ``seconds`` (the
+    epochs' sum) as attributes."""
+
+    best: tuple[float, int] | None = None
+    seconds: float | None = None
+
+
+def metrics_digest(run_dir: str | Path) -> MetricsDigest:
+    from vaekit import rundir
+
+    digest = MetricsDigest()
+    last, longest, total = None, None, 0.0
+    for m in rundir.iter_metrics(run_dir):
+        last = m["epoch"]
+        value = finite(m.get("validation_elbo"))
+        if value is not None and (digest.best is None or value > digest.best[0]):
+            digest.best = (value, m["epoch"])
+        if m.get("seconds") is not None:  # checked by iter_metrics
+            total += m["seconds"]
+            longest = max(longest or 0.0, m["seconds"])
+    if last is not None:
+        digest.append({"epoch": last, **({} if longest is None else {"seconds": longest})})
+    digest.seconds = None if longest is None else total
+    return digest
 
 
 def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:

@@ -40,6 +40,15 @@ LIKELIHOOD_CURVE = "likelihood_curve.png"
 # `app` extra), so that a missing one is named instead of failing with an ImportError
 APP_PACKAGES = {"plotly": "plotly", "jinja2": "jinja2", "starlette": "starlette", "uvicorn": "uvicorn"}
 TEMPLATE = "report.html.j2"
+# What one report embeds at most. A page of 50 MB already opens slowly; vaekit's own figures
+# are 30-300 kB (MNIST's latent.png, 20,000 points, about 250 kB), so a figure over 8 MB is
+# not one of them and is left out, named, as is any beyond 48 MB of figures in all.
+FIGURE_CAP = 8 * 1024**2
+FIGURES_CAP = 48 * 1024**2
+# Epochs drawn per run in the training curves: 1,000 to 2,000 evenly spaced ones (and the
+# last) show a curve's shape; a run's metrics.jsonl may hold a million epochs.
+CURVE_POINTS = 1000
+CURVE_KEYS = tuple(f"{split}_{term}" for split in ("train", "validation") for term in ("elbo", "reconstruction", "kl"))
 
 # (key, label, format, better): the evaluation table's rows, in the order of `vaekit evaluate`.
 # better: +1 higher is better, -1 lower is better, 0 not a score (no highlighting).
@@ -71,6 +80,8 @@ class Run:
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> result
     figures: dict[str, str | None] = field(default_factory=dict)  # file name -> data URI
     problems: list[str] = field(default_factory=list)  # what of the run could not be read, and why
+    epochs_total: int = 0  # epochs in metrics.jsonl; ``metrics`` holds every ``epochs_stride``-th
+    epochs_stride: int = 1
 
 
 def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACKAGES)) -> None:
@@ -82,10 +93,32 @@ def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACK
         raise VaekitError(f"vaekit {command} needs {', '.join(missing)}: pip install 'vaekit[app]'")
 
 
-def read_run(run_dir: str | Path, name: str | None = None) -> Run:
+def read_curves(run_dir: str | Path, points: int = CURVE_POINTS) -> tuple[list[dict[str, Any]], int, int]:
+    """(rows, epochs in all, stride): the training curves' values of every ``stride``-th epoch
+    of ``metrics.jsonl`` and the last one, ``points`` to ``2 × points`` rows, read in one
+    pass with memory for those rows only (the stride doubles as the file goes on)."""
+    from vaekit import rundir
+
+    kept: list[dict[str, Any]] = []
+    stride, total, last = 1, 0, None
+    for m in rundir.iter_metrics(run_dir):
+        last = {"epoch": m["epoch"], **{k: finite(m.get(k)) for k in CURVE_KEYS}}
+        if total % stride == 0:
+            kept.append(last)
+            if len(kept) >= 2 * points:
+                kept, stride = kept[::2], stride * 2
+        total += 1
+    if last is not None and kept[-1] is not last:
+        kept.append(last)
+    return kept, total, stride
+
+
+def read_run(run_dir: str | Path, name: str | None = None, budget: list[int] | None = None) -> Run:
     """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`. A
     folder that is not a run is an error; a run's damaged file is left out of the report
-    and named, with the reason, in ``problems`` (one damaged run must not hide the others)."""
+    and named, with the reason, in ``problems`` (one damaged run must not hide the others).
+    ``budget``: the bytes of figures the report may still embed (one list shared by the
+    report's runs), taken from as figures are read."""
     from vaekit import rundir
     from vaekit.app import catalog
     from vaekit.app.runs import load_config
@@ -99,12 +132,13 @@ def read_run(run_dir: str | Path, name: str | None = None) -> Run:
             raise  # not a run at all (a mistyped folder): say so and stop
         config, problems = {}, [str(err)]
     summary = catalog.summarise_run(run_dir, name)
+    metrics, total, stride = [], 0, 1
     try:
-        metrics = rundir.read_metrics(run_dir)
+        metrics, total, stride = read_curves(run_dir)
     except VaekitError as err:
-        metrics = []
         problems.append(str(err))
-    run = Run(name or run_dir.resolve().name, run_dir, summary, config, metrics, problems=problems)
+    run = Run(name or run_dir.resolve().name, run_dir, summary, config, metrics, problems=problems,
+              epochs_total=total, epochs_stride=stride)
     for path in sorted(run_dir.glob("evaluation*.json")):
         try:
             result = catalog.read_evaluation(path)
@@ -115,7 +149,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> Run:
             run.evaluations[path.name] = result
     for file, *_ in (*FIGURES, (LIKELIHOOD_CURVE,)):
         try:
-            run.figures[file] = _data_uri(run_dir / file)
+            run.figures[file] = _data_uri(run_dir / file, budget)
         except VaekitError as err:
             run.figures[file] = None
             problems.append(f"{file} left out: {err}")
@@ -138,7 +172,8 @@ def write_report(run_dirs: list[str | Path], output: str | Path) -> Path:
     from vaekit import rundir
 
     names = unique_names([Path(r) for r in run_dirs])
-    html = render([read_run(r, n) for r, n in zip(run_dirs, names, strict=True)])
+    budget = [FIGURES_CAP]
+    html = render([read_run(r, n, budget) for r, n in zip(run_dirs, names, strict=True)])
     rundir.atomic_write(output, html)
     return output
 
@@ -369,14 +404,29 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
                        div_id="likelihood-curve")
 
 
-def _data_uri(path: Path) -> str | None:
-    """A PNG file as a data URI (inlined, so the report is one file), or None if absent."""
+def _data_uri(path: Path, budget: list[int] | None = None) -> str | None:
+    """A PNG file as a data URI (inlined, so the report is one file), or None if absent. A
+    file over :data:`FIGURE_CAP`, or over what is left of ``budget``, is not read: a
+    :class:`VaekitError` says why it is left out."""
     from vaekit import rundir
 
     try:
-        data = rundir.read_regular(path, "a figure", rundir.FIGURE_BYTES)
+        size = path.stat().st_size
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise VaekitError(f"cannot read {path}: {err.strerror or err}") from None
+    left = FIGURE_CAP if budget is None else min(FIGURE_CAP, budget[0])
+    if size > left:
+        why = (f"more than the {FIGURE_CAP / 1024**2:.0f} MB a report embeds per figure" if size > FIGURE_CAP
+               else f"the report's {FIGURES_CAP / 1024**2:.0f} MB of figures are used up")
+        raise VaekitError(f"{size / 1024**2:.1f} MB, {why}; open {path} itself")
+    try:
+        data = rundir.read_regular(path, "a figure", left)
+    except FileNotFoundError:
+        return None
+    if budget is not None:
+        budget[0] -= len(data)
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise VaekitError(f"{path} is not a PNG file")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
