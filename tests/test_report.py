@@ -117,7 +117,8 @@ def test_several_runs_show_the_differing_settings(fixture_runs, tmp_path):
     assert rows["model"] == ["vae", "cvae"]
     assert rows["binarize"] == ["dynamic", "static"]
     assert "hidden" not in rows and "latent_dim" not in rows  # equal in both
-    assert html.count('class="best"') >= 1  # the better run of a score row is marked
+    # dynamic against static binarisation: different examples, so no "best" between them
+    assert html.count('class="best"') == 0
 
 
 def test_runs_with_one_name_get_told_apart(tmp_path):
@@ -275,3 +276,43 @@ def test_figures_over_the_caps_are_left_out_and_named(tiny_run, tmp_path, monkey
     assert html.count("of figures are used up") == len(sizes)  # each of the second run's, named
     images = [a for t, a in Page(html).tags if t == "img"]
     assert len(images) == len(sizes)  # the first run's
+
+
+def test_best_is_marked_only_among_comparable_runs(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    runs = {}
+    for name, data, shift in (("a", "digits", 0.0), ("b", "digits", 1.0), ("other", "mnist", 5.0)):
+        run = runs[name] = tmp_path / name
+        shutil.copytree(vae, run)
+        result = json.loads((run / "evaluation.json").read_text())
+        result.update(elbo=result["elbo"] + shift, log_likelihood=result["log_likelihood"] + shift)
+        (run / "evaluation.json").write_text(json.dumps(result))
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "data": data}))
+    html = report.write_report([runs["a"], runs["b"], runs["other"]], tmp_path / "r.html").read_text()
+    row = html[html.index('data-key="elbo"'):]
+    cells = re.findall(r"<td( class=\"best\")?>", row[: row.index("</tr>")])
+    assert cells == ["", ' class="best"', ""]  # b beats a; mnist's higher ELBO is not compared
+    # more importance samples for one run: its log-likelihood is not compared with the other's
+    result = json.loads((runs["a"] / "evaluation.json").read_text())
+    (runs["a"] / "evaluation.json").write_text(json.dumps({**result, "importance_samples": 5000}))
+    html = report.write_report([runs["a"], runs["b"]], tmp_path / "r.html").read_text()
+    row = html[html.index('data-key="log_likelihood"'):]
+    assert 'class="best"' not in row[: row.index("</tr>")]
+
+
+def test_a_run_that_validated_on_the_test_set_shows_it_once_as_test(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    run = tmp_path / "run"
+    shutil.copytree(vae, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "validation_split": "test"}))
+    result = json.loads((run / "evaluation.json").read_text())  # split "validation": the test set
+    (run / "evaluation-test.json").write_text(json.dumps({**result, "split": "test", "importance_samples": 1000}))
+    page = Page(report.write_report([run], tmp_path / "r.html").read_text())
+    assert "test split" in page.cells and "validation split" not in page.cells
+    assert page.cells.count("evaluation-test.json") == 1  # the larger K of the two evaluations
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    html = report.write_report([run, other], tmp_path / "two.html").read_text()
+    assert "<h3>test split</h3>" in html and "<h3>validation split</h3>" not in html

@@ -245,7 +245,7 @@ def evaluation_tables(runs_: list[Run]) -> list[dict[str, Any]]:
     per run; for one run, one table with a column per split. A column holds that split's
     stored evaluation with the most importance samples (the best estimate at hand)."""
     order = {"test": 0, "validation": 1, "train": 2}
-    splits = list(dict.fromkeys(e.get("split", "data") for r in runs_ for e in r.evaluations.values()))
+    splits = list(dict.fromkeys(true_split(e, r.config) for r in runs_ for e in r.evaluations.values()))
     splits.sort(key=lambda s: order.get(s, 3))
     if len(runs_) == 1:
         columns = [c for split in splits for c in _columns(runs_, split, by_split=True)]
@@ -253,13 +253,46 @@ def evaluation_tables(runs_: list[Run]) -> list[dict[str, Any]]:
     return [_table(split, _columns(runs_, split, by_split=False)) for split in splits]
 
 
+def true_split(result: dict[str, Any], config: dict[str, Any]) -> str:
+    """The split an evaluation was made on: a run that validated on the test set
+    (``validation_split = "test"``) stored its final evaluation of the test set as
+    "validation"."""
+    split = result.get("split", "data")
+    return "test" if split == "validation" and config.get("validation_split") == "test" else split
+
+
+def comparable(run: Run, result: dict[str, Any], split: str) -> tuple:
+    """What must match for two evaluations' numbers to compare: the same examples (data, its
+    treatment, the split and, for a split drawn from the data, how it was drawn) and the same
+    kind of likelihood (a density and a probability do not compare)."""
+    c = run.config
+    drawn = split == "validation" and c.get("validation_split") != "test"
+    return (c.get("data"), c.get("binarize"), c.get("standardize"), c.get("image_size"), c.get("image_mode"),
+            c.get("label_column"), c.get("likelihood"), split, result.get("n"),
+            # a dynamic binarisation's fixed evaluation draw, and a drawn validation split, follow the seed
+            c.get("seed") if drawn or c.get("binarize") == "dynamic" else None,
+            c.get("validation_fraction") if drawn else None)
+
+
+# rows whose value also depends on an estimator's setting: only equal settings compare
+ROW_SETTING = {"log_likelihood": "importance_samples", "bits_per_dim": "importance_samples", "iwae_bound": "iwae_k",
+               "gap": "importance_samples"}
+
+
 def _columns(runs_: list[Run], split: str, by_split: bool) -> list[dict[str, Any]]:
+    """A column per run (or, ``by_split``, per weights evaluated), each evaluation once, under
+    its true split; of several, the one with the most importance samples."""
     columns = []
     for r in runs_:
-        chosen = [(f, e) for f, e in r.evaluations.items() if e.get("split", "data") == split]
-        if chosen:
-            file, result = max(chosen, key=lambda fe: fe[1].get("importance_samples") or 0)
-            columns.append({"title": f"{split} split" if by_split else r.name, "file": file, "result": result})
+        chosen = [(f, e) for f, e in r.evaluations.items() if true_split(e, r.config) == split]
+        for weights in dict.fromkeys(e.get("weights") or "last" for _, e in chosen):
+            mine = [(f, e) for f, e in chosen if (e.get("weights") or "last") == weights]
+            file, result = max(mine, key=lambda fe: fe[1].get("importance_samples") or 0)
+            title = f"{split} split" if by_split else r.name
+            if weights != "last":
+                title += f" ({weights} weights)"
+            columns.append({"title": title, "file": file, "result": result,
+                            "group": comparable(r, result, split)})
     return columns
 
 
@@ -270,7 +303,7 @@ def _table(split: str | None, columns: list[dict[str, Any]]) -> dict[str, Any]:
         if all(v is None for v in values):
             continue
         cells = [_cell(c["result"], key, fmt) for c in columns]
-        best = _best(values, better) if split is not None and len(columns) > 1 else None
+        best = _best_in_groups(columns, key, values, better) if split is not None and len(columns) > 1 else None
         rows.append({"key": key, "label": label, "cells": cells, "best": best})
     units = [_active_units(c["result"]) for c in columns]
     if any(u != "—" for u in units):
@@ -288,6 +321,20 @@ def _cell(result: dict[str, Any], key: str, fmt: str) -> str:
         return "—"
     shown = fmt.format(value)
     return f"{shown} ± {fmt.format(se)}" if isinstance(se, int | float) else shown
+
+
+def _best_in_groups(columns: list[dict[str, Any]], key: str, values: list[Any], better: int) -> set[int]:
+    """The columns to bold: the best of each group of comparable columns (two or more)."""
+    setting = ROW_SETTING.get(key)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(columns):
+        groups.setdefault((c["group"], c["result"].get(setting) if setting else None), []).append(i)
+    best = set()
+    for members in groups.values():
+        i = _best([values[j] for j in members], better)
+        if i is not None:
+            best.add(members[i])
+    return best
 
 
 def _best(values: list[Any], better: int) -> int | None:
