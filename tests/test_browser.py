@@ -166,6 +166,8 @@ def test_explorer_in_the_browser(page, explorer):
     assert n == 180  # digits' validation split
     assert page.locator("#plane .scatterlayer .point").count() == n
     start_z, _ = wait_for_new_image(page, None)  # the centre is decoded on load
+    # before the first hover the example panel shows no image (not a broken-image icon)
+    assert page.locator("#hovered").is_hidden() and page.locator("#decoded").is_visible()
 
     # two clicks at different places decode two different images
     click_plane(page, 0.2, 0.25)
@@ -201,7 +203,52 @@ def test_explorer_in_the_browser(page, explorer):
     page.check("#grid-toggle")
     grid = page.wait_for_selector("#plane .imagelayer image")
     assert grid.get_attribute("href").startswith("data:image/png;base64,")
+    # drawn pixel-exact and at full contrast
+    style = grid.evaluate("g => [getComputedStyle(g).imageRendering, g.getAttribute('opacity')]")
+    assert style[0] == "pixelated" and style[1] in (None, "1")
+    assert page.locator("#decoded").evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
     save_screenshot(page, "explore.png")
     # the one console error is the browser's note on the deliberately malformed fetch
     assert page.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
     assert explorer.process.poll() is None  # still serving
+
+
+# ---------------------------------------------------------------------- names as text
+HOSTILE = '<a href="https:evil.example">click me'
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """A run whose folder and one class are named like a link (a table with a label column)."""
+    import numpy as np
+
+    from vaekit.app.config import Config
+    from vaekit.app.runs import train
+
+    folder = tmp_path_factory.mktemp("hostile")
+    rows = np.random.default_rng(0).random((60, 4))
+    lines = ["a,b,c,d,kind"] + [",".join(f"{v:.4f}" for v in row) + f",{[HOSTILE, 'plain'][i % 2]}"
+                                for i, row in enumerate(rows)]
+    (folder / "t.csv").write_text("\n".join(lines) + "\n")
+    config = Config(data=str(folder / "t.csv"), label_column="kind", hidden=[8], latent_dim=2, epochs=2,
+                    likelihood="bernoulli", validation_fraction=0.25)
+    return train(config, folder / HOSTILE, quiet=True, figures=False)
+
+
+def test_names_are_text_not_links_in_the_report_and_the_explorer(page, hostile_run, tmp_path):
+    from vaekit.app.report import write_report
+
+    page.goto(write_report([hostile_run], tmp_path / "report.html").as_uri())
+    page.wait_for_selector("#training-curves .legend")
+    assert page.locator("#training-curves a").count() == 0
+    assert HOSTILE in page.locator("#training-curves .legend").text_content()
+
+    running = Explorer(hostile_run)
+    try:
+        page.goto(running.url)
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator("#plane a").count() == 0
+        assert HOSTILE in page.locator("#plane .legend").text_content()
+    finally:
+        running.stop()
+    assert page.errors == []

@@ -157,3 +157,83 @@ def test_a_run_trained_from_python_is_listed_with_its_plan(tmp_path):
     assert (row["epochs_done"], row["epochs_planned"], row["status"]) == (2, 2, "finished")
     assert row["model"] == "VAE (from Python)"
     assert row["best_validation_elbo"] is not None
+
+
+def damage_metrics(run: Path, kind: str) -> None:
+    rows = rundir.read_metrics(run)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if kind == "overflowing-int":
+        text = text.replace('"validation_elbo": ', '"validation_elbo": 1' + "0" * 400 + ', "was": ', 1)
+    elif kind == "5000-digit-int":
+        text = text.replace('"epoch": 1', '"epoch": 1, "x": ' + "9" * 5000, 1)
+    elif kind == "huge-seconds":
+        text = "".join(json.dumps({**r, "seconds": 1e308}) + "\n" for r in rows)
+    elif kind == "epoch-as-text":
+        text = text.replace('"epoch": 1', '"epoch": "1"', 1)
+    (run / rundir.METRICS).write_text(text)
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("overflowing-int", "line 1 holds a 401-digit integer"),
+    ("5000-digit-int", "line 1 holds a 5,000-digit integer"),
+    ("huge-seconds", "line 1 has seconds 1e+308, not a duration"),
+    ("epoch-as-text", "line 1 has epoch '1'"),
+])
+def test_a_damaged_run_is_unreadable_and_the_others_are_listed(tmp_path, kind, reason):
+    copy_run("vae-v0.1", tmp_path / "good")
+    damage_metrics(copy_run("vae-v0.1", tmp_path / "bad"), kind)
+    bad, good = catalog.runs_table(tmp_path)
+    assert (bad["name"], bad["status"]) == ("bad", "unreadable") and reason in bad["problem"]
+    assert (good["status"], good["problem"]) == ("finished", None) and good["best_validation_elbo"] is not None
+    text = catalog.format_runs([bad, good])
+    assert "bad: " in text and reason in text and "finished" in text
+    done = run_cli("runs", tmp_path)
+    assert done.returncode == 0 and reason in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("damage", [{"curve": "abc"}, {"curve": [{"k": "x"}]}, {"split": ["a"]},
+                                    {"log_likelihood": "high"}, {"n": -1}, {"importance_samples": True}])
+def test_a_damaged_stored_evaluation_is_skipped_and_named(tmp_path, damage):
+    run = copy_run("vae-v0.1", tmp_path / "a")
+    evaluation = {"split": "test", "n": 10, "log_likelihood": -80.5, "importance_samples": 1000, **damage}
+    (run / "evaluation-test.json").write_text(json.dumps(evaluation))
+    [row] = catalog.runs_table(tmp_path)
+    assert row["status"] == "finished" and row["test_log_likelihood"] is None
+    assert "evaluation-test.json skipped" in row["problem"] and next(iter(damage)) in row["problem"]
+
+
+def test_a_python_runs_record_is_checked(tmp_path):
+    import vaekit
+
+    x = (torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    model = vaekit.VAE(torch.nn.Linear(6, 4), torch.nn.Linear(2, 6), "bernoulli", latent_dim=2)
+    vaekit.fit(model, x, epochs=1, batch_size=10, device="cpu", out=tmp_path / "py")
+    info = json.loads((tmp_path / "py" / rundir.INFO).read_text())
+    (tmp_path / "py" / rundir.INFO).write_text(json.dumps({**info, "checkpoint_minutes": "often"}))
+    [row] = catalog.runs_table(tmp_path)
+    assert row["status"] == "unreadable" and "checkpoint_minutes is 'often'" in row["problem"]
+
+
+def test_durations_that_are_not_finite_show_a_dash():
+    assert catalog.format_duration(float("inf")) == "—" and catalog.format_duration(float("nan")) == "—"
+    assert catalog.format_duration(3725.0) == "1:02:05"
+
+
+def test_wall_time_is_the_sessions_where_recorded_else_the_epochs_named_so(tmp_path):
+    old = copy_run("vae-v0.1", tmp_path / "old")
+    new = copy_run("vae-v0.1", tmp_path / "new")
+    info = json.loads((new / rundir.INFO).read_text())
+    (new / rundir.INFO).write_text(json.dumps({**info, "sessions_seconds": [11.0, 4.5]}))  # a resume: two sessions
+    new_row, old_row = catalog.runs_table(tmp_path)
+    epochs = sum(m["seconds"] for m in rundir.read_metrics(old))
+    assert (new_row["wall_seconds"], new_row["wall_time_source"]) == (15.5, "sessions")
+    assert new_row["epochs_seconds"] == pytest.approx(epochs)
+    assert (old_row["wall_time_source"], old_row["sessions_seconds"]) == ("epochs", None)
+    assert old_row["wall_seconds"] == pytest.approx(epochs)
+    lines = catalog.format_runs([new_row, old_row]).splitlines()
+    assert next(x for x in lines if x.startswith(" new")).endswith("15.5 s")
+    assert next(x for x in lines if x.startswith(" old")).endswith("s (epochs)")
+    assert any(x.startswith("wall time (epochs): the epochs' seconds summed") for x in lines)
+    # a damaged record of the sessions falls back to the epochs' sum
+    (new / rundir.INFO).write_text(json.dumps({**info, "sessions_seconds": "11"}))
+    assert catalog.summarise_run(new)["wall_time_source"] == "epochs"

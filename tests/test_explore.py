@@ -67,12 +67,19 @@ class Client:
 
 
 @contextmanager
-def serving(explorer, loopback: bool = True):
-    """The app under uvicorn in a thread, on a free port; stopped on leaving."""
+def serving(explorer, loopback: bool = True, host: str | None = None):
+    """The app under uvicorn in a thread, on a free port; stopped on leaving. With ``host``:
+    bound there as `vaekit explore --host` binds it."""
     import uvicorn
 
-    sock = explore.listening_socket("127.0.0.1", 0)
-    config = uvicorn.Config(explore.create_app(explorer, loopback=loopback), log_level="warning", lifespan="off")
+    if host is None:
+        sock, address = explore.listening_socket("127.0.0.1", 0), "127.0.0.1"
+        app = explore.create_app(explorer, loopback)
+    else:
+        binding = explore.bind(host, 0)
+        sock, address = binding.sock, binding.address
+        app = explore.create_app(explorer, loopback=binding.loopback, hosts=binding.hosts)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -81,7 +88,7 @@ def serving(explorer, loopback: bool = True):
         time.sleep(0.01)
     assert server.started, "the server did not start"
     try:
-        yield Client(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        yield Client(f"http://{address}:{sock.getsockname()[1]}")
     finally:
         server.should_exit = True
         thread.join(timeout=20)
@@ -345,3 +352,27 @@ def test_other_data_are_encoded_and_checked(tiny_run, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 3), dtype=np.float32))
     with pytest.raises(VaekitError, match="shaped"):
         explore.load_explorer(tiny_run, data=str(tmp_path / "wrong.npy"))
+
+
+@pytest.mark.parametrize(("host", "address"), [("127.0.0.2", "127.0.0.2"), ("127.1", "127.0.0.1"),
+                                               ("localhost", "127.0.0.1")])
+def test_any_loopback_address_is_served_and_guarded(vae, host, address):
+    """The Host check and the warning follow the address bound: --host 127.0.0.2 answers its
+    own Host name; --host 127.1 (127.0.0.1 spelt short) is loopback, so no warning and the
+    check stays on."""
+    binding = explore.bind(host, 0)
+    binding.sock.close()
+    assert (binding.address, binding.loopback) == (address, True)
+    assert binding.url.startswith(f"http://{address}:") and "*" not in binding.hosts
+    with serving(vae, host=host) as client:
+        port = client.base.rsplit(":", 1)[1]
+        assert client.get("/api/info").status_code == 200  # Host: the address in the printed URL
+        assert client.get("/api/info", headers={"host": f"{host}:{port}"}).status_code == 200
+        assert client.get("/api/info", headers={"host": f"localhost:{port}"}).status_code == 200
+        assert client.get("/api/info", headers={"host": f"evil.example:{port}"}).status_code == 400
+
+
+def test_a_non_loopback_address_accepts_any_host():
+    binding = explore.bind("0.0.0.0", 0)
+    binding.sock.close()
+    assert (binding.loopback, binding.hosts) == (False, ["*"])

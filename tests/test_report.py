@@ -117,7 +117,8 @@ def test_several_runs_show_the_differing_settings(fixture_runs, tmp_path):
     assert rows["model"] == ["vae", "cvae"]
     assert rows["binarize"] == ["dynamic", "static"]
     assert "hidden" not in rows and "latent_dim" not in rows  # equal in both
-    assert html.count('class="best"') >= 1  # the better run of a score row is marked
+    # dynamic against static binarisation: different examples, so no "best" between them
+    assert html.count('class="best"') == 0
 
 
 def test_runs_with_one_name_get_told_apart(tmp_path):
@@ -163,3 +164,155 @@ def test_the_new_commands_document_their_options():
     for command, option in (("report", "--output"), ("runs", "--json"), ("explore", "--no-browser")):
         done = run_cli(command, "--help")
         assert done.returncode == 0 and option in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    ({"curve": "abc"}, "curve is 'abc', not a list of points"),
+    ({"curve": [{"k": 1}]}, "is not {k ≥ 1, estimate, se}"),
+    ({"split": ["a"]}, "split is ['a'], not a text"),
+    ({"elbo": {"a": 1}}, "elbo is {'a': 1}, not a number"),
+])
+def test_a_damaged_run_is_named_and_the_others_are_reported(fixture_runs, tmp_path, damage, reason):
+    import html as html_module
+
+    vae, cvae = fixture_runs
+    bad = tmp_path / "bad"
+    shutil.copytree(vae, bad)
+    stored = json.loads((bad / "evaluation.json").read_text())
+    (bad / "evaluation.json").write_text(json.dumps({**stored, **damage}))
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    (bad / "metrics.jsonl").write_text("\n".join([*lines, '{"epoch": 3, "seconds": ' + "9" * 5000 + "}"]) + "\n")
+    (bad / "latent.png").write_text("not a png")
+    html = report.write_report([cvae, bad], tmp_path / "r.html").read_text()
+    text = html_module.unescape(html)
+    assert f"evaluation.json skipped: {bad}/evaluation.json: " in text and reason in text
+    assert "line 3 holds a 5,000-digit integer" in text and "latent.png left out" in text
+    page = Page(html)
+    assert "unreadable" in page.cells  # the damaged run's status in the runs table
+    cvae_eval = json.loads((cvae / "evaluation.json").read_text())
+    assert f"{cvae_eval['elbo']:.3f} ± {cvae_eval['elbo_se']:.3f}" in page.cells  # the other run as usual
+
+
+def test_wall_time_is_the_sessions_or_named_as_the_epochs_sum(fixture_runs, tmp_path):
+    vae, cvae = fixture_runs
+    timed = tmp_path / "timed"
+    shutil.copytree(vae, timed)
+    info = json.loads((timed / "run.json").read_text())
+    (timed / "run.json").write_text(json.dumps({**info, "sessions_seconds": 11.0}))
+    html = report.write_report([timed, cvae], tmp_path / "r.html").read_text()
+    cells = Page(html[html.index('id="runs"'):html.index('id="evaluation"')]).cells
+    assert "11.0 s" in cells and any(c.endswith("s (epochs)") for c in cells)
+    assert "\"(epochs)\": the epochs' seconds summed" in html
+
+
+HOSTILE = '<a href="https:evil.example">click me'
+
+
+def plotly_labels(html: str) -> list[str]:
+    """Every trace name and hover template in the page's plotly figures."""
+    found = []
+    for call in re.findall(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", html, flags=re.S):
+        for trace in json.loads(call):
+            found += [trace.get("name", ""), trace.get("hovertemplate", "")]
+    return found
+
+
+def test_names_are_shown_as_text_not_links_in_the_figures(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    run = tmp_path / HOSTILE
+    shutil.copytree(vae, run)
+    result = json.loads((run / "evaluation.json").read_text())
+    result.update(split="<b>odd</b> split", curve=[{"k": 1, "estimate": -44.3, "se": 0.01},
+                                                   {"k": 10, "estimate": -44.2, "se": 0.01}])
+    (run / "evaluation.json").write_text(json.dumps(result))
+    html = report.write_report([run], tmp_path / "r.html").read_text()
+    labels = plotly_labels(html)
+    assert len(labels) >= 8 and any("click me" in x for x in labels) and any("odd" in x for x in labels)
+    for label in labels:  # plotly would draw a tag as a link or bold; entities are drawn as text
+        assert "<a" not in label and "<b>" not in label, label
+    assert any("&lt;a href=\"https:evil.example\"&gt;click me" in x for x in labels)
+    assert report.plotly_text("100% %{y} <i>&") == "100&#37; &#37;{y} &lt;i&gt;&amp;"
+
+
+def long_metrics(run: Path, epochs: int) -> int:
+    """Give ``run`` a metrics.jsonl of ``epochs`` epochs; return its size in bytes."""
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    with open(run / "metrics.jsonl", "w") as f:
+        for epoch in range(1, epochs + 1):
+            f.write(json.dumps({**row, "epoch": epoch, "train_elbo": -100 + epoch / epochs}) + "\n")
+    return (run / "metrics.jsonl").stat().st_size
+
+
+def test_long_metrics_are_streamed_and_thinned_for_the_page(fixture_runs, tmp_path):
+    import tracemalloc
+
+    vae, _ = fixture_runs
+    run = tmp_path / "long"
+    shutil.copytree(vae, run)
+    report.read_run(vae)  # the modules it imports are not what is measured
+    size = long_metrics(run, 12_345)
+    tracemalloc.start()
+    read = report.read_run(run)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < size  # streamed: memory for the kept epochs, not for the file (was ~15× it)
+    assert read.epochs_total == 12_345 and read.summary["epochs_done"] == 12_345
+    assert report.CURVE_POINTS <= len(read.metrics) <= 2 * report.CURVE_POINTS + 1
+    epochs = [m["epoch"] for m in read.metrics]
+    assert epochs[-1] == 12_345 and epochs[:3] == [1, 1 + read.epochs_stride, 1 + 2 * read.epochs_stride]
+    html = report.render([read])
+    assert f"12,345 epochs, every {read.epochs_stride}th drawn (and the last)" in html
+
+
+def test_figures_over_the_caps_are_left_out_and_named(tiny_run, tmp_path, monkeypatch):
+    sizes = {f: (tiny_run / f).stat().st_size for f, *_ in report.FIGURES}
+    monkeypatch.setattr(report, "FIGURE_CAP", sorted(sizes.values())[-2])  # the largest is over it
+    largest = max(sizes, key=sizes.get)
+    html = report.write_report([tiny_run, tiny_run], tmp_path / "r.html").read_text()
+    assert html.count(f"{largest} left out: ") == 2 and "a report embeds per figure" in html
+    monkeypatch.setattr(report, "FIGURE_CAP", max(sizes.values()))
+    monkeypatch.setattr(report, "FIGURES_CAP", sum(sizes.values()))  # room for the first run's only
+    html = report.write_report([tiny_run, tiny_run], tmp_path / "r.html").read_text()
+    assert html.count("of figures are used up") == len(sizes)  # each of the second run's, named
+    images = [a for t, a in Page(html).tags if t == "img"]
+    assert len(images) == len(sizes)  # the first run's
+
+
+def test_best_is_marked_only_among_comparable_runs(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    runs = {}
+    for name, data, shift in (("a", "digits", 0.0), ("b", "digits", 1.0), ("other", "mnist", 5.0)):
+        run = runs[name] = tmp_path / name
+        shutil.copytree(vae, run)
+        result = json.loads((run / "evaluation.json").read_text())
+        result.update(elbo=result["elbo"] + shift, log_likelihood=result["log_likelihood"] + shift)
+        (run / "evaluation.json").write_text(json.dumps(result))
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "data": data}))
+    html = report.write_report([runs["a"], runs["b"], runs["other"]], tmp_path / "r.html").read_text()
+    row = html[html.index('data-key="elbo"'):]
+    cells = re.findall(r"<td( class=\"best\")?>", row[: row.index("</tr>")])
+    assert cells == ["", ' class="best"', ""]  # b beats a; mnist's higher ELBO is not compared
+    # more importance samples for one run: its log-likelihood is not compared with the other's
+    result = json.loads((runs["a"] / "evaluation.json").read_text())
+    (runs["a"] / "evaluation.json").write_text(json.dumps({**result, "importance_samples": 5000}))
+    html = report.write_report([runs["a"], runs["b"]], tmp_path / "r.html").read_text()
+    row = html[html.index('data-key="log_likelihood"'):]
+    assert 'class="best"' not in row[: row.index("</tr>")]
+
+
+def test_a_run_that_validated_on_the_test_set_shows_it_once_as_test(fixture_runs, tmp_path):
+    vae, _ = fixture_runs
+    run = tmp_path / "run"
+    shutil.copytree(vae, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "validation_split": "test"}))
+    result = json.loads((run / "evaluation.json").read_text())  # split "validation": the test set
+    (run / "evaluation-test.json").write_text(json.dumps({**result, "split": "test", "importance_samples": 1000}))
+    page = Page(report.write_report([run], tmp_path / "r.html").read_text())
+    assert "test split" in page.cells and "validation split" not in page.cells
+    assert page.cells.count("evaluation-test.json") == 1  # the larger K of the two evaluations
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    html = report.write_report([run, other], tmp_path / "two.html").read_text()
+    assert "<h3>test split</h3>" in html and "<h3>validation split</h3>" not in html

@@ -97,11 +97,16 @@ def _figure(**kwargs):
     return fig, fig.subplots()
 
 
+LEGEND_CLASSES = 20  # classes named in figure (a)'s legend; more get a colour bar
+
+
 def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path,
                   class_names: list[str] | None = None) -> Path:
     """Figure (a): posterior means μ (not samples) of all of ``x``; for d > 2 the plane of
     their first two principal components; for d = 1 the means against example index.
-    Points are coloured by label, named by ``class_names`` where given."""
+    Whenever ``labels`` are given (conditional model or not) the points are coloured by
+    class, the classes named by ``class_names`` in the legend (a colour bar beyond
+    :data:`LEGEND_CLASSES` classes); the model sees the labels only if it is conditional."""
     mu = posterior_means(model, x, labels=_labels(model, labels)).cpu().numpy()
     d = mu.shape[1]
     if d == 1:
@@ -117,14 +122,23 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
         title = f"posterior means ({d}-D latent), first two principal components"
     fig, ax = _figure(figsize=(7, 6))
     if labels is not None:
-        classes = np.unique(labels.numpy())
+        classes = np.unique(labels.cpu().numpy())
         cmap = _class_colours(len(classes))
-        index = np.searchsorted(classes, labels.numpy())
-        sc = ax.scatter(points[:, 0], points[:, 1], c=index, cmap=cmap, s=4, alpha=0.7,
-                        vmin=-0.5, vmax=len(classes) - 0.5)
-        bar = fig.colorbar(sc, ax=ax, ticks=range(len(classes)))
-        bar.ax.set_yticklabels([_class_name(c, class_names) for c in classes])
-        bar.set_label("class")
+        index = np.searchsorted(classes, labels.cpu().numpy())
+        if len(classes) <= LEGEND_CLASSES:  # one scatter per class, named in the legend
+            order = np.random.default_rng(0).permutation(len(points))  # no class drawn wholly on top
+            colours = cmap(index[order])
+            ax.scatter(points[order, 0], points[order, 1], c=colours, s=4, alpha=0.7)
+            for i, c in enumerate(classes):
+                ax.scatter([], [], color=cmap(i), s=16, label=_class_name(c, class_names))
+            ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+                      fontsize="small", markerscale=1.5)
+        else:  # too many for a legend: a colour bar, named where it has room
+            sc = ax.scatter(points[:, 0], points[:, 1], c=index, cmap=cmap, s=4, alpha=0.7,
+                            vmin=-0.5, vmax=len(classes) - 0.5)
+            bar = fig.colorbar(sc, ax=ax, ticks=range(len(classes)))
+            bar.ax.set_yticklabels([_class_name(c, class_names) for c in classes])
+            bar.set_label("class")
     else:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"{title}\n{len(mu)} training examples")

@@ -649,7 +649,14 @@ def read_regular(path: str | Path, what: str, cap: int | None) -> bytes:
             raise VaekitError(f"{path} ({what}) is {size:,} bytes, more than the {cap:,} such a file "
                               "may hold; refused")
         try:
-            data = f.read(-1 if cap is None else cap + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, not the cap
+            data = f.read(-1 if cap is None else min(size, cap) + 1)
+            while cap is not None and len(data) == min(size, cap) + 1 and len(data) <= cap:
+                more = f.read(min(1024**2, cap + 1 - len(data)))  # grew since fstat, or a size-0 file
+                if not more:
+                    break
+                data += more
+                size = len(data) - 1
         except OSError as err:
             raise VaekitError(f"cannot read {path} ({what}): {err.strerror or err}") from None
     if cap is not None and len(data) > cap:
@@ -682,15 +689,41 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
+# The longest integer a run's JSON may hold: longer than any vaekit writes (a seed has 20
+# digits), and every such integer converts to a float (one of 309 digits would not), so
+# readers can compare and format every number; Python refuses to parse over 4300 digits anyway.
+MAX_INTEGER_DIGITS = 300
+
+
+class _LongInteger(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise _LongInteger(f"holds a {digits:,}-digit integer (at most {MAX_INTEGER_DIGITS} digits are read)")
+    return int(text)
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` for files from a run directory: integers of more than
+    :data:`MAX_INTEGER_DIGITS` digits are refused (``ValueError``), so that every number parsed
+    converts to a float."""
+    return json.loads(text, parse_int=_parse_int)
+
+
 def read_json(path: Path, what: str, cap: int = RESULT_BYTES) -> Any:
-    """A JSON file of at most ``cap`` bytes (a regular file), parsed."""
+    """A JSON file of at most ``cap`` bytes (a regular file), parsed; see :func:`loads`."""
     try:
-        return json.loads(read_regular(path, what, cap).decode("utf-8"))
+        return loads(read_regular(path, what, cap).decode("utf-8"))
     except FileNotFoundError:
         raise VaekitError(
             f"{path.parent}: no {path.name} ({what}); is this a vaekit run directory?"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except _LongInteger as err:
+        raise VaekitError(f"{path}: {what} {err}") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise VaekitError(f"{path}: {what} is not valid JSON ({err})") from None
     except RecursionError:
         raise VaekitError(f"{path}: {what} is not valid JSON (nested too deeply)") from None
@@ -711,26 +744,78 @@ def load_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+MAX_EPOCH = 10**9  # larger epoch numbers in metrics.jsonl are damage, not training
+MAX_EPOCH_SECONDS = 1e9  # 31 years: an epoch's "seconds" beyond this is damage
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` as a list of epoch records, each checked by :func:`check_epoch_record`."""
+    return list(iter_metrics(run_dir))
+
+
+def iter_metrics(run_dir: str | Path):
+    """The epoch records of ``metrics.jsonl`` one at a time, each checked, read line by line
+    (a reader that keeps a summary needs memory for one line, not for the file); none where
+    the file is missing. The file must be a regular file of at most ``METRICS_BYTES``."""
     path = Path(run_dir) / METRICS
     try:
-        lines = read_regular(path, "the metrics", METRICS_BYTES).decode("utf-8").splitlines()
+        opened = _open_regular(path, "the metrics")
+        f, size = opened.__enter__()
     except FileNotFoundError:
-        return []
-    except UnicodeDecodeError as err:
-        raise VaekitError(f"cannot read {path}: {err}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise VaekitError(f"{path}: line {number} is not valid JSON") from None
-        if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)):
-            raise VaekitError(f"{path}: line {number} is not an epoch's record (an object with 'epoch')")
-        rows.append(row)
-    return rows
+        return
+    try:
+        if size > METRICS_BYTES:
+            raise VaekitError(f"{path} (the metrics) is {size:,} bytes, more than the {METRICS_BYTES:,} such a "
+                              "file may hold; refused")
+        read = 0
+        for number, line in enumerate(f, 1):
+            read += len(line)
+            if read > METRICS_BYTES:
+                raise VaekitError(f"{path} (the metrics) holds more than the {METRICS_BYTES:,} bytes such a "
+                                  "file may hold; refused")
+            if line.strip():
+                yield parse_epoch_line(line, path, number)
+    except OSError as err:
+        raise VaekitError(f"cannot read {path} (the metrics): {err.strerror or err}") from None
+    finally:
+        opened.__exit__(None, None, None)
+
+
+def parse_epoch_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``, parsed and checked; a :class:`VaekitError` naming the
+    file and the line otherwise."""
+    try:
+        row = loads(line)
+    except _LongInteger as err:
+        raise VaekitError(f"{path}: line {number} {err}") from None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise VaekitError(f"{path}: line {number} is not valid JSON") from None
+    problem = check_epoch_record(row)
+    if problem:
+        raise VaekitError(f"{path}: line {number} {problem}")
+    return row
+
+
+def check_epoch_record(row: Any) -> str | None:
+    """What is wrong with one epoch's record, or None: an object whose ``epoch`` is a whole
+    number from 0 to :data:`MAX_EPOCH` and whose ``seconds``, where given, a duration from 0
+    to :data:`MAX_EPOCH_SECONDS`. Other values are for their readers to check (a NaN ELBO is
+    a real outcome)."""
+    if not isinstance(row, dict) or "epoch" not in row:
+        return "is not an epoch's record (an object with 'epoch')"
+    epoch = row["epoch"]
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= MAX_EPOCH):
+        return f"has epoch {_short_repr(epoch)}, not a whole number from 0 to {MAX_EPOCH:,}"
+    seconds = row.get("seconds")
+    if seconds is not None and not (isinstance(seconds, int | float) and not isinstance(seconds, bool)
+                                    and 0 <= seconds <= MAX_EPOCH_SECONDS):
+        return f"has seconds {_short_repr(seconds)}, not a duration from 0 to {MAX_EPOCH_SECONDS:g} s"
+    return None
+
+
+def _short_repr(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def write_metrics(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:

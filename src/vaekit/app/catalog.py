@@ -61,7 +61,10 @@ def find_runs(folder: str | Path) -> list[Path]:
 
 def summarise_run(run_dir: str | Path, name: str | None = None, now: float | None = None) -> dict[str, Any]:
     """One row of the table: name, data, model, epochs done and planned, status, best
-    validation ELBO, test log-likelihood and training wall time (the epochs' seconds summed).
+    validation ELBO, test log-likelihood and training wall time: the training sessions' real
+    time where run.json records it (``sessions_seconds``), else the epochs' seconds summed
+    (``wall_time_source`` says which; the epochs' sum leaves out start-up, the final
+    evaluation and figures).
     A run that cannot be read gets status ``unreadable`` and the reason in ``problem``."""
     from vaekit import rundir
     from vaekit.app.runs import load_config
@@ -72,32 +75,64 @@ def summarise_run(run_dir: str | Path, name: str | None = None, now: float | Non
         "epochs_done": None, "epochs_planned": None, "status": "unreadable",
         "best_validation_elbo": None, "best_epoch": None, "test_log_likelihood": None,
         "test_log_likelihood_se": None, "test_importance_samples": None, "wall_seconds": None,
-        "problem": None,
+        "wall_time_source": None, "sessions_seconds": None, "epochs_seconds": None, "problem": None,
     }
     try:
-        metrics = rundir.read_metrics(run_dir)
+        metrics = metrics_digest(run_dir)
         if (run_dir / rundir.CONFIG).is_file():
             config = load_config(run_dir)
             data, model = config.data, describe_model(config)
         else:  # trained from Python (vaekit.fit): run.json holds the plan
-            info = rundir.load_info(run_dir)
-            config = SimpleNamespace(epochs=info.get("epochs"), steps=info.get("steps"),
-                                     time_budget=info.get("time_budget"),
-                                     checkpoint_minutes=info.get("checkpoint_minutes", 10.0))
-            data, model = "(from Python)", f"{info.get('model', 'model')} (from Python)"
+            config, model = _python_plan(rundir.load_info(run_dir), run_dir / rundir.INFO)
+            data, model = "(from Python)", f"{model} (from Python)"
+        return _summarise(run_dir, dict(row), config, data, model, metrics, now)
     except VaekitError as err:
-        row["problem"] = str(err)
-        return row
+        problem = str(err)
+    except Exception as err:  # noqa: BLE001 - one damaged run must not hide the others
+        problem = f"could not be read ({type(err).__name__}: {_clip(str(err))})"
+    return {**row, "problem": problem}
+
+
+def _python_plan(info: dict[str, Any], path: Path) -> tuple[SimpleNamespace, str]:
+    """The plan ``vaekit.fit`` recorded in run.json (epochs, steps, time budget, checkpoint
+    interval) and the model's class name, each checked."""
+    def whole(key: str, default: int | None) -> int | None:
+        value = info.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a whole number ≥ 0")
+        return value
+
+    def positive(key: str, default: float | None) -> float | None:
+        value = info.get(key, default)
+        if value is not None and (finite(value) is None or value < 0):
+            raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a number ≥ 0")
+        return value
+
+    model = info.get("model", "model")
+    if not isinstance(model, str):
+        raise VaekitError(f"{path}: model is {_clip(repr(model))}, not a name")
+    plan = SimpleNamespace(epochs=whole("epochs", None), steps=whole("steps", 0) or 0,
+                           time_budget=positive("time_budget", None),
+                           checkpoint_minutes=positive("checkpoint_minutes", 10.0))
+    return plan, _clip(model, 40)
+
+
+def _summarise(run_dir: Path, row: dict[str, Any], config, data, model, metrics, now) -> dict[str, Any]:
     budget = getattr(config, "steps", 0) or getattr(config, "time_budget", None) is not None
     row.update(data=data, model=model, epochs_planned=None if budget else config.epochs,  # a step or time budget
                epochs_done=metrics[-1]["epoch"] if metrics else 0,
                status=run_status(run_dir, config, metrics, now))
-    best = best_validation(metrics)
-    if best is not None:
-        row["best_validation_elbo"], row["best_epoch"] = best
-    seconds = [m["seconds"] for m in metrics if isinstance(m.get("seconds"), int | float)]
-    row["wall_seconds"] = sum(seconds) if seconds else None
-    test = test_evaluation(run_dir)
+    if metrics.best is not None:
+        row["best_validation_elbo"], row["best_epoch"] = metrics.best
+    row["epochs_seconds"] = metrics.seconds
+    row["sessions_seconds"] = sessions_seconds(run_dir)
+    if row["sessions_seconds"] is not None:
+        row["wall_seconds"], row["wall_time_source"] = row["sessions_seconds"], "sessions"
+    elif row["epochs_seconds"] is not None:
+        row["wall_seconds"], row["wall_time_source"] = row["epochs_seconds"], "epochs"
+    problems: list[str] = []
+    test = test_evaluation(run_dir, problems)
+    row["problem"] = "; ".join(problems) or None
     if test is not None:
         row["test_log_likelihood"] = test.get("log_likelihood")
         row["test_log_likelihood_se"] = test.get("log_likelihood_se")
@@ -130,16 +165,156 @@ def describe_model(config) -> str:
     return " ".join(parts)
 
 
+class MetricsDigest(list):
+    """What the table needs of ``metrics.jsonl``, read in one pass with memory for one line:
+    as a list, the last epoch's record with the longest epoch's ``seconds`` (what
+    :func:`run_status` reads); ``best`` (validation ELBO, epoch) and ``seconds`` (the
+    epochs' sum) as attributes."""
+
+    best: tuple[float, int] | None = None
+    seconds: float | None = None
+
+
+def metrics_digest(run_dir: str | Path) -> MetricsDigest:
+    from vaekit import rundir
+
+    digest = MetricsDigest()
+    last, longest, total = None, None, 0.0
+    for m in rundir.iter_metrics(run_dir):
+        last = m["epoch"]
+        value = finite(m.get("validation_elbo"))
+        if value is not None and (digest.best is None or value > digest.best[0]):
+            digest.best = (value, m["epoch"])
+        if m.get("seconds") is not None:  # checked by iter_metrics
+            total += m["seconds"]
+            longest = max(longest or 0.0, m["seconds"])
+    if last is not None:
+        digest.append({"epoch": last, **({} if longest is None else {"seconds": longest})})
+    digest.seconds = None if longest is None else total
+    return digest
+
+
 def best_validation(metrics: list[dict[str, Any]]) -> tuple[float, int] | None:
     """(best validation ELBO, its epoch), or None when no epoch has a finite one."""
-    scored = [(m["validation_elbo"], m["epoch"]) for m in metrics
-              if isinstance(m.get("validation_elbo"), int | float) and math.isfinite(m["validation_elbo"])]
+    scored = [(v, m["epoch"]) for m in metrics if (v := finite(m.get("validation_elbo"))) is not None]
     return max(scored, key=lambda s: s[0]) if scored else None
 
 
-def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+def sessions_seconds(run_dir: str | Path) -> float | None:
+    """The training sessions' real time, start to end, summed over resumes: run.json's
+    ``sessions_seconds`` (a number, or a list of one per session). None where run.json has
+    none (runs from before it was recorded) or holds no valid one."""
+    from vaekit import rundir
+
+    try:
+        info = rundir.read_json(Path(run_dir) / rundir.INFO, "the run's description", rundir.RECORD_BYTES)
+    except VaekitError:
+        return None
+    value = info.get("sessions_seconds") if isinstance(info, dict) else None
+    parts = value if isinstance(value, list) else [value]
+    parts = [finite(v) for v in parts]
+    if not parts or any(v is None or not 0 <= v <= rundir.MAX_EPOCH_SECONDS for v in parts):
+        return None
+    return math.fsum(parts)
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float if it is a number (NaN and ±inf included, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+# What a stored evaluation may hold, as the report and this table read it.
+EVALUATION_NUMBERS = ("elbo", "reconstruction", "kl", "mutual_information", "marginal_kl", "log_likelihood",
+                      "gap", "elbo_local", "amortisation_gap", "approximation_gap", "iwae_bound", "bits_per_dim")
+EVALUATION_COUNTS = ("n", "importance_samples", "iwae_k", "active_units", "epoch", "seed")
+EVALUATION_TEXTS = ("split", "weights", "bits_per_dim_note")
+MAX_CURVE_POINTS = 200  # K values of one stored curve (evaluate --curve stores about 10)
+MAX_TEXT = 300  # characters kept of a stored text (a split's name, a note)
+
+
+def check_evaluation(result: Any, path: Path) -> dict[str, Any]:
+    """A stored evaluation (``evaluation*.json``, already parsed) reduced to what is shown of
+    it, every value checked: numbers are numbers, counts whole and not negative, texts short
+    strings, the curve a list of ``{k, estimate, se}``. A :class:`VaekitError` naming the file
+    and the key otherwise."""
+    if not isinstance(result, dict):
+        raise VaekitError(f"{path}: not a stored evaluation (a JSON object)")
+    clean: dict[str, Any] = {}
+    for key in EVALUATION_NUMBERS:
+        for name in (key, f"{key}_se"):
+            value = result.get(name)
+            if value is not None:
+                if number(value) is None:
+                    raise VaekitError(f"{path}: {name} is {_clip(repr(value))}, not a number")
+                clean[name] = number(value)
+    for key in EVALUATION_COUNTS:
+        value = result.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a whole number ≥ 0")
+            clean[key] = value
+    for key in EVALUATION_TEXTS:
+        value = result.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise VaekitError(f"{path}: {key} is {_clip(repr(value))}, not a text")
+            clean[key] = value[:MAX_TEXT]
+    per_dim = result.get("active_units_per_dim")
+    if isinstance(per_dim, list):
+        clean["active_units_of"] = len(per_dim)  # only its length is shown
+    if result.get("curve") is not None:
+        clean["curve"] = _check_curve(result["curve"], path)
+    return clean
+
+
+def _check_curve(curve: Any, path: Path) -> list[dict[str, float | int | None]]:
+    if not isinstance(curve, list) or not curve:
+        raise VaekitError(f"{path}: curve is {_clip(repr(curve))}, not a list of points")
+    if len(curve) > MAX_CURVE_POINTS:
+        raise VaekitError(f"{path}: curve has {len(curve):,} points, more than the {MAX_CURVE_POINTS} shown")
+    points = []
+    for point in curve:
+        k = point.get("k") if isinstance(point, dict) else None
+        estimate = number(point.get("estimate")) if isinstance(point, dict) else None
+        se = point.get("se") if isinstance(point, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or estimate is None or (
+                se is not None and number(se) is None):
+            raise VaekitError(f"{path}: curve point {_clip(repr(point))} is not {{k ≥ 1, estimate, se}}")
+        points.append({"k": k, "estimate": estimate, "se": None if se is None else number(se)})
+    return points
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """A stored evaluation file, read (size-capped) and checked by :func:`check_evaluation`."""
+    from vaekit import rundir
+
+    return check_evaluation(rundir.read_json(path, "a stored evaluation"), path)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def test_evaluation(run_dir: str | Path, problems: list[str] | None = None) -> dict[str, Any] | None:
     """The stored evaluation of the test split: ``evaluation-test.json`` (``vaekit evaluate``),
-    else ``evaluation.json`` where training evaluated the test split; None if neither."""
+    else ``evaluation.json`` where training evaluated the test split; None if neither. A file
+    that fails :func:`check_evaluation` is skipped, its reason added to ``problems``."""
     from vaekit import rundir
 
     run_dir = Path(run_dir)
@@ -147,10 +322,12 @@ def test_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
         if not path.is_file():
             continue
         try:
-            result = rundir.read_json(path, "a stored evaluation")
-        except VaekitError:
+            result = read_evaluation(path)
+        except VaekitError as err:
+            if problems is not None:
+                problems.append(f"{path.name} skipped: {err}")
             continue
-        if isinstance(result, dict) and result.get("split") == "test":
+        if result.get("split") == "test":
             return result
     return None
 
@@ -218,13 +395,19 @@ def _mid_epoch(path: Path) -> bool:
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "—"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_wall_time(row: dict[str, Any]) -> str:
+    """A row's wall time, marked ``(epochs)`` where it is the epochs' sum, not the sessions'."""
+    shown = format_duration(row.get("wall_seconds"))
+    return f"{shown} (epochs)" if row.get("wall_time_source") == "epochs" else shown
 
 
 def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
@@ -251,11 +434,14 @@ def format_runs(rows: list[dict[str, Any]], width: int | None = None) -> str:
             if r["test_log_likelihood_se"] is not None:
                 test += f" ± {r['test_log_likelihood_se']:.2f}"
         table.add_row(r["name"], _short(r["data"]), r["model"] or "—", epochs, r["status"], best, test,
-                      format_duration(r["wall_seconds"]))
+                      format_wall_time(r))
     buffer = io.StringIO()
     # a wide virtual terminal: rows are never folded, whatever the real one (or a pipe) is
     Console(file=buffer, width=width or 240, color_system=None, highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    if any(r.get("wall_time_source") == "epochs" for r in rows):
+        lines.append("wall time (epochs): the epochs' seconds summed, without start-up, evaluation and figures "
+                     "(runs from before vaekit recorded the sessions' time)")
     lines += [f"{r['name']}: {r['problem']}" for r in rows if r["problem"]]
     return "\n".join(lines).strip("\n")
 

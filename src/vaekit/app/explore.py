@@ -271,9 +271,14 @@ class BadRequest(Exception):
     """A request parameter that is missing or wrong: answered with 400 and its message."""
 
 
-def create_app(explorer: Explorer, loopback: bool = True):
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(explorer: Explorer, loopback: bool = True, hosts: list[str] | None = None):
     """The Starlette app serving ``explorer``; ``loopback`` restricts the Host header to
-    loopback names (what a browser on this machine sends), which defeats DNS rebinding."""
+    loopback names (what a browser on this machine sends), which defeats DNS rebinding:
+    ``hosts`` where given (:func:`bind` derives them from the address bound), else the usual
+    loopback names."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -348,7 +353,7 @@ def create_app(explorer: Explorer, loopback: bool = True):
         Route("/api/interpolate", interpolation, methods=["GET"]),
         Route("/api/example", example, methods=["GET"]),
     ]
-    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else ["*"]
+    hosts = (list(hosts or LOOPBACK_HOSTS) if loopback else ["*"])
     return Starlette(
         routes=routes,
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts), Middleware(_SecurityHeaders)],
@@ -493,11 +498,36 @@ def listening_socket(host: str, port: int):
     return sock
 
 
+@dataclass
+class Binding:
+    """A listening socket and what follows from the address it is bound to."""
+
+    sock: Any
+    address: str  # the address bound, as the system resolved what was asked for
+    port: int
+    url: str
+    loopback: bool  # bound to a loopback address: only this machine can connect
+    hosts: list[str]  # Host header values accepted (loopback only): the names this address is reached by
+
+
+def bind(host: str, port: int) -> Binding:
+    """Bind ``host``:``port`` and derive from the address actually bound (``127.1`` is
+    127.0.0.1, ``localhost`` one of the loopback addresses) whether only this machine can
+    connect and which Host names a browser reaching it sends."""
+    import socket
+
+    sock = listening_socket(host, port)
+    address, bound = sock.getsockname()[:2]
+    v6 = sock.family == socket.AF_INET6
+    loopback = is_loopback(address)
+    shown = f"[{address}]" if v6 else address
+    hosts = list(dict.fromkeys([*LOOPBACK_HOSTS, address, shown, host.strip("[]"), host]))
+    return Binding(sock, address, bound, f"http://{shown}:{bound}/", loopback, hosts if loopback else ["*"])
+
+
 def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = None, host: str = "127.0.0.1",
           port: int = 0, open_browser: bool = True, max_points: int = MAX_POINTS) -> None:
     """Load the run, print the URL and serve until Ctrl-C (or SIGTERM)."""
-    import socket
-
     from vaekit.app.report import require_app_packages
 
     require_app_packages("explore", ("plotly", "starlette", "uvicorn"))
@@ -506,16 +536,12 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
     if not 0 <= port <= 65535:
         raise VaekitError(f"--port must be from 0 (any free port) to 65535, got {port}")
     explorer = load_explorer(run_dir, data, split, max_points)
-    loopback = is_loopback(host)
-    sock = listening_socket(host, port)
-    family = sock.family
-    bound = sock.getsockname()[1]
-    shown_host = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
-    url = f"http://{shown_host}:{bound}/"
-    if not loopback:
-        print(f"warning: serving on {host}, not on this machine alone: anyone who can reach it on port "
-              f"{bound} can use the explorer and see the run's data", file=sys.stderr)
-    app = create_app(explorer, loopback=loopback)
+    binding = bind(host, port)
+    sock, url = binding.sock, binding.url
+    if not binding.loopback:
+        print(f"warning: serving on {binding.address}, not on this machine alone: anyone who can reach it on "
+              f"port {binding.port} can use the explorer and see the run's data", file=sys.stderr)
+    app = create_app(explorer, loopback=binding.loopback, hosts=binding.hosts)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"{len(explorer.mu)} of {explorer.total}" if explorer.total > len(explorer.mu) else str(explorer.total)
     print(f"exploring {run_dir} ({shown} {explorer.split} examples, d = {explorer.latent_dim}) at {url}", flush=True)

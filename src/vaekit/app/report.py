@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaekit.app.catalog import finite
 from vaekit.errors import VaekitError
 
 # (file, heading, what it shows, the command that draws it)
@@ -39,6 +40,15 @@ LIKELIHOOD_CURVE = "likelihood_curve.png"
 # `app` extra), so that a missing one is named instead of failing with an ImportError
 APP_PACKAGES = {"plotly": "plotly", "jinja2": "jinja2", "starlette": "starlette", "uvicorn": "uvicorn"}
 TEMPLATE = "report.html.j2"
+# What one report embeds at most. A page of 50 MB already opens slowly; vaekit's own figures
+# are 30-300 kB (MNIST's latent.png, 20,000 points, about 250 kB), so a figure over 8 MB is
+# not one of them and is left out, named, as is any beyond 48 MB of figures in all.
+FIGURE_CAP = 8 * 1024**2
+FIGURES_CAP = 48 * 1024**2
+# Epochs drawn per run in the training curves: 1,000 to 2,000 evenly spaced ones (and the
+# last) show a curve's shape; a run's metrics.jsonl may hold a million epochs.
+CURVE_POINTS = 1000
+CURVE_KEYS = tuple(f"{split}_{term}" for split in ("train", "validation") for term in ("elbo", "reconstruction", "kl"))
 
 # (key, label, format, better): the evaluation table's rows, in the order of `vaekit evaluate`.
 # better: +1 higher is better, -1 lower is better, 0 not a score (no highlighting).
@@ -69,6 +79,9 @@ class Run:
     metrics: list[dict[str, Any]]
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> result
     figures: dict[str, str | None] = field(default_factory=dict)  # file name -> data URI
+    problems: list[str] = field(default_factory=list)  # what of the run could not be read, and why
+    epochs_total: int = 0  # epochs in metrics.jsonl; ``metrics`` holds every ``epochs_stride``-th
+    epochs_stride: int = 1
 
 
 def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACKAGES)) -> None:
@@ -80,22 +93,68 @@ def require_app_packages(command: str, modules: tuple[str, ...] = tuple(APP_PACK
         raise VaekitError(f"vaekit {command} needs {', '.join(missing)}: pip install 'vaekit[app]'")
 
 
-def read_run(run_dir: str | Path, name: str | None = None) -> Run:
-    """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`."""
+def read_curves(run_dir: str | Path, points: int = CURVE_POINTS) -> tuple[list[dict[str, Any]], int, int]:
+    """(rows, epochs in all, stride): the training curves' values of every ``stride``-th epoch
+    of ``metrics.jsonl`` and the last one, ``points`` to ``2 × points`` rows, read in one
+    pass with memory for those rows only (the stride doubles as the file goes on)."""
+    from vaekit import rundir
+
+    kept: list[dict[str, Any]] = []
+    stride, total, last = 1, 0, None
+    for m in rundir.iter_metrics(run_dir):
+        last = {"epoch": m["epoch"], **{k: finite(m.get(k)) for k in CURVE_KEYS}}
+        if total % stride == 0:
+            kept.append(last)
+            if len(kept) >= 2 * points:
+                kept, stride = kept[::2], stride * 2
+        total += 1
+    if last is not None and kept[-1] is not last:
+        kept.append(last)
+    return kept, total, stride
+
+
+def read_run(run_dir: str | Path, name: str | None = None, budget: list[int] | None = None) -> Run:
+    """Everything the report needs from ``run_dir``, read through :mod:`vaekit.runs`. A
+    folder that is not a run is an error; a run's damaged file is left out of the report
+    and named, with the reason, in ``problems`` (one damaged run must not hide the others).
+    ``budget``: the bytes of figures the report may still embed (one list shared by the
+    report's runs), taken from as figures are read."""
     from vaekit import rundir
     from vaekit.app import catalog
     from vaekit.app.runs import load_config
 
     run_dir = Path(run_dir)
-    config = load_config(run_dir)  # a clear error for a folder that is not a run
-    run = Run(name or run_dir.resolve().name, run_dir, catalog.summarise_run(run_dir, name),
-              config.to_dict(), rundir.read_metrics(run_dir))
+    problems = []
+    try:
+        config = load_config(run_dir).to_dict()
+    except VaekitError as err:
+        if not (run_dir / rundir.CONFIG).is_file():
+            raise  # not a run at all (a mistyped folder): say so and stop
+        config, problems = {}, [str(err)]
+    summary = catalog.summarise_run(run_dir, name)
+    metrics, total, stride = [], 0, 1
+    try:
+        metrics, total, stride = read_curves(run_dir)
+    except VaekitError as err:
+        problems.append(str(err))
+    run = Run(name or run_dir.resolve().name, run_dir, summary, config, metrics, problems=problems,
+              epochs_total=total, epochs_stride=stride)
     for path in sorted(run_dir.glob("evaluation*.json")):
-        result = rundir.read_json(path, "a stored evaluation")
-        if isinstance(result, dict) and "n" in result:
+        try:
+            result = catalog.read_evaluation(path)
+        except VaekitError as err:
+            problems.append(f"{path.name} skipped: {err}")
+            continue
+        if "n" in result:
             run.evaluations[path.name] = result
     for file, *_ in (*FIGURES, (LIKELIHOOD_CURVE,)):
-        run.figures[file] = _data_uri(run_dir / file)
+        try:
+            run.figures[file] = _data_uri(run_dir / file, budget)
+        except VaekitError as err:
+            run.figures[file] = None
+            problems.append(f"{file} left out: {err}")
+    if summary["problem"]:  # the table's own reading, where it found more
+        problems[:0] = [p for p in summary["problem"].split("; ") if p not in problems]
     return run
 
 
@@ -113,7 +172,8 @@ def write_report(run_dirs: list[str | Path], output: str | Path) -> Path:
     from vaekit import rundir
 
     names = unique_names([Path(r) for r in run_dirs])
-    html = render([read_run(r, n) for r, n in zip(run_dirs, names, strict=True)])
+    budget = [FIGURES_CAP]
+    html = render([read_run(r, n, budget) for r, n in zip(run_dirs, names, strict=True)])
     rundir.atomic_write(output, html)
     return output
 
@@ -124,6 +184,7 @@ def render(runs_: list[Run]) -> str:
     import plotly.offline
 
     from vaekit import __version__
+    from vaekit.app import catalog
 
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("vaekit.app", "templates"),
@@ -146,6 +207,7 @@ def render(runs_: list[Run]) -> str:
         likelihood_curves=likelihood_curves_html(curve_runs) if curve_runs else None,
         curve_pngs=[(r.name, r.figures.get(LIKELIHOOD_CURVE)) for r in runs_],
         figures=FIGURES,
+        wall_time=catalog.format_wall_time,
     )
 
 
@@ -183,7 +245,7 @@ def evaluation_tables(runs_: list[Run]) -> list[dict[str, Any]]:
     per run; for one run, one table with a column per split. A column holds that split's
     stored evaluation with the most importance samples (the best estimate at hand)."""
     order = {"test": 0, "validation": 1, "train": 2}
-    splits = list(dict.fromkeys(e.get("split", "data") for r in runs_ for e in r.evaluations.values()))
+    splits = list(dict.fromkeys(true_split(e, r.config) for r in runs_ for e in r.evaluations.values()))
     splits.sort(key=lambda s: order.get(s, 3))
     if len(runs_) == 1:
         columns = [c for split in splits for c in _columns(runs_, split, by_split=True)]
@@ -191,13 +253,46 @@ def evaluation_tables(runs_: list[Run]) -> list[dict[str, Any]]:
     return [_table(split, _columns(runs_, split, by_split=False)) for split in splits]
 
 
+def true_split(result: dict[str, Any], config: dict[str, Any]) -> str:
+    """The split an evaluation was made on: a run that validated on the test set
+    (``validation_split = "test"``) stored its final evaluation of the test set as
+    "validation"."""
+    split = result.get("split", "data")
+    return "test" if split == "validation" and config.get("validation_split") == "test" else split
+
+
+def comparable(run: Run, result: dict[str, Any], split: str) -> tuple:
+    """What must match for two evaluations' numbers to compare: the same examples (data, its
+    treatment, the split and, for a split drawn from the data, how it was drawn) and the same
+    kind of likelihood (a density and a probability do not compare)."""
+    c = run.config
+    drawn = split == "validation" and c.get("validation_split") != "test"
+    return (c.get("data"), c.get("binarize"), c.get("standardize"), c.get("image_size"), c.get("image_mode"),
+            c.get("label_column"), c.get("likelihood"), split, result.get("n"),
+            # a dynamic binarisation's fixed evaluation draw, and a drawn validation split, follow the seed
+            c.get("seed") if drawn or c.get("binarize") == "dynamic" else None,
+            c.get("validation_fraction") if drawn else None)
+
+
+# rows whose value also depends on an estimator's setting: only equal settings compare
+ROW_SETTING = {"log_likelihood": "importance_samples", "bits_per_dim": "importance_samples", "iwae_bound": "iwae_k",
+               "gap": "importance_samples"}
+
+
 def _columns(runs_: list[Run], split: str, by_split: bool) -> list[dict[str, Any]]:
+    """A column per run (or, ``by_split``, per weights evaluated), each evaluation once, under
+    its true split; of several, the one with the most importance samples."""
     columns = []
     for r in runs_:
-        chosen = [(f, e) for f, e in r.evaluations.items() if e.get("split", "data") == split]
-        if chosen:
-            file, result = max(chosen, key=lambda fe: fe[1].get("importance_samples") or 0)
-            columns.append({"title": f"{split} split" if by_split else r.name, "file": file, "result": result})
+        chosen = [(f, e) for f, e in r.evaluations.items() if true_split(e, r.config) == split]
+        for weights in dict.fromkeys(e.get("weights") or "last" for _, e in chosen):
+            mine = [(f, e) for f, e in chosen if (e.get("weights") or "last") == weights]
+            file, result = max(mine, key=lambda fe: fe[1].get("importance_samples") or 0)
+            title = f"{split} split" if by_split else r.name
+            if weights != "last":
+                title += f" ({weights} weights)"
+            columns.append({"title": title, "file": file, "result": result,
+                            "group": comparable(r, result, split)})
     return columns
 
 
@@ -208,7 +303,7 @@ def _table(split: str | None, columns: list[dict[str, Any]]) -> dict[str, Any]:
         if all(v is None for v in values):
             continue
         cells = [_cell(c["result"], key, fmt) for c in columns]
-        best = _best(values, better) if split is not None and len(columns) > 1 else None
+        best = _best_in_groups(columns, key, values, better) if split is not None and len(columns) > 1 else None
         rows.append({"key": key, "label": label, "cells": cells, "best": best})
     units = [_active_units(c["result"]) for c in columns]
     if any(u != "—" for u in units):
@@ -228,6 +323,20 @@ def _cell(result: dict[str, Any], key: str, fmt: str) -> str:
     return f"{shown} ± {fmt.format(se)}" if isinstance(se, int | float) else shown
 
 
+def _best_in_groups(columns: list[dict[str, Any]], key: str, values: list[Any], better: int) -> set[int]:
+    """The columns to bold: the best of each group of comparable columns (two or more)."""
+    setting = ROW_SETTING.get(key)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(columns):
+        groups.setdefault((c["group"], c["result"].get(setting) if setting else None), []).append(i)
+    best = set()
+    for members in groups.values():
+        i = _best([values[j] for j in members], better)
+        if i is not None:
+            best.add(members[i])
+    return best
+
+
 def _best(values: list[Any], better: int) -> int | None:
     scored = [(v * better, i) for i, v in enumerate(values) if isinstance(v, int | float) and math.isfinite(v)]
     if better == 0 or len(scored) < 2:
@@ -236,10 +345,10 @@ def _best(values: list[Any], better: int) -> int | None:
 
 
 def _active_units(result: dict[str, Any]) -> str:
-    units, per_dim = result.get("active_units"), result.get("active_units_per_dim")
+    units, of = result.get("active_units"), result.get("active_units_of")
     if units is None:
         return "—"
-    return f"{units} of {len(per_dim)}" if isinstance(per_dim, list) else str(units)
+    return f"{units} of {of}" if of is not None else str(units)
 
 
 def _show_value(value: Any) -> str:
@@ -253,6 +362,15 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def plotly_text(text: str) -> str:
+    """``text`` shown as itself in a plotly label (legend, hover, title): plotly reads its
+    labels as a small HTML (``<a href>`` makes a link, ``<b>`` bold) and hover templates
+    substitute ``%{...}``; entities are decoded after both, so escaping ``& < > %`` shows
+    a run's or a split's name exactly as it is spelt, never as a link."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("%", "&#37;"))
+
+
 def training_curves_html(runs_: list[Run]) -> str | None:
     """ELBO, reconstruction term and KL per epoch (train solid, validation dashed), one
     colour per run, as an interactive plotly figure; None when no run has metrics."""
@@ -264,18 +382,19 @@ def training_curves_html(runs_: list[Run]) -> str | None:
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in terms], horizontal_spacing=0.07)
     for i, r in enumerate(runs_):
         colour = COLOURS[i % len(COLOURS)]
+        name = plotly_text(r.name)
         epochs = [m["epoch"] for m in r.metrics]
         for col, (term, _) in enumerate(terms, 1):
             for split, dash in (("train", "solid"), ("validation", "dash")):
                 key = f"{split}_{term}"
-                values = [m.get(key) for m in r.metrics]
-                if not any(isinstance(v, int | float) for v in values):
+                values = [finite(m.get(key)) for m in r.metrics]  # a gap where one is not a number
+                if all(v is None for v in values):
                     continue
                 fig.add_scatter(
                     x=epochs, y=values, mode="lines", row=1, col=col,
-                    name=f"{r.name} {split}", legendgroup=f"{r.name} {split}", showlegend=col == 1,
+                    name=f"{name} {split}", legendgroup=f"{i} {split}", showlegend=col == 1,
                     line={"color": colour, "dash": dash},
-                    hovertemplate=f"{r.name}, {split}<br>epoch %{{x}}<br>%{{y:.3f}} nats<extra></extra>",
+                    hovertemplate=f"{name}, {split}<br>epoch %{{x}}<br>%{{y:.3f}} nats<extra></extra>",
                 )
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="nats per example", row=1, col=1)
@@ -300,25 +419,26 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
             curve = result.get("curve")
             if not curve:
                 continue
-            label = f"{r.name}, {result.get('split', 'data')}"
-            k = [p["k"] for p in curve]
-            estimate = [p["estimate"] for p in curve]
+            label = plotly_text(f"{r.name}, {result.get('split', 'data')}")
+            group, file = f"{i} {file}", plotly_text(file)
+            k = [p["k"] for p in curve]  # checked by catalog.check_evaluation
+            estimate = [finite(p["estimate"]) for p in curve]
             errors = {"type": "data", "array": [p.get("se") or 0.0 for p in curve], "visible": True}
             ks.update(k)
             fig.add_scatter(
                 x=k, y=estimate, mode="lines+markers", name=f"{label}: log-likelihood estimate",
-                line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=label,
+                line={"color": colour}, error_y=errors, row=1, col=1, legendgroup=group,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>%{{y:.3f}} nats<extra>{file}</extra>",
             )
-            elbo = result.get("elbo")
-            if not isinstance(elbo, int | float):
+            elbo = finite(result.get("elbo"))
+            if elbo is None:
                 continue
             fig.add_scatter(x=[k[0], k[-1]], y=[elbo, elbo], mode="lines", name=f"{label}: ELBO",
-                            line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=label,
+                            line={"color": colour, "dash": "dash"}, row=1, col=1, legendgroup=group,
                             hovertemplate=f"{label}: ELBO %{{y:.3f}}<extra></extra>")
             fig.add_scatter(
-                x=k, y=[e - elbo for e in estimate], mode="lines+markers", showlegend=False,
-                line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=label,
+                x=k, y=[None if e is None else e - elbo for e in estimate], mode="lines+markers", showlegend=False,
+                line={"color": colour}, error_y=errors, row=1, col=2, legendgroup=group,
                 hovertemplate=f"{label}<br>K = %{{x}}<br>estimate − ELBO %{{y:.3f}} nats<extra>{file}</extra>",
             )
     # ticks at the evaluated K only: a log axis's default minor labels (2, 5, ...) read as K
@@ -331,14 +451,29 @@ def likelihood_curves_html(runs_: list[Run]) -> str:
                        div_id="likelihood-curve")
 
 
-def _data_uri(path: Path) -> str | None:
-    """A PNG file as a data URI (inlined, so the report is one file), or None if absent."""
+def _data_uri(path: Path, budget: list[int] | None = None) -> str | None:
+    """A PNG file as a data URI (inlined, so the report is one file), or None if absent. A
+    file over :data:`FIGURE_CAP`, or over what is left of ``budget``, is not read: a
+    :class:`VaekitError` says why it is left out."""
     from vaekit import rundir
 
     try:
-        data = rundir.read_regular(path, "a figure", rundir.FIGURE_BYTES)
+        size = path.stat().st_size
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise VaekitError(f"cannot read {path}: {err.strerror or err}") from None
+    left = FIGURE_CAP if budget is None else min(FIGURE_CAP, budget[0])
+    if size > left:
+        why = (f"more than the {FIGURE_CAP / 1024**2:.0f} MB a report embeds per figure" if size > FIGURE_CAP
+               else f"the report's {FIGURES_CAP / 1024**2:.0f} MB of figures are used up")
+        raise VaekitError(f"{size / 1024**2:.1f} MB, {why}; open {path} itself")
+    try:
+        data = rundir.read_regular(path, "a figure", left)
+    except FileNotFoundError:
+        return None
+    if budget is not None:
+        budget[0] -= len(data)
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise VaekitError(f"{path} is not a PNG file")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -48,6 +48,12 @@ function zToPlane(z) {
   return state.info.plane === "line" ? [u, state.v] : [u, v];
 }
 
+// A name shown as itself in a plotly label: plotly reads labels as a small HTML (<a href>
+// makes a link) and hover templates substitute %{...}; it decodes entities after both.
+function plotlyText(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/%/g, "&#37;");
+}
+
 function showError(message) { $("status").textContent = message || ""; }
 
 // ---------------------------------------------------------------- decoding z
@@ -62,6 +68,7 @@ async function decode() {
         const { dataUrl, ms, network } = await fetchImage(`/api/decode?z=${z.join(",")}${labelParam()}`);
         const img = $("decoded");
         img.src = dataUrl;
+        img.hidden = false;
         img.dataset.z = z.join(",");
         state.lastMs = ms;
         state.lastNetworkMs = network;
@@ -138,7 +145,7 @@ function buildPlot() {
   });
   [...groups.keys()].sort((a, b) => a - b).forEach((key) => {
     const index = groups.get(key);
-    const name = key < 0 ? "examples" : info.class_names[key];
+    const name = plotlyText(key < 0 ? "examples" : info.class_names[key]);
     traces.push({
       type, mode: "markers", name, customdata: index,
       x: index.map((i) => info.u[i]), y: index.map((i) => info.v[i]),
@@ -152,8 +159,8 @@ function buildPlot() {
       "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
       "#dbdb8d", "#9edae5", "#393b79"],
     margin: { l: 60, r: 10, t: 10, b: 50 }, hovermode: "closest", dragmode: "zoom",
-    xaxis: { title: { text: info.axis_titles[0] }, zeroline: false },
-    yaxis: { title: { text: info.axis_titles[1] }, zeroline: false },
+    xaxis: { title: { text: plotlyText(info.axis_titles[0]) }, zeroline: false },
+    yaxis: { title: { text: plotlyText(info.axis_titles[1]) }, zeroline: false },
     legend: { title: { text: info.labels ? "class" : "" }, itemsizing: "constant", y: 0.93, yanchor: "top" },
   };
   if (info.plane !== "line") layout.yaxis.scaleanchor = "x";
@@ -206,6 +213,7 @@ async function showExample(i) {
   try {
     const { dataUrl } = await fetchImage(`/api/example?i=${i}`);
     $("hovered").src = dataUrl;
+    $("hovered").hidden = false; // hidden until the first hover: no broken-image icon
     const info = state.info;
     $("hovered-caption").textContent = `#${i}` + (info.labels ? `, class ${info.class_names[info.labels[i]]}` : "");
   } catch (err) {
@@ -270,7 +278,8 @@ async function refreshGrid() {
         await Plotly.relayout(plane, {
           images: [{
             source: dataUrl, xref: "x", yref: "y", x: x0, y: y1, sizex: x1 - x0, sizey: y1 - y0,
-            xanchor: "left", yanchor: "top", sizing: "stretch", layer: "below", opacity: 0.5,
+            // full contrast, drawn pixel-exact by the stylesheet (#plane image)
+            xanchor: "left", yanchor: "top", sizing: "stretch", layer: "below", opacity: 1,
           }],
         });
         showError("");
