@@ -119,6 +119,6 @@ def test_encode_sample_evaluate_reconstruct_use_the_recorded_map(table_run, tmp_
 def test_bernoulli_on_standardised_data_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,5\n4,4\n5,1\n")
     config = Config(data=str(tmp_path / "t.csv"), standardize=True, hidden=[4], epochs=1,
-                    validation_fraction=0.0)
+                    validation_fraction=0.0, likelihood="bernoulli")  # given (auto would choose gaussian)
     with pytest.raises(VaekitError, match="bernoulli likelihood needs data in"):
         train(config, tmp_path / "run", quiet=True, figures=False)

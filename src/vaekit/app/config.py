@@ -55,7 +55,7 @@ MAY_CHANGE_ON_RESUME = (
 TRACKERS = ("tensorboard", "mlflow")
 # What a stored config.json without these keys (written before they existed) was trained with.
 # A config that omits them otherwise (a TOML file, Python) gets the current defaults.
-BEFORE_THE_KEY = {"init": "default", "output_bias": "zero"}
+BEFORE_THE_KEY = {"init": "default", "output_bias": "zero", "likelihood": "bernoulli"}
 
 
 class ScheduleSpec(NamedTuple):
@@ -100,7 +100,7 @@ class Config:
     hidden: list[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
     latent_dim: int = 2
-    likelihood: str = "bernoulli"
+    likelihood: str = "auto"  # auto: decided from the training data (vaekit.app.data.choice)
     sigma: str = "shared"
     sigma_min: float = 1e-3
     channels: list[int] = field(default_factory=lambda: [32, 64])
@@ -157,7 +157,8 @@ class Config:
         the digits and the MNIST family, ``none`` otherwise."""
         if self.binarize != "auto":
             return self.binarize
-        return "dynamic" if self.likelihood == "bernoulli" and self.data in BINARY_IMAGE_DATA else "none"
+        # likelihood auto is Bernoulli on these data, which lie in [0, 1]
+        return "dynamic" if self.likelihood in ("bernoulli", "auto") and self.data in BINARY_IMAGE_DATA else "none"
 
     def resolved(self) -> Config:
         """A copy with ``auto`` settings decided (what a run records in config.json)."""
@@ -199,7 +200,7 @@ class Config:
             _check_type(f.name, getattr(self, f.name), str(f.type))
         _choice("model", self.model, MODELS)
         _choice("architecture", self.architecture, ARCHITECTURES)
-        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("likelihood", self.likelihood, ("auto", *LIKELIHOODS))
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("kl", self.kl, KL_ESTIMATORS)
         _choice("objective", self.objective, OBJECTIVES)

@@ -43,6 +43,7 @@ def train(
     """Train the model ``config`` describes; write the run directory ``out`` and return it.
     ``callbacks`` join fit's own (:class:`vaekit.Callback`)."""
     from vaekit.app.data import absolute_spec, run_splits, write_run_data
+    from vaekit.app.data.choice import decide_likelihood
 
     config.validate()
     # decided once and recorded: the run's data stay the same file whatever the current folder later
@@ -55,6 +56,9 @@ def train(
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
+        config, notes = decide_likelihood(config, train_set)  # likelihood "auto" from the data
+        for note in notes if not quiet and (group is None or group.main) else ():
+            _say(note)
         check_data(train_set, config, quiet)
         config = with_classes(config, train_set.labels, train_set.classes)
         check_model_size(config, train_set.event_shape)
@@ -422,7 +426,8 @@ def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
     """The model a :class:`Config` describes, for data of ``event_shape``."""
     event_shape = tuple(event_shape)
     d = math.prod(event_shape)
-    likelihood = likelihoods.make_likelihood(config.likelihood, event_shape, config.sigma_value,
+    name = "bernoulli" if config.likelihood == "auto" else config.likelihood  # no data to decide by
+    likelihood = likelihoods.make_likelihood(name, event_shape, config.sigma_value,
                                              config.sigma_min, config.levels)
     params = likelihood.params_per_dim
     out_shape = ((params,) if params > 1 else ()) + event_shape
