@@ -133,3 +133,24 @@ def test_an_apostrophe_in_the_run_path_is_no_problem_for_mlflow(tmp_path):
     assert run.data.tags["vaekit.run_dir"] == str(out.resolve())
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_elbo")] == [1, 2]
 
+
+def test_mlflow_outside_the_supported_range_is_one_clear_error(tmp_path, monkeypatch):
+    """Issue 25 item 9: MLflow 3 (outside the extra's < 3 pin) died with an MlflowException."""
+    import re
+    from pathlib import Path
+
+    from vaekit import trackers
+
+    monkeypatch.setattr(trackers, "mlflow_version", lambda: "3.1.0")
+    config = vaekit.Config(data="digits", hidden=[8], epochs=1, log="mlflow")
+    message = (r"--log mlflow supports MLflow 2.10 or later, before 3 \(the 'vaekit\[mlflow\]' extra's range\), "
+               r"but MLflow 3.1.0 is installed: pip install 'mlflow-skinny>=2.10,<3'")
+    with pytest.raises(vaekit.VaekitError, match=message):
+        vaekit.train(config, tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(trackers, "mlflow_version", lambda: "2.9.4")
+    with pytest.raises(vaekit.VaekitError, match="but MLflow 2.9.4 is installed"):
+        trackers.check_installed(("mlflow",))
+    # the range said is the extra's
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'mlflow = \["mlflow-skinny>=2\.10,<3"\]', pyproject)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from vaekit.training import Callback, Loop
 NAMES = ("tensorboard", "mlflow")
 TENSORBOARD_DIR, MLFLOW_DIR = TRACKER_LOGS  # in the run directory, replaced with it by --overwrite
 RUN_TAG = "vaekit.run_dir"  # an MLflow run's tag: the run directory it logs
+# The mlflow extra's range (pyproject.toml): MLflow 3 refuses the file store these runs log to
+# unless an environment override is set, and its client API changed.
+MLFLOW_RANGE = ((2, 10), (3, 0))
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -141,6 +145,33 @@ def _tagged_runs(client, experiment: str, tag: str) -> list:
     return [r for r in found if r.data.tags.get(RUN_TAG) == tag]
 
 
+def mlflow_version() -> str | None:
+    """The installed MLflow's version (either distribution: mlflow or mlflow-skinny), without
+    importing it; None if unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("mlflow-skinny", "mlflow"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_mlflow_version() -> None:
+    found = mlflow_version()
+    parts = re.match(r"(\d+)\.(\d+)", found or "")
+    if parts is None:
+        return
+    (lo_major, lo_minor), (hi_major, hi_minor) = MLFLOW_RANGE
+    lo, hi = f"{lo_major}.{lo_minor}", f"{hi_major}" if hi_minor == 0 else f"{hi_major}.{hi_minor}"
+    if not MLFLOW_RANGE[0] <= (int(parts[1]), int(parts[2])) < MLFLOW_RANGE[1]:
+        raise VaekitError(
+            f"--log mlflow supports MLflow {lo} or later, before {hi} (the 'vaekit[mlflow]' extra's range), "
+            f"but MLflow {found} is installed: pip install 'mlflow-skinny>={lo},<{hi}' (or 'mlflow>={lo},<{hi}')"
+        )
+
+
 _PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
 
@@ -152,6 +183,8 @@ def check_installed(names: tuple[str, ...]) -> None:
         module, extra = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise VaekitError(f"--log {name} needs the {module} package: pip install 'vaekit[{extra}]'")
+        if name == "mlflow":
+            _check_mlflow_version()
 
 
 def trackers(names: tuple[str, ...], params: dict[str, Any] | None = None) -> list[Callback]:
