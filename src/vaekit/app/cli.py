@@ -226,6 +226,7 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
               local_steps, curve, save, quiet, as_json, binarize, data_dir, mirror, samples, threads, device,
               weights, overwrite) -> None:
     from vaekit.app.data import same_data
+    from vaekit.app.data.standardize import to_data_units
     from vaekit.app.launch import rank
     from vaekit.app.outputs import output_path, source_columns
     from vaekit.app.threads import ThreadPolicy, tune_allocator
@@ -264,7 +265,8 @@ def _evaluate(run_dir, data, split, importance_samples, iwae_k, batch_size, seed
     result.update(weights=weights, epoch=epoch)
     if not main:
         return  # rank 0 writes and prints
-    notes = []
+    result, scores, units = to_data_units(result, scores, dataset)  # a standardised run: the data's own units
+    notes = [] if units is None else [units]
     if per_example is not None:
         write_per_example(scores, per_example, dataset.labels, extra=source_columns(dataset))
         notes.append(f"wrote per-example scores to {per_example}")

@@ -236,11 +236,14 @@ class _Started(Callback):
 def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy: ThreadPolicy, *,
          quiet: bool, figures: bool, resume: bool, callbacks: list[Callback] = ()) -> None:
     """:func:`vaekit.fit` with the config's settings as typed arguments."""
+    from vaekit.app.data.standardize import data_units_callback
     from vaekit.app.threads import ThreadCheck
 
     group = distributed.current()
     mine = trackers(config.trackers, config.to_dict()) if group is None or group.main else []  # rank 0 logs
-    callbacks = [ThreadCheck(policy), *callbacks, *mine]
+    # first: the quick evaluation in the data's own units before anything logs or prints it
+    units = data_units_callback(splits["train"], quiet) if group is None or group.main else []
+    callbacks = [*units, ThreadCheck(policy), *callbacks, *mine]
     terminal = sys.stderr.isatty()
     if not quiet:
         callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
