@@ -18,7 +18,7 @@ def test_the_likelihood_follows_the_data():
     assert choose_likelihood(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))[0] == "bernoulli"
     assert choose_likelihood(torch.tensor([[0.2, 0.7], [1.0, 0.0]]))[0] == "bernoulli"
     name, why = choose_likelihood(torch.tensor([[0.2, 1.5], [-3.0, 0.0]]))
-    assert name == "gaussian" and why == "the data span [-3, 1.5], beyond the [0, 1] of a Bernoulli"
+    assert name == "gaussian" and why == "the values span [-3, 1.5], beyond a Bernoulli's [0, 1]"
 
 
 def test_the_scale_hint_names_the_widest_and_narrowest_columns():
@@ -46,7 +46,7 @@ def test_a_table_beyond_0_1_trains_with_a_gaussian_and_says_why(table, tmp_path,
     assert status == 0, err  # it used to fail: "the bernoulli likelihood needs data in [0, 1]"
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["likelihood"] == "gaussian"
-    assert "likelihood: gaussian, chosen from the data (the data span [" in err
+    assert "likelihood: gaussian, chosen from the data: the values span [" in err
     assert "hint: the columns' scales differ" in err and "'large'" in err and "--standardize" in err
     status, _, err = cli(capsys, "train", "--data", table, "--hidden", "8", "--epochs", "1", "--standardize",
                          "--out", tmp_path / "std", "--no-figures")
@@ -65,4 +65,4 @@ def test_data_in_0_1_keep_the_bernoulli(tmp_path, capsys):
                          "--out", tmp_path / "run", "--no-figures")
     assert status == 0, err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["likelihood"] == "bernoulli"
-    assert "likelihood: bernoulli, chosen from the data (the data lie in [0, 1]" in err
+    assert "likelihood: bernoulli, chosen from the data: the values lie in [0, 1], from" in err

@@ -18,10 +18,10 @@ def choose_likelihood(x) -> tuple[str, str]:
     and for values in [0, 1] (grey levels, probabilities), Gaussian for anything else."""
     lo, hi, binary = value_range(x)
     if binary:
-        return "bernoulli", "the data are binary"
+        return "bernoulli", "the values are all 0 or 1"
     if lo >= 0 and hi <= 1:
-        return "bernoulli", f"the data lie in [0, 1] (from {lo:g} to {hi:g})"
-    return "gaussian", f"the data span [{lo:.4g}, {hi:.4g}], beyond the [0, 1] of a Bernoulli"
+        return "bernoulli", f"the values lie in [0, 1], from {lo:g} to {hi:g}"
+    return "gaussian", f"the values span [{lo:.4g}, {hi:.4g}], beyond a Bernoulli's [0, 1]"
 
 
 def decide_likelihood(config, data) -> tuple:
@@ -32,7 +32,7 @@ def decide_likelihood(config, data) -> tuple:
     if config.likelihood == AUTO:
         name, why = choose_likelihood(data.x)
         config = dataclasses.replace(config, likelihood=name)
-        notes.append(f"likelihood: {name}, chosen from the data ({why}); --likelihood NAME to choose")
+        notes.append(f"likelihood: {name}, chosen from the data: {why} (--likelihood NAME to choose another)")
     hint = None if getattr(config, "standardize", False) else scale_hint(data)
     if hint:
         notes.append(hint)
