@@ -23,7 +23,10 @@ def _has_mnist() -> bool:
     return all((MNIST_DIR / name).is_file() for name in mnist.FILES)
 
 
-needs_mnist = pytest.mark.skipif(not _has_mnist(), reason=f"no MNIST files in {MNIST_DIR}")
+needs_mnist = pytest.mark.skipif(
+    not _has_mnist(),
+    reason=f"no MNIST files in {MNIST_DIR}: set VAEKIT_TEST_MNIST to a folder holding the four official files",
+)
 
 # Two test processes on two cores spin against each other; one thread each is faster. The
 # environment variable also caps vaekit's automatic thread count (vaekit.app.threads).

@@ -169,6 +169,10 @@ def test_cvae_needs_and_checks_labels():
     assert not torch.allclose(model.decode_mean(z0, torch.tensor([0])),
                               model.decode_mean(z0, torch.tensor([1])))
     assert model.sample(6, y=2).shape == (6, 1, 8, 8)
+    # a positional label tensor used to bind to `mean` ("Boolean value of Tensor ... is ambiguous")
+    with pytest.raises(TypeError, match="positional"):
+        model.sample(4, torch.tensor([0, 1, 2, 0]))
+    assert model.sample(4, y=torch.tensor([0, 1, 2, 0])).shape == (4, 1, 8, 8)
     plain = build_model(Config(hidden=[16]), (1, 8, 8))
     with pytest.raises(VaekitError, match="not conditional"):
         plain.sample(2, y=1)

@@ -89,9 +89,12 @@ def test_a_label_the_run_does_not_know(wine, runs, capsys):
     status, _, err = cli(capsys, "evaluate", runs["cvae"], "--data", wine / "unknown.csv", "--split", "all")
     assert status == 2 and "label 'zinfandel' is not one of the classes this run was trained on" in err
     assert "barbera, barolo, grignolino" in err
-    # an unconditional model does not need the label: a new class is numbered after the run's
+    # an unconditional model does not need the label: a new class is numbered after the run's,
+    # and the command says so (it used to number it silently)
     status, _, err = cli(capsys, "encode", runs["vae"], "--data", wine / "unknown.csv", "-o", wine / "u.csv")
     assert status == 0, err
+    assert ("not among the 3 classes this run was trained on (barbera, barolo, grignolino, numbered 0..2), "
+            "numbered after them: 'zinfandel' → 3") in err
     rows = read_csv(wine / "u.csv")
     assert (rows[3]["label"], rows[3]["label_name"]) == ("3", "zinfandel")
     assert (rows[0]["label"], rows[0]["label_name"]) == ("1", "barolo")
@@ -252,7 +255,7 @@ def test_train_help_shows_the_defaults_and_version_exists(capsys):
     status, out, _ = cli(capsys, "train", "--help")
     assert status == 0
     for flag, default in (("--epochs", "30"), ("--batch-size", "128"), ("--latent-dim", "2"),
-                          ("--likelihood", "bernoulli"), ("--hidden", "400"), ("--binarize", "auto")):
+                          ("--likelihood", "auto"), ("--hidden", "400"), ("--binarize", "auto")):
         text = " ".join(out.split(flag, 1)[1].split("--", 1)[0].split())
         assert f"[default: ({default})]" in text, (flag, text)
     from vaekit import __version__

@@ -155,7 +155,7 @@ def test_empty_dataset(capsys, tmp_path):
 
 def test_bernoulli_data_outside_unit_interval(capsys, tmp_path):
     x = np.random.default_rng(0).random((50, 4)).astype(np.float32) * 255
-    err = _data_case(capsys, tmp_path, "d.npy", x, "--binarize", "none")
+    err = _data_case(capsys, tmp_path, "d.npy", x, "--binarize", "none", "--likelihood", "bernoulli")
     assert "the bernoulli likelihood needs data in [0, 1]" in err and "--likelihood gaussian" in err
 
 

@@ -83,3 +83,74 @@ def test_a_missing_tracker_package_is_one_clear_error_before_anything_is_written
 def test_an_unknown_tracker_is_refused_by_name(tmp_path):
     done = run_cli("train", "--data", "digits", "--log", "wandb", "--out", tmp_path / "r")
     assert done.returncode == 2 and "log must be one of tensorboard, mlflow; got 'wandb'" in done.stderr
+
+
+def _mlflow_runs(uri, view="active"):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("vaekit").experiment_id
+    kind = ViewType.ACTIVE_ONLY if view == "active" else ViewType.DELETED_ONLY
+    return client, client.search_runs([experiment], run_view_type=kind)
+
+
+def test_overwrite_replaces_the_tracker_logs(tmp_path, monkeypatch):
+    """Issue 25 item 2: 2 epochs at lr 1e-3, then --overwrite with 3 at 1e-2. MLflow used to show
+    lr 0.001, epochs 2 and train_elbo steps [1, 2, 1, 2, 3]; TensorBoard two event files."""
+    out = tmp_path / "run"
+    args = ("--data", "digits", "--hidden", "8", "--log", "tensorboard,mlflow", "-q", "--no-figures", "--out", out)
+    assert run_cli("train", *args, "--epochs", "2", "--lr", "1e-3").returncode == 0
+    (out / "notes.txt").write_text("mine")  # the user's file stays
+    done = run_cli("train", *args, "--epochs", "3", "--lr", "1e-2", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    client, [run] = _mlflow_runs((out / "mlruns").resolve().as_uri())
+    assert run.data.params["lr"] == "0.01" and run.data.params["epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_elbo")] == [1, 2, 3]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    # a store outside the run (MLFLOW_TRACKING_URI): the replaced MLflow run is deleted (soft)
+    store = (tmp_path / "store").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert run_cli("train", *args, "--epochs", "1", "--overwrite").returncode == 0
+    first = _mlflow_runs(store)[1][0].info.run_id
+    assert run_cli("train", *args, "--epochs", "2", "--overwrite").returncode == 0
+    client, [run] = _mlflow_runs(store)
+    assert run.info.run_id != first and [r.info.run_id for r in _mlflow_runs(store, "deleted")[1]] == [first]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_elbo")] == [1, 2]
+
+
+def test_an_apostrophe_in_the_run_path_is_no_problem_for_mlflow(tmp_path):
+    """Issue 25 item 3: the path went unquoted into an MLflow filter string (an MlflowException
+    traceback and a 0-epoch stub)."""
+    out = tmp_path / "bob's \"best\" run_%"
+    args = ("--data", "digits", "--hidden", "8", "--log", "mlflow", "-q", "--no-figures")
+    done = run_cli("train", *args, "--epochs", "1", "--out", out)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("train", "--resume", out, "--epochs", "2", "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    client, [run] = _mlflow_runs((out / "mlruns").resolve().as_uri())
+    assert run.data.tags["vaekit.run_dir"] == str(out.resolve())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_elbo")] == [1, 2]
+
+
+def test_mlflow_outside_the_supported_range_is_one_clear_error(tmp_path, monkeypatch):
+    """Issue 25 item 9: MLflow 3 (outside the extra's < 3 pin) died with an MlflowException."""
+    import re
+    from pathlib import Path
+
+    from vaekit import trackers
+
+    monkeypatch.setattr(trackers, "mlflow_version", lambda: "3.1.0")
+    config = vaekit.Config(data="digits", hidden=[8], epochs=1, log="mlflow")
+    message = (r"--log mlflow supports MLflow 2.10 or later, before 3 \(the 'vaekit\[mlflow\]' extra's range\), "
+               r"but MLflow 3.1.0 is installed: pip install 'mlflow-skinny>=2.10,<3'")
+    with pytest.raises(vaekit.VaekitError, match=message):
+        vaekit.train(config, tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(trackers, "mlflow_version", lambda: "2.9.4")
+    with pytest.raises(vaekit.VaekitError, match="but MLflow 2.9.4 is installed"):
+        trackers.check_installed(("mlflow",))
+    # the range said is the extra's
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'mlflow = \["mlflow-skinny>=2\.10,<3"\]', pyproject)

@@ -133,9 +133,12 @@ class VAE(nn.Module):
         return Independent(StandardNormal(self._zero), 1)
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True, y: torch.Tensor | int | None = None,
+    def sample(self, n: int, *, mean: bool = True, y: torch.Tensor | int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws x ~ p(x|z), z ~ p(z); with ``mean=True`` E[x|z] instead of a draw.
+
+        Everything after ``n`` is keyword-only (``sample(4, y=labels)``): a positional label
+        tensor would otherwise bind to ``mean``.
 
         A conditional model draws class ``y`` (an int, or one label per draw); without
         ``y`` it cycles through the classes 0, 1, …, K−1, 0, …. ``generator``: the source of

@@ -71,8 +71,11 @@ RUN_FILES = (CONFIG, INFO, WEIGHTS, METRICS, EVALUATION, CHECKPOINT, BEST, DATA)
 FIGURES = ("latent.png", "manifold.png", "reconstructions.png", "samples.png", "curves.png",
            "traversals.png", "interpolations.png")
 LIKELIHOOD_CURVE = "likelihood_curve.png"
+# The experiment trackers' logs (vaekit.trackers: --log tensorboard,mlflow) are the run's too:
+# an --overwrite that kept them would mix the replaced run's curves and settings into the new one's.
+TRACKER_LOGS = ("tensorboard", "mlruns")
 # Everything of a run's that --overwrite drops (the rest of the folder is the user's and stays).
-OWN_PATTERNS = (*RUN_FILES, *FIGURES, LIKELIHOOD_CURVE, "evaluation-*.json", LOCK)
+OWN_PATTERNS = (*RUN_FILES, *FIGURES, LIKELIHOOD_CURVE, "evaluation-*.json", LOCK, *TRACKER_LOGS)
 
 # Size caps of what vaekit reads from a run directory (someone else's run may hold anything).
 RECORD_BYTES = 1024**2  # config.json, run.json

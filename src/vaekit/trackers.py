@@ -11,14 +11,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from vaekit.errors import VaekitError
-from vaekit.rundir import FIGURES
+from vaekit.rundir import FIGURES, TRACKER_LOGS
 from vaekit.training import Callback, Loop
 
 NAMES = ("tensorboard", "mlflow")
+TENSORBOARD_DIR, MLFLOW_DIR = TRACKER_LOGS  # in the run directory, replaced with it by --overwrite
+RUN_TAG = "vaekit.run_dir"  # an MLflow run's tag: the run directory it logs
+# The mlflow extra's range (pyproject.toml): MLflow 3 refuses the file store these runs log to
+# unless an environment override is set, and its client API changed.
+MLFLOW_RANGE = ((2, 10), (3, 0))
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -48,7 +54,7 @@ class TensorBoard(Callback):
         except ImportError:
             raise VaekitError("--log tensorboard needs the tensorboard package: "
                               "pip install 'vaekit[tensorboard]'") from None
-        log_dir = self.log_dir or (loop.out.figure("tensorboard") if loop.out is not None else "runs/tensorboard")
+        log_dir = self.log_dir or (loop.out.figure(TENSORBOARD_DIR) if loop.out is not None else "runs/tensorboard")
         self.writer = SummaryWriter(str(log_dir))
         if self.params:
             self.writer.add_text("config", "```\n" + json.dumps(self.params, indent=2) + "\n```", 0)
@@ -77,7 +83,9 @@ class MLflow(Callback):
     """Parameters (the settings), metrics per epoch, the final evaluation and the figures as
     artifacts of one MLflow run. ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else a
     file store in the run directory (``mlruns/``), so no server is needed. A resumed run
-    continues the MLflow run it started (found by its ``vaekit.run_dir`` tag)."""
+    continues the MLflow run it started (found by its ``vaekit.run_dir`` tag); a new run in
+    the same folder (``--overwrite``) replaces it: the earlier MLflow runs with that tag are
+    deleted (MLflow's soft delete: ``mlflow gc`` purges them, ``restore_run`` brings one back)."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "vaekit",
                  run_name: str | None = None, params: dict[str, Any] | None = None):
@@ -91,19 +99,21 @@ class MLflow(Callback):
             raise VaekitError("--log mlflow needs the mlflow package: pip install 'vaekit[mlflow]'") from None
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
-            where = loop.out.figure("mlruns") if loop.out is not None else Path("mlruns")
+            where = loop.out.figure(MLFLOW_DIR) if loop.out is not None else Path(MLFLOW_DIR)
             uri = where.resolve().as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(self.experiment)
         experiment = found.experiment_id if found else self.client.create_experiment(self.experiment)
         tag = str(loop.out.path.resolve()) if loop.out is not None else None
         if tag is not None:
-            earlier = self.client.search_runs([experiment], filter_string=f"tags.`vaekit.run_dir` = '{tag}'")
-            if earlier:
+            earlier = _tagged_runs(self.client, experiment, tag)
+            if earlier and loop.steps_done > 0:  # a resumed run: the latest MLflow run goes on
                 self.run_id = earlier[0].info.run_id
                 return
+            for replaced in earlier:  # a new run in this folder (--overwrite) replaces them
+                self.client.delete_run(replaced.info.run_id)
         run = self.client.create_run(experiment, run_name=self.run_name or (loop.out.path.name if tag else None),
-                                     tags={"vaekit.run_dir": tag} if tag else None)
+                                     tags={RUN_TAG: tag} if tag else None)
         self.run_id = run.info.run_id
         for key, value in (self.params or {}).items():
             self.client.log_param(self.run_id, key, str(value)[:500])
@@ -122,6 +132,46 @@ class MLflow(Callback):
         self.client.set_terminated(self.run_id)
 
 
+def _tagged_runs(client, experiment: str, tag: str) -> list:
+    """The active MLflow runs of ``experiment`` tagged with run directory ``tag``, newest first.
+
+    A path may hold any character, quotes included, and MLflow's filter strings have no
+    escapes: the filter is a LIKE whose pattern has every character other than letters,
+    digits and a few safe ones as the one-character wildcard, and the runs it finds are
+    then compared exactly."""
+    pattern = "".join(c if c.isalnum() or c in "/-.:~+@,= " else "_" for c in tag)
+    found = client.search_runs([experiment], filter_string=f"tags.`{RUN_TAG}` LIKE '{pattern}'",
+                               order_by=["attributes.start_time DESC"])
+    return [r for r in found if r.data.tags.get(RUN_TAG) == tag]
+
+
+def mlflow_version() -> str | None:
+    """The installed MLflow's version (either distribution: mlflow or mlflow-skinny), without
+    importing it; None if unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("mlflow-skinny", "mlflow"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_mlflow_version() -> None:
+    found = mlflow_version()
+    parts = re.match(r"(\d+)\.(\d+)", found or "")
+    if parts is None:
+        return
+    (lo_major, lo_minor), (hi_major, hi_minor) = MLFLOW_RANGE
+    lo, hi = f"{lo_major}.{lo_minor}", f"{hi_major}" if hi_minor == 0 else f"{hi_major}.{hi_minor}"
+    if not MLFLOW_RANGE[0] <= (int(parts[1]), int(parts[2])) < MLFLOW_RANGE[1]:
+        raise VaekitError(
+            f"--log mlflow supports MLflow {lo} or later, before {hi} (the 'vaekit[mlflow]' extra's range), "
+            f"but MLflow {found} is installed: pip install 'mlflow-skinny>={lo},<{hi}' (or 'mlflow>={lo},<{hi}')"
+        )
+
+
 _PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
 
@@ -133,6 +183,8 @@ def check_installed(names: tuple[str, ...]) -> None:
         module, extra = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise VaekitError(f"--log {name} needs the {module} package: pip install 'vaekit[{extra}]'")
+        if name == "mlflow":
+            _check_mlflow_version()
 
 
 def trackers(names: tuple[str, ...], params: dict[str, Any] | None = None) -> list[Callback]:

@@ -27,9 +27,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     Behaviours: ``ok``; ``interrupt`` (promise the whole body, send half, hang up);
     ``unsized`` (no Content-Length: the body ends when the connection closes); ``drip``
-    (one byte every ``DRIP_PAUSE`` seconds, like a mirror that barely answers)."""
+    (one byte every ``DRIP_PAUSE`` seconds, like a mirror that barely answers); ``steady``
+    (``STEADY_CHUNK`` bytes every ``STEADY_PAUSE`` seconds: slow, but it keeps coming)."""
 
     DRIP_PAUSE = 0.05
+    STEADY_CHUNK, STEADY_PAUSE = 100, 0.02
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         self.server.requests.append(self.path)
@@ -47,12 +49,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        if behaviour == "drip":
+        if behaviour in ("drip", "steady"):
+            size, pause = (1, self.DRIP_PAUSE) if behaviour == "drip" else (self.STEADY_CHUNK, self.STEADY_PAUSE)
             try:
-                for i in range(len(body)):
-                    self.wfile.write(body[i : i + 1])
+                for i in range(0, len(body), size):
+                    self.wfile.write(body[i : i + size])
                     self.wfile.flush()
-                    time.sleep(self.DRIP_PAUSE)
+                    time.sleep(pause)
             except OSError:  # the client gave up
                 self.close_connection = True
             return

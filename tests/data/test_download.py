@@ -290,6 +290,42 @@ def test_a_mirror_that_trickles_hits_the_deadline_and_the_next_one_is_tried(
     assert got == {"images.gz": IMAGES, "labels.gz": LABELS}
 
 
+def test_a_stalled_mirror_is_left_at_the_minimum_rate_and_a_slow_steady_one_finishes(
+    http_server, private_cache, monkeypatch
+):
+    """curl's --speed-limit/--speed-time: under 500 bytes/s over any 0.2 s (small thresholds so
+    the test is quick; the defaults are 1 KiB/s over 30 s) gives up, with the deadline far away."""
+    body = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    dataset = dl.RemoteDataset("toy", (dl.RemoteFile("big.gz", sha256=sha256(body)),), mirrors=(dead_url(),))
+    monkeypatch.setenv("VAEKIT_DOWNLOAD_SPEED_LIMIT", "500")
+    monkeypatch.setenv("VAEKIT_DOWNLOAD_SPEED_TIME", "0.2")
+    # one byte every 0.05 s (20 bytes/s): 60 s for the file, which the 15-minute deadline allowed
+    http_server.routes["/stalled/big.gz"] = ("drip", gz(body))
+    with pytest.raises(VaekitError) as err:
+        dl.contents(dataset, mirror=f"{http_server.url}/stalled", quiet=True)
+    message = str(err.value)
+    assert f"{http_server.url}/stalled/big.gz: gave up after" in message and "\n" not in message
+    assert "in the last 0.2 s" in message and "below the minimum of 500 bytes/s" in message
+    assert "VAEKIT_DOWNLOAD_SPEED_LIMIT" in message
+    assert leftovers(private_cache / "toy") == []
+    # 100 bytes every 0.02 s (~5000 bytes/s): slow, and longer than the window, but steady
+    http_server.routes["/steady/big.gz"] = ("steady", gz(body))
+    got = dl.contents(dataset, mirror=f"{http_server.url}/stalled,{http_server.url}/steady", quiet=True)
+    assert got == {"big.gz": body}
+    # 0 turns the minimum off
+    monkeypatch.setenv("VAEKIT_DOWNLOAD_SPEED_LIMIT", "0")
+    assert dl.minimum_speed() == (0.0, 0.2)
+
+
+@pytest.mark.parametrize("name, value", [("LIMIT", "fast"), ("LIMIT", "-1"), ("TIME", "0"), ("TIME", "inf")])
+def test_a_bad_speed_setting_is_named(monkeypatch, http_server, name, value):
+    serve(http_server)
+    monkeypatch.setenv(f"VAEKIT_DOWNLOAD_SPEED_{name}", value)
+    with pytest.raises(VaekitError, match=f"VAEKIT_DOWNLOAD_SPEED_{name} must be a number of .* got '{value}'"):
+        dl.contents(toy(), mirror=f"{http_server.url}/a", quiet=True)
+    assert http_server.requests == []
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "inf"])
 def test_a_bad_deadline_setting_is_named(monkeypatch, value, http_server):
     serve(http_server)

@@ -113,12 +113,53 @@ def test_encode_sample_evaluate_reconstruct_use_the_recorded_map(table_run, tmp_
     rows = torch.from_numpy((np.array([[100, -5, 0], [140, -4.99, 1]]) - mean) / std).float()
     torch.manual_seed(0)
     expected = evaluate(model, rows, importance_samples=1)["elbo"]
-    assert json.loads(out)["elbo"] == pytest.approx(expected, rel=1e-5)
+    result = json.loads(out)
+    assert result["elbo_standardized"] == pytest.approx(expected, rel=1e-5)
+    assert result["elbo"] == pytest.approx(expected - np.log(std).sum(), rel=1e-5)  # in the data's units
 
 
 def test_bernoulli_on_standardised_data_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,5\n4,4\n5,1\n")
     config = Config(data=str(tmp_path / "t.csv"), standardize=True, hidden=[4], epochs=1,
-                    validation_fraction=0.0)
+                    validation_fraction=0.0, likelihood="bernoulli")  # given (auto would choose gaussian)
     with pytest.raises(VaekitError, match="bernoulli likelihood needs data in"):
         train(config, tmp_path / "run", quiet=True, figures=False)
+
+
+def test_evaluate_reports_log_p_x_in_the_datas_own_units(tmp_path, capsys):
+    """Issue 24 item 2: scaling a table's columns by 1000 must shift log p(x) by -D log(1000)
+    per example (a density per unit of x: each column's unit is 1000 times smaller). It used
+    to stay unchanged: the figure was of the standardised data, which scaling does not change."""
+    rng = np.random.default_rng(0)
+    x = rng.normal([0.0, 5.0, -2.0, 1.0], [1.0, 3.0, 0.5, 2.0], (120, 4))
+    results = {}
+    for scale in (1, 1000):
+        path = tmp_path / f"t{scale}.csv"
+        np.savetxt(path, x * scale, delimiter=",", header="a,b,c,d", comments="", fmt="%.17g")
+        run = tmp_path / f"run{scale}"
+        status, _, err = cli(capsys, "train", "--data", path, "--standardize", "--hidden", "8", "--epochs", "2",
+                             "--no-figures", "--out", run, "--seed", "3")
+        assert status == 0, err
+        assert "evaluation.json: log-likelihood, ELBO and bits/dim are of the data in their own units" in err
+        quick = json.loads((run / "evaluation.json").read_text())
+        status, out, err = cli(capsys, "evaluate", run, "--json", "--importance-samples", "20", "--split", "train")
+        assert status == 0, err
+        assert "are of the data in their own units" in err
+        results[scale] = result = json.loads(out)
+        for r in (result, quick):
+            assert r["units"] == "data" and r["log_jacobian"] == pytest.approx(-np.log(std_of(run)).sum())
+            for key in ("log_likelihood", "elbo", "reconstruction", "iwae_bound"):
+                assert r[key] - r[key + "_standardized"] == pytest.approx(r["log_jacobian"], abs=1e-9)
+            assert r["nll"] == -r["log_likelihood"]
+            assert r["bits_per_dim"] == pytest.approx(r["nll"] / (4 * np.log(2)))
+            assert r["kl"] == pytest.approx(r["reconstruction"] - r["elbo"])  # unchanged by the units
+    # the same standardised data (to float rounding), so the same model: only the units differ
+    small, large = results[1], results[1000]
+    assert large["log_likelihood_standardized"] == pytest.approx(small["log_likelihood_standardized"], abs=1e-3)
+    shift = large["log_likelihood"] - small["log_likelihood"]
+    assert shift == pytest.approx(-4 * np.log(1000), abs=1e-3)
+    assert large["elbo"] - small["elbo"] == pytest.approx(-4 * np.log(1000), abs=1e-3)
+
+
+def std_of(run):
+    return np.array(json.loads((run / "data.json").read_text())["standardization"]["std"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,3 +85,45 @@ def test_binary_file_with_csv_name(tmp_path):
     (tmp_path / "t.csv").write_bytes(b"\xff\xfe\x00\x81\x82")
     with pytest.raises(VaekitError, match="t.csv"):
         load_data(str(tmp_path / "t.csv"))
+
+
+@pytest.fixture
+def no_pandas(monkeypatch):
+    """pandas (and pyarrow) unimportable, as after the README's set-up, which installs neither."""
+    for name in ("pandas", "pyarrow"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_csv_and_tsv_need_no_pandas(tmp_path, no_pandas):
+    with pytest.raises(ImportError):
+        import pandas  # noqa: F401
+    path = write(tmp_path, "\ufeffa,b,kind\n1,2.5,dog\n\n-3,4e2,cat\n0.5,\"7\",dog\n")
+    data = load_data(path, label_column="kind").train
+    torch.testing.assert_close(data.x, torch.tensor([[1, 2.5], [-3, 400], [0.5, 7]]))
+    assert data.features == ["a", "b"] and data.classes == ["cat", "dog"] and data.labels.tolist() == [1, 0, 1]
+    tsv = write(tmp_path, "a\ta\tok\n1\t2\tTrue\n3\t4\tfalse\n", name="t.tsv")
+    data = load_data(tsv, label_column="ok").train
+    assert data.features == ["a", "a.1"] and data.x.tolist() == [[1, 2], [3, 4]] and data.labels.tolist() == [1, 0]
+    numbered = load_data(write(tmp_path, "x,y\n1,2\n2,0.0\n", name="n.csv"), label_column="y").train
+    assert numbered.labels.tolist() == [2, 0] and numbered.classes is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a,b\n1,2\n\n3,x7\n", r"line 4, column 'b': 'x7' is not a number"),  # blank lines keep the count
+        ("a,b\n1,2\n3\n", r"line 3, column 'b': a missing value"),  # a short row
+        ("a,b\n1,NA\n", r"line 2, column 'b': a missing value"),
+        ("a,b\n1,2\n3,4,5\n", r"not a well-formed table \(line 3 has 3 fields, the header 2\)"),
+        ("a,name\n1,x\n", r"column 'name': 'x' is not a number; if column 'name' holds class labels"),
+    ],
+)
+def test_csv_errors_without_pandas(tmp_path, no_pandas, text, message):
+    with pytest.raises(VaekitError, match=message):
+        load_data(write(tmp_path, text))
+
+
+def test_parquet_without_pandas_says_what_to_install(tmp_path, no_pandas):
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    with pytest.raises(VaekitError, match=r"Parquet files needs pandas and pyarrow: pip install 'vaekit\[tabular\]'"):
+        load_data(str(tmp_path / "t.parquet"))

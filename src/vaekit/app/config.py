@@ -41,7 +41,7 @@ SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far fro
 TRACKERS = ("tensorboard", "mlflow")
 # What a stored config.json without these keys (written before they existed) was trained with.
 # A config that omits them otherwise (a TOML file, Python) gets the current defaults.
-BEFORE_THE_KEY = {"init": "default", "output_bias": "zero"}
+BEFORE_THE_KEY = {"init": "default", "output_bias": "zero", "likelihood": "bernoulli"}
 
 
 ScheduleSpec = Spec  # a parsed lr_schedule: its name and numbers (defaults filled in)
@@ -148,7 +148,10 @@ class ModelSettings:
 class LikelihoodSettings:
     """p(x|z)."""
 
-    likelihood: str = setting("bernoulli", "", choices=registry.LIKELIHOODS)
+    # auto: decided from the training data (vaekit.app.data.choice) and recorded in config.json
+    likelihood: str = setting("auto", "auto (bernoulli for data in [0, 1], gaussian otherwise) | "
+                              + " | ".join(registry.LIKELIHOODS) + ".",
+                              choices=("auto", *registry.LIKELIHOODS))
     sigma: str = setting("shared", "Gaussian σ_G (Laplace scale): fixed:VALUE | shared | per-dim.",
                          parse=lambda text: parse_sigma(text))
     sigma_min: float = setting(1e-3, "Floor on a learned σ_G.", minimum="positive")
@@ -280,7 +283,8 @@ class Config(RecordSettings, CheckpointSettings, HardwareSettings, OptimisationS
         the digits and the MNIST family, ``none`` otherwise."""
         if self.binarize != "auto":
             return self.binarize
-        return "dynamic" if self.likelihood == "bernoulli" and self.data in BINARY_IMAGE_DATA else "none"
+        # likelihood auto is Bernoulli on these data, which lie in [0, 1]
+        return "dynamic" if self.likelihood in ("bernoulli", "auto") and self.data in BINARY_IMAGE_DATA else "none"
 
     def resolved(self) -> Config:
         """A copy with ``auto`` settings decided (what a run records in config.json)."""

@@ -26,7 +26,8 @@ def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
     """The model a :class:`Config` describes, for data of ``event_shape``."""
     event_shape = tuple(event_shape)
     kind = MODELS[config.model]
-    likelihood = make_likelihood(config.likelihood, event_shape, config.sigma_value, config.sigma_min, config.levels)
+    name = "bernoulli" if config.likelihood == "auto" else config.likelihood  # no data to decide by
+    likelihood = make_likelihood(name, event_shape, config.sigma_value, config.sigma_min, config.levels)
     params = likelihood.params_per_dim
     classes = config.classes if kind.trait("conditional") else 0
     if kind.trait("conditional") and classes < 1:

@@ -53,6 +53,7 @@ def train(
     """Train the model ``config`` describes; write the run directory ``out`` and return it.
     ``callbacks`` join fit's own (:class:`vaekit.Callback`)."""
     from vaekit.app.data import absolute_spec, run_splits, write_run_data
+    from vaekit.app.data.choice import decide_likelihood
 
     config.validate()
     # decided once and recorded: the run's data stay the same file whatever the current folder later
@@ -65,6 +66,9 @@ def train(
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
         splits = run_splits(config, quiet=quiet)
         train_set = splits["train"]
+        config, notes = decide_likelihood(config, train_set)  # likelihood "auto" from the data
+        for note in notes if not quiet and (group is None or group.main) else ():
+            _say(note)
         check_data(train_set, config, quiet)
         config = with_classes(config, train_set.labels, train_set.classes)
         check_model_size(config, train_set.event_shape)
@@ -216,11 +220,14 @@ class _Started(Callback):
 def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy: ThreadPolicy, *,
          quiet: bool, figures: bool, resume: bool, callbacks: list[Callback] = ()) -> None:
     """:func:`vaekit.fit` with the config's settings as typed arguments."""
+    from vaekit.app.data.standardize import data_units_callback
     from vaekit.app.threads import ThreadCheck
 
     group = distributed.current()
     mine = trackers(config.trackers, config.to_dict()) if group is None or group.main else []  # rank 0 logs
-    callbacks = [ThreadCheck(policy), *callbacks, *mine]
+    # first: the quick evaluation in the data's own units before anything logs or prints it
+    units = data_units_callback(splits["train"], quiet) if group is None or group.main else []
+    callbacks = [*units, ThreadCheck(policy), *callbacks, *mine]
     terminal = sys.stderr.isatty()
     if not quiet:
         callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]

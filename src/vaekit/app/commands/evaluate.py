@@ -19,6 +19,7 @@ from vaekit.app.commands.options import (
     check_threads,
     positive,
 )
+from vaekit.app.data.standardize import to_data_units
 from vaekit.app.outputs import store_in_run
 
 
@@ -92,7 +93,8 @@ def command(
         result.update(weights=weights, epoch=epoch)
         if not main:
             return  # rank 0 writes and prints
-        notes = []
+        result, scores, units = to_data_units(result, scores, dataset)  # a standardised run: the data's own units
+        notes = [] if units is None else [units]
         if per_example is not None:
             write_per_example(scores, per_example, dataset.labels, extra=source_columns(dataset))
             notes.append(f"wrote per-example scores to {per_example}")

@@ -311,7 +311,9 @@ def apply_classes(data: Dataset, classes: list[str] | None, strict: bool = True)
 
     ``strict`` (a conditional model, which needs the run's numbering): a name the run does
     not know is an error naming it. Otherwise unknown names are numbered after the run's,
-    and labels that are numbers where the run's were names (or the reverse) stay as given.
+    with a note on stderr saying which numbers they got (an index the run never had must
+    not pass for one of its classes unsaid), and labels that are numbers where the run's
+    were names (or the reverse) stay as given.
     """
     if data.labels is None or (classes is None and data.classes is None):
         return data
@@ -330,6 +332,12 @@ def apply_classes(data: Dataset, classes: list[str] | None, strict: bool = True)
             f"({_names(classes)}); a conditional model can only be given those"
         )
     index.update({c: len(classes) + k for k, c in enumerate(unknown)})
+    if unknown:
+        from vaekit.app.data.progress import say
+
+        mapped = ", ".join(f"'{c}' → {index[c]}" for c in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        say(f"{data.name}: {len(unknown)} label name(s) not among the {len(classes)} classes this run was "
+            f"trained on ({_names(classes)}, numbered 0..{len(classes) - 1}), numbered after them: {mapped}")
     mapping = torch.tensor([index[c] for c in data.classes], dtype=torch.int64)
     return dataclasses.replace(data, labels=mapping[data.labels], classes=[*classes, *unknown])
 

@@ -3,7 +3,10 @@
 Files live in ``$VAEKIT_DATA/<dataset>/<official file name>`` (default: the user cache dir,
 ``~/.cache/vaekit`` on Linux). A download streams to a temporary ``.part`` file in that folder
 and is checked as it arrives: it may not grow beyond what the file can be, nor decompress to
-more than the official contents, nor take longer than ``$VAEKIT_DOWNLOAD_DEADLINE`` seconds.
+more than the official contents, nor take longer than ``$VAEKIT_DOWNLOAD_DEADLINE`` seconds,
+nor bring less than ``$VAEKIT_DOWNLOAD_SPEED_LIMIT`` bytes/s over any
+``$VAEKIT_DOWNLOAD_SPEED_TIME`` seconds (curl's ``--speed-limit``/``--speed-time``: a stalled
+mirror is left within a minute, a slow but steady one still finishes).
 It is renamed to its official name only after its checksum matched, so a failed,
 interrupted or corrupted transfer never leaves a file a later run would trust. Every read
 checks the checksum again: a file damaged in the cache is fetched anew, a damaged file in
@@ -12,6 +15,7 @@ a user's ``--data-dir`` is reported (never touched).
 
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
 import http.client
@@ -39,8 +43,15 @@ except ImportError:  # Windows: stale .part files are recognised by their age in
 ENV_CACHE = "VAEKIT_DATA"
 ENV_MIRROR = "VAEKIT_MIRROR"
 ENV_DEADLINE = "VAEKIT_DOWNLOAD_DEADLINE"
+ENV_SPEED_LIMIT = "VAEKIT_DOWNLOAD_SPEED_LIMIT"
+ENV_SPEED_TIME = "VAEKIT_DOWNLOAD_SPEED_TIME"
 TIMEOUT = 30.0  # seconds one network read may wait
 DEADLINE = 15 * 60.0  # seconds one file may take from one mirror (~30 KB/s for Fashion-MNIST's largest)
+# The slowest transfer kept: 1 KiB/s averaged over 30 s. A mirror sending one byte every 5 s is
+# left after 30 s instead of holding on for the whole deadline, while one that keeps up 30 KB/s
+# (which the deadline allows for) is far above it.
+SPEED_LIMIT = 1024.0  # bytes per second
+SPEED_TIME = 30.0  # seconds: the sliding window the rate is averaged over
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 UNPINNED_SIZE = 1 << 30  # the most a file whose size is not pinned may decompress to
@@ -217,12 +228,13 @@ def fetch_file(file: RemoteFile, folder: Path, bases: list[str], quiet: bool = F
     """Download ``file`` into ``folder`` from the first base URL that serves it intact."""
     target = folder / file.name
     deadline = download_deadline()
+    speed = minimum_speed()
     attempts = []
     for base in bases:
         url = f"{base}/{file.name}"
         say(f"downloading {url}", quiet)
         try:
-            _download(url, file, target, deadline, quiet)
+            _download(url, file, target, deadline, quiet, speed)
         except Corrupt as err:
             attempts.append(f"{url}: downloaded file rejected: {err}")
         except _TRANSFER_ERRORS as err:
@@ -244,6 +256,53 @@ def download_deadline() -> float:
     if not 0 < value < float("inf"):
         raise VaekitError(f"{ENV_DEADLINE} must be a number of seconds above 0, got '{text}'")
     return value
+
+
+def minimum_speed() -> tuple[float, float]:
+    """(bytes per second, seconds): a transfer bringing less than that rate over any window of
+    that length is given up. ``$VAEKIT_DOWNLOAD_SPEED_LIMIT`` (0 turns the check off) and
+    ``$VAEKIT_DOWNLOAD_SPEED_TIME``, else :data:`SPEED_LIMIT` and :data:`SPEED_TIME`."""
+    values = []
+    for name, default, lowest in ((ENV_SPEED_LIMIT, SPEED_LIMIT, "0 or more"), (ENV_SPEED_TIME, SPEED_TIME, "above 0")):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            values.append(default)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (0 <= value < float("inf")) or (value == 0 and name == ENV_SPEED_TIME):
+            unit = "bytes per second" if name == ENV_SPEED_LIMIT else "seconds"
+            raise VaekitError(f"{name} must be a number of {unit} {lowest}, got '{text}'")
+        values.append(value)
+    return values[0], values[1]
+
+
+class _RateWatch:
+    """Gives up on a transfer whose rate over the last ``window`` seconds fell below ``limit``
+    bytes per second (checked whenever a read returns; a read that brings nothing at all
+    ends at the socket's timeout)."""
+
+    def __init__(self, limit: float, window: float, start: float):
+        self.limit, self.window, self.start = limit, window, start
+        self.marks = collections.deque([(start, 0)])  # (time, bytes so far)
+
+    def check(self, now: float, count: int) -> None:
+        if self.limit <= 0:
+            return
+        self.marks.append((now, count))
+        while len(self.marks) > 1 and self.marks[1][0] <= now - self.window:
+            self.marks.popleft()  # keep the last mark at or before the window's start
+        if now - self.start < self.window:
+            return
+        brought = count - self.marks[0][1]
+        if brought < self.limit * self.window:
+            raise _Interrupted(
+                f"gave up after {now - self.start:.3g} s: {brought} bytes in the last {self.window:g} s "
+                f"({count} in all), below the minimum of {self.limit:g} bytes/s (a stalled mirror; "
+                f"set {ENV_SPEED_LIMIT}=BYTES_PER_SECOND, 0 for no minimum, or {ENV_SPEED_TIME}=SECONDS)"
+            )
 
 
 def contents(
@@ -369,12 +428,15 @@ class _Interrupted(OSError):
     pass
 
 
-def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: bool) -> None:
+def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: bool,
+              speed: tuple[float, float] = (SPEED_LIMIT, SPEED_TIME)) -> None:
     """Stream ``url`` through a locked temporary ``.part`` file next to ``target``, verifying
-    it on the way, and rename it to ``target`` once it passed."""
+    it on the way, and rename it to ``target`` once it passed. ``speed``: the minimum rate
+    (bytes per second, over a window of seconds) below which the transfer is given up."""
     from vaekit import __version__
 
     start = time.monotonic()
+    watch = _RateWatch(*speed, start)
     fd, part = _new_part(target)
     try:
         with os.fdopen(fd, "wb") as out:  # closing it releases the lock
@@ -399,6 +461,8 @@ def _download(url: str, file: RemoteFile, target: Path, deadline: float, quiet: 
                         chunk = read(CHUNK)
                         if not chunk and total is not None and raw.count < total:
                             raise _Interrupted(f"transfer interrupted after {raw.count} of {total} bytes")
+                        if chunk:
+                            watch.check(time.monotonic(), raw.count + len(chunk))
                         advance(len(chunk))
                         return chunk
 

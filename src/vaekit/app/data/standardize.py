@@ -2,20 +2,28 @@
 
 The model sees z = (x - mean) / std. The run's ``data.json`` stores ``mean`` and ``std`` so
 that evaluate, encode and reconstruct apply the very same map to any data, and sample and
-reconstruct map their outputs back to the data's own units. Log-likelihoods and ELBOs are
-of the standardised data; adding :attr:`Standardization.log_jacobian` (= -Σ log std)
-converts one to the original units (change of variables for continuous data).
+reconstruct map their outputs back to the data's own units. The model's log-likelihoods
+and ELBOs are of the standardised data; adding :attr:`Standardization.log_jacobian`
+(= -Σ log std) converts one to the original units (change of variables for continuous
+data), which :func:`in_data_units` does for an evaluation's results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vaekit.errors import VaekitError
+
+# An evaluation's log densities of x (per example, in nats): the change of variables shifts
+# each by the log-Jacobian. The KL, the gaps and every standard error are differences or
+# spreads, and do not change.
+DENSITY_KEYS = ("elbo", "reconstruction", "log_likelihood", "iwae_bound", "elbo_local")
+STANDARDIZED = "_standardized"  # the suffix of the figures of the standardised data
 
 
 @dataclass
@@ -88,3 +96,90 @@ class Standardization:
                 f"data shaped {list(shape)} per example, but the run standardised "
                 f"{list(self.mean.shape)}"
             )
+
+
+def in_data_units(result: dict, st: Standardization) -> dict:
+    """An evaluation summary (:func:`vaekit.evaluation.summarise`) of standardised data with
+    its log densities in the data's own units: ``elbo``, ``reconstruction``,
+    ``log_likelihood``, ``iwae_bound``, ``elbo_local``, ``nll``, ``bits_per_dim`` and the
+    curve's estimates are shifted by the log-Jacobian (``nll`` and bits the other way); the
+    figures of the standardised data stay as ``KEY_standardized``, and ``log_jacobian`` and
+    ``units`` say what was done."""
+    out = dict(result)
+    jacobian = st.log_jacobian
+    for key in (*DENSITY_KEYS, "nll", "bits_per_dim"):
+        if out.get(key) is not None:
+            out[key + STANDARDIZED] = out[key]
+    for key in DENSITY_KEYS:
+        if out.get(key) is not None:
+            out[key] = out[key] + jacobian
+    if out.get("log_likelihood") is not None:
+        out["nll"] = -out["log_likelihood"]
+        if out.get("bits_per_dim") is not None:
+            d = st.mean.size
+            out["bits_per_dim"] = out["nll"] / (d * np.log(2))
+            out["bits_per_dim_note"] = (
+                f"{out.get('bits_per_dim_note') or ''}; in the data's own units (the standardisation's "
+                "log-Jacobian applied)").lstrip("; ")
+    if out.get("curve"):
+        out["curve"] = [{**point, "estimate": point["estimate"] + jacobian,
+                         "estimate" + STANDARDIZED: point["estimate"]} for point in out["curve"]]
+    out["log_jacobian"] = jacobian
+    out["units"] = "data"
+    return out
+
+
+def scores_in_data_units(scores: dict, st: Standardization) -> dict:
+    """Per-example scores (:func:`vaekit.evaluation.per_example`) with the same shift as
+    :func:`in_data_units`: every log density of x (the ELBO and its reconstruction term, the
+    log-likelihood, the IWAE bounds), and the ELBO and log-likelihood of the standardised data
+    kept as ``elbo_standardized`` and ``log_likelihood_standardized``."""
+    jacobian = st.log_jacobian
+    out = dict(scores)
+    for key, value in scores.items():
+        if key in DENSITY_KEYS or (key.startswith("iwae_k") and key[6:].isdigit()):
+            out[key] = value + jacobian
+    for key in ("elbo", "log_likelihood"):
+        if key in scores:
+            out[key + STANDARDIZED] = scores[key]
+    return out
+
+
+def units_note(st: Standardization) -> str:
+    """The line an evaluation of standardised data prints."""
+    return (f"log-likelihood, ELBO and bits/dim are of the data in their own units: the standardisation's "
+            f"log-Jacobian (-Σ log sd = {st.log_jacobian:.6g} nats) is added to the model's figures for the "
+            "standardised data, which --json also gives as *_standardized")
+
+
+def to_data_units(result: dict, scores: dict, dataset) -> tuple[dict, dict, str | None]:
+    """``vaekit evaluate``'s (summary, per-example scores, note to print) for ``dataset``: in
+    the data's own units where the run standardised them (:func:`in_data_units`), as they are
+    (and no note) otherwise."""
+    st = getattr(dataset, "standardization", None)
+    if st is None:
+        return result, scores, None
+    return in_data_units(result, st), scores_in_data_units(scores, st), units_note(st)
+
+
+def data_units_callback(train_set, quiet: bool = False) -> list:
+    """For a standardised run, a training callback that puts the quick evaluation
+    (``evaluation.json``, and what later callbacks log and print) in the data's own units;
+    ``[]`` otherwise. It must come before the callbacks that read the evaluation."""
+    st = getattr(train_set, "standardization", None)
+    if st is None:
+        return []
+    from vaekit.training import Callback  # the training loop only when training
+
+    class DataUnits(Callback):
+        def on_results(self, loop, evaluation: dict | None) -> None:
+            if not evaluation or evaluation.get("units") == "data":
+                return
+            evaluation.update(in_data_units(evaluation, st))  # in place: later callbacks see it
+            if loop.out is not None:
+                loop.out.write_evaluation(evaluation)
+                if not quiet:
+                    print(f"{loop.out.evaluation_path().name}: {units_note(st)} (the per-epoch ELBOs in "
+                          "metrics.jsonl are of the standardised data)", file=sys.stderr)
+
+    return [DataUnits()]
