@@ -19,7 +19,6 @@ from vaekit.app.commands.options import (
     check_threads,
     positive,
 )
-from vaekit.app.data.standardize import to_data_units
 from vaekit.app.outputs import store_in_run
 
 
@@ -93,6 +92,8 @@ def command(
         result.update(weights=weights, epoch=epoch)
         if not main:
             return  # rank 0 writes and prints
+        from vaekit.app.data.standardize import to_data_units
+
         result, scores, units = to_data_units(result, scores, dataset)  # a standardised run: the data's own units
         notes = [] if units is None else [units]
         if per_example is not None:
