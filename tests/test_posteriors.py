@@ -279,3 +279,19 @@ def test_made_is_autoregressive_and_its_first_output_sees_the_context():
     assert torch.triu(m_jac).abs().max() == 0  # m_i depends on z_j only for j < i
     moved = made(z, context + 1)[0] - made(z, context)[0]
     assert (moved.abs() > 0).all()  # every output, the first included, depends on the context
+
+
+@pytest.mark.parametrize("name", ["planar", "iaf", "sylvester-orthogonal"])
+def test_flows_compute_in_float32_under_bf16_autocast(name):
+    head, _ = _posterior(name, dtype=torch.float32)
+    h = torch.randn(4, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        params = head.amortise(h)  # the network part runs in bf16 ...
+        torch.manual_seed(1)
+        q = head(h)
+        z16, log_q16 = log_prob_at_own_sample(q, (3,))
+        assert q.log_prob(z16).dtype == torch.float32
+    torch.manual_seed(1)  # ... the flow itself in float32: the same numbers as outside autocast
+    z, log_q = log_prob_at_own_sample(head.distribution(params.float()), (3,))
+    torch.testing.assert_close(z16, z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(log_q16, log_q, atol=1e-5, rtol=1e-5)

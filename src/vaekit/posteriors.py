@@ -108,7 +108,8 @@ class PosteriorHead(nn.Module):
         params = self.amortise(h) if self.amortise is not None else h
         if params.dtype in _LOW_PRECISION:  # densities are computed at full precision
             params = params.float()
-        return self.distribution(params)
+        with _full_precision(params.device):
+            return self.distribution(params)
 
     def distribution(self, params: torch.Tensor) -> Distribution:  # pragma: no cover
         raise NotImplementedError
@@ -195,28 +196,42 @@ class FlowPosterior(TransformedDistribution):
 
     def __init__(self, base: Distribution, steps: list[Transform]):
         super().__init__(base, steps, validate_args=False)
+        self._device = base.mean.device
+
+    # The steps' matrix products and MADE networks run in float32 even under a bf16/fp16
+    # autocast (vaekit's precision="bf16"): log-determinants are summed over the latent
+    # dimensions and steps, as the ELBO's KL is, at full precision.
+    def rsample(self, sample_shape: torch.Size | tuple = torch.Size()) -> torch.Tensor:
+        with _full_precision(self._device):
+            return super().rsample(torch.Size(sample_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        with _full_precision(self._device):
+            return super().log_prob(value)
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = torch.Size()
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, log q(z)) for reparameterised draws z [*sample_shape, B, L]: the base
         density minus each step's log |det J| along the way; no inverse needed."""
-        x = self.base_dist.rsample(torch.Size(sample_shape))
-        log_q = self.base_dist.log_prob(x)
-        for step in self.transforms:
-            y = step(x)
-            log_q = log_q - step.log_abs_det_jacobian(x, y)
-            x = y
-        return x, log_q
+        with _full_precision(self._device):
+            x = self.base_dist.rsample(torch.Size(sample_shape))
+            log_q = self.base_dist.log_prob(x)
+            for step in self.transforms:
+                y = step(x)
+                log_q = log_q - step.log_abs_det_jacobian(x, y)
+                x = y
+            return x, log_q
 
     @property
     def representative(self) -> torch.Tensor:
         """The base mean pushed through the flow, [B, L]: the stated one point per example
         (a flow's mean has no closed form). Computed past the transforms' caches, so a
         pending ``rsample``'s ``log_prob`` still works."""
-        x = self.base_dist.mean
-        for step in self.transforms:
-            x = step._call(x)
-        return x
+        with _full_precision(self._device):
+            x = self.base_dist.mean
+            for step in self.transforms:
+                x = step._call(x)
+            return x
 
     @property
     def mean(self) -> torch.Tensor:
@@ -258,6 +273,10 @@ class FlowStep(Transform):
             f"the {self.name} flow has no closed-form inverse: q.log_prob(z) is defined only for "
             "the tensor that q's last rsample() returned; draw and score together with "
             "vaekit.estimators.log_prob_at_own_sample(q, shape)")
+
+
+def _full_precision(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _diagonal_normal(mu: torch.Tensor, logvar: torch.Tensor) -> Distribution:
