@@ -143,3 +143,28 @@ def test_vampprior_on_the_top_latent_of_the_two_layer_model():
     q = model.encode(prior.pseudo_inputs)
     expected = q.then(q.first.mean).log_prob(torch.zeros(1, 1, 2)).logsumexp(-1) - math.log(3)
     torch.testing.assert_close(p2.log_prob(torch.zeros(1, 2)), expected)
+
+
+def test_standard_normal_draws_are_the_models_prior_draws():
+    model = VAE(nn.Linear(4, 6), nn.Linear(3, 4), latent_dim=3)
+    torch.manual_seed(5)
+    before = model.prior_draws(4)
+    torch.manual_seed(5)
+    assert torch.equal(StandardNormal(3).draws(4), before)
+    assert torch.equal(StandardNormal(3).draws(4, torch.Generator().manual_seed(2)),
+                       model.prior_draws(4, torch.Generator().manual_seed(2)))
+
+
+def test_vampprior_refuses_components_without_a_density_everywhere():
+    from vaekit.posteriors import IAF, Planar
+
+    torch.manual_seed(0)
+    planar = Planar(2, steps=2, features=6)
+    prior = VampPrior((6,), latent_dim=2, components=3, encode=planar)
+    with pytest.raises(VaekitError, match="flow without an inverse"):
+        prior()
+    iaf = IAF(2, steps=2, features=6, hidden=8)
+    prior = VampPrior((6,), latent_dim=2, components=3, encode=iaf, init_std=0.3)
+    z = torch.randn(5, 2)
+    expected = iaf(prior.pseudo_inputs).log_prob(z.unsqueeze(-2)).logsumexp(-1) - math.log(3)
+    torch.testing.assert_close(prior().log_prob(z), expected)  # IAF inverts: any z

@@ -223,6 +223,12 @@ class FlowPosterior(TransformedDistribution):
             return x, log_q
 
     @property
+    def invertible(self) -> bool:
+        """Whether ``log_prob`` is defined at any point (every step has an inverse), not
+        only at this distribution's own last draw."""
+        return all(type(step)._inverse is not FlowStep._inverse for step in self.transforms)
+
+    @property
     def representative(self) -> torch.Tensor:
         """The base mean pushed through the flow, [B, L]: the stated one point per example
         (a flow's mean has no closed form). Computed past the transforms' caches, so a
@@ -456,7 +462,9 @@ class IAFStep(FlowStep):
         self.made, self.context, self.forget_bias = made, context, forget_bias
 
     def _net(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        context = self.context.expand(*x.shape[:-1], self.context.shape[-1])
+        # x may carry sample dimensions, or a size-1 axis a mixture broadcasts against its components
+        lead = torch.broadcast_shapes(x.shape[:-1], self.context.shape[:-1])
+        context = self.context.expand(*lead, self.context.shape[-1])
         m, s = self.made(x, context)
         return m, s + self.forget_bias
 

@@ -69,8 +69,9 @@ class StandardNormal(Prior):
         return Independent(UnitNormal(self._zero), 1)
 
     def draws(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        # both paths draw the numbers VAE.prior_draws has always drawn
         if generator is None:
-            return torch.randn(n, self.latent_dim, device=self._zero.device)
+            return self().sample((n,))
         return _randn(generator, (n, self.latent_dim), self._zero.device)
 
 
@@ -168,6 +169,11 @@ class VampPrior(Prior):
             raise VaekitError("this VampPrior has no encoder to mix over yet: call "
                               "prior.bind(model.encode) (the model does it when given the prior)")
         q = self._encode(self.pseudo_inputs)
+        if not getattr(q, "invertible", True):
+            raise VaekitError(
+                "the VampPrior needs its components' density q(z|u_k) at any z, and this "
+                "posterior is a flow without an inverse (planar, Sylvester): use a diagonal, "
+                "full, IAF or Householder posterior with the VampPrior")
         if tuple(q.batch_shape) != (self.components,) or tuple(q.event_shape) != (self.latent_dim,):
             raise VaekitError(
                 f"the VampPrior's encoder must return one distribution over {self.latent_dim} "
