@@ -23,8 +23,10 @@ raises :class:`ForeignPoint`; :func:`vaekit.estimators.log_prob_at_own_sample` (
 ``q.rsample_and_log_prob``) is the path that never needs one. IAF and Householder flows invert
 exactly, so their densities are defined everywhere.
 
-One point per example (for ``encode``, latent plots, traversals): :func:`representative`, the
-mean for the Gaussians and the base mean pushed through the flow for flows.
+One point per example (for ``encode``, latent plots, traversals, interpolations, the explorer):
+:func:`representative`, the mean for the Gaussians and the base mean pushed through the flow
+for flows (the two-layer model: the path of representative points). This is the one rule
+vaekit's figures and ``sampling`` follow.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def representative(q: Distribution) -> torch.Tensor:
     distribution states one (a flow: its base mean pushed through the flow), else ``q.mean``."""
     point = getattr(type(q), "representative", None)
     return q.representative if point is not None else q.mean
+
+
+def spread(q: Distribution, draws: int = 256, seed: int = 0) -> torch.Tensor:
+    """Per-coordinate posterior variance [B, latent_dim]: ``q.variance`` where it has a
+    closed form, else the variance of ``draws`` draws (from a forked generator seeded with
+    ``seed``, so the caller's random state is untouched). What figures use to find the
+    coordinates the encoder uses most (the smallest spread)."""
+    try:
+        return q.variance
+    except NotImplementedError:
+        from vaekit.devices import forked_rng
+
+        device = representative(q).device
+        with forked_rng(device, seed):
+            return q.sample((draws,)).var(0)
 
 
 # ---------------------------------------------------------------------- heads
@@ -104,10 +121,24 @@ class PosteriorHead(nn.Module):
                 f"needs {self.in_features} ({own})")
 
     def forward(self, h: torch.Tensor) -> Distribution:
+        return self.from_parameters(self.parameters_of(h))
+
+    def parameters_of(self, h: torch.Tensor) -> torch.Tensor:
+        """The distribution's parameter vector [..., num_params] for features h (after the
+        width check and the amortising map), in float32. The first 2L entries are the base
+        Gaussian's [μ, log σ²] (for the full covariance: [μ, log diag(L)²]); what the gap
+        decomposition refits per example."""
         self.check_features(h.shape[-1])
         params = self.amortise(h) if self.amortise is not None else h
         if params.dtype in _LOW_PRECISION:  # densities are computed at full precision
             params = params.float()
+        return params
+
+    def from_parameters(self, params: torch.Tensor) -> Distribution:
+        """q for a parameter vector (:meth:`parameters_of`); ``clamped`` counts the
+        log-variances outside ±20 (clamped), as vaekit.model counts the diagonal head's."""
+        L = self.latent_dim
+        self.clamped = (params[..., L:2 * L].detach().abs() > _LOGVAR_LIMIT).sum()
         with _full_precision(params.device):
             return self.distribution(params)
 
