@@ -122,6 +122,11 @@ class VAE(nn.Module):
                         "a VampPrior mixes the encoder's posteriors at pseudo-inputs, which carry no "
                         "class label: a conditional model (num_classes > 0) needs a prior without "
                         "an encoder (standard or mog)")
+                if not getattr(self.posterior, "invertible", True):
+                    raise VaekitError(
+                        f"the VampPrior needs its components' density q(z|u_k) at any z, and the "
+                        f"{self.posterior.name} posterior is a flow without an inverse: use a "
+                        "diagonal, full, IAF or Householder posterior with the VampPrior")
                 prior.bind(self._prior_encode)
 
     def _prior_encode(self, u: torch.Tensor) -> Distribution:

@@ -88,6 +88,7 @@ class PosteriorHead(nn.Module):
     amortising linear map."""
 
     name = "posterior"
+    invertible = True  # False for flows scored at their own draws only (planar, Sylvester)
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -370,6 +371,7 @@ class Planar(PosteriorHead):
     et al.'s PlanarVAE: [μ, log σ², u (K·L), w (K·L), b (K)]."""
 
     name = "planar"
+    invertible = False
 
     def __init__(self, latent_dim: int, steps: int = 4, features: int | None = None):
         super().__init__(latent_dim)
@@ -610,6 +612,7 @@ class Sylvester(PosteriorHead):
     """
 
     name = "sylvester"
+    invertible = False
 
     def __init__(self, latent_dim: int, steps: int = 4, kind: str = "orthogonal",
                  features: int | None = None, vectors: int | None = None, reflections: int = 8):
