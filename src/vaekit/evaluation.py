@@ -76,7 +76,7 @@ from vaekit import distributed, sources
 from vaekit.devices import forked_rng, mixed_seed, model_device, seed_draws
 from vaekit.errors import VaekitError
 from vaekit.estimators import log_prob_at_own_sample
-from vaekit.model import PointMass, TwoStage, _factorises
+from vaekit.model import PointMass, TwoStage, _factorises, labelled
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
@@ -116,7 +116,7 @@ def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: to
         log_q = q.log_prob(z)
     if prior is None:
         prior = model.prior
-    return model.decode(z, y).log_prob(x), prior.log_prob(z) - log_q
+    return model.decode(z, *labelled(y)).log_prob(x), prior.log_prob(z) - log_q
 
 
 def chunk_size(batch: int) -> int:
@@ -202,9 +202,9 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
         yb = None if labels is None else labels[start : start + batch_size].to(device)
         if buffer is None:
             buffer = torch.empty(2, k_total, len(xb), dtype=torch.float64, device=device)
-        q = model.encode(xb, yb)
+        q = model.encode(xb, *labelled(yb))
         if isinstance(q, PointMass):  # the autoencoder: its reconstruction term is all there is
-            rec = model.decode(q.mean, yb).log_prob(xb).double()
+            rec = model.decode(q.mean, *labelled(yb)).log_prob(xb).double()
             scores = {"reconstruction": rec, "reconstruction_var": torch.zeros_like(rec)}
             if on_progress is not None:
                 on_progress(len(xb))
@@ -415,8 +415,8 @@ def active_units(
     device = model_device(model)
     with evaluation_mode(model):
         means = torch.cat([
-            _moments(model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size),
-                                                                           device)))[0].flatten(1).cpu()
+            _moments(model.encode(x[i : i + batch_size].to(device),
+                                  *labelled(_rows(labels, slice(i, i + batch_size), device))))[0].flatten(1).cpu()
             for i in range(0, len(x), batch_size)])
     spread = means.double().var(0) if len(x) > 1 else torch.zeros_like(means[0], dtype=torch.float64)
     return int((spread > threshold).sum()), spread.tolist()
@@ -448,14 +448,14 @@ def mutual_information(
 def _mutual_information_terms(model, x, examples, batch_size, labels) -> torch.Tensor | None:
     device = model_device(model)
     n = len(x)
-    probe = model.encode(x[:1].to(device), _rows(labels, slice(0, 1), device))
+    probe = model.encode(x[:1].to(device), *labelled(_rows(labels, slice(0, 1), device)))
     if not getattr(probe, "invertible", True):
         return None
     chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
     draws, own = [], []
     for i in range(0, len(chosen), batch_size):
         rows = chosen[i : i + batch_size]
-        q = model.encode(x[rows].to(device), _rows(labels, rows, device))
+        q = model.encode(x[rows].to(device), *labelled(_rows(labels, rows, device)))
         z, log_q = log_prob_at_own_sample(q)
         draws.append(z)
         own.append(log_q)
@@ -463,7 +463,7 @@ def _mutual_information_terms(model, x, examples, batch_size, labels) -> torch.T
     mixture = torch.full_like(log_own, -math.inf)
     size = z[0].numel()
     for i in range(0, n, batch_size):
-        q = model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size), device))
+        q = model.encode(x[i : i + batch_size].to(device), *labelled(_rows(labels, slice(i, i + batch_size), device)))
         step = max(1, _PAIRS // (size * min(batch_size, n - i)))
         for j in range(0, len(z), step):
             log_q = q.log_prob(z[j : j + step].unsqueeze(1)).double()  # [draws, examples]
@@ -574,7 +574,7 @@ def bits_per_dim(model, x: torch.Tensor, nll: float | None,
         return None, "no log-likelihood"
     device = model_device(model)
     y = None if labels is None else labels[:1].to(device)
-    support = model.decode(model.prior.sample((1,)), y).support
+    support = model.decode(model.prior.sample((1,)), *labelled(y)).support
     bits = nll / (d * math.log(2))
     if not support.is_discrete:
         return bits, (

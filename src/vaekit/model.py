@@ -31,6 +31,12 @@ LOGVAR_MIN = -LOGVAR_MAX
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def labelled(y: torch.Tensor | None) -> tuple:
+    """The label argument for ``encode``/``decode``: ``(y,)``, or nothing for an
+    unconditional call, so a user's model whose ``encode(x)`` takes one argument works."""
+    return () if y is None else (y,)
+
+
 def num_classes(model: nn.Module) -> int:
     """The number of classes ``model`` is conditioned on; 0 for an unconditional one,
     including a user's module that has no ``num_classes`` attribute."""

@@ -31,7 +31,7 @@ from torch.distributions import kl_divergence as _analytic_kl
 
 from vaekit.errors import VaekitError
 from vaekit.estimators import log_prob_at_own_sample
-from vaekit.model import PointMass, _factorises
+from vaekit.model import PointMass, _factorises, labelled
 
 
 @dataclass
@@ -118,9 +118,9 @@ def _log_prob_dims(dist: Distribution, z: torch.Tensor) -> torch.Tensor:
 def _elbo_parts(model, x, samples, kl, labels):
     """(per-example terms, q, z): what :func:`elbo_terms` returns, plus the posterior and
     its draws for objectives that need more than the totals (free bits)."""
-    q = model.encode(x, labels)
+    q = model.encode(x, *labelled(labels))
     if isinstance(q, PointMass):  # the autoencoder: no posterior to sample, no KL
-        rec = model.decode(q.mean, labels).log_prob(x)
+        rec = model.decode(q.mean, *labelled(labels)).log_prob(x)
         return {"elbo": rec, "reconstruction": rec, "kl": torch.zeros_like(rec)}, q, None
     prior = model.prior
     closed = None
@@ -134,7 +134,7 @@ def _elbo_parts(model, x, samples, kl, labels):
         z, log_q = log_prob_at_own_sample(q, (samples,))  # [M, B, L], [M, B]
     else:
         z, log_q = q.rsample((samples,)), None  # the closed-form path: no density needed
-    rec = model.decode(z, labels).log_prob(x).mean(0)
+    rec = model.decode(z, *labelled(labels)).log_prob(x).mean(0)
     kl_term = closed if closed is not None else (log_q - prior.log_prob(z)).mean(0)
     return {"elbo": rec - kl_term, "reconstruction": rec, "kl": kl_term}, q, z
 
@@ -214,9 +214,9 @@ def iwae_objective(
 
 def _weight_parts(model, x, k, labels):
     """(log p(x|z_k), log q(z_k|x) − log p(z_k)) for k draws z_k ~ q(z|x), each [k, B]."""
-    q = model.encode(x, labels)
+    q = model.encode(x, *labelled(labels))
     z, log_q = log_prob_at_own_sample(q, (k,))
-    rec = model.decode(z, labels).log_prob(x)
+    rec = model.decode(z, *labelled(labels)).log_prob(x)
     return rec, log_q - model.prior.log_prob(z)
 
 

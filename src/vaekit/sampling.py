@@ -18,7 +18,7 @@ import torch
 
 from vaekit.devices import model_device
 from vaekit.errors import VaekitError
-from vaekit.model import num_classes
+from vaekit.model import labelled, num_classes
 from vaekit.posteriors import representative
 
 
@@ -38,7 +38,7 @@ def encode_posterior(model, x: torch.Tensor, labels: torch.Tensor | None = None)
     """q(z|x) for a batch ``x`` (moved to the model's device), in evaluation mode."""
     device = model_device(model)
     with eval_mode(model):
-        return model.encode(x.to(device), None if labels is None else labels.to(device))
+        return model.encode(x.to(device), *labelled(None if labels is None else labels.to(device)))
 
 
 def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,7 +47,7 @@ def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> t
     device = model_device(model)
     y = None if labels is None else labels.to(device)
     with eval_mode(model):
-        return model.decode_mean(representative(model.encode(x.to(device), y)), y).cpu()
+        return model.decode_mean(representative(model.encode(x.to(device), *labelled(y))), y).cpu()
 
 
 def posterior_means(
@@ -67,7 +67,7 @@ def posterior_means(
             batch = x[i : i + batch_size]
             if binarize is not None:
                 batch = torch.bernoulli(batch, generator=binarize)
-            parts.append(representative(model.encode(batch.to(device), y)).cpu())
+            parts.append(representative(model.encode(batch.to(device), *labelled(y))).cpu())
     return torch.cat(parts)
 
 
