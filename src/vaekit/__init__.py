@@ -30,6 +30,7 @@ _EXPORTS = {
     "EarlyStopping": "vaekit.training",
     "History": "vaekit.training",
     "evaluate": "vaekit.evaluation",
+    "check_model": "vaekit.protocol",
     "RunDirectory": "vaekit.rundir",
     "VaekitError": "vaekit.errors",
     # the app
@@ -43,7 +44,8 @@ _EXPORTS = {
     "Dataset": "vaekit.app.data",
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
-            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app")
+            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app",
+            "priors", "posteriors", "estimators", "protocol")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

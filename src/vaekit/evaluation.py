@@ -13,9 +13,19 @@ Estimators, all from the same K draws z_k ~ q(z|x) per example (taken in chunks)
   K towards log p(x) and is slightly low for finite K.
 * ``iwae_bound``: L_k for a smaller k, the mean of the K // k values from disjoint groups.
 * ``gap`` = log_likelihood − elbo: the estimated KL(q(z|x) ‖ p(z|x)).
-* With ``gap_decomposition``: ``elbo_local``, the ELBO of a Gaussian q*(z) optimised for
-  each example (Cremer, Li & Duvenaud 2018), ``amortisation_gap`` = elbo_local − elbo and
-  ``approximation_gap`` = log_likelihood − elbo_local.
+* With ``gap_decomposition``: ``elbo_local``, the ELBO of a q*(z) of the posterior's own
+  family optimised for each example (Cremer, Li & Duvenaud 2018), ``amortisation_gap`` =
+  elbo_local − elbo and ``approximation_gap`` = log_likelihood − elbo_local. The family: the
+  posterior head's amortised parameters refitted per example (a flow's shared weights, e.g.
+  IAF's MADEs, stay as trained); a diagonal Gaussian for the default posterior and, over
+  the stacked [z1, z2], for the two-layer model.
+
+Any prior and posterior (mixtures, VampPrior, flows): q is scored only at its own draws;
+the KL is in closed form where torch registers one (``kl`` ``analytic`` or ``auto``), else
+the mean of log q − log p over the K draws. The mutual information needs q(z|x_n) at other
+examples' draws, so it is not computed (null) for a flow without an inverse (planar,
+Sylvester). Active units use E_q[z|x], by Monte Carlo (256 draws) where q has no closed-form
+mean (flows).
 
 Memory: draws are taken about ``ROWS`` decoder rows (examples × draws) at a time, and an
 example's K log-weights are kept until its estimates are formed, with at most ``VALUES``
@@ -65,7 +75,8 @@ from torch.distributions import kl_divergence as _torch_kl
 from vaekit import distributed, sources
 from vaekit.devices import forked_rng, mixed_seed, model_device, seed_draws
 from vaekit.errors import VaekitError
-from vaekit.model import PointMass
+from vaekit.estimators import log_prob_at_own_sample
+from vaekit.model import PointMass, TwoStage, _factorises, labelled
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
@@ -93,12 +104,19 @@ PER_EXAMPLE_COLUMNS = (
 
 
 # ---------------------------------------------------------------------- per example
-def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None):
+def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None,
+                 *, log_q: torch.Tensor | None = None, prior: Distribution | None = None):
     """(log p(x|z), log p(z) − log q(z|x)) for draws ``z`` [k, B, ...]: each [k, B].
 
     Their sum is :func:`vaekit.objectives.log_importance_weights`; only ``decode``, ``prior``
-    and ``q.log_prob`` are used, so models with stacked latents plug in unchanged."""
-    return model.decode(z, y).log_prob(x), model.prior.log_prob(z) - q.log_prob(z)
+    and ``q.log_prob`` are used, so models with stacked latents plug in unchanged. ``log_q``:
+    the draws' log q(z) when known (a flow's density is defined at its own draws only);
+    ``prior``: p(z) when already built (a VampPrior costs an encoder pass per call)."""
+    if log_q is None:
+        log_q = q.log_prob(z)
+    if prior is None:
+        prior = model.prior
+    return model.decode(z, *labelled(y)).log_prob(x), prior.log_prob(z) - log_q
 
 
 def chunk_size(batch: int) -> int:
@@ -184,9 +202,9 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
         yb = None if labels is None else labels[start : start + batch_size].to(device)
         if buffer is None:
             buffer = torch.empty(2, k_total, len(xb), dtype=torch.float64, device=device)
-        q = model.encode(xb, yb)
+        q = model.encode(xb, *labelled(yb))
         if isinstance(q, PointMass):  # the autoencoder: its reconstruction term is all there is
-            rec = model.decode(q.mean, yb).log_prob(xb).double()
+            rec = model.decode(q.mean, *labelled(yb)).log_prob(xb).double()
             scores = {"reconstruction": rec, "reconstruction_var": torch.zeros_like(rec)}
             if on_progress is not None:
                 on_progress(len(xb))
@@ -256,14 +274,16 @@ def score_batch(
     """ELBO, IS log-likelihood, IWAE bound (and curve points) of one batch under proposal
     ``q``, from ``k_total`` draws taken in chunks; per-example values and variances.
     ``buffer`` ([2, K, ≥ B] float64), if given, holds the log-weights."""
-    closed_kl = _closed_form_kl(q, model.prior) if kl == "analytic" else None
+    prior = model.prior
+    closed_kl = _closed_form_kl(q, prior) if kl in ("analytic", "auto") else None
     if buffer is None:
         buffer = torch.empty(2, k_total, len(x), dtype=torch.float64, device=x.device)
     log_px, log_ratio = buffer[0, :, : len(x)], buffer[1, :, : len(x)]
     step = chunk_size(len(x))
     for done in range(0, k_total, step):
-        z = q.rsample((min(step, k_total - done),))
-        log_px[done : done + len(z)], log_ratio[done : done + len(z)] = weight_terms(model, q, x, z, y)
+        z, log_q = log_prob_at_own_sample(q, (min(step, k_total - done),))
+        log_px[done : done + len(z)], log_ratio[done : done + len(z)] = weight_terms(
+            model, q, x, z, y, log_q=log_q, prior=prior)
         if on_progress is not None:
             on_progress(len(x) * len(z) / k_total)
     # Statistics a few examples at a time: small temporaries keep the heap from fragmenting.
@@ -309,31 +329,61 @@ def optimise_local(
     model, x: torch.Tensor, q: Distribution, steps: int = LOCAL_STEPS, lr: float = LOCAL_LR,
     samples: int = LOCAL_SAMPLES, y: torch.Tensor | None = None,
 ) -> Distribution:
-    """q*(z) = N(μ, diag σ²) for each row of ``x``, fitted to that example's ELBO by Adam
-    from the encoder's output q = N(μ₀, diag σ₀²), batched: the summed loss gives every
-    example its own gradient and Adam's update is elementwise, so the optimisations are
-    independent. The parameters are measured in the encoder's units, μ = μ₀ + σ₀ ⊙ δ and
-    log σ = log σ₀ + η, so ``lr`` is a fraction of a posterior standard deviation whatever
-    the latent scale; it decays linearly to 0 so the stochastic optimisation settles. The
-    model's parameters receive no gradient."""
-    mean, scale = (t.detach() for t in _moments(q))
-    shift = torch.zeros_like(mean, requires_grad=True)
-    stretch = torch.zeros_like(mean, requires_grad=True)
-    optimiser = torch.optim.Adam([shift, stretch], lr=lr)
+    """q*(z) for each row of ``x``, of the posterior's own family, fitted to that example's
+    ELBO by Adam from the encoder's output q, batched: the summed loss gives every example its
+    own gradient and Adam's update is elementwise, so the optimisations are independent.
+
+    The family: with a posterior head (``model.posterior_parameters``), the head's parameter
+    vector per example; otherwise N(μ, diag σ²) from q's moments. The base Gaussian is
+    measured in the encoder's units, μ = μ₀ + σ₀ ⊙ δ and log σ = log σ₀ + η, so ``lr`` is a
+    fraction of a posterior standard deviation whatever the latent scale (a flow's other
+    parameters move in their own units); it decays linearly to 0 so the stochastic
+    optimisation settles. The model's parameters receive no gradient."""
+    make, start = _local_family(model, x, q, y)
+    delta = torch.zeros_like(start, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)
     decay = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1 - t / steps)
+    prior = model.prior
     with torch.enable_grad():
         for _ in range(steps):
-            local = diagonal_gaussian(mean + scale * shift, scale.log() + stretch)
-            z = local.rsample((samples,))
-            log_px, log_ratio = weight_terms(model, local, x, z, y)
-            closed_kl = _closed_form_kl(local, model.prior)
+            local = make(delta)
+            z, log_q = log_prob_at_own_sample(local, (samples,))
+            log_px, log_ratio = weight_terms(model, local, x, z, y, log_q=log_q, prior=prior)
+            closed_kl = _closed_form_kl(local, prior)
             # The closed-form KL, where one exists, gives lower-variance gradients.
             kl_term = -log_ratio.mean(0) if closed_kl is None else closed_kl
             elbo = log_px.mean(0) - kl_term
-            shift.grad, stretch.grad = torch.autograd.grad(-elbo.sum(), [shift, stretch])
+            delta.grad, = torch.autograd.grad(-elbo.sum(), [delta])
             optimiser.step()
             decay.step()
-    return diagonal_gaussian((mean + scale * shift).detach(), (scale.log() + stretch).detach())
+    with torch.no_grad():
+        return make(delta.detach())
+
+
+def _local_family(model, x, q, y) -> tuple[Callable[[torch.Tensor], Distribution], torch.Tensor]:
+    """(δ ↦ q_δ, a zero-shaped start for δ): the family the gap decomposition refits per
+    example, with δ = 0 the encoder's own q."""
+    params = getattr(model, "posterior_parameters", None)
+    params = None if params is None else params(x, y)
+    if params is not None:
+        head, start = model.posterior, params.detach()
+        L = head.latent_dim
+        base_sd = torch.exp(0.5 * start[..., L:2 * L].clamp(-20.0, 20.0))
+        unit = torch.cat([base_sd, torch.full_like(base_sd, 2.0), torch.ones_like(start[..., 2 * L:])], -1)
+        return (lambda d: head.from_parameters(start + unit * d)), torch.zeros_like(start)
+    if not (_factorises(q) or isinstance(q, TwoStage)):
+        raise VaekitError(
+            f"the gap decomposition refits the posterior's own family per example, and vaekit does "
+            f"not know the family of this {type(q).__name__}: give the model a posterior head "
+            "(vaekit.posteriors) instead of an encoder that returns its own distribution")
+    mean, scale = (t.detach() for t in _moments(q))
+    log_scale = scale.log()
+    width = mean.shape[-1]
+
+    def make(d: torch.Tensor) -> Distribution:
+        return diagonal_gaussian(mean + scale * d[..., :width], log_scale + d[..., width:])
+
+    return make, torch.zeros(*mean.shape[:-1], 2 * width, device=mean.device)
 
 
 def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
@@ -365,8 +415,8 @@ def active_units(
     device = model_device(model)
     with evaluation_mode(model):
         means = torch.cat([
-            _moments(model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size),
-                                                                           device)))[0].flatten(1).cpu()
+            _moments(model.encode(x[i : i + batch_size].to(device),
+                                  *labelled(_rows(labels, slice(i, i + batch_size), device))))[0].flatten(1).cpu()
             for i in range(0, len(x), batch_size)])
     spread = means.double().var(0) if len(x) > 1 else torch.zeros_like(means[0], dtype=torch.float64)
     return int((spread > threshold).sum()), spread.tolist()
@@ -384,30 +434,36 @@ def mutual_information(
     the outer expectation takes one draw from each of ``examples`` examples chosen at random
     (all of them when N ≤ examples; the SE then also counts the spread between examples, so
     it errs on the large side). The estimate cannot exceed log N. The average KL splits as
-    KL = I_q + KL(q(z) ‖ p(z)), which gives the marginal KL.
+    KL = I_q + KL(q(z) ‖ p(z)), which gives the marginal KL. (None, None) where q(z|x_n) is
+    a flow without an inverse: its density at other examples' draws is not defined.
     """
     with evaluation_mode(model):
         terms = _mutual_information_terms(model, x, examples, batch_size, labels)
+    if terms is None:
+        return None, None
     se = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else None
     return float(terms.mean()), se
 
 
-def _mutual_information_terms(model, x, examples, batch_size, labels) -> torch.Tensor:
+def _mutual_information_terms(model, x, examples, batch_size, labels) -> torch.Tensor | None:
     device = model_device(model)
     n = len(x)
+    probe = model.encode(x[:1].to(device), *labelled(_rows(labels, slice(0, 1), device)))
+    if not getattr(probe, "invertible", True):
+        return None
     chosen = torch.arange(n) if n <= examples else torch.randperm(n)[:examples].sort().values
     draws, own = [], []
     for i in range(0, len(chosen), batch_size):
         rows = chosen[i : i + batch_size]
-        q = model.encode(x[rows].to(device), _rows(labels, rows, device))
-        z = q.rsample()
+        q = model.encode(x[rows].to(device), *labelled(_rows(labels, rows, device)))
+        z, log_q = log_prob_at_own_sample(q)
         draws.append(z)
-        own.append(q.log_prob(z))
+        own.append(log_q)
     z, log_own = torch.cat(draws), torch.cat(own).double()
     mixture = torch.full_like(log_own, -math.inf)
     size = z[0].numel()
     for i in range(0, n, batch_size):
-        q = model.encode(x[i : i + batch_size].to(device), _rows(labels, slice(i, i + batch_size), device))
+        q = model.encode(x[i : i + batch_size].to(device), *labelled(_rows(labels, slice(i, i + batch_size), device)))
         step = max(1, _PAIRS // (size * min(batch_size, n - i)))
         for j in range(0, len(z), step):
             log_q = q.log_prob(z[j : j + step].unsqueeze(1)).double()  # [draws, examples]
@@ -449,7 +505,7 @@ def summarise(model, x: torch.Tensor, scores: dict[str, torch.Tensor], *,
     # The estimator cannot exceed log N: near it, the posteriors barely overlap and the true
     # I_q may be larger (Hoffman & Johnson); the ceiling is reported so that shows.
     result["mutual_information_max"] = math.log(len(x))
-    result["marginal_kl"] = result["kl"] - mi
+    result["marginal_kl"] = None if mi is None else result["kl"] - mi
     result["marginal_kl_se"] = None if mi_se is None else math.hypot(mi_se, result["kl_se"] or 0.0)
     result["importance_samples"] = importance_samples
     if "elbo_local" in scores:
@@ -518,7 +574,7 @@ def bits_per_dim(model, x: torch.Tensor, nll: float | None,
         return None, "no log-likelihood"
     device = model_device(model)
     y = None if labels is None else labels[:1].to(device)
-    support = model.decode(model.prior.sample((1,)), y).support
+    support = model.decode(model.prior.sample((1,)), *labelled(y)).support
     bits = nll / (d * math.log(2))
     if not support.is_discrete:
         return bits, (

@@ -5,6 +5,12 @@ data dimensions, KL over latent dimensions, and each function returns one value 
 example, in nats. Averaging over examples is the caller's job. No term carries a hidden
 weight: β is explicit and defaults to 1.
 
+Every estimator holds for any prior p(z) and posterior q(z|x) given as ``torch.distributions``
+(mixtures, flows, the two-layer model's joint laws): the posterior is scored only at the draws
+it just made (:func:`vaekit.estimators.log_prob_at_own_sample`), so a flow without an inverse
+(planar, Sylvester) works, and the KL is in closed form exactly where torch registers one
+(``kl="auto"``, the default; ``"analytic"`` insists on it, ``"mc"`` never uses it).
+
 Every estimator takes an optional ``labels`` ([B] class indices) that a conditional model
 (the CVAE) needs; unconditional models are called without it.
 
@@ -24,7 +30,8 @@ from torch.distributions import Distribution, Independent
 from torch.distributions import kl_divergence as _analytic_kl
 
 from vaekit.errors import VaekitError
-from vaekit.model import PointMass
+from vaekit.estimators import log_prob_at_own_sample
+from vaekit.model import PointMass, _factorises, labelled
 
 
 @dataclass
@@ -40,29 +47,34 @@ class Batch:
 
 
 def kl_divergence(
-    q: Distribution, p: Distribution, estimator: str = "analytic", z: torch.Tensor | None = None
+    q: Distribution, p: Distribution, estimator: str = "analytic", z: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(q ‖ p) per example: closed form (``analytic``), or the Monte-Carlo mean of
     log q(z) − log p(z) over the samples ``z`` (``mc``; [M, B, L] drawn from q, one fresh draw
-    if omitted); ``auto``: closed form where torch has one, else Monte Carlo."""
-    if estimator == "auto":
+    if omitted); ``auto``: closed form where torch has one, else Monte Carlo. ``log_q``: the
+    draws' log q(z) when known (:func:`vaekit.estimators.log_prob_at_own_sample`), else
+    ``q.log_prob(z)`` (valid for a flow only at its own last draw)."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}")
+    if estimator != "mc":
         try:
             return _analytic_kl(q, p)
         except NotImplementedError:
-            estimator = "mc"
-    if estimator == "analytic":
-        try:
-            return _analytic_kl(q, p)
-        except NotImplementedError:
-            raise VaekitError(
-                f"no closed-form KL between {type(q).__name__} and {type(p).__name__} "
-                "(e.g. the two-layer model's hierarchical prior); use the 'mc' estimator"
-            ) from None
-    if estimator == "mc":
-        if z is None:
-            z = q.rsample((1,))
-        return (q.log_prob(z) - p.log_prob(z)).mean(0)
-    raise ValueError(f"unknown KL estimator {estimator!r}")
+            if estimator == "analytic":
+                raise VaekitError(
+                    f"no closed-form KL between {type(q).__name__} and {type(p).__name__} "
+                    "(e.g. the two-layer model's hierarchical prior, a mixture prior or a flow "
+                    "posterior); use the 'mc' or 'auto' estimator"
+                ) from None
+    if z is None:
+        z, log_q = log_prob_at_own_sample(q, (1,))
+    elif log_q is None:
+        log_q = q.log_prob(z)
+    return (log_q - p.log_prob(z)).mean(0)
+
+
+KL_ESTIMATORS = ("auto", "analytic", "mc")
 
 
 def kl_per_dimension(
@@ -72,14 +84,26 @@ def kl_per_dimension(
 
     Closed form for diagonal Normals; otherwise the Monte-Carlo mean over ``z`` of the
     per-coordinate log q − log p (for the two-layer model each coordinate's conditional
-    density given the sample, as Kingma et al. 2016 do per group)."""
-    if estimator == "analytic":
-        if not (isinstance(q, Independent) and isinstance(p, Independent)):
+    density given the sample, as Kingma et al. 2016 do per group). Defined only where q and
+    p factorise over coordinates (diagonal laws, the two-layer model with Gaussian stages):
+    a mixture prior, a full covariance or a flow has no per-coordinate KL, and this refuses."""
+    for dist in (q, p):
+        if not (hasattr(dist, "log_prob_dims") or _factorises(dist)):
             raise VaekitError(
-                f"no closed-form per-coordinate KL between {type(q).__name__} and "
-                f"{type(p).__name__}; use the 'mc' estimator"
-            )
-        return _analytic_kl(q.base_dist, p.base_dist)
+                f"the KL per latent coordinate is undefined for a {type(dist).__name__} (it does "
+                "not factorise over coordinates): free bits needs a diagonal posterior and a "
+                "standard (or two-layer Gaussian) prior")
+    if estimator in ("analytic", "auto") and isinstance(q, Independent) and isinstance(p, Independent):
+        try:
+            return _analytic_kl(q.base_dist, p.base_dist)
+        except NotImplementedError:
+            if estimator == "analytic":
+                raise
+    elif estimator == "analytic":
+        raise VaekitError(
+            f"no closed-form per-coordinate KL between {type(q).__name__} and "
+            f"{type(p).__name__}; use the 'mc' estimator"
+        )
     if z is None:
         z = q.rsample((1,))
     return (_log_prob_dims(q, z) - _log_prob_dims(p, z)).mean(0)
@@ -94,22 +118,35 @@ def _log_prob_dims(dist: Distribution, z: torch.Tensor) -> torch.Tensor:
 def _elbo_parts(model, x, samples, kl, labels):
     """(per-example terms, q, z): what :func:`elbo_terms` returns, plus the posterior and
     its draws for objectives that need more than the totals (free bits)."""
-    q = model.encode(x, labels)
+    q = model.encode(x, *labelled(labels))
     if isinstance(q, PointMass):  # the autoencoder: no posterior to sample, no KL
-        rec = model.decode(q.mean, labels).log_prob(x)
+        rec = model.decode(q.mean, *labelled(labels)).log_prob(x)
         return {"elbo": rec, "reconstruction": rec, "kl": torch.zeros_like(rec)}, q, None
-    z = q.rsample((samples,))  # [M, B, L]
-    rec = model.decode(z, labels).log_prob(x).mean(0)
-    kl_term = kl_divergence(q, model.prior, kl, z)
+    prior = model.prior
+    closed = None
+    if kl != "mc":
+        try:
+            closed = _analytic_kl(q, prior)
+        except NotImplementedError:
+            if kl == "analytic":
+                kl_divergence(q, prior, kl)  # raises the one-line error
+    if closed is None or hasattr(q, "rsample_and_log_prob"):
+        z, log_q = log_prob_at_own_sample(q, (samples,))  # [M, B, L], [M, B]
+    else:
+        z, log_q = q.rsample((samples,)), None  # the closed-form path: no density needed
+    rec = model.decode(z, *labelled(labels)).log_prob(x).mean(0)
+    kl_term = closed if closed is not None else (log_q - prior.log_prob(z)).mean(0)
     return {"elbo": rec - kl_term, "reconstruction": rec, "kl": kl_term}, q, z
 
 
 def elbo_terms(
-    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic",
+    model, x: torch.Tensor, samples: int = 1, kl: str = "auto",
     labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), with M = ``samples`` reparameterised
-    draws z = μ + σ ⊙ ε per example. Returns per-example ``elbo``, ``reconstruction``, ``kl``.
+    draws z ~ q(z|x) per example. Returns per-example ``elbo``, ``reconstruction``, ``kl``.
+    ``kl``: ``auto`` (closed form where torch registers one, else the Monte-Carlo mean of
+    log q − log p at the same draws), ``analytic`` (closed form or a one-line error), ``mc``.
 
     For the autoencoder the 'reconstruction' is log p(x | z = f(x)) and there is no KL.
     ``x`` may be a :class:`Batch` (its labels are then used), so ``elbo`` and ``elbo_terms``
@@ -121,7 +158,7 @@ def elbo_terms(
 
 
 def elbo(
-    model, x: torch.Tensor, samples: int = 1, kl: str = "analytic",
+    model, x: torch.Tensor, samples: int = 1, kl: str = "auto",
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example ELBO estimate, shape [B], in nats (unbiased for any M ≥ 1)."""
@@ -145,7 +182,7 @@ def free_bits_kl(kl_dims: torch.Tensor, floor: float) -> torch.Tensor:
 
 
 def elbo_objective(
-    model, batch: Batch, *, samples: int = 1, kl: str = "analytic", beta: float = 1.0,
+    model, batch: Batch, *, samples: int = 1, kl: str = "auto", beta: float = 1.0,
     warmup: float = 0.0, free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The ELBO as a training objective: loss = −mean_x [reconstruction − w·KL], with
@@ -177,10 +214,10 @@ def iwae_objective(
 
 def _weight_parts(model, x, k, labels):
     """(log p(x|z_k), log q(z_k|x) − log p(z_k)) for k draws z_k ~ q(z|x), each [k, B]."""
-    q = model.encode(x, labels)
-    z = q.rsample((k,))
-    rec = model.decode(z, labels).log_prob(x)
-    return rec, q.log_prob(z) - model.prior.log_prob(z)
+    q = model.encode(x, *labelled(labels))
+    z, log_q = log_prob_at_own_sample(q, (k,))
+    rec = model.decode(z, *labelled(labels)).log_prob(x)
+    return rec, log_q - model.prior.log_prob(z)
 
 
 def log_importance_weights(

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
+from vaekit.posteriors import representative, spread
 from vaekit.rundir import FIGURES
 
 __all__ = ["FIGURES", "draw_all"]
@@ -292,9 +293,9 @@ def traversals_figure(
     from vaekit.sampling import decode_latents, encode_posterior, traversal
 
     q = encode_posterior(model, x[:1], None if labels is None else labels[:1])
-    start = q.mean[0].cpu()
+    start = representative(q)[0].cpu()
     if dims is None:
-        order = torch.argsort(q.variance[0].cpu())
+        order = torch.argsort(spread(q)[0].cpu())
         dims = sorted(order[: min(10, model.latent_dim)].tolist())
     values = torch.linspace(-width, width, steps)
     z = torch.cat([traversal(start, d, values) for d in dims])
@@ -320,8 +321,8 @@ def interpolations_figure(
     y0 = y1 = None
     if labels is not None:
         y0, y1 = labels[:1], labels[1:2]
-    z0 = encode_posterior(model, x0[:1], y0).mean[0].cpu()
-    z1 = encode_posterior(model, x1[:1], y1).mean[0].cpu()
+    z0 = representative(encode_posterior(model, x0[:1], y0))[0].cpu()
+    z1 = representative(encode_posterior(model, x1[:1], y1))[0].cpu()
     rows = []
     for method in ("linear", "spherical"):
         path_z = interpolate(z0, z1, steps, method)
@@ -550,8 +551,8 @@ def traversals_figure_features(model, x: torch.Tensor, path: Path, labels: torch
     from vaekit.sampling import decode_latents, encode_posterior, traversal
 
     q = encode_posterior(model, x[:1], None if labels is None else labels[:1])
-    start = q.mean[0].cpu()
-    dims = sorted(torch.argsort(q.variance[0].cpu())[: min(8, model.latent_dim)].tolist())
+    start = representative(q)[0].cpu()
+    dims = sorted(torch.argsort(spread(q)[0].cpu())[: min(8, model.latent_dim)].tolist())
     values = torch.linspace(-width, width, steps)
     y = None if labels is None else int(labels[0])
     decoded = _units(decode_latents(model, torch.cat([traversal(start, d, values) for d in dims]), y), data_units)
@@ -581,8 +582,8 @@ def interpolations_figure_features(model, x0: torch.Tensor, x1: torch.Tensor, pa
     y0 = y1 = None
     if labels is not None:
         y0, y1 = labels[:1], labels[1:2]
-    z0 = encode_posterior(model, x0[:1], y0).mean[0].cpu()
-    z1 = encode_posterior(model, x1[:1], y1).mean[0].cpu()
+    z0 = representative(encode_posterior(model, x0[:1], y0))[0].cpu()
+    z1 = representative(encode_posterior(model, x1[:1], y1))[0].cpu()
     label = None if y0 is None else int(y0[0])
     paths = {m: _units(decode_latents(model, interpolate(z0, z1, steps, m), label), data_units)
              for m in ("linear", "spherical")}

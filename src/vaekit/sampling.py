@@ -18,7 +18,8 @@ import torch
 
 from vaekit.devices import model_device
 from vaekit.errors import VaekitError
-from vaekit.model import num_classes
+from vaekit.model import labelled, num_classes
+from vaekit.posteriors import representative
 
 
 @contextmanager
@@ -37,22 +38,25 @@ def encode_posterior(model, x: torch.Tensor, labels: torch.Tensor | None = None)
     """q(z|x) for a batch ``x`` (moved to the model's device), in evaluation mode."""
     device = model_device(model)
     with eval_mode(model):
-        return model.encode(x.to(device), None if labels is None else labels.to(device))
+        return model.encode(x.to(device), *labelled(None if labels is None else labels.to(device)))
 
 
 def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x | z = μ(x)] for a batch ``x``, on the CPU."""
+    """E[x | z = r(x)] for a batch ``x``, on the CPU; r(x) the posterior's representative
+    point (:func:`vaekit.posteriors.representative`: μ(x) for a Gaussian)."""
     device = model_device(model)
     y = None if labels is None else labels.to(device)
     with eval_mode(model):
-        return model.decode_mean(model.encode(x.to(device), y).mean, y).cpu()
+        return model.decode_mean(representative(model.encode(x.to(device), *labelled(y))), y).cpu()
 
 
 def posterior_means(
     model, x: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 2000,
     binarize: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """E[z|x] for every row of ``x`` ([N, L] on the CPU; x a tensor or a lazily read array);
+    """One latent point per row of ``x``: E[z|x] for a Gaussian posterior, in general its
+    representative point (:func:`vaekit.posteriors.representative`: a flow's base mean pushed
+    through the flow) ([N, L] on the CPU; x a tensor or a lazily read array);
     ``labels`` for a conditional model; with a ``binarize`` generator each batch is first
     drawn x ~ Bernoulli(x) (data trained with dynamic binarisation)."""
     device = model_device(model)
@@ -63,7 +67,7 @@ def posterior_means(
             batch = x[i : i + batch_size]
             if binarize is not None:
                 batch = torch.bernoulli(batch, generator=binarize)
-            parts.append(model.encode(batch.to(device), y).mean.cpu())
+            parts.append(representative(model.encode(batch.to(device), *labelled(y))).cpu())
     return torch.cat(parts)
 
 

@@ -6,7 +6,7 @@ anywhere on the plane decodes that point, one slider per latent dimension moves 
 picked examples are interpolated, the decoded grid can be laid under the points at the
 current zoom, and a conditional model gets a class selector.
 
-The server (Starlette under uvicorn) does the model's work: ``model.encode(x).mean`` once
+The server (Starlette under uvicorn) does the model's work: ``representative(model.encode(x))`` once
 at start, ``model.decode_mean(z)`` per request, every request's points decoded in one
 batched call and the PNGs of single points kept in an LRU cache. It binds 127.0.0.1 unless
 told otherwise, accepts only the Host names it is served under on loopback (no DNS
@@ -33,6 +33,7 @@ import torch
 
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
+from vaekit.posteriors import representative
 
 Z_LIMIT = 50.0  # largest |z_i| accepted: 50 prior standard deviations, far outside the data
 MAX_GRID = 32  # grid columns and rows: 32² = 1024 decodes per request at most
@@ -238,7 +239,7 @@ def _posterior_means(model, x: torch.Tensor, labels: torch.Tensor | None, batch:
     parts = []
     for i in range(0, len(x), batch):
         extra = () if labels is None else (labels[i : i + batch],)
-        parts.append(model.encode(x[i : i + batch], *extra).mean)
+        parts.append(representative(model.encode(x[i : i + batch], *extra)))
     return torch.cat(parts).double().numpy()
 
 
