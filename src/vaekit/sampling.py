@@ -19,7 +19,7 @@ import torch
 from vaekit.devices import model_device
 from vaekit.errors import VaekitError
 from vaekit.model import labelled, num_classes
-from vaekit.posteriors import representative
+from vaekit.posteriors import representative, spread
 
 
 @contextmanager
@@ -74,13 +74,13 @@ def posterior_means(
 def posterior_parameters(
     model, x: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(means, log-variances) of q(z|x) for every row of ``x``, in batches, on the CPU
+    """(points, log-variances) of q(z|x) for every row of ``x`` (the point: ``representative(q)``), in batches, on the CPU
     ([N, L] each); ``labels`` for a conditional model."""
     means, logvars = [], []
     for i in range(0, len(x), batch_size):
         q = encode_posterior(model, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-        means.append(q.mean.cpu())
-        logvars.append(torch.log(q.variance).cpu())
+        means.append(representative(q).cpu())  # a flow's: the base mean through the flow
+        logvars.append(torch.log(spread(q)).cpu())  # a flow's variance: estimated from its draws
     return torch.cat(means), torch.cat(logvars)
 
 
