@@ -237,8 +237,8 @@ def test_sigterm_to_torchrun_checkpoints_and_stops_like_one_process_and_resumes_
 def test_distributed_evaluation_equals_one_process(tiny_run, tmp_path):
     """180 validation digits in batches of 50 (ranks 0 and 1 take two each): every figure, and
     every example's scores, are those of one process (each batch draws from its own stream)."""
-    args = ["evaluate", str(tiny_run), "--importance-samples", "64", "--batch-size", "50", "--no-save",
-            "--json", "-q", "--gap-decomposition", "--local-steps", "5"]
+    args = ["evaluate", str(tiny_run), "--importance-samples", "16", "--batch-size", "50", "--no-save",
+            "--json", "-q", "--gap-decomposition", "--local-steps", "2"]
     one = run_cli(*args, "--per-example", str(tmp_path / "one.csv"))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(_torchrun("-m", "vaekit", *args, "--per-example", str(tmp_path / "two.csv")),

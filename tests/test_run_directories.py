@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import SRC, full_disk_for
+from conftest import SRC, full_disk_for, run_cli
 from vaekit import rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
@@ -114,7 +114,7 @@ def fails(capsys, *args) -> str:
     return err
 
 
-def one_line_error(done: subprocess.CompletedProcess) -> str:
+def one_line_error(done) -> str:
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
@@ -357,17 +357,17 @@ def test_an_empty_folder_and_one_with_only_a_stale_lock_take_a_new_run(grey, tmp
         assert len(rundir.read_metrics(folder)) == 1 and not (folder / LOCK).exists()
 
 
-def test_out_naming_the_current_home_or_root_folder_is_refused(driver, grey, tmp_path):
+def test_out_naming_the_current_home_or_root_folder_is_refused(grey, tmp_path, monkeypatch):
     here = tmp_path / "work"
     here.mkdir()
     (here / "thesis.tex").write_text("mine")
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
     cases = [(".", "the current folder"), (home, "your home folder"), ("/", "the file system root")]
     for out, place in cases:
-        done = launch(driver, "train", "--data", grey, "--out", out, "--overwrite", *TINY, cwd=here,
-                      env={"HOME": str(home)})
+        done = run_cli("train", "--data", grey, "--out", out, "--overwrite", *TINY, cwd=here)
         err = one_line_error(done)
         assert f"({place}) is not empty and holds no vaekit run" in err
     assert snapshot(here) == {"thesis.tex": b"mine"} and snapshot(home) == {".bashrc": b"mine"}
