@@ -164,9 +164,9 @@ def tiny_run(tmp_path_factory) -> Path:
     return train(config, out, quiet=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def grey(tmp_path_factory) -> Path:
-    """A .npy file of 300 grey rows of 12 features in [0, 1] (one per test module)."""
+    """A .npy file of 300 grey rows of 12 features in [0, 1] (read-only)."""
     import numpy as np
 
     path = tmp_path_factory.mktemp("data") / "grey.npy"
@@ -174,7 +174,7 @@ def grey(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(grey, tmp_path_factory) -> Path:
     """A small VAE trained on ``grey`` (read-only: copy it to damage it)."""
     from vaekit.app.config import Config

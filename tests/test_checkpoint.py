@@ -19,7 +19,7 @@ from vaekit.training import fit
 
 
 @pytest.fixture(scope="module")
-def grey() -> torch.Tensor:
+def rows() -> torch.Tensor:
     """400 grey rows of 12 features in [0, 1]."""
     return torch.from_numpy(np.random.default_rng(0).random((400, 12)).astype(np.float32))
 
@@ -32,14 +32,14 @@ def _fit(x: torch.Tensor, out, epochs: int):
     return model
 
 
-def test_checkpoint_holds_every_generator_state(grey, tmp_path):
+def test_checkpoint_holds_every_generator_state(rows, tmp_path):
     # Training draws only from torch's generators (the global one, in a forked copy; the data
     # order; dynamic binarisation): numpy's and Python's are never touched, so these are all.
     np.random.seed(5)
     random.seed(5)
     numpy_before, python_before = np.random.get_state()[1].copy(), random.getstate()
     run = tmp_path / "run"
-    model = _fit(grey, run, epochs=1)
+    model = _fit(rows, run, epochs=1)
     assert np.array_equal(np.random.get_state()[1], numpy_before) and random.getstate() == python_before
     ckpt = checkpoint.load(run)
     names = set(ckpt.tensors)
@@ -58,7 +58,7 @@ def test_checkpoint_holds_every_generator_state(grey, tmp_path):
     assert torch.equal(state.draws.get_state(), ckpt.tensors["rng.draws"])
 
 
-def test_interrupt_in_process_writes_a_mid_epoch_checkpoint(grey, tmp_path, monkeypatch):
+def test_interrupt_in_process_writes_a_mid_epoch_checkpoint(rows, tmp_path, monkeypatch):
     import vaekit.training as training
 
     real = training._call_objective
@@ -72,7 +72,7 @@ def test_interrupt_in_process_writes_a_mid_epoch_checkpoint(grey, tmp_path, monk
 
     monkeypatch.setattr(training, "_call_objective", loss_then_signal)
     with pytest.raises(Interrupted, match="the checkpoint holds epoch 1, step 3") as stopped:
-        _fit(grey, tmp_path / "run", epochs=2)
+        _fit(rows, tmp_path / "run", epochs=2)
     assert stopped.value.exit_code == 130
     assert checkpoint.load(tmp_path / "run").meta["in_epoch"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
