@@ -186,7 +186,7 @@ def test_overwrite_killed_before_training_starts_keeps_the_old_run(driver, old_r
                     kill_at="fsync:.metrics.jsonl.")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert snapshot(old_run) == before
-    done = launch(driver, "train", "--data", grey, "--out", old_run, "--overwrite", "--epochs", "1", *TINY)
+    done = run_cli("train", "--data", grey, "--out", old_run, "--overwrite", "--epochs", "1", *TINY)
     assert done.returncode == 0, done.stderr
     assert siblings(old_run) == []  # the killed attempt's folder is gone too
     assert len(rundir.read_metrics(old_run)) == 1
@@ -399,10 +399,11 @@ def test_two_writers_never_share_a_run_and_a_killed_one_leaves_no_lock(driver, g
     first = launch(driver, "train", "--data", grey, "--out", out, *epochs, *TINY, kill_at="pause:12", wait=False)
     background.append(first)
     wait_for(lambda: len(rundir.read_metrics(out)) >= 1, first)
-    second = launch(driver, "train", "--data", grey, "--out", out, "--overwrite", *epochs, *TINY)
+    # the writers and the reader that meet the killed ones' locks run in this process
+    second = run_cli("train", "--data", grey, "--out", out, "--overwrite", *epochs, *TINY)
     err = one_line_error(second)
     assert f"is in use: vaekit process PID {first.pid} is writing to it" in err
-    reader = launch(driver, "evaluate", out, "--samples", "5")  # readers are not locked out
+    reader = run_cli("evaluate", out, "--samples", "5")  # readers are not locked out
     assert reader.returncode == 0, reader.stderr
     assert "log_likelihood" in reader.stdout
     first.kill()  # SIGKILL: the kernel drops the lock with the process
@@ -411,11 +412,11 @@ def test_two_writers_never_share_a_run_and_a_killed_one_leaves_no_lock(driver, g
     background.append(resumed)
     wait_for(lambda: (out / LOCK).exists() and (out / LOCK).read_text().strip() == str(resumed.pid),
              resumed)
-    again = launch(driver, "train", "--resume", out, "--quiet", "--no-figures")
+    again = run_cli("train", "--resume", out, "--quiet", "--no-figures")
     assert f"vaekit process PID {resumed.pid} is writing to it" in one_line_error(again)
     resumed.kill()
     resumed.wait()
-    done = launch(driver, "train", "--resume", out, "--quiet", "--no-figures")
+    done = run_cli("train", "--resume", out, "--quiet", "--no-figures")
     assert done.returncode == 0, done.stderr
     assert [r["epoch"] for r in rundir.read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # no interleaving
     assert not (out / LOCK).exists()
