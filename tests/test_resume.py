@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from vaekit import checkpoint, rundir
 from vaekit.app.config import Config
 from vaekit.app.runs import load_config, resume, train
@@ -143,11 +144,17 @@ def _resume_cli(driver, out, kill_at="", *more):
     return _launch(driver, ["train", "--resume", out, "--quiet", "--no-figures", *more], kill_at)
 
 
+def _finish(out):
+    """The last resume, never killed: in this process."""
+    return run_cli("train", "--resume", out, "--quiet", "--no-figures")
+
+
 @pytest.fixture(scope="module")
 def reference(driver, data_file, tmp_path_factory) -> Path:
     """The run never interrupted (checkpoints at epoch ends only)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    done = _train_cli(driver, data_file, out, checkpoint_minutes=0)
+    settings = {**SETTINGS, "checkpoint_minutes": 0}
+    done = run_cli("train", "--data", data_file, "--out", out, "--quiet", "--no-figures", *_args(settings))
     assert done.returncode == 0, done.stderr
     return out
 
@@ -187,7 +194,7 @@ def test_sigkill_at_many_instants_then_resume_is_bit_identical(driver, data_file
         killed = _resume_cli(driver, out, kill_at)
         assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr)
     assert checkpoint.load(out).meta["epoch"] == 4
-    done = _resume_cli(driver, out)
+    done = _finish(out)
     assert done.returncode == 0, done.stderr
     _assert_same_run(out, reference)
 
@@ -204,7 +211,7 @@ def test_sigkill_from_outside_then_resume(driver, data_file, reference, tmp_path
     process.kill()
     process.communicate()
     assert process.returncode == -signal.SIGKILL
-    done = _resume_cli(driver, out)
+    done = _finish(out)
     assert done.returncode == 0, done.stderr
     _assert_same_run(out, reference)
 
@@ -217,7 +224,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_nonzero(driver, data_fi
     assert "stopped by SIGTERM; the checkpoint holds epoch 2, step 8." in stopped.stderr
     assert f"vaekit train --resume {out}" in stopped.stderr
     assert checkpoint.load(out).meta["in_epoch"]["step"] == 8  # step 20 finished, then saved
-    done = _resume_cli(driver, out)
+    done = _finish(out)
     assert done.returncode == 0, done.stderr
     _assert_same_run(out, reference)
 
