@@ -79,7 +79,8 @@ def ppca_max_log_likelihood(x: torch.Tensor, latent: int) -> float:
 @pytest.fixture(scope="module")
 def ppca():
     """Data from a known pPCA model (D = 10, latent 2, N = 1000) and vaekit's linear VAE
-    trained on it full-batch with Adam (2500 steps, a few seconds); the gap after 100 steps
+    trained on it full-batch with Adam (1500 steps: 0.006 nats from the optimum after 1200,
+    5e-4 after 2500, against the 0.02 asked); the gap after 100 steps
     is kept to show it shrinking."""
     g = torch.Generator().manual_seed(0)
     d, latent, n = 10, 2, 1000
@@ -88,7 +89,7 @@ def ppca():
     x = x + 0.5 * torch.randn(n, d, generator=g)
     torch.manual_seed(0)
     model = linear_model(latent, d)
-    steps = 2500
+    steps = 1500
     optimiser = torch.optim.Adam(model.parameters(), lr=0.1)
     decay = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1 - t / steps)
     early_gap = None
