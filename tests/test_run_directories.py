@@ -566,13 +566,13 @@ def test_temporary_files_of_killed_evaluate_and_sample_are_cleaned_up(driver, re
                                str(live)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        done = launch(driver, "evaluate", received, "--samples", "5")  # the next write to that run
+        done = run_cli("evaluate", received, "--samples", "5")  # the next write to that run, in process
         assert done.returncode == 0, done.stderr
         assert _temporaries(received) == [live.name]
     finally:
         holder.kill()
         holder.wait()
-    done = launch(driver, "plot", received)
+    done = run_cli("plot", received)
     assert done.returncode == 0, done.stderr
     assert _temporaries(received) == []
 
