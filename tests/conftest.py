@@ -128,7 +128,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float | None = None) -
                 code = main(argv)
             except SystemExit as done:  # as the interpreter would turn it into a status
                 code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-            except BaseException:  # an uncaught error: a traceback and status 1, as in a process
+            except Exception:  # an uncaught error: a traceback and status 1, as in a process (Ctrl-C stops pytest)
                 traceback.print_exc()
                 code = 1
     return CliResult(argv, code, out.getvalue(), err.getvalue())
