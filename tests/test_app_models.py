@@ -69,7 +69,7 @@ def test_a_configs_objective_is_the_library_objective_with_its_settings():
             torch.testing.assert_close(terms[key], expected_terms[key])
 
 
-def test_conv_refuses_shapes_the_strides_do_not_divide_with_the_flag_to_change():
+def test_a_configs_conv_model_refuses_shapes_the_strides_do_not_divide():
     with pytest.raises(VaekitError, match="divisible by 4"):
         build_model(Config(architecture="conv", channels=[8, 16]), (1, 10, 8))
     with pytest.raises(VaekitError, match=r"\[C, H, W\]"):
