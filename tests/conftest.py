@@ -119,19 +119,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float | None = None) -
     from vaekit.app.cli import main
 
     argv = [str(a) for a in args]
+    return run_in_process(lambda: main(argv), argv, cwd)
+
+
+def run_in_process(entry, argv: list[str], cwd: Path | None = None) -> CliResult:
+    """Call ``entry()`` (a command's main function) as a process would run it: its output
+    and exit status captured (its return value, or the code it exits with; an uncaught error
+    is status 1 with the traceback on stderr), and process-wide state put back afterwards."""
     out, err = io.StringIO(), io.StringIO()
     with _process_state_kept():
         if cwd is not None:
             os.chdir(cwd)
         with redirect_stdout(out), redirect_stderr(err):
             try:
-                code = main(argv)
+                code = entry()
             except SystemExit as done:  # as the interpreter would turn it into a status
                 code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-            except Exception:  # an uncaught error: a traceback and status 1, as in a process (Ctrl-C stops pytest)
+            except Exception:  # as in a process (a Ctrl-C still stops pytest)
                 traceback.print_exc()
                 code = 1
-    return CliResult(argv, code, out.getvalue(), err.getvalue())
+    return CliResult(argv, code or 0, out.getvalue(), err.getvalue())
 
 
 def run_cli_subprocess(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
