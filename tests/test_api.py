@@ -38,19 +38,43 @@ def test_api_names_after_submodules_were_imported():
 
 
 def test_train_and_evaluate_are_callable_in_a_fresh_process(tmp_path):
+    """vaekit.train from a script, twice (the second over the first), then load and evaluate;
+    train leaves the script's process-wide state as it was (matplotlib's backend, torch's
+    thread count, the global generators), figures included."""
     code = (
-        "import vaekit, torch\n"
-        "config = vaekit.Config(data='digits', hidden=[8], epochs=1, binarize='dynamic')\n"
-        f"run = vaekit.train(config, {str(tmp_path / 'r')!r}, quiet=True, figures=False)\n"
+        "import random, numpy as np, matplotlib, vaekit, torch\n"
+        "import sklearn.datasets  # importing it draws from Python's generator: not vaekit's doing\n"
+        "torch.set_num_threads(2)\n"
+        "state = lambda: (matplotlib.get_backend(), torch.get_num_threads(), torch.get_rng_state(),\n"
+        "                 np.random.get_state()[1].tolist(), random.getstate())\n"
+        "before = state()\n"
+        "config = vaekit.Config(data='digits', hidden=[8], epochs=1, binarize='dynamic', threads=1)\n"
+        f"run = vaekit.train(config, {str(tmp_path / 'r')!r}, quiet=True)\n"
+        "after = state()\n"
+        "assert after[:2] == before[:2] and torch.equal(after[2], before[2]) and after[3:] == before[3:]\n"
         "run = vaekit.train(config, run, quiet=True, figures=False, overwrite=True)\n"
         "model = vaekit.load(run)\n"
         "x = torch.bernoulli(vaekit.load_data('digits').train.x[:20])\n"
         "print(sorted(vaekit.evaluate(model, x, importance_samples=10)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MPLBACKEND": "svg"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "elbo" in done.stdout
+    assert not (tmp_path / "r" / "latent.png").exists()  # the second run replaced the first, without figures
+
+
+def test_api_functions_of_the_app_show_their_signatures_and_pickle():
+    import inspect
+    import pickle
+
+    import vaekit
+
+    train_params = inspect.signature(vaekit.train).parameters
+    assert list(train_params)[:2] == ["config", "out"] and "overwrite" in train_params
+    for function in (vaekit.train, vaekit.load):
+        assert pickle.loads(pickle.dumps(function)) is function
+        assert inspect.isfunction(function)
 
 
 def test_unknown_attribute_is_an_attribute_error():

@@ -141,3 +141,20 @@ def test_the_default_split_reads_the_data_once(tiny_run, monkeypatch):
     assert len(calls) == 1
     _, _, explicit, _, _ = _model_and_data(tiny_run, None, "validation")
     assert torch.equal(explicit.x, dataset.x)  # the same draws as naming the split
+
+
+def test_commands_run_in_the_test_process_leave_it_as_they_found_it(cli_run, tmp_path):
+    """conftest.run_cli runs commands in this process: what a command may change for the whole
+    process (cwd, threads, signal handlers, environment, generators) is as it was afterwards."""
+    import os
+    import signal
+
+    def state():
+        return (os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT),
+                signal.getsignal(signal.SIGTERM), dict(os.environ), torch.get_rng_state())
+
+    before = state()
+    done = run_cli("evaluate", cli_run / "run", "--threads", "2", "--json", "--no-save", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    after = state()
+    assert after[:5] == before[:5] and torch.equal(after[5], before[5])

@@ -6,23 +6,22 @@ the evaluator itself reports, which a separate test checks against repeated runs
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import make_vae
 from vaekit import evaluation as ev
-from vaekit.app.config import Config
-from vaekit.app.runs import build_model, objective_for
-from vaekit.objectives import Batch, iwae_bound, log_importance_weights
+from vaekit.objectives import Batch, elbo_objective, iwae_bound, log_importance_weights
 
 
 # ---------------------------------------------------------------------- helpers
-def linear_model(latent: int, d: int, sigma: str = "shared"):
-    config = Config(architecture="linear", likelihood="gaussian", sigma=sigma, latent_dim=latent)
-    return build_model(config, (d,)).eval()
+def linear_model(latent: int, d: int, sigma: float | str = "shared"):
+    """Probabilistic PCA's model: linear encoder and decoder, Gaussian p(x|z) with σ_G fixed
+    (a number) or learned ("shared")."""
+    return make_vae((d,), latent_dim=latent, architecture="linear", likelihood="gaussian", sigma=sigma).eval()
 
 
 def set_linear(model, enc_weight, enc_bias, dec_weight, dec_bias) -> None:
@@ -80,7 +79,8 @@ def ppca_max_log_likelihood(x: torch.Tensor, latent: int) -> float:
 @pytest.fixture(scope="module")
 def ppca():
     """Data from a known pPCA model (D = 10, latent 2, N = 1000) and vaekit's linear VAE
-    trained on it full-batch with Adam (2500 steps, a few seconds); the gap after 100 steps
+    trained on it full-batch with Adam (1500 steps: 0.006 nats from the optimum after 1200,
+    5e-4 after 2500, against the 0.02 asked); the gap after 100 steps
     is kept to show it shrinking."""
     g = torch.Generator().manual_seed(0)
     d, latent, n = 10, 2, 1000
@@ -89,12 +89,11 @@ def ppca():
     x = x + 0.5 * torch.randn(n, d, generator=g)
     torch.manual_seed(0)
     model = linear_model(latent, d)
-    config = Config(architecture="linear", likelihood="gaussian", latent_dim=latent)
-    steps = 2500
+    steps = 1500
     optimiser = torch.optim.Adam(model.parameters(), lr=0.1)
     decay = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1 - t / steps)
     early_gap = None
-    objective = objective_for(config)
+    objective = elbo_objective
     for step in range(steps):
         loss, _ = objective(model, Batch(x))
         optimiser.zero_grad()
@@ -156,8 +155,7 @@ def tiny_bernoulli_model():
     """1-D latent, 6 Bernoulli pixels from a random tanh decoder, and an encoder whose q is a
     broad Gaussian for every x (a safe proposal), so the IS weights are well behaved."""
     torch.manual_seed(0)
-    config = Config(latent_dim=1, hidden=[8], activation="tanh", likelihood="bernoulli")
-    model = build_model(config, (6,)).eval()
+    model = make_vae((6,), [8], 1, activation="tanh").eval()
     with torch.no_grad():
         for layer in model.decoder:
             if isinstance(layer, torch.nn.Linear):
@@ -287,7 +285,7 @@ def test_active_units_find_the_dead_dimensions():
     """Latent 4 of which 2 are dead: their encoder rows are zero (q = N(0, 1) whatever x) and
     so are their decoder columns."""
     g = torch.Generator().manual_seed(0)
-    model = linear_model(4, 6, sigma="fixed:0.5")
+    model = linear_model(4, 6, sigma=0.5)
     enc_w = torch.randn(8, 6, generator=g) * 0.5
     enc_w[[2, 3, 6, 7]] = 0.0
     dec_w = torch.randn(6, 4, generator=g)
@@ -304,7 +302,7 @@ def test_active_units_find_the_dead_dimensions():
 
 def one_dim_encoder(means: list[float], log_var: float):
     """A linear VAE on 1-D data x_i = i whose q(z|x_i) = N(means[i], e^log_var)."""
-    model = linear_model(1, 1, sigma="fixed:1")
+    model = linear_model(1, 1, sigma=1.0)
     slope = means[1] - means[0] if len(means) > 1 else 0.0
     assert all(abs(m - (means[0] + slope * i)) < 1e-9 for i, m in enumerate(means))
     set_linear(model, torch.tensor([[slope], [0.0]]), torch.tensor([means[0], log_var]),
@@ -352,7 +350,7 @@ def test_gap_decomposition_on_the_linear_gaussian_model():
     w = torch.randn(d, latent, generator=g)
     w[:, 1] += 0.8 * w[:, 0]  # correlated columns: the approximation gap is not zero
     b = torch.randn(d, generator=g)
-    model = linear_model(latent, d, sigma="fixed:0.5")
+    model = linear_model(latent, d, sigma=0.5)
     x = torch.randn(200, latent, generator=g) @ w.T + b + 0.5 * torch.randn(200, d, generator=g)
     # An encoder near, but not at, the best amortised map: a real amortisation gap.
     set_linear(model, torch.zeros(2 * latent, d), torch.zeros(2 * latent), w, b)
@@ -405,87 +403,34 @@ def test_bits_per_dim_says_what_it_is():
     assert bits == pytest.approx(4.0 / (6 * math.log(2))) and "no dequantisation" in note
 
 
-# ---------------------------------------------------------------------- command line, runs
-EXPECTED_KEYS = {
-    "split", "n", "elbo", "reconstruction", "kl", "log_likelihood", "gap", "iwae_bound", "nll",
-    "bits_per_dim", "bits_per_dim_note", "active_units", "active_units_per_dim",
-    "mutual_information", "marginal_kl", "importance_samples", "iwae_k", "elbo_se",
-    "reconstruction_se", "kl_se", "log_likelihood_se", "gap_se", "iwae_bound_se", "nll_se",
-    "bits_per_dim_se", "mutual_information_se", "mutual_information_max", "marginal_kl_se", "seed",
-    "weights", "epoch",  # which weights were scored, and the epoch they are from
-}
-
-
-def test_cli_evaluate_json_end_to_end(tiny_run, tmp_path):
-    from conftest import run_cli
-
-    out = tmp_path / "scores.csv"
-    done = run_cli("evaluate", tiny_run, "--json", "--importance-samples", "30", "--iwae-k", "10",
-                   "--per-example", out, "--no-save")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert set(result) == EXPECTED_KEYS
-    assert result["importance_samples"] == 30 and result["iwae_k"] == 10
-    assert result["elbo"] <= result["log_likelihood"] + 3 * result["gap_se"]
-    assert result["nll"] == -result["log_likelihood"]
-    table = np.genfromtxt(out, delimiter=",", names=True)
-    assert len(table) == result["n"]
-    assert np.mean(table["log_likelihood"]) == pytest.approx(result["log_likelihood"])
-    assert not list(tiny_run.glob("evaluation-*.json"))
-
-
-def test_cli_evaluate_table_curve_gaps_and_saving(tiny_run, tmp_path, capsys):
-    import shutil
-
-    from vaekit.app.cli import main
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    scores = tmp_path / "scores.npy"
-    code = main(["evaluate", str(run), "--importance-samples", "20", "--curve", "--quiet",
-                 "--gap-decomposition", "--local-steps", "5", "--per-example", str(scores)])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "importance-sampled, K = 20" in out and "amortisation_gap" in out
-    assert (run / "likelihood_curve.png").stat().st_size > 0
-    stored = json.loads((run / "evaluation-validation.json").read_text())
-    assert {"elbo_local", "amortisation_gap", "approximation_gap", "curve"} <= set(stored)
-    table = np.load(scores, allow_pickle=False)
-    assert {"elbo", "log_likelihood", "elbo_local"} <= set(table.dtype.names)
-    assert len(table) == stored["n"]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--importance-samples", "0"], "at least 1"),
-    (["--importance-samples", "5", "--iwae-k", "10"], "between 1 and"),
-    (["--per-example", "scores.txt"], ".csv or .npy"),
-])
-def test_cli_evaluate_bad_options(tiny_run, args, message, capsys, tmp_path, monkeypatch):
-    from vaekit.app.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", str(tiny_run), "--no-save", *args]) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_training_stores_the_full_evaluation(tiny_run):
-    stored = json.loads((tiny_run / "evaluation.json").read_text())
-    assert stored["importance_samples"] == ev.TRAINING_K
-    assert stored["elbo"] <= stored["log_likelihood"] + 3 * stored["gap_se"]
-    assert stored["active_units"] is not None
-
-
-def test_autoencoder_has_no_likelihood(tiny_config, tmp_path):
-    from vaekit.app.data import run_splits
-
-    tiny_config.model = "ae"
-    data = run_splits(tiny_config)["validation"]
-    model = build_model(tiny_config, data.event_shape)
-    x = data.x
+def test_autoencoder_has_no_likelihood(digits):
+    model = make_vae((1, 8, 8), [32], 2, model="ae")
+    x = digits[0][:180]
     result = ev.evaluate(model, x, importance_samples=5)
     assert result["reconstruction"] is not None
     for key in ("elbo", "kl", *ev.LIKELIHOOD_KEYS):
         assert result[key] is None
+
+
+class OnDemand:
+    """A numpy array read a batch at a time: what the library takes as "an array read on
+    demand that indexes like a tensor" (the app's data read from files are one)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.reads = array, 0
+        self.shape = torch.Size(array.shape)
+        self.dtype = torch.float32
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        self.reads += 1
+        key = key.numpy() if isinstance(key, torch.Tensor) else key
+        return torch.from_numpy(np.ascontiguousarray(self.array[key], dtype=np.float32))
 
 
 def test_every_kind_of_data_gives_the_same_report():
@@ -493,15 +438,14 @@ def test_every_kind_of_data_gives_the_same_report():
     hold the same examples: the same report, from the same seeded draws."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vaekit.app.data.lazy import LazyArray, memmap_reader
-
     model = tiny_bernoulli_model()
     x = all_binary_images()
-    lazy = LazyArray(memmap_reader(x.numpy()), len(x), (6,))
+    lazy = OnDemand(x.numpy())
     reports = []
     for data in (x, lazy, (x, None), TensorDataset(x), DataLoader(TensorDataset(x), batch_size=7)):
         reports.append(ev.evaluate(model, data, importance_samples=50, batch_size=20))
     assert all(report == reports[0] for report in reports[1:])
+    assert lazy.reads  # read in batches, not turned into one tensor first
 
 
 def test_evaluate_draws_from_its_seed_and_leaves_the_global_generator_alone():

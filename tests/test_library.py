@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import vaekit
-from conftest import SRC, run_cli
+from conftest import SRC
+from vaekit.rundir import RunDirectory
 
 # A user's own conv encoder/decoder, written as a module so a second process can import it.
 NETS = textwrap.dedent('''
@@ -132,10 +133,9 @@ def test_custom_conv_networks_resume_bit_exactly_after_sigkill(nets, tmp_path, k
 def test_load_into_own_module_and_evaluate_against_independent_monte_carlo(nets, tmp_path):
     torch.set_num_threads(1)
     nets.train(tmp_path / "run", "tensor", 3)
-    with pytest.raises(vaekit.VaekitError, match="model="):
-        vaekit.load(tmp_path / "run")  # no config: the run's model was defined in Python
-    model = vaekit.load(tmp_path / "run", model=nets.model())
-    assert not model.training
+    model = nets.model()
+    RunDirectory(tmp_path / "run").load_weights(model)  # the weights into one's own module
+    model.eval()
     x = torch.bernoulli(nets.images()[500:560], generator=torch.Generator().manual_seed(0))
     result = vaekit.evaluate(model, x, importance_samples=200, seed=5)
 
@@ -211,14 +211,12 @@ def test_a_conditional_user_model_gets_labels_as_its_networks_second_argument():
 
 
 def test_api_functions_show_their_signatures_and_pickle():
-    train_params = inspect.signature(vaekit.train).parameters
-    assert list(train_params)[:2] == ["config", "out"] and "overwrite" in train_params
     fit_params = inspect.signature(vaekit.fit).parameters
     for name in ("model", "train_data", "validation", "epochs", "batch_size", "objective", "optimizer",
                  "device", "precision", "out", "resume", "callbacks"):
         assert name in fit_params
     assert "importance_samples" in inspect.signature(vaekit.evaluate).parameters
-    for function in (vaekit.train, vaekit.fit, vaekit.evaluate, vaekit.load):
+    for function in (vaekit.fit, vaekit.evaluate):
         assert pickle.loads(pickle.dumps(function)) is function
         assert inspect.isfunction(function)
 
@@ -241,8 +239,6 @@ GLOBAL_STATE = textwrap.dedent('''
     model = vaekit.VAE(enc, dec, "bernoulli", latent_dim=2)
     vaekit.fit(model, x[:100], validation=x[100:], epochs=2, out=sys.argv[1] + "/fit", figures=True, device="cpu")
     vaekit.evaluate(model, x, importance_samples=20)
-    config = vaekit.Config(data="digits", hidden=[8], epochs=1, binarize="dynamic", threads=1)
-    vaekit.train(config, sys.argv[1] + "/train", quiet=True)
     after = (matplotlib.get_backend(), torch.get_num_threads(), torch.get_rng_state(),
              np.random.get_state()[1], random.getstate())
     assert after[0] == before[0], ("backend", before[0], after[0])
@@ -260,31 +256,7 @@ def test_library_calls_leave_process_wide_state_as_it_was(tmp_path):
     done = subprocess.run([sys.executable, "-c", GLOBAL_STATE, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().endswith("ok"), done.stderr
-    assert (tmp_path / "fit" / "manifold.png").is_file() and (tmp_path / "train" / "latent.png").is_file()
-
-
-def test_the_library_never_imports_the_app():
-    code = ("import sys, vaekit, vaekit.training, vaekit.evaluation, vaekit.model, vaekit.objectives, "
-            "vaekit.sampling, vaekit.plots, vaekit.rundir, vaekit.checkpoint, vaekit.devices\n"
-            "print(sorted(m for m in sys.modules if m.startswith('vaekit.app')))")
-    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(SRC)),
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr
-
-
-def test_device_cpu_and_bf16_train_and_evaluate_end_to_end(tmp_path):
-    out = tmp_path / "bf16"
-    done = run_cli("train", "--data", "digits", "--binarize", "dynamic", "--hidden", "32", "--epochs", "3",
-                   "--device", "cpu", "--precision", "bf16", "--out", out, "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["train_elbo"]) and math.isfinite(r["validation_elbo"]) for r in rows)
-    assert rows[-1]["train_elbo"] > rows[0]["train_elbo"]  # it learns
-    done = run_cli("evaluate", out, "--device", "cpu", "--importance-samples", "20", "--json", "-q")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert math.isfinite(result["elbo"]) and result["log_likelihood"] > result["elbo"] - 1.0
+    assert (tmp_path / "fit" / "manifold.png").is_file()
 
 
 def test_bf16_training_is_close_to_fp32(nets):
@@ -301,53 +273,7 @@ def test_bf16_training_is_close_to_fp32(nets):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_device_cuda_without_cuda_is_one_clear_error(tmp_path):
-    done = run_cli("train", "--data", "digits", "--epochs", "1", "--device", "cuda", "--out", tmp_path / "r")
-    assert done.returncode == 2
-    assert done.stderr.startswith("error:") and "CUDA" in done.stderr and len(done.stderr.splitlines()) == 1
-    assert not (tmp_path / "r").exists()
+def test_device_cuda_without_cuda_is_one_clear_error():
     with pytest.raises(vaekit.VaekitError, match="CUDA"):
         vaekit.fit(vaekit.VAE(torch.nn.Linear(4, 4), torch.nn.Linear(2, 4), "gaussian"), torch.randn(8, 4),
                    device="cuda")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_a_run_trained_on_the_gpu_loads_and_resumes_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu"
-    done = run_cli("train", "--data", "digits", "--binarize", "dynamic", "--epochs", "2", "--device", "cuda",
-                   "--out", out, "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-    model = vaekit.load(out, device="cpu")
-    assert next(model.parameters()).device.type == "cpu"
-    done = run_cli("train", "--resume", out, "--epochs", "3", "--device", "cpu", "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.mark.parametrize("name", ["vae-v0.1", "cvae-v0.1"])
-def test_run_directories_of_vaekit_0_1_load_evaluate_and_resume(tmp_path, name):
-    import shutil
-
-    run = tmp_path / name
-    shutil.copytree(FIXTURES / name, run)
-    expected = json.loads((FIXTURES / "expected.json").read_text())[name]
-    model = vaekit.load(run)
-    assert model.event_shape == (1, 8, 8)
-    done = run_cli("evaluate", run, "--importance-samples", "20", "--json", "-q", "--no-save")
-    assert done.returncode == 0, done.stderr
-    assert math.isfinite(json.loads(done.stdout)["log_likelihood"])
-    done = run_cli("train", "--resume", run, "--epochs", str(expected["resume_epochs"]), "--threads", "1",
-                   "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == len(expected["metrics_after_resume"])
-    for got, want in zip(rows, expected["metrics_after_resume"], strict=True):
-        for key, value in want.items():
-            if key.startswith("validation_"):  # now summed in float64, 0.1 summed in float32
-                assert got[key] == pytest.approx(value, rel=1e-6), key
-            else:  # the training steps are those vaekit 0.1 made: bit for bit on the CPU that wrote the
-                # fixtures (an Intel Xeon); another CPU's kernels round differently (2e-7 on an AMD EPYC),
-                # while a wrong random state or optimiser state would move these by far more than 1e-5
-                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

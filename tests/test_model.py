@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch.distributions import Distribution
 
-from vaekit.app.config import Config
-from vaekit.app.runs import build_model
+from conftest import make_vae
 from vaekit.model import AE, VAE
 
 
@@ -17,7 +16,7 @@ from vaekit.model import AE, VAE
 )
 def test_encode_decode_shapes_for_images_and_tabular(shape, architecture):
     torch.manual_seed(0)
-    model = build_model(Config(architecture=architecture, hidden=[16, 8], latent_dim=3), shape)
+    model = make_vae(shape, [16, 8], 3, architecture=architecture)
     x = torch.rand(5, *shape).round()
     q = model.encode(x)
     assert isinstance(q, Distribution)
@@ -33,7 +32,7 @@ def test_encode_decode_shapes_for_images_and_tabular(shape, architecture):
 
 
 def test_mlp_config_builds_the_requested_layers():
-    model = build_model(Config(hidden=[400, 200], activation="tanh", latent_dim=20), (784,))
+    model = make_vae((784,), [400, 200], 20, activation="tanh")
     linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 400), (400, 200), (200, 40)]
     linears = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
@@ -42,19 +41,19 @@ def test_mlp_config_builds_the_requested_layers():
 
 
 def test_linear_architecture_is_affine():
-    model = build_model(Config(architecture="linear", latent_dim=2), (6,))
+    model = make_vae((6,), latent_dim=2, architecture="linear")
     assert len(model.encoder) == 1 and len(model.decoder) == 1
 
 
 def test_prior_is_standard_normal():
-    model = build_model(Config(latent_dim=4), (3,))
+    model = make_vae((3,), latent_dim=4)
     assert torch.equal(model.prior.mean, torch.zeros(4))
     assert torch.equal(model.prior.variance, torch.ones(4))
 
 
 def test_autoencoder_is_deterministic_and_shares_the_interface():
     torch.manual_seed(0)
-    model = build_model(Config(model="ae", hidden=[8], latent_dim=2), (1, 4, 4))
+    model = make_vae((1, 4, 4), [8], 2, model="ae")
     assert isinstance(model, AE) and isinstance(model, VAE)
     x = torch.rand(3, 1, 4, 4)
     q = model.encode(x)
@@ -65,7 +64,7 @@ def test_autoencoder_is_deterministic_and_shares_the_interface():
 
 
 def test_encoder_log_variance_is_clamped_to_a_safe_range():
-    model = build_model(Config(architecture="linear", latent_dim=1), (2,))
+    model = make_vae((2,), latent_dim=1, architecture="linear")
     with torch.no_grad():
         model.encoder[0].bias[1] = -1e6
     std = model.encode(torch.zeros(1, 2)).stddev

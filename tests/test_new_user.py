@@ -193,7 +193,7 @@ def test_a_relative_data_path_is_the_same_file_from_any_folder(tmp_path, capsys,
 
 # ---------------------------------------------------------------------- 5. output off a terminal
 def test_training_off_a_terminal_prints_epochs_and_a_summary(wine, capsys):
-    run, out, err = train(capsys, wine, "printed")
+    run, out, err = train(capsys, wine, "printed", "--no-figures")  # what it prints is the point
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert epochs[0].startswith("epoch 1/3  train ELBO") and epochs[-1].startswith("epoch 3/3")
     assert "validation ELBO" in epochs[-1]

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaekit.app.config import Config
-from vaekit.app.runs import build_model
+from conftest import make_vae
 from vaekit.objectives import elbo, elbo_terms, iwae_bound, kl_divergence
 
 # Monte-Carlo checks pass when the difference is within this many standard errors; with a
@@ -47,8 +46,7 @@ def test_closed_form_kl_equals_monte_carlo_kl():
 
 def _small_model(likelihood: str = "bernoulli", seed: int = 0):
     torch.manual_seed(seed)
-    cfg = Config(hidden=[16], latent_dim=2, likelihood=likelihood)
-    return build_model(cfg, (6,)).double()
+    return make_vae((6,), [16], 2, likelihood=likelihood).double()
 
 
 def test_elbo_with_m_samples_is_unbiased():
@@ -95,7 +93,7 @@ def test_gradients_reach_the_encoder_through_rsample_only():
 
 def test_elbo_terms_of_the_autoencoder_have_no_kl():
     torch.manual_seed(0)
-    model = build_model(Config(model="ae", hidden=[8], latent_dim=2), (5,))
+    model = make_vae((5,), [8], 2, model="ae")
     x = torch.rand(3, 5).round()
     terms = elbo_terms(model, x, samples=4)
     assert torch.all(terms["kl"] == 0)
@@ -110,8 +108,7 @@ def test_elbo_terms_of_the_autoencoder_have_no_kl():
 
 def _linear_gaussian(seed: int = 0, d: int = 5, latent: int = 2, sigma: float = 0.7):
     torch.manual_seed(seed)
-    cfg = Config(architecture="linear", likelihood="gaussian", sigma=f"fixed:{sigma}", latent_dim=latent)
-    model = build_model(cfg, (d,)).double()
+    model = make_vae((d,), latent_dim=latent, architecture="linear", likelihood="gaussian", sigma=sigma).double()
     return model, sigma
 
 

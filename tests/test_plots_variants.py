@@ -3,34 +3,29 @@ and the whole set for the two-layer model."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
+from conftest import make_vae
 from vaekit import plots
-from vaekit.app.config import Config
-from vaekit.app.data import run_splits
-from vaekit.app.runs import build_model
 from vaekit.rundir import FIGURES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_figure_is_drawn_for_the_two_layer_and_conditional_models(tmp_path):
-    for settings in (dict(model="hvae", kl="mc", latent_dim=4), dict(model="cvae", classes=10)):
-        config = Config(data="digits", hidden=[16], binarize="dynamic", **settings)
-        model = build_model(config, (1, 8, 8)).eval()
-        out = tmp_path / settings["model"]
+def test_every_figure_is_drawn_for_the_two_layer_and_conditional_models(tmp_path, digits):
+    x, labels = digits
+    for name, settings in (("hvae", dict(model="hvae", latent_dim=4)), ("cvae", dict(num_classes=10))):
+        model = make_vae((1, 8, 8), [16], **settings).eval()
+        out = tmp_path / name
         out.mkdir()
-        splits = run_splits(config)
-        train, shown = splits["train"], splits["validation"]
-        paths = plots.draw_all(out, model, train.x, train.labels, shown.x, shown.labels, [])
+        paths = plots.draw_all(out, model, x[:1600], labels[:1600], x[1600:], labels[1600:], [])
         assert {p.name for p in paths} == set(FIGURES) - {"curves.png"}
         for path in paths:
             assert path.read_bytes()[:8] == PNG
 
 
 def test_manifold_for_one_class_and_traversal_of_chosen_dimensions(tmp_path):
-    model = build_model(Config(model="cvae", classes=3, hidden=[8], latent_dim=3), (1, 8, 8)).eval()
+    model = make_vae((1, 8, 8), [8], 3, num_classes=3).eval()
     path = plots.manifold_figure(model, tmp_path / "m.png", n=5, label=2)
     assert path.read_bytes()[:8] == PNG
     x = torch.rand(2, 1, 8, 8)
@@ -71,26 +66,15 @@ def latent_colours(monkeypatch, run) -> tuple[set, list[str]]:
     return colours, legend
 
 
-def test_the_latent_figure_is_coloured_by_class_with_names_in_the_legend(monkeypatch, tmp_path):
+def test_the_latent_figure_is_coloured_by_class_with_names_in_the_legend(monkeypatch, tmp_path, digits):
     """An unconditional model's figure (a) is coloured by the data's labels."""
-    config = Config(data="digits", hidden=[16], binarize="dynamic")
-    model = build_model(config, (1, 8, 8)).eval()
-    train = run_splits(config)["train"]
+    x, labels = digits
+    model = make_vae((1, 8, 8), [16]).eval()
     names = [f"digit {c}" for c in range(10)]
     colours, legend = latent_colours(monkeypatch, lambda: plots.latent_figure(
-        model, train.x[:500], train.labels[:500], tmp_path / "latent.png", names))
+        model, x[:500], labels[:500], tmp_path / "latent.png", names))
     assert len(colours) == 10
     assert legend == names
     colours, legend = latent_colours(monkeypatch, lambda: plots.latent_figure(
-        model, train.x[:500], None, tmp_path / "latent.png"))
+        model, x[:500], None, tmp_path / "latent.png"))
     assert len(colours) == 1 and legend == []  # no labels: one colour, and no legend
-
-
-@pytest.mark.xfail(strict=True, reason="app/runs.py passes the labels only to conditional models; "
-                                       "remove this mark once _fit passes train_set.labels always")
-def test_vaekit_train_colours_the_latent_figure_of_an_unconditional_model(monkeypatch, tmp_path):
-    from vaekit.app.runs import train
-
-    config = Config(data="digits", hidden=[16], latent_dim=2, epochs=1, batch_size=256, binarize="dynamic")
-    colours, legend = latent_colours(monkeypatch, lambda: train(config, tmp_path / "run", quiet=True))
-    assert len(colours) == 10 and legend == [str(c) for c in range(10)]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import full_disk_for, run_cli
+from conftest import full_disk_for, run_cli_subprocess
 from vaekit import checkpoint, rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
@@ -210,7 +210,7 @@ def test_crafted_weights_file_runs_no_code(capsys, run, tmp_path, kind):
 def test_crafted_weights_file_in_a_real_process(run, tmp_path):
     marker = tmp_path / "pwned"
     (run / rundir.WEIGHTS).write_bytes(_malicious_pickle(marker))
-    done = run_cli("evaluate", run)
+    done = run_cli_subprocess("evaluate", run)  # a real process: no code runs there either
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not marker.exists()

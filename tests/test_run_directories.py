@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import SRC, full_disk_for
+from conftest import SRC, full_disk_for, run_cli
 from vaekit import rundir
 from vaekit.app.cli import main
 from vaekit.app.config import Config
@@ -114,7 +114,7 @@ def fails(capsys, *args) -> str:
     return err
 
 
-def one_line_error(done: subprocess.CompletedProcess) -> str:
+def one_line_error(done) -> str:
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
@@ -186,7 +186,7 @@ def test_overwrite_killed_before_training_starts_keeps_the_old_run(driver, old_r
                     kill_at="fsync:.metrics.jsonl.")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert snapshot(old_run) == before
-    done = launch(driver, "train", "--data", grey, "--out", old_run, "--overwrite", "--epochs", "1", *TINY)
+    done = run_cli("train", "--data", grey, "--out", old_run, "--overwrite", "--epochs", "1", *TINY)
     assert done.returncode == 0, done.stderr
     assert siblings(old_run) == []  # the killed attempt's folder is gone too
     assert len(rundir.read_metrics(old_run)) == 1
@@ -357,17 +357,17 @@ def test_an_empty_folder_and_one_with_only_a_stale_lock_take_a_new_run(grey, tmp
         assert len(rundir.read_metrics(folder)) == 1 and not (folder / LOCK).exists()
 
 
-def test_out_naming_the_current_home_or_root_folder_is_refused(driver, grey, tmp_path):
+def test_out_naming_the_current_home_or_root_folder_is_refused(grey, tmp_path, monkeypatch):
     here = tmp_path / "work"
     here.mkdir()
     (here / "thesis.tex").write_text("mine")
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
     cases = [(".", "the current folder"), (home, "your home folder"), ("/", "the file system root")]
     for out, place in cases:
-        done = launch(driver, "train", "--data", grey, "--out", out, "--overwrite", *TINY, cwd=here,
-                      env={"HOME": str(home)})
+        done = run_cli("train", "--data", grey, "--out", out, "--overwrite", *TINY, cwd=here)
         err = one_line_error(done)
         assert f"({place}) is not empty and holds no vaekit run" in err
     assert snapshot(here) == {"thesis.tex": b"mine"} and snapshot(home) == {".bashrc": b"mine"}
@@ -399,10 +399,11 @@ def test_two_writers_never_share_a_run_and_a_killed_one_leaves_no_lock(driver, g
     first = launch(driver, "train", "--data", grey, "--out", out, *epochs, *TINY, kill_at="pause:12", wait=False)
     background.append(first)
     wait_for(lambda: len(rundir.read_metrics(out)) >= 1, first)
-    second = launch(driver, "train", "--data", grey, "--out", out, "--overwrite", *epochs, *TINY)
+    # the writers and the reader that meet the killed ones' locks run in this process
+    second = run_cli("train", "--data", grey, "--out", out, "--overwrite", *epochs, *TINY)
     err = one_line_error(second)
     assert f"is in use: vaekit process PID {first.pid} is writing to it" in err
-    reader = launch(driver, "evaluate", out, "--samples", "5")  # readers are not locked out
+    reader = run_cli("evaluate", out, "--samples", "5")  # readers are not locked out
     assert reader.returncode == 0, reader.stderr
     assert "log_likelihood" in reader.stdout
     first.kill()  # SIGKILL: the kernel drops the lock with the process
@@ -411,11 +412,11 @@ def test_two_writers_never_share_a_run_and_a_killed_one_leaves_no_lock(driver, g
     background.append(resumed)
     wait_for(lambda: (out / LOCK).exists() and (out / LOCK).read_text().strip() == str(resumed.pid),
              resumed)
-    again = launch(driver, "train", "--resume", out, "--quiet", "--no-figures")
+    again = run_cli("train", "--resume", out, "--quiet", "--no-figures")
     assert f"vaekit process PID {resumed.pid} is writing to it" in one_line_error(again)
     resumed.kill()
     resumed.wait()
-    done = launch(driver, "train", "--resume", out, "--quiet", "--no-figures")
+    done = run_cli("train", "--resume", out, "--quiet", "--no-figures")
     assert done.returncode == 0, done.stderr
     assert [r["epoch"] for r in rundir.read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # no interleaving
     assert not (out / LOCK).exists()
@@ -565,13 +566,13 @@ def test_temporary_files_of_killed_evaluate_and_sample_are_cleaned_up(driver, re
                                str(live)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        done = launch(driver, "evaluate", received, "--samples", "5")  # the next write to that run
+        done = run_cli("evaluate", received, "--samples", "5")  # the next write to that run, in process
         assert done.returncode == 0, done.stderr
         assert _temporaries(received) == [live.name]
     finally:
         holder.kill()
         holder.wait()
-    done = launch(driver, "plot", received)
+    done = run_cli("plot", received)
     assert done.returncode == 0, done.stderr
     assert _temporaries(received) == []
 

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from vaekit.app.config import Config
-from vaekit.app.runs import build_model
+from conftest import make_vae
 from vaekit.errors import VaekitError
 from vaekit.sampling import (
     decode_latents,
@@ -107,7 +106,7 @@ def test_gmm_recovers_the_clusters_of_the_posterior_means_and_samples_them_shuff
 
 
 def test_decode_latents_passes_labels_to_a_conditional_model():
-    model = build_model(Config(model="cvae", classes=4, hidden=[8], latent_dim=2), (6,))
+    model = make_vae((6,), [8], 2, num_classes=4)
     z = torch.randn(5, 2)
     torch.testing.assert_close(decode_latents(model, z, 3),
                                model.decode_mean(z, torch.full((5,), 3)))

@@ -215,26 +215,3 @@ def test_parse_duration():
     for bad in ("", "m", "-5m", "1d", "nan"):
         with pytest.raises(VaekitError):
             schedules.parse_duration(bad)
-
-
-def test_progress_lines_count_down_a_time_budget_on_its_clock(capsys):
-    """The time left under a time budget is the budget minus the training time, even when the
-    plan's step count, made at another pace, says otherwise."""
-    from types import SimpleNamespace
-
-    from vaekit.app.runs import ProgressLines
-
-    budget = schedules.TimeBudget(3600.0)
-    budget.plan = {"budget": 3600.0, "total_steps": 10**9, "anchor_step": 0, "anchor_progress": 0.0, "replans": []}
-    loop = SimpleNamespace(epochs=None, steps_done=0, total_steps=10**9, budget=budget, seconds=0.0,
-                           history=SimpleNamespace(epochs=[]), stop_requested=False)
-    lines = ProgressLines(every=0.0)
-    lines.on_fit_start(loop)
-    loop.steps_done, loop.seconds = 1000, 600.0
-    lines.on_epoch_end(loop, {"epoch": 1, "train_elbo": -100.0})
-    assert "about 50m 00s left" in capsys.readouterr().err
-    # with epochs as a further limit, the earlier end is the one shown
-    loop.epochs = 100
-    lines.on_epoch_end(loop, {"epoch": 99, "train_elbo": -100.0})
-    err = capsys.readouterr().err
-    assert "left" in err and "50m 00s" not in err

@@ -1,0 +1,103 @@
+"""The app's runs end to end: devices and precision from the command line, a run trained
+on a GPU, run directories written by vaekit 0.1, and loading a run trained from Python
+with vaekit.load. (The library's own side of these: test_library.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaekit
+from conftest import make_vae, run_cli
+
+
+def test_device_cpu_and_bf16_train_and_evaluate_end_to_end(tmp_path):
+    out = tmp_path / "bf16"
+    done = run_cli("train", "--data", "digits", "--binarize", "dynamic", "--hidden", "32", "--epochs", "3",
+                   "--device", "cpu", "--precision", "bf16", "--out", out, "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["train_elbo"]) and math.isfinite(r["validation_elbo"]) for r in rows)
+    assert rows[-1]["train_elbo"] > rows[0]["train_elbo"]  # it learns
+    done = run_cli("evaluate", out, "--device", "cpu", "--importance-samples", "20", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert math.isfinite(result["elbo"]) and result["log_likelihood"] > result["elbo"] - 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_clear_line(tmp_path):
+    done = run_cli("train", "--data", "digits", "--epochs", "1", "--device", "cuda", "--out", tmp_path / "r")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and "CUDA" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_a_run_trained_on_the_gpu_loads_and_resumes_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    done = run_cli("train", "--data", "digits", "--binarize", "dynamic", "--epochs", "2", "--device", "cuda",
+                   "--out", out, "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    model = vaekit.load(out, device="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+    done = run_cli("train", "--resume", out, "--epochs", "3", "--device", "cpu", "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["vae-v0.1", "cvae-v0.1"])
+def test_run_directories_of_vaekit_0_1_load_evaluate_and_resume(tmp_path, name):
+    run = tmp_path / name
+    shutil.copytree(FIXTURES / name, run)
+    expected = json.loads((FIXTURES / "expected.json").read_text())[name]
+    model = vaekit.load(run)
+    assert model.event_shape == (1, 8, 8)
+    done = run_cli("evaluate", run, "--importance-samples", "20", "--json", "-q", "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert math.isfinite(json.loads(done.stdout)["log_likelihood"])
+    done = run_cli("train", "--resume", run, "--epochs", str(expected["resume_epochs"]), "--threads", "1",
+                   "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(expected["metrics_after_resume"])
+    for got, want in zip(rows, expected["metrics_after_resume"], strict=True):
+        for key, value in want.items():
+            if key.startswith("validation_"):  # now summed in float64, 0.1 summed in float32
+                assert got[key] == pytest.approx(value, rel=1e-6), key
+            else:  # the training steps are those vaekit 0.1 made: bit for bit on the CPU that wrote the
+                # fixtures (an Intel Xeon); another CPU's kernels round differently (2e-7 on an AMD EPYC),
+                # while a wrong random state or optimiser state would move these by far more than 1e-5
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+def test_load_a_run_trained_from_python_into_ones_own_module(tmp_path, digits):
+    torch.manual_seed(0)
+    model = make_vae((1, 8, 8), [16], 2)
+    vaekit.fit(model, digits[0][:200], epochs=1, batch_size=50, device="cpu", out=tmp_path / "run")
+    with pytest.raises(vaekit.VaekitError, match="model="):
+        vaekit.load(tmp_path / "run")  # no config: the run's model was defined in Python
+    loaded = vaekit.load(tmp_path / "run", model=make_vae((1, 8, 8), [16], 2))
+    assert not loaded.training
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.xfail(strict=True, reason="app/runs.py passes the labels only to conditional models; "
+                                       "remove this mark once _fit passes train_set.labels always")
+def test_vaekit_train_colours_the_latent_figure_of_an_unconditional_model(monkeypatch, tmp_path):
+    from test_plots_variants import latent_colours
+    from vaekit.app.config import Config
+    from vaekit.app.runs import train
+
+    config = Config(data="digits", hidden=[16], latent_dim=2, epochs=1, batch_size=256, binarize="dynamic")
+    colours, legend = latent_colours(monkeypatch, lambda: train(config, tmp_path / "run", quiet=True))
+    assert len(colours) == 10 and legend == [str(c) for c in range(10)]
