@@ -74,8 +74,8 @@ def posterior_means(
 def posterior_parameters(
     model, x: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(points, log-variances) of q(z|x) for every row of ``x`` (the point: ``representative(q)``), in batches, on the CPU
-    ([N, L] each); ``labels`` for a conditional model."""
+    """(points, log-variances) of q(z|x) for every row of ``x`` (the point:
+    ``representative(q)``), in batches, on the CPU ([N, L] each); ``labels`` for a conditional model."""
     means, logvars = [], []
     for i in range(0, len(x), batch_size):
         q = encode_posterior(model, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
