@@ -152,7 +152,8 @@ class ModelSettings:
     prior_components: int = setting(500, "Prior mog | vamp: mixture components K (vamp: pseudo-inputs; Tomczak & "
                                     "Welling use 500 on MNIST).", minimum="positive")
     posterior: str = setting("diagonal", "Posterior q(z|x) (model hvae: q(z1|x)); any other than diagonal reads "
-                             "the encoder's last hidden layer through its own linear map:", choices=registry.POSTERIORS)
+                             "the mlp encoder's last hidden layer through its own linear map:",
+                             choices=registry.POSTERIORS)
     flow_steps: int = setting(4, "Posterior planar | iaf | householder | sylvester: flow steps K.", minimum="positive")
     iaf_hidden: int = setting(320, "Posterior iaf: hidden units of each step's MADE, also the width of the context "
                               "h (Kingma et al. 2016: 320 or 1920).", minimum="positive")
