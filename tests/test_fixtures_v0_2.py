@@ -22,8 +22,14 @@ def test_the_config_json_of_vaekit_0_2_reads_back_unchanged(name):
     from vaekit.app.runs import load_config
 
     stored = json.loads((FIXTURES / name / "config.json").read_text())
-    config = load_config(FIXTURES / name)
-    assert config.to_dict() == stored  # every key known, every value as written
+    from vaekit.app.config import BEFORE_THE_KEY
+
+    config = load_config(FIXTURES / name).to_dict()
+    assert {k: config[k] for k in stored} == stored  # every key known, every value as written
+    added = {k: v for k, v in config.items() if k not in stored}  # settings newer than 0.2: as 0.2 trained
+    assert {k: v for k, v in added.items() if k in BEFORE_THE_KEY} == {k: BEFORE_THE_KEY[k] for k in added
+                                                                       if k in BEFORE_THE_KEY}
+    assert {"prior", "posterior"} <= set(added) and (added["prior"], added["posterior"]) == ("standard", "diagonal")
 
 
 @pytest.mark.parametrize("name", NAMES)

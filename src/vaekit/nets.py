@@ -29,17 +29,23 @@ class MLP(nn.Sequential):
     """Linear layers of the ``hidden`` sizes, each followed by ``activation``, from the
     flattened input (with the one-hot label appended when ``num_classes`` > 0) to an output
     viewed as ``out_shape`` per example. No hidden layers: one affine map (with it the VAE
-    is probabilistic PCA's linear-Gaussian model)."""
+    is probabilistic PCA's linear-Gaussian model). With ``features=True`` it ends at its last
+    hidden layer, activated (``out_shape`` is ignored): the features a posterior head reads."""
 
     def __init__(self, in_features: int, hidden: list[int], out_shape: tuple[int, ...] | int,
-                 activation: str = "relu", num_classes: int = 0):
+                 activation: str = "relu", num_classes: int = 0, *, features: bool = False):
+        if features:
+            if not hidden:
+                raise VaekitError("an MLP that ends at its last hidden layer needs at least one hidden layer")
+            out_shape = hidden[-1]
         out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
         layers: list[nn.Module] = []
         width = in_features + num_classes
         for size in hidden:
             layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
             width = size
-        layers.append(nn.Linear(width, math.prod(out_shape)))
+        if not features:
+            layers.append(nn.Linear(width, math.prod(out_shape)))
         super().__init__(*layers)
         self.out_shape, self.num_classes = out_shape, num_classes
 

@@ -47,6 +47,7 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import Transform
 
+from vaekit import registry as _registry
 from vaekit.errors import VaekitError
 
 # the same bound as vaekit.model.LOGVAR_MAX: exp(±10) scales, never 0 or inf
@@ -697,22 +698,19 @@ def _reflections_product(v: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- by name
-POSTERIORS = {
-    "diagonal": DiagonalGaussian,
-    "full": FullCovarianceGaussian,
-    "planar": Planar,
-    "iaf": IAF,
-    "householder": Householder,
-    "sylvester": Sylvester,
-}
+# The names and their classes: vaekit.registry.POSTERIORS (one list for the library, the
+# config's choices, --help and the docs).
+POSTERIORS = _registry.POSTERIORS
 
 
 def make_posterior(name: str, latent_dim: int, features: int | None = None, **options) -> PosteriorHead:
     """The built-in head called ``name`` (``diagonal``, ``full``, ``planar``, ``iaf``,
-    ``householder``, ``sylvester``), with its options (``steps``, ``kind``, ``hidden``, ...)."""
-    if name not in POSTERIORS:
+    ``householder``, ``sylvester``: :data:`vaekit.registry.POSTERIORS`), with its options
+    (``steps``, ``kind``, ``hidden``, ...)."""
+    entry = POSTERIORS.get(name)
+    if entry is None:
         raise VaekitError(f"unknown posterior {name!r}; choose one of {', '.join(POSTERIORS)}")
     try:
-        return POSTERIORS[name](latent_dim, features=features, **options)
+        return entry(latent_dim, features=features, **options)
     except TypeError as error:
         raise VaekitError(f"posterior {name!r}: {error}") from None

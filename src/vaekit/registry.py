@@ -1,12 +1,11 @@
 """Names -> factories, one :class:`Registry` per kind of component (models, likelihoods,
-learning-rate schedules, optimisers, activations, objectives).
+learning-rate schedules, optimisers, activations, objectives, priors, posteriors).
 
 A registry is what a configuration's validation, the command line's ``--help``, ``vaekit
 presets`` and the documentation read: a new likelihood is one class in
 :mod:`vaekit.likelihoods` and one :class:`Entry` line here. Entries name their factory as
 ``"module:attribute"`` and import it on first use, so that reading the names (``vaekit
---help``, checking a config) does not import torch. Priors and posteriors get a registry of
-their own the same way (``PRIORS = Registry("prior", [...])``).
+--help``, checking a config) does not import torch.
 
 Parameterised entries take a mini-language, ``NAME[:P1[:P2]]`` (``step:10:0.5``), parsed once
 by :meth:`Registry.parse` into a :class:`Spec` of typed numbers, defaults filled in.
@@ -222,6 +221,41 @@ OBJECTIVES = Registry("objective", [
 ])
 
 KL_ESTIMATORS = Registry("kl", [
-    Entry("analytic", None, "closed form"),
+    Entry("auto", None, "closed form where one exists, else Monte Carlo"),
+    Entry("analytic", None, "closed form only"),
     Entry("mc", None, "Monte Carlo"),
+])
+
+# p(z): each factory takes (latent_dim, ...) (vaekit.priors). Traits: closed_form_kl (a
+# Gaussian posterior's KL against it has a closed form), factorised (a product over latent
+# coordinates: what free bits floors per coordinate), encoder (it mixes the model's own
+# posteriors at learned pseudo-inputs, so it needs an unconditional encoder whose posterior
+# has a density everywhere).
+PRIORS = Registry("prior", [
+    Entry("standard", "vaekit.priors:StandardNormal", "N(0, I)",
+          traits={"closed_form_kl": True, "factorised": True}),
+    Entry("mog", "vaekit.priors:MixtureOfGaussians", "a learned mixture of prior_components Gaussians"),
+    Entry("vamp", "vaekit.priors:VampPrior",
+          "Tomczak & Welling's VampPrior: the posteriors at prior_components learned pseudo-inputs",
+          traits={"encoder": True}),
+])
+
+# q(z|x): each factory takes (latent_dim, features=, options) (vaekit.posteriors). Traits:
+# closed_form_kl (against the standard prior), factorised (diagonal: free bits applies),
+# invertible (False: a flow without a closed-form inverse, scored at its own draws only),
+# options (the factory's keyword options; a config's are named in vaekit.app.factories).
+POSTERIORS = Registry("posterior", [
+    Entry("diagonal", "vaekit.posteriors:DiagonalGaussian", "N(μ, diag σ²)",
+          traits={"closed_form_kl": True, "factorised": True, "options": ()}),
+    Entry("full", "vaekit.posteriors:FullCovarianceGaussian", "N(μ, LLᵀ), Cholesky factor L",
+          traits={"closed_form_kl": True, "options": ()}),
+    Entry("planar", "vaekit.posteriors:Planar", "flow_steps planar flows, Rezende & Mohamed 2015",
+          traits={"invertible": False, "options": ("steps",)}),
+    Entry("iaf", "vaekit.posteriors:IAF", "flow_steps inverse autoregressive flows with MADEs "
+          "iaf_hidden wide, Kingma et al. 2016", traits={"options": ("steps", "hidden")}),
+    Entry("householder", "vaekit.posteriors:Householder", "flow_steps Householder reflections, "
+          "Tomczak & Welling 2016", traits={"options": ("steps",)}),
+    Entry("sylvester", "vaekit.posteriors:Sylvester", "flow_steps Sylvester flows of sylvester_kind, "
+          "van den Berg et al. 2018",
+          traits={"invertible": False, "options": ("steps", "kind", "vectors", "reflections")}),
 ])

@@ -47,6 +47,7 @@ from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import Interrupted, VaekitError, WriteError
 from vaekit.model import num_classes
 from vaekit.objectives import Batch, elbo_objective, elbo_terms
+from vaekit.protocol import check_model
 from vaekit.rundir import RunDirectory
 from vaekit.schedules import Schedule, TimeBudget, TorchScheduler, as_schedule
 from vaekit.sources import Source, training_fingerprint
@@ -406,8 +407,7 @@ def _materialize(model, source: Source, batch_size: int, device: torch.device, a
     model.eval()
     try:
         with torch.no_grad(), forked_rng(device):
-            q = model.encode(x[:8].to(device), _labels(model, y, device, 8))
-            model.decode(q.mean, _labels(model, y, device, 8))
+            check_model(model, x[:8].to(device), _labels(model, y, device, 8))
     finally:
         model.train(was_training)
 

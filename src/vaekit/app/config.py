@@ -23,10 +23,13 @@ from vaekit.registry import Entry, Registry, Spec
 
 # The component names a config may give: the library's registries, and the app's own bodies.
 MODELS, LIKELIHOODS, ACTIVATIONS = registry.MODELS, registry.LIKELIHOODS, registry.ACTIVATIONS
+PRIORS, POSTERIORS = registry.PRIORS, registry.POSTERIORS
 KL_ESTIMATORS, OBJECTIVES, OPTIMIZERS = registry.KL_ESTIMATORS, registry.OBJECTIVES, registry.OPTIMIZERS
 LR_SCHEDULES = registry.SCHEDULES
 ARCHITECTURES = Registry("architecture", [
-    Entry("mlp", "vaekit.app.factories:mlp_bodies", "hidden layers, the decoder mirrors them"),
+    # hidden_features: the encoder can end at its last hidden layer for a posterior head to read
+    Entry("mlp", "vaekit.app.factories:mlp_bodies", "hidden layers, the decoder mirrors them",
+          traits={"hidden_features": True}),
     Entry("linear", "vaekit.app.factories:linear_bodies", "probabilistic PCA's model"),
     Entry("conv", "vaekit.app.factories:conv_bodies", "stride-2 convolutions, see channels"),
 ])
@@ -37,11 +40,13 @@ IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16")
 OUTPUT_BIASES = ("zero", "data")
+SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")  # vaekit.posteriors.SYLVESTER_KINDS, torch-free
 SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
 TRACKERS = ("tensorboard", "mlflow")
 # What a stored config.json without these keys (written before they existed) was trained with.
 # A config that omits them otherwise (a TOML file, Python) gets the current defaults.
-BEFORE_THE_KEY = {"init": "default", "output_bias": "zero", "likelihood": "bernoulli"}
+BEFORE_THE_KEY = {"init": "default", "output_bias": "zero", "likelihood": "bernoulli", "kl": "analytic",
+                  "prior": "standard", "posterior": "diagonal"}
 
 
 ScheduleSpec = Spec  # a parsed lr_schedule: its name and numbers (defaults filled in)
@@ -142,6 +147,22 @@ class ModelSettings:
                                "likelihood's natural parameter of the training mean, e.g. the logit of the mean "
                                "pixel: what lets a tanh decoder reach MNIST's background without saturating).",
                                choices=OUTPUT_BIASES)
+    # the latent parts (vaekit.priors, vaekit.posteriors); for hvae the prior is over z2, the posterior over z1
+    prior: str = setting("standard", "Prior p(z) (model hvae: p(z2)):", choices=registry.PRIORS)
+    prior_components: int = setting(500, "Prior mog | vamp: mixture components K (vamp: pseudo-inputs; Tomczak & "
+                                    "Welling use 500 on MNIST).", minimum="positive")
+    posterior: str = setting("diagonal", "Posterior q(z|x) (model hvae: q(z1|x)); any other than diagonal reads "
+                             "the mlp encoder's last hidden layer through its own linear map:",
+                             choices=registry.POSTERIORS)
+    flow_steps: int = setting(4, "Posterior planar | iaf | householder | sylvester: flow steps K.", minimum="positive")
+    iaf_hidden: int = setting(320, "Posterior iaf: hidden units of each step's MADE, also the width of the context "
+                              "h (Kingma et al. 2016: 320 or 1920).", minimum="positive")
+    sylvester_kind: str = setting("orthogonal", "Posterior sylvester: orthogonal | householder | triangular (how Q "
+                                  "is made, van den Berg et al. 2018).", choices=SYLVESTER_KINDS)
+    sylvester_vectors: int = setting(8, "Posterior sylvester orthogonal: orthogonal vectors M per step (at most "
+                                     "latent_dim; van den Berg et al. use 32 for 64 latents).", minimum="positive")
+    sylvester_reflections: int = setting(8, "Posterior sylvester householder: Householder reflections per step "
+                                         "(van den Berg et al.: 8).", minimum="positive")
 
 
 @dataclass
@@ -165,7 +186,9 @@ class ObjectiveSettings:
 
     objective: str = setting("elbo", "Training objective:", choices=registry.OBJECTIVES)
     samples: int = setting(1, "Monte-Carlo samples M per data point.", minimum="positive")
-    kl: str = setting("analytic", "KL estimator:", choices=registry.KL_ESTIMATORS)
+    # auto (since the learned priors and flows): the closed form where torch has one, the same numbers as
+    # analytic there; stored configs without the key were trained with analytic (BEFORE_THE_KEY)
+    kl: str = setting("auto", "KL estimator:", choices=registry.KL_ESTIMATORS)
     beta: float = setting(1.0, "Weight on the KL term while training (reported ELBO always uses 1).",
                           minimum="non-negative")
     k: int = setting(50, "Objective iwae: importance samples per data point.", minimum="positive")
@@ -386,6 +409,32 @@ class Config(RecordSettings, CheckpointSettings, HardwareSettings, OptimisationS
             )
         if self.objective == "iwae" and self.free_bits:
             raise VaekitError("free_bits applies to the elbo objective, not to objective 'iwae'")
+        self._validate_latent_parts()
+
+    def _validate_latent_parts(self) -> None:
+        """The prior and posterior: the combinations that make no sense, each refused in one line."""
+        kind, prior, posterior = MODELS[self.model], PRIORS[self.prior], POSTERIORS[self.posterior]
+        if kind.trait("deterministic") and (self.prior != "standard" or self.posterior != "diagonal"):
+            raise VaekitError("the autoencoder (model 'ae') has no prior or posterior: prior and posterior "
+                              "apply to the VAE models")
+        if prior.trait("encoder") and kind.trait("conditional"):
+            raise VaekitError(f"prior '{self.prior}' mixes the encoder's posteriors at pseudo-inputs, which carry "
+                              f"no class label: model '{self.model}' needs prior standard or mog")
+        if prior.trait("encoder") and posterior.trait("invertible") is False:
+            raise VaekitError(f"prior '{self.prior}' needs its components' density q(z|u_k) at any z, and posterior "
+                              f"'{self.posterior}' is a flow without an inverse: use diagonal, full, iaf or "
+                              "householder with it")
+        if self.free_bits and not (prior.trait("factorised") and posterior.trait("factorised")):
+            raise VaekitError(f"free_bits floors the KL per latent coordinate, which is defined only for the diagonal "
+                              f"posterior and the standard prior; got posterior '{self.posterior}', prior "
+                              f"'{self.prior}'")
+        if self.kl == "analytic" and not (prior.trait("closed_form_kl") and posterior.trait("closed_form_kl")):
+            raise VaekitError(f"kl 'analytic': there is no closed-form KL between posterior '{self.posterior}' and "
+                              f"prior '{self.prior}'; use kl 'auto' or 'mc'")
+        if self.posterior == "sylvester" and self.sylvester_kind == "orthogonal" \
+                and self.sylvester_vectors > self.latent_dim:
+            raise VaekitError(f"sylvester_vectors must be at most latent_dim ({self.latent_dim}) for orthogonal "
+                              f"Sylvester flows, got {self.sylvester_vectors}")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -18,12 +18,15 @@ from vaekit.app.config import ARCHITECTURES, Config
 from vaekit.errors import VaekitError
 from vaekit.likelihoods import make_likelihood
 from vaekit.model import VAE
-from vaekit.registry import MODELS, OBJECTIVES, OPTIMIZERS, SCHEDULES, Spec
+from vaekit.registry import LIKELIHOODS, MODELS, OBJECTIVES, OPTIMIZERS, POSTERIORS, PRIORS, SCHEDULES, Spec
 
 
 # ---------------------------------------------------------------------- the model
 def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
-    """The model a :class:`Config` describes, for data of ``event_shape``."""
+    """The model a :class:`Config` describes, for data of ``event_shape``: the networks, the
+    likelihood, and the prior and posterior parts (:data:`vaekit.registry.PRIORS`,
+    :data:`vaekit.registry.POSTERIORS`; for the two-layer model the prior is p(z2) and the
+    posterior head is over z1)."""
     event_shape = tuple(event_shape)
     kind = MODELS[config.model]
     name = "bernoulli" if config.likelihood == "auto" else config.likelihood  # no data to decide by
@@ -33,32 +36,74 @@ def build_model(config: Config, event_shape: tuple[int, ...]) -> VAE:
     if kind.trait("conditional") and classes < 1:
         raise VaekitError(f"model '{config.model}' needs the number of classes (classes > 0, or labelled data)")
     latent = config.latent_dim
-    encoder_out = latent if kind.trait("deterministic") else 2 * latent
-    encoder, decoder = ARCHITECTURES[config.architecture](config, event_shape, encoder_out, params, classes)
+    architecture = ARCHITECTURES[config.architecture]
+    head = posterior_head(config, latent)
+    # with a head, the encoder ends at its last hidden layer where it has one (the head owns the
+    # amortising linear map); otherwise the encoder's own last linear map outputs the head's parameters
+    encoder_out = (head.in_features if head is not None
+                   else latent if kind.trait("deterministic") else 2 * latent)
+    encoder, decoder = architecture(config, event_shape, encoder_out, params, classes,
+                                    features=head is not None and head.amortise is not None)
     if kind.trait("two_layer"):
         z2 = config.latent_dim2 or max(1, latent // 2)
         up = nets.MLP(latent, config.hidden2, 2 * z2, config.activation)
         down = nets.MLP(z2, config.hidden2[::-1], 2 * latent, config.activation)
-        return kind(encoder, decoder, likelihood, latent, z2, up, down, event_shape=event_shape)
-    return kind(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape)
+        return kind(encoder, decoder, likelihood, latent, z2, up, down, event_shape=event_shape,
+                    prior=prior_module(config, event_shape, z2, name), posterior=head)
+    return kind(encoder, decoder, likelihood, latent, num_classes=classes, event_shape=event_shape,
+                prior=prior_module(config, event_shape, latent, name), posterior=head)
+
+
+def posterior_head(config: Config, latent: int):
+    """The config's posterior head over ``latent`` coordinates, or None for the diagonal
+    Gaussian read straight from the encoder's [μ, log σ²] (the layout of every earlier run).
+    An mlp body with hidden layers hands the head its last hidden layer (the head's own
+    linear map amortises, as in the papers); other bodies output the head's parameters."""
+    if config.posterior == "diagonal":
+        return None
+    from vaekit.posteriors import make_posterior
+
+    arch = ARCHITECTURES[config.architecture]
+    features = config.hidden[-1] if arch.trait("hidden_features") and config.hidden else None
+    settings = {"steps": config.flow_steps, "hidden": config.iaf_hidden, "kind": config.sylvester_kind,
+                "vectors": config.sylvester_vectors, "reflections": config.sylvester_reflections}
+    options = {k: settings[k] for k in POSTERIORS[config.posterior].trait("options", ())}
+    return make_posterior(config.posterior, latent, features=features, **options)
+
+
+def prior_module(config: Config, event_shape: tuple[int, ...], latent: int, likelihood: str):
+    """The config's prior over ``latent`` coordinates; None for the standard normal (the
+    model's default, which adds nothing to the state dict). The VampPrior's pseudo-inputs
+    start at N(0.05, 0.01²) per pixel (Tomczak & Welling's MNIST default, drawn from the
+    seeded initialisation), clipped to [0, 1] for likelihoods of data in [0, 1]."""
+    if config.prior == "standard":
+        return None
+    entry = PRIORS[config.prior]
+    if entry.trait("encoder"):
+        bounds = (0.0, 1.0) if LIKELIHOODS[likelihood].trait("unit_range") else None
+        return entry(event_shape, latent, config.prior_components, bounds=bounds)
+    return entry(latent, config.prior_components)
 
 
 def mlp_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int,
-               hidden: list[int] | None = None):
-    """(encoder, decoder) MLPs; the decoder mirrors the encoder's hidden sizes."""
+               hidden: list[int] | None = None, *, features: bool = False):
+    """(encoder, decoder) MLPs; the decoder mirrors the encoder's hidden sizes. With
+    ``features`` the encoder ends at its last hidden layer (a posterior head reads it)."""
     hidden = config.hidden if hidden is None else hidden
     out_shape = ((params,) if params > 1 else ()) + tuple(event_shape)
-    encoder = nets.MLP(math.prod(event_shape), hidden, encoder_out, config.activation, classes)
+    encoder = nets.MLP(math.prod(event_shape), hidden, encoder_out, config.activation, classes, features=features)
     decoder = nets.MLP(config.latent_dim, hidden[::-1], out_shape, config.activation, classes)
     return encoder, decoder
 
 
-def linear_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int):
+def linear_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int,
+                  *, features: bool = False):
     """Probabilistic PCA's linear maps: MLPs without hidden layers."""
     return mlp_bodies(config, event_shape, encoder_out, params, classes, hidden=[])
 
 
-def conv_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int):
+def conv_bodies(config: Config, event_shape: tuple[int, ...], encoder_out: int, params: int, classes: int,
+                *, features: bool = False):
     """Stride-2 convolutions down, transposed convolutions up."""
     nets.check_conv_shape(event_shape, config.channels)
     encoder = nets.ConvEncoder(event_shape, encoder_out, config.channels, config.activation, classes)
@@ -83,13 +128,16 @@ def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
     typo such as ``hidden = 100000000``), before anything is allocated."""
     with torch.device("meta"):
         skeleton = build_model(config, event_shape)
-    size = sum(p.numel() * p.element_size() for p in skeleton.parameters()
+    # the prior's and posterior's parts are submodules: pseudo-inputs, mixture parameters, the
+    # MADEs' weights and their masks (buffers) all count
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    size = sum(p.numel() * p.element_size() for p in tensors
                if not isinstance(p, torch.nn.parameter.UninitializedParameter))
     memory = _physical_memory()
     if memory and size > memory:
         raise VaekitError(
             f"the model's parameters alone take {size / 1e9:,.1f} GB, more than this machine's "
-            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim and channels"
+            f"{memory / 1e9:,.1f} GB of memory; check hidden, latent_dim, channels, prior_components and iaf_hidden"
         )
 
 
@@ -155,11 +203,21 @@ def schedule_from_spec(spec: Spec):
 
 def step_flops(model: torch.nn.Module, config: Config) -> float | None:
     """Rough FLOPs of one training step of an MLP or linear model: forward and backward
-    (3 × 2 multiply-adds per weight and example), the decoder's share once per draw; None
-    for conv bodies, whose weights are reused across the image."""
+    (3 × 2 multiply-adds per weight and example), the decoder's and an IAF's MADEs' share once
+    per draw; a VampPrior's pseudo-inputs through the inference network once per step, and a
+    learned prior's density (each component at each draw). None for conv bodies, whose weights
+    are reused across the image."""
     if config.architecture == "conv":
         return None
     draws = config.k if config.objective == "iwae" else config.samples
-    weights = sum(m.weight.numel() * (draws if "decoder" in name else 1)
-                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-    return 6.0 * config.batch_size * weights
+    linear = [(name, m.weight.numel()) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(n * (draws if "decoder" in name or ".made." in name else 1) for name, n in linear)
+    flops = 6.0 * config.batch_size * weights
+    components = int(getattr(getattr(model, "prior_module", None), "components", 0) or 0)
+    if components:
+        if PRIORS[config.prior].trait("encoder"):
+            inference = sum(n for name, n in linear if name.startswith(("encoder", "posterior.amortise", "up.")))
+            flops += 6.0 * components * inference
+        latent = getattr(model, "z2_dim", None) or config.latent_dim
+        flops += 6.0 * config.batch_size * draws * components * latent
+    return flops

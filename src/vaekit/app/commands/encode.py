@@ -32,7 +32,8 @@ def command(
     threads: Threads = 0,
     overwrite: Overwrite = False,
 ) -> None:
-    """Write every example's posterior mean μ(x) and log-variance log σ²(x)."""
+    """Write every example's posterior mean μ(x) and log-variance log σ²(x) (for a flow
+    posterior: the base mean pushed through the flow, and the log of its draws' variance)."""
     from vaekit.app.outputs import default_name, output_path, source_columns, write_latents
     from vaekit.sampling import posterior_parameters
 
@@ -48,4 +49,4 @@ def command(
         mu, logvar = posterior_parameters(model, dataset.x, labels_of(model, dataset), batch_size)
     labels = None if dataset.labels is None else dataset.labels.numpy()
     write_latents(output, mu.numpy(), logvar.numpy(), labels, source_columns(dataset))
-    print(f"wrote {len(mu)} posterior means ({mu.shape[1]}-D) to {output}")
+    print(f"wrote {len(mu)} posterior points ({mu.shape[1]}-D) to {output}")

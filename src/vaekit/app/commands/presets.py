@@ -32,6 +32,8 @@ def command(
         for key in ("paper", "reference", "model", "protocol", "protocol_details", "metric", "published"):
             if key in preset.meta:
                 print(f"{key}: {preset.meta[key]}")
+        if "unconfirmed" in preset.meta:
+            print(f"published: not confirmed ({preset.meta['unconfirmed']})")
         print(f"measured: {known.measured_text(rec)}")
         if "note" in preset.meta:
             print("note: " + " ".join(preset.meta["note"].split()))
@@ -45,10 +47,21 @@ def command(
         return
     header = ("name", "paper", "model", "protocol", "published", "measured")
     lines = [header] + [(r["name"], r["paper"], r["model"], r["protocol"],
-                         "-" if r["published"] is None else f"{r['published']:.2f}", r["measured"]) for r in rows]
-    caps = (40, 30, 46, 46, 9, 60)  # `vaekit presets NAME` shows a preset in full
+                         _published(r), r["measured"]) for r in rows]
+    caps = (40, 30, 46, 46, 11, 60)  # `vaekit presets NAME` shows a preset in full
     widths = [min(max(len(str(line[i])) for line in lines), cap) for i, cap in enumerate(caps)]
     for line in lines:
         cells = [str(c) if len(str(c)) <= w else str(c)[: w - 1] + "…" for c, w in zip(line, widths, strict=True)]
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    if any(r["published"] is None and r.get("unconfirmed") for r in rows):
+        print("unconfirmed: the paper's number could not be confirmed or does not measure this protocol "
+              "(vaekit presets NAME says which)")
     print("train one: vaekit train --preset NAME [flags]; details: vaekit presets NAME")
+
+
+def _published(row: dict) -> str:
+    """The published column: the number, "unconfirmed" where the paper's could not be
+    confirmed (``vaekit presets NAME`` says why), or "-"."""
+    if row["published"] is not None:
+        return f"{row['published']:.2f}"
+    return "unconfirmed" if row.get("unconfirmed") else "-"

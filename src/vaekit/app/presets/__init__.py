@@ -1,5 +1,6 @@
 """Presets: published protocols as TOML files (``<name>.toml`` in this folder), each a
-``[preset]`` table (paper, model, protocol, metric, the published number, notes) and a
+``[preset]`` table (paper, model, protocol, metric, the published number, notes; ``unconfirmed``
+instead of ``published`` says where the paper's number is and why it is not given) and a
 ``[settings]`` table of :class:`~vaekit.app.config.Config` keys. ``vaekit train --preset NAME``
 starts from the settings; a ``--config`` file and flags override them.
 
@@ -21,7 +22,7 @@ from vaekit.errors import VaekitError
 FOLDER = Path(__file__).resolve().parent
 RECORDS = FOLDER / "records"
 META_KEYS = {"paper": str, "reference": str, "model": str, "protocol": str, "protocol_details": str, "metric": str,
-             "measure": str, "published": (int, float), "note": str}
+             "measure": str, "published": (int, float), "unconfirmed": str, "note": str}
 # What a reproduction measures on the test set: the NLL (−log-likelihood, K = 5000), the
 # loss (−ELBO) or the ELBO; the published number is in the same units.
 MEASURES = ("nll", "loss", "elbo")
@@ -115,7 +116,8 @@ def table(folder: Path | None = None) -> list[dict[str, Any]]:
         rec = record(name, folder)
         rows.append({"name": name, "paper": preset.meta.get("paper", ""), "model": preset.meta.get("model", ""),
                      "protocol": preset.meta.get("protocol", ""), "metric": preset.meta.get("metric", ""),
-                     "published": preset.published, "measured": measured_text(rec),
+                     "published": preset.published, "unconfirmed": preset.meta.get("unconfirmed"),
+                     "measured": measured_text(rec),
                      "measured_value": None if rec is None else rec.get("measured")})
     return rows
 
