@@ -16,6 +16,7 @@ import torch
 from vaekit import evaluation as ev
 from vaekit.app.config import Config
 from vaekit.app.runs import build_model, objective_for
+from vaekit.callbacks import FINAL_K
 from vaekit.objectives import Batch, iwae_bound, log_importance_weights
 
 
@@ -470,7 +471,7 @@ def test_cli_evaluate_bad_options(tiny_run, args, message, capsys, tmp_path, mon
 
 def test_training_stores_the_full_evaluation(tiny_run):
     stored = json.loads((tiny_run / "evaluation.json").read_text())
-    assert stored["importance_samples"] == ev.TRAINING_K
+    assert stored["importance_samples"] == FINAL_K
     assert stored["elbo"] <= stored["log_likelihood"] + 3 * stored["gap_se"]
     assert stored["active_units"] is not None
 

@@ -85,7 +85,8 @@ NETS = textwrap.dedent('''
         minutes = 1e-9 if kind != "loader" else 10.0  # a checkpoint after every step
         return m, vaekit.fit(m, train_data, validation=val, epochs=epochs, batch_size=64, seed=3,
                              dynamic_binarization=True, out=out, resume=resume, device="cpu",
-                             checkpoint_minutes=minutes, callbacks=[Kill()] if kill_at else [])
+                             checkpointing=vaekit.Checkpointing(minutes=minutes),
+                             callbacks=[Kill()] if kill_at else [])
 ''')
 
 

@@ -26,9 +26,14 @@ _EXPORTS = {
     "kl_divergence": "vaekit.objectives",
     "Batch": "vaekit.objectives",
     "fit": "vaekit.training",
-    "Callback": "vaekit.training",
-    "EarlyStopping": "vaekit.training",
+    "Budget": "vaekit.training",
+    "Checkpointing": "vaekit.training",
+    "Guards": "vaekit.training",
+    "FigureLabels": "vaekit.training",
     "History": "vaekit.training",
+    "Callback": "vaekit.callbacks",
+    "EarlyStopping": "vaekit.callbacks",
+    "ProgressBar": "vaekit.callbacks",
     "evaluate": "vaekit.evaluation",
     "RunDirectory": "vaekit.rundir",
     "VaekitError": "vaekit.errors",
@@ -43,7 +48,8 @@ _EXPORTS = {
     "Dataset": "vaekit.app.data",
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
-            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app")
+            "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app",
+            "callbacks", "strategies", "noise", "policy", "start")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -69,6 +69,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @contextmanager
+def evaluation_mode(model: torch.nn.Module, gradients: bool = True) -> Iterator[None]:
+    """``model.eval()`` inside (and no gradients unless ``gradients``); the model's own
+    training mode restored on the way out, after an error too."""
+    was_training = model.training
+    model.eval()
+    try:
+        with nullcontext() if gradients else torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def forked_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
     """Torch's global generators (the CPU's and ``device``'s) saved on the way in and
     restored on the way out, seeded with ``seed`` inside if given: draws inside are

@@ -10,33 +10,19 @@ interpolations walk between the codes of two examples, along a line or a great c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
-from vaekit.devices import model_device
+from vaekit.devices import evaluation_mode, model_device
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
-
-
-@contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """``model.eval()`` and no gradients inside; the model's training mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+from vaekit.sources import binarize as binarize_draw
 
 
 def encode_posterior(model, x: torch.Tensor, labels: torch.Tensor | None = None):
     """q(z|x) for a batch ``x`` (moved to the model's device), in evaluation mode."""
     device = model_device(model)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         return model.encode(x.to(device), None if labels is None else labels.to(device))
 
 
@@ -44,7 +30,7 @@ def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> t
     """E[x | z = μ(x)] for a batch ``x``, on the CPU."""
     device = model_device(model)
     y = None if labels is None else labels.to(device)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         return model.decode_mean(model.encode(x.to(device), y).mean, y).cpu()
 
 
@@ -57,12 +43,12 @@ def posterior_means(
     drawn x ~ Bernoulli(x) (data trained with dynamic binarisation)."""
     device = model_device(model)
     parts = []
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         for i in range(0, len(x), batch_size):
             y = None if labels is None else labels[i : i + batch_size].to(device)
             batch = x[i : i + batch_size]
             if binarize is not None:
-                batch = torch.bernoulli(batch, generator=binarize)
+                batch = binarize_draw(batch, binarize)
             parts.append(model.encode(batch.to(device), y).mean.cpu())
     return torch.cat(parts)
 
@@ -106,7 +92,7 @@ def decode_latents(
         labels = torch.as_tensor(y, dtype=torch.long).expand(len(z)).to(device)
     elif num_classes(model):
         labels = (torch.arange(len(z)) % model.num_classes).to(device)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         out = model.decode_mean(z, labels) if mean else model.decode(z, labels).sample()
     return out.cpu()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaekit.errors import VaekitError
+from vaekit.policy import MAY_CHANGE_ON_RESUME as _LIBRARY_MAY_CHANGE
 
 MODELS = ("vae", "ae", "cvae", "hvae")
 ARCHITECTURES = ("mlp", "linear", "conv")
@@ -48,10 +49,8 @@ SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far fro
 # Settings that say how long to train, how often to save or where to run, not what is
 # computed: a resumed run may change them. Any other difference is refused (the result would
 # not be the run's).
-MAY_CHANGE_ON_RESUME = (
-    "epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "threads", "data_dir",
-    "device", "save_best", "log", "mirror", "steps", "time_budget", "patience",
-)
+# the library's resume policy, and the app's own settings that change nothing computed
+MAY_CHANGE_ON_RESUME = (*_LIBRARY_MAY_CHANGE, "threads", "data_dir", "log", "mirror", "patience")
 TRACKERS = ("tensorboard", "mlflow")
 # What a stored config.json without these keys (written before they existed) was trained with.
 # A config that omits them otherwise (a TOML file, Python) gets the current defaults.
