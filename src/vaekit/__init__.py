@@ -26,11 +26,11 @@ _EXPORTS = {
     "kl_divergence": "vaekit.objectives",
     "Batch": "vaekit.objectives",
     "fit": "vaekit.training",
-    "Budget": "vaekit.training",
-    "Checkpointing": "vaekit.training",
-    "Guards": "vaekit.training",
-    "FigureLabels": "vaekit.training",
-    "History": "vaekit.training",
+    "Budget": "vaekit.arguments",
+    "Checkpointing": "vaekit.arguments",
+    "Guards": "vaekit.arguments",
+    "FigureLabels": "vaekit.arguments",
+    "History": "vaekit.callbacks",
     "Callback": "vaekit.callbacks",
     "EarlyStopping": "vaekit.callbacks",
     "ProgressBar": "vaekit.callbacks",
@@ -49,7 +49,7 @@ _EXPORTS = {
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
             "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app",
-            "callbacks", "strategies", "noise", "policy", "start")
+            "callbacks", "strategies", "noise", "policy", "start", "arguments")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -1,4 +1,5 @@
-"""Callbacks: what :func:`vaekit.fit` does around its loop, as objects with the loop's hooks.
+"""Callbacks: what :func:`vaekit.fit` does around its loop, as objects with the loop's hooks
+(and the :class:`Loop` and :class:`History` they see).
 
 Yours (:class:`Callback` subclasses, trackers, :class:`EarlyStopping`, the optional
 :class:`ProgressBar`) run first at every hook. Then, with a run directory, the run's own
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +27,81 @@ from vaekit.errors import VaekitError
 from vaekit.model import num_classes
 from vaekit.rundir import RunDirectory
 from vaekit.sources import Source, binarize
+from vaekit.strategies import Flags
 
 if TYPE_CHECKING:
+    from vaekit.arguments import Checkpointing, FigureLabels
+    from vaekit.schedules import TimeBudget
     from vaekit.strategies import SingleProcess
-    from vaekit.training import Checkpointing, FigureLabels, Loop
 
 FINAL_K = 100  # importance samples of the quick evaluation a run stores in evaluation.json
+
+
+@dataclass
+class History:
+    """What :func:`fit` returns: one metrics record per epoch, the best validation epoch,
+    and the run directory if one was written."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    out: Path | None = None
+    stopped_early: bool = False
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.epochs[i]
+
+
+class Loop:
+    """The running loop as callbacks and schedules see it: ``model``, ``optimizer``,
+    ``epoch`` (counting from 1), ``epochs`` (None: until another budget ends the run),
+    ``step`` (within the epoch), ``steps_per_epoch``, ``steps_done`` (in the whole run),
+    ``total_steps`` (the planned length, None while a time budget has not planned it yet),
+    ``epochs_done`` (fractional), ``progress`` (0 → 1 over the planned steps), ``seconds``
+    (training time so far, resumed runs included), ``history``, ``out`` (None on ranks other
+    than 0, which never write the run directory), ``rank`` and ``world_size``, ``flags``
+    (what the ranks agreed after the last step or epoch), ``spent`` (the budget is used up),
+    ``final_epoch`` and ``evaluation`` (the final one, once made); ``stop()`` asks it to end
+    after the current epoch (with its checkpoint; under torch.distributed every rank stops
+    when one asks)."""
+
+    def __init__(self, model, optimizer, epochs: int | None, steps_per_epoch: int, history: History,
+                 out: RunDirectory | None, state: TrainState, budget: TimeBudget | None):
+        self.model, self.optimizer, self.epochs = model, optimizer, epochs
+        self.steps_per_epoch, self.history, self.out, self.budget = steps_per_epoch, history, out, budget
+        self.epoch, self.step, self.stop_requested, self.spent, self.final_epoch = 0, 0, False, False, False
+        self.steps_done, self.epochs_done, self.total_steps = state.steps, 0.0, None
+        self.last_validation: float | None = None
+        self.evaluation: dict[str, Any] | None = None
+        self.rank, self.world_size, self.flags = 0, 1, Flags()
+        self._state, self._started, self._before = state, time.perf_counter(), state.seconds
+        self._epoch_started = self._started
+
+    @property
+    def progress(self) -> float:
+        if self.budget is not None:
+            return self.budget.progress(self.steps_done)
+        return min(1.0, self.steps_done / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self._before + time.perf_counter() - self._started
+
+    @property
+    def epoch_seconds(self) -> float:
+        """The current epoch's training seconds (before a restart included)."""
+        current = self._state.in_epoch
+        return (current.seconds if current is not None else 0.0) + time.perf_counter() - self._epoch_started
+
+    def mark_epoch_clock(self) -> float:
+        """:attr:`epoch_seconds`, the clock restarting from them (a checkpoint stores them)."""
+        seconds, self._epoch_started = self.epoch_seconds, time.perf_counter()
+        return seconds
+
+    def stop(self) -> None:
+        self.stop_requested = True
 
 
 class Callback:
@@ -264,6 +335,23 @@ class Figures(Callback):
             plots.draw_all(self.run.path, loop.model, train_x, train_labels, x, labels, self.run.read_metrics(),
                            class_names=self.labels.class_names, feature_names=self.labels.feature_names,
                            data_units=self.labels.data_units)
+
+
+def run_writers(run: RunDirectory | None, where: Path, strategy: SingleProcess, state: TrainState, settings: dict,
+                world: dict, schedule, source: Source, validation: Source | None, checkpointing: Checkpointing,
+                figures: bool | FigureLabels) -> list[Callback]:
+    """The run directory's writers, in the order fit calls them after your callbacks."""
+    from vaekit.arguments import FigureLabels
+
+    seed, binarized = settings["seed"], settings["dynamic_binarization"]
+    writers = [EpochFiles(run, strategy, checkpointing.save_best),
+               Checkpointer(checkpointing, run, where, strategy, state, settings, world, schedule,
+                            mid_epoch=source.kind != "loader"),
+               FinalEvaluation(run, strategy, source, validation, seed, binarized)]
+    if figures:
+        labels = figures if isinstance(figures, FigureLabels) else FigureLabels()
+        writers.append(Figures(run, source, validation, seed, binarized, labels, whole=strategy.world > 1))
+    return writers
 
 
 def evaluation_data(source: Source, binarized: bool, seed: int, limit: int | None = None, whole: bool = False):

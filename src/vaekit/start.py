@@ -19,6 +19,17 @@ from vaekit.schedules import TorchScheduler
 from vaekit.sources import Source, training_fingerprint
 
 
+def open_run(out, overwrite: bool, resume: bool) -> tuple[RunDirectory | None, bool]:
+    """(the run directory, whether fit prepared or locked it, and so ends it). A
+    :class:`RunDirectory` the caller prepared (or locked, to resume) stays the caller's."""
+    if out is None:
+        return None, False
+    run = out if isinstance(out, RunDirectory) else RunDirectory(out)
+    if resume:
+        return (run, False) if run.locked else (run.lock(), True)
+    return (run, False) if run.prepared else (run.prepare(overwrite), True)
+
+
 def materialize(model, source: Source, batch_size: int, device: torch.device, always: bool = False) -> None:
     """One forward pass without gradients, in eval mode, on a first batch: networks with
     lazily sized layers and the model's data and latent shapes are settled before the

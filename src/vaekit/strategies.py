@@ -352,3 +352,27 @@ def _leaves_parameters_out(model, step, source: Source, batch_size: int, device:
         for b, saved in zip(model.buffers(), buffers, strict=True):
             b.copy_(saved)
     return any(g is None for g in grads)
+
+
+def gradient_check(params: list[torch.Tensor], grad_clip: float) -> torch.Tensor:
+    """A number that is finite exactly when every gradient is: the clipped norm when clipping,
+    else the sum of the per-tensor sums (a sum, not a norm: one pass without squares, 55
+    against 99 µs for Burda's 424k gradients on one thread). A sum can overflow only for
+    gradients near 1e38, and those are no more usable than infinite ones."""
+    if grad_clip:
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return torch.stack(sums).sum() if sums else torch.zeros(())
+
+
+def bad_steps_message(count: int, model, optimizer) -> str:
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    floor = getattr(getattr(model, "likelihood", None), "sigma_min", None)
+    return (
+        f"training stopped: {count} steps in a row had a non-finite loss or gradient (each was "
+        "skipped, so the weights are not poisoned). Usual causes: a learning rate too high"
+        + ("" if lr is None else f" (lr = {float(lr):g})")
+        + "; with a Gaussian likelihood, a σ_G floor too small"
+        + ("" if floor is None else f" (sigma_min = {floor:g})")
+        + " or data on a huge scale; with the Bernoulli likelihood, data outside [0, 1]."
+    )

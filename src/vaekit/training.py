@@ -18,17 +18,15 @@ by (seed, step, example) (:mod:`vaekit.noise`), the same at any world size.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from vaekit import distributed, noise, start, strategies
-from vaekit.callbacks import Callback, Checkpointer, EarlyStopping, EpochFiles, Figures, FinalEvaluation, ProgressBar  # noqa: F401
+from vaekit.arguments import Budget, Checkpointing, FigureLabels, Guards
+from vaekit.callbacks import Callback, Checkpointer, EarlyStopping, History, Loop, ProgressBar, run_writers  # noqa: F401,E501
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import VaekitError, WriteError
@@ -38,120 +36,6 @@ from vaekit.rundir import RunDirectory
 from vaekit.schedules import TimeBudget, TorchScheduler, as_schedule
 from vaekit.sources import Source, training_fingerprint
 from vaekit.strategies import TERMS, Flags, StopOnSignal
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long to train: ``epochs`` passes, ``steps`` optimisation steps (the last epoch cut
-    short) or ``time`` seconds of training (steps, validation and checkpoints; the steps are
-    planned from the measured time per step and re-planned if the pace changes, see
-    :class:`vaekit.schedules.TimeBudget`). ``epochs`` with ``steps`` or ``time`` is a further
-    limit. Nothing given: 10 epochs."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    time: float | None = None
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """When a run directory's checkpoint is written: every ``every`` epochs (0: only on a
-    signal) and every ``minutes`` between steps (0: never by the clock); ``save_best`` keeps
-    the best validation epoch's weights; ``metadata`` is stored with every checkpoint (the
-    app's config, to compare on resume)."""
-
-    every: int = 1
-    minutes: float = 10.0
-    save_best: bool = True
-    metadata: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Guards:
-    """Against a step going wrong: ``grad_clip`` (> 0) clips the gradient's norm; a step
-    whose loss or gradient is not finite makes no update and is counted, and after
-    ``max_bad_steps`` in a row training stops with a clear error."""
-
-    grad_clip: float = 0.0
-    max_bad_steps: int = 20
-
-
-@dataclass(frozen=True)
-class FigureLabels:
-    """What labels a run's figures: ``class_names`` (label i is ``class_names[i]``),
-    ``feature_names`` (the columns of [N, D] data) and ``data_units`` (maps [N, D] values back
-    to the data's units, e.g. undoing a standardisation)."""
-
-    class_names: list[str] | None = None
-    feature_names: list[str] | None = None
-    data_units: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-@dataclass
-class History:
-    """What :func:`fit` returns: one metrics record per epoch, the best validation epoch,
-    and the run directory if one was written."""
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None
-    out: Path | None = None
-    stopped_early: bool = False
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.epochs[i]
-
-
-class Loop:
-    """The running loop as callbacks and schedules see it: ``model``, ``optimizer``,
-    ``epoch`` (counting from 1), ``epochs`` (None: until another budget ends the run),
-    ``step`` (within the epoch), ``steps_per_epoch``, ``steps_done`` (in the whole run),
-    ``total_steps`` (the planned length, None while a time budget has not planned it yet),
-    ``epochs_done`` (fractional), ``progress`` (0 → 1 over the planned steps), ``seconds``
-    (training time so far, resumed runs included), ``history``, ``out`` (None on ranks other
-    than 0, which never write the run directory), ``rank`` and ``world_size``, ``flags``
-    (what the ranks agreed after the last step or epoch), ``spent`` (the budget is used up),
-    ``final_epoch`` and ``evaluation`` (the final one, once made); ``stop()`` asks it to end
-    after the current epoch (with its checkpoint; under torch.distributed every rank stops
-    when one asks)."""
-
-    def __init__(self, model, optimizer, epochs: int | None, steps_per_epoch: int, history: History,
-                 out: RunDirectory | None, state: TrainState, budget: TimeBudget | None):
-        self.model, self.optimizer, self.epochs = model, optimizer, epochs
-        self.steps_per_epoch, self.history, self.out, self.budget = steps_per_epoch, history, out, budget
-        self.epoch, self.step, self.stop_requested, self.spent, self.final_epoch = 0, 0, False, False, False
-        self.steps_done, self.epochs_done, self.total_steps = state.steps, 0.0, None
-        self.last_validation: float | None = None
-        self.evaluation: dict[str, Any] | None = None
-        self.rank, self.world_size, self.flags = 0, 1, Flags()
-        self._state, self._started, self._before = state, time.perf_counter(), state.seconds
-        self._epoch_started = self._started
-
-    @property
-    def progress(self) -> float:
-        if self.budget is not None:
-            return self.budget.progress(self.steps_done)
-        return min(1.0, self.steps_done / self.total_steps) if self.total_steps else 0.0
-
-    @property
-    def seconds(self) -> float:
-        return self._before + time.perf_counter() - self._started
-
-    @property
-    def epoch_seconds(self) -> float:
-        """The current epoch's training seconds (before a restart included)."""
-        current = self._state.in_epoch
-        return (current.seconds if current is not None else 0.0) + time.perf_counter() - self._epoch_started
-
-    def mark_epoch_clock(self) -> float:
-        """:attr:`epoch_seconds`, the clock restarting from them (a checkpoint stores them)."""
-        seconds, self._epoch_started = self.epoch_seconds, time.perf_counter()
-        return seconds
-
-    def stop(self) -> None:
-        self.stop_requested = True
 
 
 def fit(
@@ -210,16 +94,9 @@ def fit(
     shard with a ``DistributedSampler`` (its batch size is per rank). Rank 0 alone writes
     ``out``. A time budget runs on rank 0's clock, so every rank plans and stops alike.
     """
-    budget = Budget(epochs=epochs) if budget is None else budget
-    if epochs is not None and epochs != budget.epochs:
-        raise VaekitError("give epochs or budget=Budget(epochs=...), not both")
-    if budget.epochs is None and budget.steps is None and budget.time is None:
-        budget = Budget(epochs=10)
-    if budget.steps is not None and budget.time is not None:
-        raise VaekitError("give steps or time, not both: each is a budget for the whole run")
-    for name, value in (("epochs", budget.epochs), ("checkpoint_every", checkpointing.every), ("steps", budget.steps)):
-        if value is not None and value < 0:
-            raise VaekitError(f"{name} must be 0 or more, got {value}")
+    budget = Budget.of(epochs, budget)
+    if checkpointing.every < 0:
+        raise VaekitError(f"checkpoint_every must be 0 or more, got {checkpointing.every}")
     if batch_size < 1:
         raise VaekitError(f"batch_size must be at least 1, got {batch_size}")
     if resume and out is None:
@@ -244,7 +121,7 @@ def fit(
                 "max_bad_steps": guards.max_bad_steps, "device": str(device), "save_best": checkpointing.save_best,
                 "steps": budget.steps, "time_budget": budget.time}
     # rank 0 alone opens the run directory (and owns it if it prepared or locked it); a refusal stops every rank
-    run, owned = strategy.together(lambda: _open(out, overwrite, resume), main_only=True) or (None, False)
+    run, owned = strategy.together(lambda: start.open_run(out, overwrite, resume), main_only=True) or (None, False)
     where = None if out is None else Path(out.path if isinstance(out, RunDirectory) else out)
     world = strategy.record(device)
     with run if owned else nullcontext():
@@ -277,32 +154,11 @@ def fit(
                     group.setdefault("initial_lr", group["lr"])
             trainer = _Trainer(model, optimizer, objective, source, val_source, state, settings, strategy, device,
                                schedule, planner, run, where, list(callbacks), guards)
-            writers = []
             if where is not None:
-                binarized, whole = dynamic_binarization, strategy.world > 1
-                trainer.checkpointer = Checkpointer(checkpointing, run, where, strategy, state, settings, world,
-                                                    schedule, mid_epoch=source.kind != "loader")
-                writers = [EpochFiles(run, strategy, checkpointing.save_best), trainer.checkpointer,
-                           FinalEvaluation(run, strategy, source, val_source, seed, binarized)]
-                if figures:
-                    labels = figures if isinstance(figures, FigureLabels) else FigureLabels()
-                    writers.append(Figures(run, source, val_source, seed, binarized, labels, whole))
-            trainer.writers = writers
+                trainer.writers = run_writers(run, where, strategy, state, settings, world, schedule, source,
+                                              val_source, checkpointing, figures)
+                trainer.checkpointer = next(w for w in trainer.writers if isinstance(w, Checkpointer))
             return trainer.train()
-
-
-def _open(out, overwrite: bool, resume: bool) -> tuple[RunDirectory | None, bool]:
-    """(the run directory, whether fit prepared or locked it and so ends it)."""
-    if out is None:
-        return None, False
-    run = out if isinstance(out, RunDirectory) else RunDirectory(out)
-    if resume:
-        if run.locked:
-            return run, False
-        return run.lock(), True
-    if run.prepared:
-        return run, False
-    return run.prepare(overwrite), True
 
 
 class _Trainer:
@@ -415,7 +271,7 @@ class _Trainer:
                 p.grad = None
             with nullcontext() if self.stream is None else self.stream.step(state.steps, *s.share(share, total)):
                 loss, terms = s.forward_backward(batch, total, amp)
-            norm = _gradient_check(self.params, self.guards.grad_clip)
+            norm = strategies.gradient_check(self.params, self.guards.grad_clip)
             progress.step += 1
             result = s.reduce(loss, terms, x, norm, Flags(stop.signum or 0, self._time_due(), False, loop.seconds))
             done += result.examples
@@ -429,7 +285,7 @@ class _Trainer:
                 progress.skipped += 1
                 progress.bad_in_a_row += 1
                 if progress.bad_in_a_row >= self.guards.max_bad_steps:
-                    message = _bad_steps_message(progress.bad_in_a_row, model, self.optimizer)
+                    message = strategies.bad_steps_message(progress.bad_in_a_row, model, self.optimizer)
                     raise self._everywhere(VaekitError(f"{message} {self._kept()}".strip()))
             if self._after_step(progress, result):
                 break
@@ -520,7 +376,7 @@ class _Trainer:
             kept = "" if self.run is None else f" The checkpoint is kept in {self.run.checkpoint_path}."
             raise self._everywhere(VaekitError(
                 f"training made no update: all {steps} steps had a non-finite loss or gradient and were "
-                f"skipped. {_bad_steps_message(steps, self.model, self.optimizer).split('. ', 1)[1]}{kept}"))
+                f"skipped. {strategies.bad_steps_message(steps, self.model, self.optimizer).split('. ', 1)[1]}{kept}"))
 
     def _lost(self, err: BaseException) -> VaekitError:
         """What a surviving rank says when a collective fails because a rank is gone."""
@@ -547,30 +403,6 @@ def _call_objective(objective, model, batch: Batch):
     if torch.is_tensor(out):  # per-example values to maximise, e.g. objectives.elbo
         return -out.mean(), {"elbo": out}
     return out
-
-
-def _gradient_check(params: list[torch.Tensor], grad_clip: float) -> torch.Tensor:
-    """A number that is finite exactly when every gradient is: the clipped norm when clipping,
-    else the sum of the per-tensor sums (a sum, not a norm: one pass without squares, 55
-    against 99 µs for Burda's 424k gradients on one thread). A sum can overflow only for
-    gradients near 1e38, and those are no more usable than infinite ones."""
-    if grad_clip:
-        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    return torch.stack(sums).sum() if sums else torch.zeros(())
-
-
-def _bad_steps_message(count: int, model, optimizer) -> str:
-    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-    floor = getattr(getattr(model, "likelihood", None), "sigma_min", None)
-    return (
-        f"training stopped: {count} steps in a row had a non-finite loss or gradient (each was "
-        "skipped, so the weights are not poisoned). Usual causes: a learning rate too high"
-        + ("" if lr is None else f" (lr = {float(lr):g})")
-        + "; with a Gaussian likelihood, a σ_G floor too small"
-        + ("" if floor is None else f" (sigma_min = {floor:g})")
-        + " or data on a huge scale; with the Bernoulli likelihood, data outside [0, 1]."
-    )
 
 
 def _make_optimizer(model, optimizer, lr: float | None, weight_decay: float, device: torch.device):
