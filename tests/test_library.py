@@ -174,6 +174,17 @@ def test_fit_takes_an_objective_returning_per_example_values_and_custom_callback
     assert history[1]["train_elbo"] == seen[1][1]
 
 
+def test_a_metric_a_callback_adds_to_the_epoch_record_reaches_metrics_jsonl(nets, tmp_path):
+    class Sharpness(vaekit.Callback):
+        def on_epoch_end(self, loop, record):
+            record["weight_norm"] = float(sum(p.detach().norm() ** 2 for p in loop.model.parameters()) ** 0.5)
+
+    history = vaekit.fit(nets.model(), nets.images()[:100], epochs=2, batch_size=50, device="cpu",
+                         out=tmp_path / "run", callbacks=[Sharpness()])
+    written = vaekit.rundir.read_metrics(tmp_path / "run")
+    assert [r["weight_norm"] for r in written] == [r["weight_norm"] for r in history.epochs]
+
+
 def test_early_stopping_stops_and_restores_the_best_weights(nets):
     model = nets.model()
     x = nets.images()

@@ -63,7 +63,8 @@ class Loop:
     (training time so far, resumed runs included), ``history``, ``out`` (None on ranks other
     than 0, which never write the run directory), ``rank`` and ``world_size``, ``flags``
     (what the ranks agreed after the last step or epoch), ``spent`` (the budget is used up),
-    ``final_epoch`` and ``evaluation`` (the final one, once made); ``stop()`` asks it to end
+    ``final_epoch``, ``evaluation`` (the final one, once made) and ``settings`` (fit's
+    arguments as the checkpoint records them: batch size, seed, objective, optimiser, ...); ``stop()`` asks it to end
     after the current epoch (with its checkpoint; under torch.distributed every rank stops
     when one asks)."""
 
@@ -75,6 +76,7 @@ class Loop:
         self.steps_done, self.epochs_done, self.total_steps = state.steps, 0.0, None
         self.last_validation: float | None = None
         self.evaluation: dict[str, Any] | None = None
+        self.settings: dict[str, Any] = {}
         self.rank, self.world_size, self.flags = 0, 1, Flags()
         self._state, self._started, self._before = state, time.perf_counter(), state.seconds
         self._epoch_started = self._started

@@ -105,7 +105,8 @@ class MLflow(Callback):
         run = self.client.create_run(experiment, run_name=self.run_name or (loop.out.path.name if tag else None),
                                      tags={"vaekit.run_dir": tag} if tag else None)
         self.run_id = run.info.run_id
-        for key, value in (self.params or {}).items():
+        # fit's own arguments (what a resume compares), then the caller's (the app's config)
+        for key, value in {**getattr(loop, "settings", {}), **(self.params or {})}.items():
             self.client.log_param(self.run_id, key, str(value)[:500])
 
     def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:

@@ -181,7 +181,7 @@ class _Trainer:
             state.steps = state.epoch * per_epoch + (0 if state.in_epoch is None else state.in_epoch.step)
         self.history = History(epochs=state.metrics, best=state.best, out=where)
         self.loop = Loop(model, optimizer, self.epochs, per_epoch, self.history, run, state, budget)
-        self.loop.rank, self.loop.world_size = strategy.rank, strategy.world
+        self.loop.rank, self.loop.world_size, self.loop.settings = strategy.rank, strategy.world, settings
         strategy.prepare(model, _step_of(objective), source, self.batch_size, device)
 
     def train(self) -> History:
