@@ -174,6 +174,18 @@ def test_fit_takes_an_objective_returning_per_example_values_and_custom_callback
     assert history[1]["train_elbo"] == seen[1][1]
 
 
+def test_an_iwae_objective_logs_its_bound_as_train_objective_and_keeps_train_elbo_the_elbo(nets):
+    import functools
+
+    history = vaekit.fit(nets.model(), nets.images()[:100], epochs=1, batch_size=50, device="cpu",
+                         objective=functools.partial(vaekit.objectives.iwae_objective, k=5))
+    record = history[0]
+    assert record["train_objective"] > record["train_elbo"]  # L_5 ≥ the mean log-weight of its own draws
+    plain = vaekit.fit(nets.model(), nets.images()[:100], epochs=1, batch_size=50, device="cpu",
+                       objective=lambda model, batch: vaekit.objectives.iwae_bound(model, batch.x, 5))
+    assert math.isfinite(plain[0]["train_objective"]) and plain[0]["train_elbo"] != plain[0]["train_elbo"]
+
+
 def test_a_metric_a_callback_adds_to_the_epoch_record_reaches_metrics_jsonl(nets, tmp_path):
     class Sharpness(vaekit.Callback):
         def on_epoch_end(self, loop, record):

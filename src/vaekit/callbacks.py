@@ -129,7 +129,7 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A rich progress bar on stderr: epoch, steps, the minibatch's loss, the last validation
+    """A rich progress bar on stderr: epoch, steps, the minibatch's loss (the objective's), the last validation
     ELBO, time elapsed and left. Redrawn at most 10 times a second: redrawing on every
     small-batch step cost more than the step's maths."""
 
@@ -156,7 +156,7 @@ class ProgressBar(Callback):
                 self.total = loop.total_steps
                 self.bar.update(self.task, total=self.total)
             self.bar.update(self.task, advance=self.pending,
-                            description=f"epoch {_epoch_of(loop)}  -ELBO {loss:.2f}{_validation(loop)}")
+                            description=f"epoch {_epoch_of(loop)}  loss {loss:.2f}{_validation(loop)}")
             self.pending, self.last = 0, now
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:

@@ -34,7 +34,9 @@ from vaekit.objectives import Batch
 from vaekit.sources import Source, binarize
 
 T = TypeVar("T")
-TERMS = ("elbo", "reconstruction", "kl")
+# per-example terms summed over an epoch: the ELBO and its parts, and what the objective
+# maximises when it says (``objective``: an IWAE bound, a β-weighted ELBO), train_objective
+TERMS = ("elbo", "reconstruction", "kl", "objective")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import VaekitError, WriteError
 from vaekit.evaluation import validation_terms  # noqa: F401  (where it used to be)
-from vaekit.objectives import Batch, elbo_objective
+from vaekit.objectives import Batch, elbo, elbo_objective
 from vaekit.rundir import RunDirectory
 from vaekit.schedules import TimeBudget, TorchScheduler, as_schedule
 from vaekit.sources import Source, training_fingerprint
@@ -253,6 +253,8 @@ class _Trainer:
         order = torch.randperm(n, generator=state.order) if self.source.kind != "loader" else None
         if progress.totals is None:
             progress.totals = torch.zeros(len(TERMS))
+        elif len(progress.totals) < len(TERMS):  # a checkpoint from before train_objective: unknown this epoch
+            progress.totals = torch.cat([progress.totals, torch.full((len(TERMS) - len(progress.totals),), torch.nan)])
         done, dynamic = progress.step * self.batch_size, self.settings["dynamic_binarization"]
         amp = autocast(self.device, self.settings["precision"])
         s.start_epoch(self.source, epoch)
@@ -291,7 +293,10 @@ class _Trainer:
                 break
         used = progress.examples if progress.examples else float("nan")  # all skipped: NaN, not a flattering 0
         means = (progress.totals / used).tolist()
-        return {**dict(zip(TERMS, means, strict=True)), "skipped_steps": progress.skipped,
+        stats = dict(zip(TERMS, means, strict=True))
+        if stats["objective"] != stats["objective"] and progress.examples:
+            del stats["objective"]  # an objective that does not say what it maximises
+        return {**stats, "skipped_steps": progress.skipped,
                 "logvar_clamped": progress.clamped}
 
     def _after_step(self, progress: EpochProgress, result) -> bool:
@@ -371,7 +376,8 @@ class _Trainer:
         """A run whose every step was skipped (non-finite loss or gradient), but never
         max_bad_steps of them in a row, learned nothing: an error, not an exit 0 with NaNs."""
         records = self.history.epochs
-        if records and all(r.get("train_elbo") != r.get("train_elbo") for r in records):
+        if records and not any(r.get(k) == r.get(k) is not None for r in records
+                               for k in ("train_elbo", "train_objective")):
             steps = sum(r.get("train_skipped_steps", 0) for r in records)
             kept = "" if self.run is None else f" The checkpoint is kept in {self.run.checkpoint_path}."
             raise self._everywhere(VaekitError(
@@ -400,8 +406,8 @@ def _step_of(objective: Callable) -> Callable:
 
 def _call_objective(objective, model, batch: Batch):
     out = objective(model, batch)
-    if torch.is_tensor(out):  # per-example values to maximise, e.g. objectives.elbo
-        return -out.mean(), {"elbo": out}
+    if torch.is_tensor(out):  # per-example values to maximise: the ELBO only if it is objectives.elbo
+        return -out.mean(), {"elbo": out, "objective": out} if objective is elbo else {"objective": out}
     return out
 
 
