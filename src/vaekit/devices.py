@@ -37,13 +37,13 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise VaekitError(f"device '{name}' requested, but CUDA is not available ({why}); use --device cpu")
+            raise VaekitError(f"device '{name}' requested, but CUDA is not available ({why}); use device 'cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise VaekitError(f"device '{name}' requested, but this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps":
         if not _mps_available():
-            raise VaekitError(f"device '{name}' requested, but Apple's MPS is not available here; use --device cpu")
+            raise VaekitError(f"device '{name}' requested, but Apple's MPS is not available here; use device 'cpu'")
     elif device.type != "cpu":
         raise VaekitError(f"device must be one of {', '.join(DEVICES)}; got '{name}'")
     return device

@@ -387,7 +387,7 @@ class RunDirectory:
 
 
 def _place(path: Path) -> str:
-    """' (the current folder)' and the like, for folders a mistyped --out tends to name."""
+    """' (the current folder)' and the like, for folders a mistyped output path tends to name."""
     real = _real(path)
     for name, where in (("the file system root", Path(real.anchor)), ("your home folder", Path.home()),
                         ("the current folder", Path.cwd())):

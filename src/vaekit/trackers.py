@@ -46,7 +46,7 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise VaekitError("--log tensorboard needs the tensorboard package: "
+            raise VaekitError("the TensorBoard tracker needs the tensorboard package: "
                               "pip install 'vaekit[tensorboard]'") from None
         log_dir = self.log_dir or (loop.out.figure("tensorboard") if loop.out is not None else "runs/tensorboard")
         self.writer = SummaryWriter(str(log_dir))
@@ -88,7 +88,7 @@ class MLflow(Callback):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise VaekitError("--log mlflow needs the mlflow package: pip install 'vaekit[mlflow]'") from None
+            raise VaekitError("the MLflow tracker needs the mlflow package: pip install 'vaekit[mlflow]'") from None
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
             where = loop.out.figure("mlruns") if loop.out is not None else Path("mlruns")
@@ -133,7 +133,7 @@ def check_installed(names: tuple[str, ...]) -> None:
     for name in names:
         module, extra = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise VaekitError(f"--log {name} needs the {module} package: pip install 'vaekit[{extra}]'")
+            raise VaekitError(f"the {name} tracker needs the {module} package: pip install 'vaekit[{extra}]'")
 
 
 def trackers(names: tuple[str, ...], params: dict[str, Any] | None = None) -> list[Callback]:
