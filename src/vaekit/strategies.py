@@ -101,7 +101,7 @@ class SingleProcess:
     def reduce(self, loss: torch.Tensor, terms: dict, x: torch.Tensor | None, norm: torch.Tensor,
                flags: Flags) -> StepResult:
         finite = bool(torch.isfinite(loss + norm))
-        sums = torch.stack([_term(terms, k, x) for k in TERMS]).cpu() if finite else None
+        sums = _sums(terms, x).cpu() if finite else None
         return StepResult(finite, loss.item(), sums, len(x), int(getattr(self.model, "clamped", 0)), flags)
 
     def agree(self, flags: Flags) -> Flags:
@@ -201,7 +201,7 @@ class DataParallel(SingleProcess):
         ranks' signals and rank 0's checkpoint clock and training seconds."""
         share = 0 if x is None else len(x)
         device = loss.device
-        sums = (torch.stack([_term(terms, k, x) for k in TERMS]).double() if share
+        sums = (_sums(terms, x).double() if share
                 else torch.zeros(len(TERMS), dtype=torch.float64, device=device))
         extra = torch.tensor([share, int(getattr(self.model, "clamped", 0)) if share else 0,
                               *_signal_flags(flags.signum), flags.due, flags.seconds if self.main else 0.0],
@@ -301,11 +301,14 @@ def _signal_of(sigint: float, sigterm: float) -> int:
     return int(signal.SIGTERM) if sigterm else int(signal.SIGINT) if sigint else 0
 
 
-def _term(terms: dict, key: str, x: torch.Tensor) -> torch.Tensor:
-    value = terms.get(key)
-    if value is None:
-        return torch.tensor(float("nan"), device=x.device)
-    return value.detach().float().sum()
+def _sums(terms: dict, x: torch.Tensor) -> torch.Tensor:
+    """The minibatch's sum of each of :data:`TERMS` (NaN for a term the objective does not
+    report): one stack and one sum when all are per-example vectors (two kernels, not five)."""
+    values = [terms.get(k) for k in TERMS]
+    if all(v is not None and v.dim() == 1 for v in values):
+        return torch.stack([v.detach() for v in values]).float().sum(1)
+    return torch.stack([torch.tensor(float("nan"), device=x.device) if v is None else v.detach().float().sum()
+                        for v in values])
 
 
 class _ObjectiveStep(torch.nn.Module):

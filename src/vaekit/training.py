@@ -200,6 +200,7 @@ class _Trainer:
 
     def _train(self) -> History:
         loop, state = self.loop, self.state
+        self.hooks = (*self.callbacks, *self.writers)  # your callbacks, then the run's writers
         loop.total_steps = self._total_steps()
         with StopOnSignal(self.where is not None) as stop:
             self._each("on_fit_start", loop)
@@ -240,7 +241,7 @@ class _Trainer:
 
     def _each(self, hook: str, *args) -> None:
         """Your callbacks, then the run's writers."""
-        for callback in (*self.callbacks, *self.writers):
+        for callback in self.hooks:
             getattr(callback, hook)(*args)
 
     def _epoch(self, progress: EpochProgress, epoch: int, stop: StopOnSignal) -> dict[str, float]:
@@ -309,7 +310,7 @@ class _Trainer:
             self.budget.update(loop.steps_done, flags.seconds)
             loop.total_steps = self.budget.total_steps
         loop.spent = self._spent(flags.seconds)
-        for callback in (*self.callbacks, *self.writers):
+        for callback in self.hooks:
             callback.on_step_end(loop, result.loss)
         if not loop.spent:
             saved = self.source.kind != "loader"  # a DataLoader's position cannot be saved
