@@ -91,8 +91,6 @@ def test_load_a_run_trained_from_python_into_ones_own_module(tmp_path, digits):
         assert torch.equal(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="app/runs.py passes the labels only to conditional models; "
-                                       "remove this mark once _fit passes train_set.labels always")
 def test_vaekit_train_colours_the_latent_figure_of_an_unconditional_model(monkeypatch, tmp_path):
     from test_plots_variants import latent_colours
     from vaekit.app.config import Config

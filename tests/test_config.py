@@ -180,3 +180,13 @@ def test_a_hostile_config_file_gets_a_one_line_error(tmp_path, capsys, name):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message.split(";")[0] in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_app_resume_policy_contains_the_library_one():
+    """One resume policy: what fit lets a resume change is declared on_resume in the config
+    (the app adds its own settings, such as threads and log)."""
+    from vaekit.app.config import LIBRARY_MAY_CHANGE, MAY_CHANGE_ON_RESUME
+
+    assert set(LIBRARY_MAY_CHANGE) <= set(MAY_CHANGE_ON_RESUME)
+    assert {"lr", "epochs", "threads", "log"} <= set(MAY_CHANGE_ON_RESUME)
+    assert "latent_dim" not in MAY_CHANGE_ON_RESUME

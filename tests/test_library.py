@@ -86,7 +86,8 @@ NETS = textwrap.dedent('''
         minutes = 1e-9 if kind != "loader" else 10.0  # a checkpoint after every step
         return m, vaekit.fit(m, train_data, validation=val, epochs=epochs, batch_size=64, seed=3,
                              dynamic_binarization=True, out=out, resume=resume, device="cpu",
-                             checkpoint_minutes=minutes, callbacks=[Kill()] if kill_at else [])
+                             checkpointing=vaekit.Checkpointing(minutes=minutes),
+                             callbacks=[Kill()] if kill_at else [])
 ''')
 
 
@@ -171,6 +172,29 @@ def test_fit_takes_an_objective_returning_per_example_values_and_custom_callback
     assert [e for e, _ in seen] == [1, 2]
     assert all(math.isfinite(v) for _, v in seen)
     assert history[1]["train_elbo"] == seen[1][1]
+
+
+def test_an_iwae_objective_logs_its_bound_as_train_objective_and_keeps_train_elbo_the_elbo(nets):
+    import functools
+
+    history = vaekit.fit(nets.model(), nets.images()[:100], epochs=1, batch_size=50, device="cpu",
+                         objective=functools.partial(vaekit.objectives.iwae_objective, k=5))
+    record = history[0]
+    assert record["train_objective"] > record["train_elbo"]  # L_5 ≥ the mean log-weight of its own draws
+    plain = vaekit.fit(nets.model(), nets.images()[:100], epochs=1, batch_size=50, device="cpu",
+                       objective=lambda model, batch: vaekit.objectives.iwae_bound(model, batch.x, 5))
+    assert math.isfinite(plain[0]["train_objective"]) and plain[0]["train_elbo"] != plain[0]["train_elbo"]
+
+
+def test_a_metric_a_callback_adds_to_the_epoch_record_reaches_metrics_jsonl(nets, tmp_path):
+    class Sharpness(vaekit.Callback):
+        def on_epoch_end(self, loop, record):
+            record["weight_norm"] = float(sum(p.detach().norm() ** 2 for p in loop.model.parameters()) ** 0.5)
+
+    history = vaekit.fit(nets.model(), nets.images()[:100], epochs=2, batch_size=50, device="cpu",
+                         out=tmp_path / "run", callbacks=[Sharpness()])
+    written = vaekit.rundir.read_metrics(tmp_path / "run")
+    assert [r["weight_norm"] for r in written] == [r["weight_norm"] for r in history.epochs]
 
 
 def test_early_stopping_stops_and_restores_the_best_weights(nets):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import vaekit
 from conftest import full_disk_for, run_cli_subprocess
 from vaekit import checkpoint, rundir
 from vaekit.app.cli import main
@@ -424,7 +425,8 @@ def _one_epoch(model, x, config: Config, optimizer=None):
 
     history = fit(model, x, epochs=1, batch_size=config.batch_size, objective=objective_for(config),
                   optimizer=optimizer, lr=config.lr, device="cpu", seed=config.seed,
-                  dynamic_binarization=config.binarization.dynamic, max_bad_steps=config.max_bad_steps)
+                  dynamic_binarization=config.binarization.dynamic,
+                  guards=vaekit.Guards(max_bad_steps=config.max_bad_steps))
     return history[0]
 
 

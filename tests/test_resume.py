@@ -246,10 +246,19 @@ def test_more_epochs_on_resume_equals_the_longer_run(data_file, tmp_path):
 def test_resume_refuses_other_settings_and_lists_them(data_file, tmp_path):
     run = train(_config(data_file, epochs=1), tmp_path / "run", quiet=True, figures=False)
     before = (run / rundir.CHECKPOINT).read_bytes()
-    with pytest.raises(VaekitError, match=r"\(latent_dim: 2 -> 3; lr: 0.003 -> 0.01\); only epochs"):
-        resume(run, {"lr": 0.01, "latent_dim": 3, "epochs": 2}, quiet=True, figures=False)
+    with pytest.raises(VaekitError, match=r"\(latent_dim: 2 -> 3; seed: 3 -> 4\); only epochs"):
+        resume(run, {"lr": 0.01, "latent_dim": 3, "seed": 4, "epochs": 2}, quiet=True, figures=False)
     assert (run / rundir.CHECKPOINT).read_bytes() == before
     assert load_config(run).epochs == 1
+
+
+def test_a_new_learning_rate_on_resume_is_applied_and_recorded(data_file, tmp_path):
+    """The one resume policy lets the rate change: the resumed epochs train at it (the
+    metrics show it), the checkpoint's settings and the run's config record it."""
+    run = train(_config(data_file, epochs=1), tmp_path / "run", quiet=True, figures=False)
+    resume(run, {"lr": 0.01, "epochs": 2}, quiet=True, figures=False)
+    assert [r["lr"] for r in rundir.read_metrics(run)] == [0.003, 0.01]
+    assert checkpoint.load(run).settings["lr"] == 0.01 and load_config(run).lr == 0.01
 
 
 def test_resume_refuses_fewer_epochs_than_done(data_file, tmp_path):

@@ -201,6 +201,24 @@ def test_library_overwrite_with_a_model_that_does_not_fit_keeps_the_old_run(old_
     assert siblings(old_run) == []
 
 
+def test_one_owner_ends_a_run_fit_ends_what_it_opened_the_caller_what_it_prepared(tmp_path, old_run):
+    x = torch.rand(64, 12)
+    fitting = build_model(Config(hidden=[16], latent_dim=2), (12,))
+    vaekit.fit(fitting, x, epochs=1, batch_size=32, device="cpu", out=tmp_path / "fits")
+    assert not (tmp_path / "fits" / LOCK).exists()  # fit prepared it, so fit released it
+    before = snapshot(old_run)
+    with pytest.raises(RuntimeError), rundir.RunDirectory(old_run).prepare(overwrite=True) as run:
+        with pytest.raises(RuntimeError):  # a model that does not fit the data: fit fails before training
+            vaekit.fit(build_model(Config(hidden=[16]), (10,)), x, epochs=1, device="cpu", out=run)
+        assert run.locked and not run.committed  # fit left the caller's run alone: not discarded, still held
+        raise RuntimeError("the caller gives up")
+    assert snapshot(old_run) == before and not run.locked  # the caller's `with` discarded it and let go
+    with rundir.RunDirectory(tmp_path / "mine").prepare() as run:
+        vaekit.fit(fitting, x, epochs=1, batch_size=32, device="cpu", out=run)
+        assert run.locked  # still the caller's
+    assert not run.locked and run.is_run()
+
+
 def test_library_overwrite_replaces_a_fit_run_as_one_step(tmp_path):
     out = tmp_path / "fitted"
     x = torch.rand(64, 12)

@@ -54,10 +54,10 @@ class StopAt(vaekit.Callback):
 def _fit(schedule=None, out=None, resume=False, callbacks=(), **kw):
     train, val = _data()
     model = _model()
-    kw = {"epochs": 6, **kw}
-    history = vaekit.fit(model, train, validation=val, batch_size=32, schedule=schedule, seed=1, device="cpu",
-                         dynamic_binarization=True, out=out, resume=resume, checkpoint_minutes=1e-9,
-                         callbacks=list(callbacks), **kw)
+    budget = vaekit.Budget(kw.pop("epochs", 6), kw.pop("steps", None), kw.pop("time_budget", None))
+    history = vaekit.fit(model, train, validation=val, budget=budget, batch_size=32, schedule=schedule, seed=1,
+                         device="cpu", dynamic_binarization=True, out=out, resume=resume,
+                         checkpointing=vaekit.Checkpointing(minutes=1e-9), callbacks=list(callbacks), **kw)
     return model, history
 
 

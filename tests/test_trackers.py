@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 import vaekit
 from conftest import run_cli
@@ -56,6 +57,21 @@ def test_mlflow_file_store_holds_params_metrics_and_figures(tracked_run):
     assert run.info.status == "FINISHED"
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/manifold.png" in figures and "figures/latent.png" in figures
+
+
+def test_fit_logs_its_own_arguments_to_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from vaekit.trackers import MLflow
+
+    x = vaekit.load_data("digits").train.x[:100]
+    model = vaekit.VAE(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4)),
+                       torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Unflatten(1, (1, 8, 8))))
+    vaekit.fit(model, x, epochs=1, batch_size=50, seed=7, device="cpu", out=tmp_path / "run", callbacks=[MLflow()])
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+    assert run.data.params["seed"] == "7" and run.data.params["batch_size"] == "50"
+    assert run.data.params["optimizer"].startswith("Adam(")
 
 
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path):

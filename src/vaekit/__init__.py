@@ -26,9 +26,14 @@ _EXPORTS = {
     "kl_divergence": "vaekit.objectives",
     "Batch": "vaekit.objectives",
     "fit": "vaekit.training",
-    "Callback": "vaekit.training",
-    "EarlyStopping": "vaekit.training",
-    "History": "vaekit.training",
+    "Budget": "vaekit.arguments",
+    "Checkpointing": "vaekit.arguments",
+    "Guards": "vaekit.arguments",
+    "FigureLabels": "vaekit.arguments",
+    "History": "vaekit.callbacks",
+    "Callback": "vaekit.callbacks",
+    "EarlyStopping": "vaekit.callbacks",
+    "ProgressBar": "vaekit.callbacks",
     "evaluate": "vaekit.evaluation",
     "check_model": "vaekit.protocol",
     "RunDirectory": "vaekit.rundir",
@@ -45,7 +50,8 @@ _EXPORTS = {
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
             "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app",
-            "priors", "posteriors", "estimators", "protocol")
+            "priors", "posteriors", "estimators", "protocol",
+            "callbacks", "strategies", "noise", "policy", "start", "arguments")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

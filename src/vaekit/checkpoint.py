@@ -33,15 +33,11 @@ from typing import Any
 import torch
 
 from vaekit import __version__, rundir
-from vaekit.errors import VaekitError
+from vaekit.errors import NoCheckpoint, VaekitError
+from vaekit.policy import MAY_CHANGE_ON_RESUME  # the one resume policy
 
 FORMAT = 1
 
-# Training settings that say how long to train, how often to save or where to run, not what
-# is computed: a resumed run may change them. Any other difference is refused (the result
-# would not be the run's).
-BUDGET_SETTINGS = ("epochs", "checkpoint_every", "checkpoint_minutes", "max_bad_steps", "device", "save_best",
-                   "steps", "time_budget")
 
 
 @dataclass
@@ -189,11 +185,7 @@ def read(run_dir: str | Path) -> bytes:
     try:
         return rundir.read_regular(path, "the checkpoint", None)
     except FileNotFoundError:
-        raise VaekitError(
-            f"{run.path} has no {path.name} to resume from (the run stopped before its "
-            "first checkpoint, or checkpoint_every and checkpoint_minutes were both 0); "
-            "start it again with --overwrite"
-        ) from None
+        raise NoCheckpoint(run.path, path.name) from None
 
 
 def load(run_dir: str | Path, data: bytes | None = None) -> Checkpoint:
@@ -314,14 +306,14 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 
 def check_settings(ckpt: Checkpoint, settings: dict[str, Any]) -> None:
     """Refuse to resume with training settings other than the checkpoint's (listing them),
-    except :data:`BUDGET_SETTINGS`."""
+    except :data:`vaekit.policy.MAY_CHANGE_ON_RESUME`."""
     saved = ckpt.settings
     if saved is None:
         return
     differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items()
-              if k not in BUDGET_SETTINGS and k in saved and saved[k] != v]
+              if k not in MAY_CHANGE_ON_RESUME and k in saved and saved[k] != v]
     if differ:
         raise VaekitError(
             f"cannot resume {ckpt.path.parent}: settings differ from the ones its checkpoint was "
-            f"trained with ({'; '.join(differ)}); only {', '.join(BUDGET_SETTINGS)} may change on resume"
+            f"trained with ({'; '.join(differ)}); only {', '.join(MAY_CHANGE_ON_RESUME)} may change on resume"
         )

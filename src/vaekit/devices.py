@@ -37,13 +37,13 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise VaekitError(f"device '{name}' requested, but CUDA is not available ({why}); use --device cpu")
+            raise VaekitError(f"device '{name}' requested, but CUDA is not available ({why}); use device 'cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise VaekitError(f"device '{name}' requested, but this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps":
         if not _mps_available():
-            raise VaekitError(f"device '{name}' requested, but Apple's MPS is not available here; use --device cpu")
+            raise VaekitError(f"device '{name}' requested, but Apple's MPS is not available here; use device 'cpu'")
     elif device.type != "cpu":
         raise VaekitError(f"device must be one of {', '.join(DEVICES)}; got '{name}'")
     return device
@@ -66,6 +66,19 @@ def autocast(device: torch.device, precision: str):
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's parameters live (the CPU for a model without any)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module, gradients: bool = True) -> Iterator[None]:
+    """``model.eval()`` inside (and no gradients unless ``gradients``); the model's own
+    training mode restored on the way out, after an error too."""
+    was_training = model.training
+    model.eval()
+    try:
+        with nullcontext() if gradients else torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 @contextmanager

@@ -60,11 +60,11 @@ summaries are then the numbers one process computes (docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +73,13 @@ from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import kl_divergence as _torch_kl
 
 from vaekit import distributed, sources
-from vaekit.devices import forked_rng, mixed_seed, model_device, seed_draws
+from vaekit.devices import evaluation_mode, forked_rng, mixed_seed, model_device, seed_draws
 from vaekit.errors import VaekitError
 from vaekit.estimators import log_prob_at_own_sample
 from vaekit.model import PointMass, TwoStage, _factorises, labelled
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
-TRAINING_K = 100  # the modest K of the evaluation a training run stores in evaluation.json
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active when Cov_x(E_q[u]) > 0.01
 MI_EXAMPLES = 1000  # draws for the mutual information (one each from this many examples)
 LOCAL_STEPS = 200  # Adam steps of the per-example Gaussian in the gap decomposition
@@ -545,17 +544,6 @@ def evaluate(
                          batch_size=batch_size, mi_examples=mi_examples, labels=labels)
 
 
-@contextmanager
-def evaluation_mode(model) -> Iterator[None]:
-    """``model.eval()`` inside, the model's own training mode restored on the way out."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _rows(labels: torch.Tensor | None, rows, device: torch.device) -> torch.Tensor | None:
     return None if labels is None else labels[rows].to(device)
 
@@ -756,3 +744,43 @@ def _grouped(log_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values = log_w[: groups * k].reshape(groups, k, -1).logsumexp(1) - math.log(k)
     return values.mean(0), _variance_of_mean(values)
 
+
+@torch.no_grad()
+def validation_terms(model, source: sources.Source, device: torch.device, batch_size: int = 1000,
+                     binarize_seed: int | None = None, group: distributed.Group | None = None,
+                     stream=None) -> dict[str, float]:
+    """Per-example means of ELBO, reconstruction and KL over ``source`` (one draw per
+    example, the KL in closed form where there is one; fp32, no gradients): what training
+    reports for its validation data. With ``binarize_seed`` the data are binarised by one
+    fixed draw (binary data stay as they are). With ``group`` each rank scores every
+    ``world``-th batch and the sums are all-reduced; the binarisation draws are made on every
+    rank alike, and with a keyed ``stream`` (:class:`vaekit.noise.Stream`) so are the
+    reparameterisation draws, so the numbers are one process's."""
+    from vaekit.objectives import elbo_terms
+
+    draws = None if binarize_seed is None else torch.Generator().manual_seed(binarize_seed)
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
+    example = None
+    if draws is not None and world > 1 and source.kind != "loader":
+        x0, _ = source.first_batch(1)
+        example = (tuple(x0.shape[1:]), x0.dtype)
+    totals, n = torch.zeros(3, dtype=torch.float64), 0
+    batches = (source.part_in_order(batch_size, rank, world) if world > 1
+               else ((x, y, len(x)) for x, y in source.in_order(batch_size)))
+    with evaluation_mode(model):
+        for index, (x, y, size) in enumerate(batches):
+            if draws is not None:
+                shape, dtype = ((size, *example[0]), example[1]) if x is None else (x.shape, x.dtype)
+                x = sources.binarize(x, draws, shape, dtype=dtype)  # drawn on every rank
+            if x is None:
+                continue
+            x = x.to(device)
+            labels = None if not getattr(model, "num_classes", 0) else torch.as_tensor(y).long().to(device)
+            with contextlib.nullcontext() if stream is None else stream.batch(index, len(x)):
+                terms = elbo_terms(model, x, 1, "auto", labels)
+            totals += torch.stack([terms[k].double().sum() for k in ("elbo", "reconstruction", "kl")]).cpu()
+            n += len(x)
+    if world > 1:
+        summed = distributed.all_sum(torch.cat([totals, torch.tensor([float(n)], dtype=torch.float64)]), group)
+        totals, n = summed[:3], float(summed[-1])
+    return dict(zip(("elbo", "reconstruction", "kl"), (totals / n).tolist(), strict=True))

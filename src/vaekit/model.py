@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, register_kl
 
+from vaekit import noise
 from vaekit.errors import VaekitError
 from vaekit.likelihoods import make_likelihood
 from vaekit.posteriors import representative
@@ -566,9 +567,21 @@ def _prior_draws(prior: nn.Module, n: int, generator: torch.Generator | None) ->
 
 
 def diagonal_normal(mu: torch.Tensor, logvar: torch.Tensor) -> Distribution:
-    """N(μ, diag σ²) with event shape [L], from μ and log σ² (clamped to ±LOGVAR_MAX)."""
+    """N(μ, diag σ²) with event shape [L], from μ and log σ² (clamped to ±LOGVAR_MAX); its
+    ``rsample`` draws from the training step's keyed noise (:mod:`vaekit.noise`) when active."""
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-    return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+    return Independent(KeyedNormal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+
+
+class KeyedNormal(Normal):
+    """A Normal whose reparameterised draws μ + σ ε take ε from :mod:`vaekit.noise` inside a
+    training step (torch's generator otherwise: the same arithmetic as ``Normal.rsample``)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        eps = noise.standard_normal(self._extended_shape(sample_shape), self.loc.dtype, self.loc.device)
+        if eps is None:
+            return super().rsample(sample_shape)
+        return self.loc + eps * self.scale
 
 
 def _per_point(net: nn.Module, z: torch.Tensor) -> torch.Tensor:

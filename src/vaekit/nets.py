@@ -69,7 +69,7 @@ def check_conv_shape(event_shape: tuple[int, ...], channels: list[int]) -> None:
     if len(event_shape) != 3:
         raise VaekitError(
             f"the conv architecture needs images shaped [C, H, W]; the data is shaped "
-            f"{list(event_shape)} per example (use --architecture mlp for tabular data)"
+            f"{list(event_shape)} per example (an MLP suits tabular data)"
         )
     step = 2 ** len(channels)
     _, h, w = event_shape
@@ -77,7 +77,7 @@ def check_conv_shape(event_shape: tuple[int, ...], channels: list[int]) -> None:
         raise VaekitError(
             f"the conv architecture halves the image {len(channels)} time(s) "
             f"(channels {channels}), so height and width must be divisible by {step}; "
-            f"the images are {h}x{w} (use fewer --channels)"
+            f"the images are {h}x{w} (use fewer channels)"
         )
 
 

@@ -15,7 +15,8 @@ Every estimator takes an optional ``labels`` ([B] class indices) that a conditio
 (the CVAE) needs; unconditional models are called without it.
 
 Training objectives are functions ``(model, batch) -> (loss, terms)``: ``loss`` the scalar
-to minimise, ``terms`` per-example tensors to report (``elbo``, ``reconstruction``, ``kl``).
+to minimise, ``terms`` per-example tensors to report (``elbo``, ``reconstruction``, ``kl``, and
+``objective``: what the loss averages, e.g. the IWAE bound L_k; logged as ``train_objective``).
 ``batch`` is a :class:`Batch`. :func:`elbo_objective` (β, KL warm-up, free bits) and
 :func:`iwae_objective` are the built-in ones; bind their options with ``functools.partial``.
 """
@@ -195,7 +196,7 @@ def elbo_objective(
         kl_part = free_bits_kl(kl_per_dimension(q, model.prior, kl, z), free_bits)
         return -(terms["reconstruction"].mean() - weight * kl_part), terms
     objective = terms["reconstruction"] - weight * terms["kl"]
-    return -objective.mean(), terms
+    return -objective.mean(), {**terms, "objective": objective}
 
 
 def iwae_objective(
@@ -203,13 +204,15 @@ def iwae_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The importance-weighted bound L_k as a training objective: loss = −mean_x L_k with
     log w_k = log p(x|z_k) − w·(log q(z_k|x) − log p(z_k)) (w = 1: Burda's bound). The
-    reported terms are the Monte-Carlo ELBO of the same k draws."""
+    reported terms are the Monte-Carlo ELBO of the same k draws (``train_elbo`` stays the
+    ELBO) and the bound itself, ``objective`` (``train_objective``)."""
     weight = kl_weight(beta, warmup, batch.epochs_done)
     rec, log_ratio = _weight_parts(model, batch.x, k, batch.y)
     log_w = rec - weight * log_ratio
-    loss = -(torch.logsumexp(log_w, dim=0) - math.log(k)).mean()
-    terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0), "kl": log_ratio.mean(0)}
-    return loss, terms
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+    terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0), "kl": log_ratio.mean(0),
+             "objective": bound}
+    return -bound.mean(), terms
 
 
 def _weight_parts(model, x, k, labels):

@@ -223,9 +223,9 @@ def reconstructions_figure(
 @torch.no_grad()
 def samples_figure(model, path: Path, n: int = 64) -> Path:
     """E[x|z] for z drawn from the prior N(0, I) (a generator seeded with 0)."""
-    from vaekit.sampling import eval_mode
+    from vaekit.devices import evaluation_mode
 
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         images = model.sample(n, generator=torch.Generator().manual_seed(0)).cpu()
     cols = int(np.ceil(np.sqrt(n)))
     fig, ax = _figure(figsize=(7, 7))
@@ -479,10 +479,10 @@ def samples_figure_features(model, x: torch.Tensor | None, path: Path, feature_n
                             data_units: Callable | None = None, title: str | None = None) -> Path:
     """Each feature's distribution: draws x ~ p(x|z), z ~ the prior (a generator seeded with
     0), against the data ``x`` where given. ``samples``: draws already made."""
-    from vaekit.sampling import eval_mode
+    from vaekit.devices import evaluation_mode
 
     if samples is None:
-        with eval_mode(model):
+        with evaluation_mode(model, gradients=False):
             samples = model.sample(n, mean=False, generator=torch.Generator().manual_seed(0))
     drawn = _units(samples, data_units)
     data = None if x is None else _units(x, data_units)

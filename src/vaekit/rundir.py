@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from vaekit import __version__
-from vaekit.errors import VaekitError, WriteError
+from vaekit.errors import NotARunFolder, RunExists, VaekitError, WriteError
 from vaekit.locks import try_lock
 
 try:
@@ -98,6 +98,9 @@ class RunDirectory:
     drops it instead); any other folder is refused. ``lock`` takes the lock for a run that
     continues (resume); ``release`` gives it back. Every write is atomic. Readers check what
     they read (regular files, size caps, schemas) and never execute it.
+
+    One object owns a run's lifecycle: whoever creates and prepares (or locks) it, the caller
+    or :func:`vaekit.fit`, ends it, as a context manager (``with RunDirectory(p).prepare():``).
     """
 
     def __init__(self, path: str | Path):
@@ -108,6 +111,17 @@ class RunDirectory:
         self._in_place = False  # a new run written straight into the folder
         self._lock_fd: int | None = None
         self._staging_fd: int | None = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        """The owner's end of its run: a new run that failed before it started training is
+        discarded (an old run it was to replace stays as it was); the lock is given back."""
+        if kind is not None:
+            self.discard()
+        self.release()
+        return False
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -156,21 +170,16 @@ class RunDirectory:
         :meth:`state`. Cheap: call it before loading data, and ``prepare`` checks again."""
         state = self.state()
         if state == "file":
-            raise VaekitError(f"--out {self.path} exists and is not a directory")
+            raise NotARunFolder(f"{self.path} exists and is not a directory", self.path)
         if state == "other":
             names = self._foreign()
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            raise VaekitError(
-                f"--out {self.path}{_place(self.path)} is not empty and holds no vaekit run (it holds "
-                f"{shown}); a new run goes into a new or empty folder, and --overwrite replaces only "
-                "a run: choose another --out"
-            )
+            raise NotARunFolder(
+                f"{self.path}{_place(self.path)} is not empty and holds no vaekit run (it holds "
+                f"{shown}); a new run goes into a new or empty folder, and overwriting replaces only "
+                "a run", self.path)
         if state == "run" and not overwrite:
-            present = [name for name in RUN_FILES if (self.path / name).exists()]
-            raise VaekitError(
-                f"{self.path} already holds a run ({', '.join(present[:3])}); choose another --out, "
-                f"continue it with --resume {self.path}, or pass --overwrite to replace it"
-            )
+            raise RunExists(self.path, [name for name in RUN_FILES if (self.path / name).exists()])
         return state
 
     # ------------------------------------------------------------------ setting up
@@ -381,7 +390,7 @@ class RunDirectory:
 
 
 def _place(path: Path) -> str:
-    """' (the current folder)' and the like, for folders a mistyped --out tends to name."""
+    """' (the current folder)' and the like, for folders a mistyped output path tends to name."""
     real = _real(path)
     for name, where in (("the file system root", Path(real.anchor)), ("your home folder", Path.home()),
                         ("the current folder", Path.cwd())):
@@ -741,7 +750,7 @@ def load_info(run_dir: str | Path) -> dict[str, Any]:
     shape = info.get("event_shape")
     if shape is None:
         raise VaekitError(f"{path}: the run never started training (its record has no data shape); "
-                          "train it again with --overwrite")
+                          "train it again, replacing it")
     if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
         raise VaekitError(f"{path}: event_shape must be a list of positive integers, got {shape!r}")
     return info

@@ -10,34 +10,20 @@ interpolations walk between the codes of two examples, along a line or a great c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
-from vaekit.devices import model_device
+from vaekit.devices import evaluation_mode, model_device
 from vaekit.errors import VaekitError
 from vaekit.model import labelled, num_classes
 from vaekit.posteriors import representative, spread
-
-
-@contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """``model.eval()`` and no gradients inside; the model's training mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+from vaekit.sources import binarize as binarize_draw
 
 
 def encode_posterior(model, x: torch.Tensor, labels: torch.Tensor | None = None):
     """q(z|x) for a batch ``x`` (moved to the model's device), in evaluation mode."""
     device = model_device(model)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         return model.encode(x.to(device), *labelled(None if labels is None else labels.to(device)))
 
 
@@ -46,7 +32,7 @@ def reconstruct(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> t
     point (:func:`vaekit.posteriors.representative`: μ(x) for a Gaussian)."""
     device = model_device(model)
     y = None if labels is None else labels.to(device)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         return model.decode_mean(representative(model.encode(x.to(device), *labelled(y))), y).cpu()
 
 
@@ -61,12 +47,12 @@ def posterior_means(
     drawn x ~ Bernoulli(x) (data trained with dynamic binarisation)."""
     device = model_device(model)
     parts = []
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         for i in range(0, len(x), batch_size):
             y = None if labels is None else labels[i : i + batch_size].to(device)
             batch = x[i : i + batch_size]
             if binarize is not None:
-                batch = torch.bernoulli(batch, generator=binarize)
+                batch = binarize_draw(batch, binarize)
             parts.append(representative(model.encode(batch.to(device), *labelled(y))).cpu())
     return torch.cat(parts)
 
@@ -124,7 +110,7 @@ def decode_latents(
         labels = torch.as_tensor(y, dtype=torch.long).expand(len(z)).to(device)
     elif num_classes(model):
         labels = (torch.arange(len(z)) % model.num_classes).to(device)
-    with eval_mode(model):
+    with evaluation_mode(model, gradients=False):
         out = model.decode_mean(z, labels) if mean else model.decode(z, labels).sample()
     return out.cpu()
 

@@ -55,10 +55,6 @@ class Schedule:
         return f"{type(self).__name__}({args})"
 
 
-class Constant(Schedule):
-    """The initial learning rate throughout."""
-
-
 class StepDecay(Schedule):
     """× ``gamma`` every ``every`` epochs (torch's StepLR, counted in epochs done)."""
 

@@ -172,6 +172,18 @@ def as_tensors(data, labels=None, what: str = "data") -> tuple:
     return torch.cat(xs), torch.cat(ys).long() if has_labels else None
 
 
+def binarize(x: torch.Tensor | None, generator: torch.Generator, shape: tuple | None = None,
+             rows: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """x ~ Bernoulli(x) (dynamic binarisation), drawn as ``u < x`` for u uniform: exactly the
+    numbers and the use of ``generator`` of ``torch.bernoulli``, and faster. The draw is made
+    for ``shape`` (a whole minibatch; default ``x``'s, of ``dtype``) and taken at ``rows``, so
+    every process draws the same numbers and keeps its own examples'; without ``x`` (a rank
+    with no examples in this minibatch) the draw is still made, keeping the generator in step."""
+    dtype = dtype or x.dtype
+    u = torch.rand(shape or x.shape, generator=generator, dtype=dtype if dtype.is_floating_point else torch.float32)
+    return None if x is None else (u[rows] < x).to(x.dtype)
+
+
 def split_item(item) -> tuple:
     """(x, y) of a Dataset item or a DataLoader batch: a tensor x, or a pair (x, y)."""
     if isinstance(item, (tuple, list)):

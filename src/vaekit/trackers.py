@@ -52,7 +52,7 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise VaekitError("--log tensorboard needs the tensorboard package: "
+            raise VaekitError("the TensorBoard tracker needs the tensorboard package: "
                               "pip install 'vaekit[tensorboard]'") from None
         log_dir = self.log_dir or (loop.out.figure(TENSORBOARD_DIR) if loop.out is not None else "runs/tensorboard")
         self.writer = SummaryWriter(str(log_dir))
@@ -96,7 +96,7 @@ class MLflow(Callback):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise VaekitError("--log mlflow needs the mlflow package: pip install 'vaekit[mlflow]'") from None
+            raise VaekitError("the MLflow tracker needs the mlflow package: pip install 'vaekit[mlflow]'") from None
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
             where = loop.out.figure(MLFLOW_DIR) if loop.out is not None else Path(MLFLOW_DIR)
@@ -115,7 +115,8 @@ class MLflow(Callback):
         run = self.client.create_run(experiment, run_name=self.run_name or (loop.out.path.name if tag else None),
                                      tags={RUN_TAG: tag} if tag else None)
         self.run_id = run.info.run_id
-        for key, value in (self.params or {}).items():
+        # fit's own arguments (what a resume compares), then the caller's (the app's config)
+        for key, value in {**getattr(loop, "settings", {}), **(self.params or {})}.items():
             self.client.log_param(self.run_id, key, str(value)[:500])
 
     def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:
@@ -182,7 +183,7 @@ def check_installed(names: tuple[str, ...]) -> None:
     for name in names:
         module, extra = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise VaekitError(f"--log {name} needs the {module} package: pip install 'vaekit[{extra}]'")
+            raise VaekitError(f"the {name} tracker needs the {module} package: pip install 'vaekit[{extra}]'")
         if name == "mlflow":
             _check_mlflow_version()
 

@@ -219,7 +219,8 @@ class OptimisationSettings:
 
     batch_size: int = setting(128, "Examples per minibatch.", minimum="positive")
     optimizer: str = setting("adam", "", choices=registry.OPTIMIZERS)
-    lr: float = setting(1e-3, "Learning rate (the initial one, under a schedule).", minimum="positive")
+    lr: float = setting(1e-3, "Learning rate (the initial one, under a schedule; a resumed run may set a new one, "
+                        "applied from its next step and recorded).", minimum="positive", on_resume=True)
     lr_schedule: str = setting("constant", "", choices=registry.SCHEDULES, parse=lambda text: parse_lr_schedule(text))
     adam_betas: list[float] = setting([0.9, 0.999], "Adam/AdamW beta1,beta2 (default 0.9,0.999).")
     adam_eps: float = setting(1e-8, "Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).", minimum="positive")
@@ -490,6 +491,8 @@ _FIELDS = {f.name: f for f in fields(Config)}
 # computed (declared with on_resume=True): a resumed run may change them. Any other difference
 # is refused (the result would not be the run's).
 MAY_CHANGE_ON_RESUME = tuple(f.name for f in fields(Config) if f.metadata["on_resume"])
+# fit's own resume policy (vaekit.policy.MAY_CHANGE_ON_RESUME, imported here as LIBRARY_MAY_CHANGE) is
+# part of it: every setting fit lets change is declared on_resume (tests/test_config.py checks it)
 
 
 def section_of(name: str) -> str:

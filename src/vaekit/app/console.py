@@ -32,7 +32,7 @@ class ProgressLines(Callback):
     def on_step_end(self, loop, loss: float) -> None:
         now = time.monotonic()
         if now - self.last >= self.step_every:
-            say(f"epoch {_of(loop.epoch, loop.epochs)}  step {loop.step}/{loop.steps_per_epoch}  -ELBO {loss:.4g}")
+            say(f"epoch {_of(loop.epoch, loop.epochs)}  step {loop.step}/{loop.steps_per_epoch}  loss {loss:.4g}")
             self.last = now
 
     def on_epoch_end(self, loop, record: dict) -> None:

@@ -33,12 +33,13 @@ from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... a
     step_flops,
 )
 from vaekit.app.threads import ThreadPolicy
+from vaekit.callbacks import ProgressBar
 from vaekit.devices import forked_rng, resolve_device
-from vaekit.errors import VaekitError
+from vaekit.errors import NoCheckpoint, NotARunFolder, RunExists, VaekitError
 from vaekit.model import VAE, num_classes
-from vaekit.rundir import CONFIG, RunDirectory, atomic_write
+from vaekit.rundir import RunDirectory
 from vaekit.trackers import check_installed, trackers
-from vaekit.training import Callback, EarlyStopping, fit
+from vaekit.training import Budget, Callback, Checkpointing, EarlyStopping, FigureLabels, Guards, fit
 
 
 def train(
@@ -60,7 +61,8 @@ def train(
     config = dataclasses.replace(config.resolved(), data=absolute_spec(config.data))
     group = distributed.current()  # under torchrun rank 0 alone touches the run directory
     # before the data are read: a quick refusal
-    distributed.together(lambda: RunDirectory(out).check_target(overwrite), group, main_only=True)
+    with cli_words(Path(out)):
+        distributed.together(lambda: RunDirectory(out).check_target(overwrite), group, main_only=True)
     device = resolve_device(config.device)
     check_installed(config.trackers)
     with ThreadPolicy(config.threads, quiet=True) as policy:  # busy-machine advice once training starts
@@ -80,29 +82,40 @@ def train(
             _say(f"warning: {short} is a very short run: its numbers are far from what the model reaches "
                  f"(a few hundred steps at the least, usually many thousands); give more --epochs or --steps N")
         # Everything that can be checked has been: only now is the folder touched. An old run
-        # (--overwrite) stays as it was until the new one starts training (fit commits it).
+        # (--overwrite) stays as it was until the new one starts training (fit commits it). This
+        # object owns the run: a failure before training started discards it; the lock goes at the end.
         run = RunDirectory(out)
 
         def prepare() -> None:
             run.prepare(overwrite)
-            try:
-                run.write_config(config.to_dict())
-                write_run_data(run, config, splits)
-            except BaseException:
-                run.discard()
-                run.release()
-                raise
+            run.write_config(config.to_dict())
+            write_run_data(run, config, splits)
 
-        distributed.together(prepare, group, main_only=True)
-        try:
+        with cli_words(run.path), run:
+            distributed.together(prepare, group, main_only=True)
             _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=False,
                  callbacks=list(callbacks))
-        except BaseException:
-            run.discard()  # before training started: no half-written run left to mistake for a real one
-            raise
-        finally:
-            run.release()
     return run.path
+
+
+@contextlib.contextmanager
+def cli_words(run: Path):
+    """The library's errors about the run in ``run``, with what to type to go on."""
+    try:
+        yield
+    except RunExists as err:
+        raise VaekitError(f"{err.path} already holds a run ({', '.join(err.files[:3])}); choose another --out, "
+                          f"continue it with --resume {err.path}, or pass --overwrite to replace it") from None
+    except NotARunFolder as err:
+        message = str(err).replace(str(err.path), f"--out {err.path}", 1)
+        raise VaekitError(message.replace("overwriting replaces", "--overwrite replaces")
+                          + ("" if "not a directory" in message else ": choose another --out")) from None
+    except NoCheckpoint as err:
+        raise VaekitError(f"{err}: start it again with --overwrite") from None
+    except VaekitError as err:
+        if err.resumable is not None:
+            err.how_to_resume = f"vaekit train --resume {err.resumable}"
+        raise
 
 
 def short_run(config: Config, examples: int) -> str | None:
@@ -143,11 +156,9 @@ def resume(
     ``device``, ``mirror``)."""
     group = distributed.current()  # under torchrun rank 0 alone touches the run directory
     run = RunDirectory(run_dir)
-    distributed.together(run.lock, group, main_only=True)  # one writer at a time; released when this returns
-    try:
+    with cli_words(run.path), run:  # one writer at a time; released when this returns
+        distributed.together(run.lock, group, main_only=True)
         _resume(run, changes or {}, quiet, figures, group, list(callbacks))
-    finally:
-        run.release()
     return run.path
 
 
@@ -185,34 +196,25 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
             raise VaekitError(f"{stored['checkpoint']}: event shape {list(event_shape)} does not match the data")
         model = build_checked(config, event_shape, {k: tuple(v) for k, v in stored["shapes"].items()},
                               Path(stored["checkpoint"]))
-        previous: list[bytes] = []
-
-        def write_config() -> None:  # before fit: its checkpoints store the run's config
-            previous.append(run.file(CONFIG).read_bytes())
-            run.write_config(config.to_dict())
-
-        distributed.together(write_config, group, main_only=True)
         step = stored["in_epoch"]
         where = f"epoch {done}" if step is None else f"epoch {done}, step {step['step']}"
-        started = _Started(None if quiet else f"resuming {run.path} after {where} of {budget_text(config)}")
-        try:
-            _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
-                 callbacks=[started, *callbacks])
-        except BaseException:
-            if not started.started and previous:  # fit refused the checkpoint: leave the run as it was
-                with contextlib.suppress(VaekitError):
-                    atomic_write(run.file(CONFIG), previous[0])
-            raise
+        message = f"resuming {run.path} after {where} of {budget_text(config)}"
+        started = _Started(run, config, None if quiet else message)
+        _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
+             callbacks=[started, *callbacks])
 
 
 class _Started(Callback):
-    """Notes that fit accepted the checkpoint and starts training; says ``message`` then."""
+    """Once fit has accepted the checkpoint and starts training: the run's config.json
+    becomes the resumed one (fit's checkpoints already carry it), and ``message`` is said.
+    A refused resume leaves the run as it was."""
 
-    def __init__(self, message: str | None):
-        self.message, self.started = message, False
+    def __init__(self, run: RunDirectory, config: Config, message: str | None):
+        self.run, self.config, self.message = run, config, message
 
     def on_fit_start(self, loop) -> None:
-        self.started = True
+        if loop.out is not None:  # rank 0
+            self.run.write_config(self.config.to_dict())
         if self.message:
             _say(self.message)
 
@@ -224,35 +226,40 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     from vaekit.app.threads import ThreadCheck
 
     group = distributed.current()
-    mine = trackers(config.trackers, config.to_dict()) if group is None or group.main else []  # rank 0 logs
+    main = group is None or group.main
+    mine = trackers(config.trackers, config.to_dict()) if main else []  # rank 0 logs
     # first: the quick evaluation in the data's own units before anything logs or prints it
-    units = data_units_callback(splits["train"], quiet) if group is None or group.main else []
+    units = data_units_callback(splits["train"], quiet) if main else []
     callbacks = [*units, ThreadCheck(policy), *callbacks, *mine]
     terminal = sys.stderr.isatty()
     if not quiet:
         callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
+    if not quiet and terminal and main:
+        callbacks.insert(0, ProgressBar())
     train_set, val_set = splits["train"], splits["validation"]
-    conditional = bool(num_classes(model))
     policy.tune(step_flops(model, config), quiet=quiet)
-    budget = {"epochs": config.epochs}
+    budget = Budget(epochs=config.epochs)
     if config.steps:
-        budget = {"steps": config.steps}
+        budget = Budget(steps=config.steps)
     elif config.time_budget is not None:
-        budget = {"time_budget": config.time_budget_seconds}
+        budget = Budget(time=config.time_budget_seconds)
     stopping = [EarlyStopping(config.patience)] if config.patience else []
     fit(
         model,
-        (train_set.x, train_set.labels if conditional else None),
-        validation=None if val_set is None else (val_set.x, val_set.labels if conditional else None),
-        **budget, batch_size=config.batch_size, objective=objective_for(config),
-        optimizer=optimizer_for(config, device), schedule=schedule_from_spec(config.schedule),
-        lr=config.lr, weight_decay=config.weight_decay, device=device, precision=config.precision,
-        seed=config.seed, dynamic_binarization=config.binarization.dynamic,
-        grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
-        checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
-        save_best=config.save_best, figures=figures, callbacks=[*stopping, *callbacks], progress=not quiet and terminal,
-        class_names=train_set.classes, feature_names=train_set.features,
-        data_units=None if train_set.standardization is None else train_set.standardization.invert,
+        # labels reach a conditional model, and colour figure (a) by class for any model
+        (train_set.x, train_set.labels),
+        validation=None if val_set is None else (val_set.x, val_set.labels),
+        budget=budget, batch_size=config.batch_size, objective=objective_for(config),
+        optimizer=optimizer_for(config, device), lr=config.lr, schedule=schedule_from_spec(config.schedule),
+        device=device, precision=config.precision, seed=config.seed,
+        dynamic_binarization=config.binarization.dynamic,
+        guards=Guards(config.grad_clip, config.max_bad_steps), out=run, resume=resume,
+        checkpointing=Checkpointing(config.checkpoint_every, config.checkpoint_minutes, config.save_best,
+                                    metadata=config.to_dict()),
+        figures=figures and FigureLabels(
+            train_set.classes, train_set.features,
+            None if train_set.standardization is None else train_set.standardization.invert),
+        callbacks=[*stopping, *callbacks],
     )
     if not quiet:
         print(f"run written to {run.path}")

@@ -1,7 +1,7 @@
 """Binarisation protocols behind published MNIST numbers.
 
 ``dynamic``: a fresh Bernoulli draw of every pixel at every training minibatch
-(:func:`binarize_batch`); evaluation sets are drawn once with a fixed seed.
+(:func:`vaekit.sources.binarize`); evaluation sets are drawn once with a fixed seed.
 ``static``: one fixed draw for every split. ``threshold:L``: x > L. ``none``: as given.
 
 Fixed draws are a pure function of (seed, split, example position, pixel): a uniform
@@ -73,11 +73,6 @@ def bernoulli_draw(p: np.ndarray, positions: np.ndarray, seed: int, stream: int)
         counter = positions.astype(np.uint64)[:, None] * np.uint64(d) + np.arange(d, dtype=np.uint64)
         uniform = (_splitmix64(counter + salt) >> np.uint64(40)).astype(np.float32) * np.float32(2**-24)
     return (uniform < p.reshape(len(p), d)).astype(np.float32).reshape(p.shape)
-
-
-def binarize_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Dynamic binarisation of one training minibatch."""
-    return torch.bernoulli(x, generator=generator)
 
 
 def fingerprint(x) -> str | None:
