@@ -71,7 +71,7 @@ def test_label_needs_a_conditional_model(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "hvae"], "--kl mc"),
+    (["--model", "hvae", "--kl", "analytic"], "--kl mc"),
     (["--architecture", "conv", "--channels", "8,8,8,8"], "divisible by 16"),
     (["--likelihood", "logistic"], "--levels"),
     (["--objective", "iwae", "--free-bits", "1"], "free_bits applies to the elbo objective"),

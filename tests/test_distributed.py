@@ -326,7 +326,9 @@ def test_fit_in_a_script_of_ones_own_on_tensors_datasets_and_lazily_read_arrays(
     for kind in ("tensor", "dataset", "lazy"):
         got = load_file(tmp_path / f"{kind}.safetensors")
         assert max(float((got[k] - expected[k]).abs().max()) for k in expected) < 1e-6, kind  # 18 steps
-    probes = 8 + 1  # a few first rows, read by every rank before training (unused parameters, example shape)
+    # a few first rows, read by every rank before training: the protocol check (vaekit.protocol), the
+    # unused-parameter probe and the example's shape
+    probes = 8 + 8 + 1
     reads = {rank: json.loads((tmp_path / f"rows.{rank}").read_text())[probes:] for rank in (0, 1)}
     from collections import Counter
 

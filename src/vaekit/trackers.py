@@ -101,6 +101,11 @@ class MLflow(Callback):
         if uri is None:
             where = loop.out.figure(MLFLOW_DIR) if loop.out is not None else Path(MLFLOW_DIR)
             uri = where.resolve().as_uri()
+            # MLflow caches a file store per URI and lays out its folder only when it first builds
+            # it: an overwritten run's folder is new, so it is laid out here (a second run in one process)
+            from mlflow.store.tracking.file_store import FileStore
+
+            FileStore(str(where.resolve()))
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(self.experiment)
         experiment = found.experiment_id if found else self.client.create_experiment(self.experiment)

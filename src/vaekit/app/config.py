@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from vaekit import registry
 from vaekit.errors import VaekitError
+from vaekit.policy import MAY_CHANGE_ON_RESUME as LIBRARY_MAY_CHANGE  # noqa: F401 (the app's list includes it)
 from vaekit.registry import Entry, Registry, Spec
 
 # The component names a config may give: the library's registries, and the app's own bodies.
@@ -401,7 +402,7 @@ class Config(RecordSettings, CheckpointSettings, HardwareSettings, OptimisationS
         if not kind.trait("closed_form_kl") and self.kl == "analytic":
             raise VaekitError(
                 f"the two-layer model (model '{self.model}') has no closed-form KL: its prior "
-                "p(z1|z2)p(z2) is not Gaussian; use kl 'mc' (--kl mc)"
+                "p(z1|z2)p(z2) is not Gaussian; use kl 'auto' or 'mc' (--kl mc)"
             )
         if kind.trait("deterministic") and (self.objective == "iwae" or self.free_bits or self.kl_warmup):
             raise VaekitError(
