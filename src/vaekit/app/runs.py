@@ -322,11 +322,14 @@ def labels_for(model, dataset) -> torch.Tensor | None:
 
 
 def check_data(data, config: Config, quiet: bool = False) -> None:
-    """Refuse data the likelihood cannot model; warn when the number will not be a likelihood."""
+    """Refuse data the likelihood cannot model, and training steps on them that cannot fit in
+    memory; warn when the number will not be a likelihood."""
     from vaekit.app.data.lazy import is_lazy, value_range
+    from vaekit.app.factories import check_step_size
 
     if len(data) == 0:
         raise VaekitError("the training set is empty")
+    check_step_size(config, tuple(data.event_shape), len(data))
     name = config.likelihood
     if name in ("continuous-bernoulli", "logistic", "bernoulli"):
         lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand

@@ -53,6 +53,7 @@ def command(
     are one process's (docs/distributed.md)."""
     from vaekit.app.console import progress
     from vaekit.app.data import same_data
+    from vaekit.app.factories import check_evaluation_size
     from vaekit.app.launch import process_group, rank
     from vaekit.app.outputs import output_path, source_columns
     from vaekit.app.threads import ThreadPolicy, tune_allocator
@@ -72,6 +73,7 @@ def command(
             positive("--samples", samples)
             importance_samples = samples
         k, iwae_k = check_samples(importance_samples, iwae_k)
+        check_evaluation_size(k, batch_size)
         if per_example is not None:
             output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
         check_threads(threads)
