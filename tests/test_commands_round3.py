@@ -3,7 +3,10 @@ in memory (issue 25 item 5): each test fails on the behaviour the issue reported
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from data.helpers import cli
 from vaekit.errors import VaekitError
@@ -66,3 +69,97 @@ def test_an_evaluation_whose_weights_cannot_fit_is_refused(tiny_run, capsys):
     assert status == 2
     assert err.startswith("error: --importance-samples 100,000,000,000: the evaluation would hold 1,600.0 GB")
     assert err.count("\n") == 1 and "lower --importance-samples" in err
+
+
+# ---------------------------------------------------------------------- 24.11 names that mean two things
+def help_of(capsys, *command) -> str:
+    """The help text, its lines joined by single spaces (phrases are wrapped apart at any width)."""
+    status, out, err = cli(capsys, *command, "--help")
+    assert status == 0, err
+    return " ".join(out.split())
+
+
+def test_importance_samples_and_training_samples_say_what_they_are(capsys):
+    evaluate = help_of(capsys, "evaluate")
+    assert "not train's --samples" in evaluate
+    assert "--samples" not in evaluate.replace("--importance-samples", "").replace("train's --samples", "")
+    train = help_of(capsys, "train")
+    assert "Monte-Carlo draws M of z per example in each training step's ELBO estimate" in train
+    assert "(not the importance samples K of 'vaekit evaluate')" in train
+
+
+def test_the_old_evaluate_samples_flag_still_works(tiny_run, capsys):
+    status, out, err = cli(capsys, "evaluate", tiny_run, "--samples", "3", "--json", "--no-save", "-q")
+    assert status == 0, err
+    assert json.loads(out)["importance_samples"] == 3
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "plot", "explore", "report", "data fetch"])
+def test_usage_lines_name_arguments_in_capitals_without_braces(capsys, command):
+    usage = help_of(capsys, *command.split()).split(" [OPTIONS] ")[1].split()[0]
+    assert usage in ("RUN", "RUN...", "NAME"), usage  # not {run_dir}
+
+
+def test_defaults_show_once_and_without_parentheses(capsys):
+    train = help_of(capsys, "train")
+    assert "[default: digits]" in train and "(digits)]" not in train
+    betas = train.split("--adam-betas")[1].split("--adam-eps")[0]
+    assert betas.count("0.9,0.999") == 1, betas
+    eps = train.split("--adam-eps")[1].split("--weight-decay")[0]
+    assert eps.count("1e-08") + eps.count("1e-8") == 1, eps
+
+
+def tiny_model(d: int):
+    from vaekit.app.config import Config
+    from vaekit.app.factories import build_model
+
+    return build_model(Config(data="digits", hidden=[8], latent_dim=d), (1, 8, 8)).eval()
+
+
+def captured_titles(monkeypatch) -> list[str]:
+    from vaekit import plots
+
+    titles: list[str] = []
+
+    def save(fig, path):
+        titles.extend([fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)])
+        return path
+
+    monkeypatch.setattr(plots, "_save", save)
+    return titles
+
+
+@pytest.mark.parametrize(("d", "rest"), [(3, "(z₃ = 0)"), (20, "(z₃…z₂₀ = 0)")])
+def test_the_manifold_title_writes_every_index_as_a_subscript(monkeypatch, tmp_path, d, rest):
+    from vaekit import plots
+
+    titles = captured_titles(monkeypatch)
+    model = tiny_model(d)
+    plots.manifold_figure(model, tmp_path / "m.png", n=3)
+    assert any(rest in t for t in titles) and not any("z_" in t for t in titles), titles
+
+
+def test_the_latent_figure_says_when_it_shows_a_subset_of_the_training_set(monkeypatch, tmp_path):
+    from vaekit import plots
+
+    titles = captured_titles(monkeypatch)
+    model = tiny_model(2)
+    x = torch.rand(30, 1, 8, 8)
+    plots.latent_figure(model, x, None, tmp_path / "a.png", total=54_000)
+    plots.latent_figure(model, x, None, tmp_path / "b.png")
+    assert any(t.endswith("\n30 of the 54,000 training examples") for t in titles), titles
+    assert any(t.endswith("\n30 training examples") for t in titles), titles
+
+
+def test_grey_levels_under_a_bernoulli_likelihood_print_no_log_likelihood(tmp_path, capsys):
+    status, out, err = cli(capsys, "train", "--data", "digits", "--binarize", "none", "--likelihood", "bernoulli",
+                           "--hidden", "16", "--epochs", "1", "--no-figures", "--threads", "1", "--out", tmp_path / "r")
+    assert status == 0, err
+    assert "the ELBO is then not a bound on a log-likelihood" in err
+    line = next(line for line in out.splitlines() if line.startswith("validation:"))
+    assert line.startswith("validation: importance-sampled estimate (not a log-likelihood: the bernoulli "
+                           "likelihood of non-binary data) -"), line
+    status, out, err = cli(capsys, "train", "--data", "digits", "--binarize", "dynamic", "--hidden", "16",
+                           "--epochs", "1", "--no-figures", "--threads", "1", "--out", tmp_path / "b")
+    assert status == 0, err
+    assert "validation: log-likelihood -" in out

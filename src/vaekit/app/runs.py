@@ -230,7 +230,8 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     callbacks = [*units, ThreadCheck(policy), *callbacks, *mine]
     terminal = sys.stderr.isatty()
     if not quiet:
-        callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
+        summary = Summary(bound=not grey_bernoulli(splits["train"], config))
+        callbacks += [summary] if terminal else [ProgressLines(), summary]
     train_set, val_set = splits["train"], splits["validation"]
     conditional = bool(num_classes(model))
     policy.tune(step_flops(model, config), quiet=quiet)
@@ -353,6 +354,17 @@ def check_data(data, config: Config, quiet: bool = False) -> None:
             "on a log-likelihood (use --binarize dynamic|static|threshold, or a likelihood "
             "for grey levels)"
         )
+
+
+def grey_bernoulli(data, config: Config) -> bool:
+    """Whether the run fits a Bernoulli likelihood to grey levels as they are (no binarisation
+    per step): its ELBO bounds no log-likelihood, nor does the importance-sampled estimate
+    estimate one."""
+    from vaekit.app.data.lazy import value_range
+
+    if config.likelihood != "bernoulli" or config.binarization.dynamic or len(data) == 0:
+        return False
+    return not value_range(data.x)[2]
 
 
 # ---------------------------------------------------------------------- loading runs

@@ -18,7 +18,7 @@ from vaekit.app.commands.options import (
 
 
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: compared side by side).")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories (several: compared side by side).")],
     output: Annotated[Path, Opt("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
@@ -30,7 +30,7 @@ def report(
 
 
 def runs_command(
-    folder: Annotated[Path, typer.Argument(help="Folder to search for run directories (at any depth).")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to search for run directories (at any depth).")] = Path("runs"),
     as_json: Annotated[bool, Opt("--json", help="Print a JSON list, one object per run.")] = False,
 ) -> None:
     """List the runs under FOLDER: name, data, model, epochs done/planned, status, best
