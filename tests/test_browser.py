@@ -210,6 +210,19 @@ def test_explorer_in_the_browser(page, explorer):
     save_screenshot(page, "explore.png")
     # the one console error is the browser's note on the deliberately malformed fetch
     assert page.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+
+    # the page says which split it shows and switches to the others (loaded on first use)
+    assert "validation split: 180 examples" in page.locator("#subtitle").text_content()
+    assert page.locator("#split option").all_text_contents() == ["validation", "train", "all"]
+    page.select_option("#split", "train")
+    page.wait_for_function("() => window.vaekitExplorer.info.split === 'train'")
+    page.wait_for_function("() => document.querySelectorAll('#plane .scatterlayer .point').length === 1617")
+    assert "train split: 1617 examples" in page.locator("#subtitle").text_content()
+    page.locator("#plane .scatterlayer .point").nth(1500).hover(force=True)
+    page.wait_for_function("() => document.getElementById('hovered-caption').textContent.startsWith('#')")
+    index, name = re.fullmatch(r"#(\d+), class (\w+)", page.locator("#hovered-caption").text_content()).groups()
+    assert page.evaluate(f"() => window.vaekitExplorer.info.labels[{index}]") == int(name)  # train's own #index
+    assert len(page.errors) == 1 and page.locator("#status").text_content() == ""
     assert explorer.process.poll() is None  # still serving
 
 

@@ -237,3 +237,18 @@ def test_wall_time_is_the_sessions_where_recorded_else_the_epochs_named_so(tmp_p
     # a damaged record of the sessions falls back to the epochs' sum
     (new / rundir.INFO).write_text(json.dumps({**info, "sessions_seconds": "11"}))
     assert catalog.summarise_run(new)["wall_time_source"] == "epochs"
+
+
+def test_a_run_that_validated_on_the_test_set_shows_its_test_log_likelihood(tmp_path):
+    """validation_split = "test": training's evaluation.json scored the test set (as "validation")."""
+    run = copy_run("vae-v0.1", tmp_path / "runs" / "a")
+    config = json.loads((run / rundir.CONFIG).read_text())
+    (run / rundir.CONFIG).write_text(json.dumps({**config, "validation_split": "test"}))
+    evaluation = json.loads((run / rundir.EVALUATION).read_text())
+    assert evaluation["split"] == "validation"
+    [row] = catalog.runs_table(tmp_path / "runs")
+    assert row["test_log_likelihood"] == evaluation["log_likelihood"]
+    assert f"{evaluation['log_likelihood']:.2f}" in catalog.format_runs([row])
+    # a run that validated on a fraction of the training set has no test number in it
+    (run / rundir.CONFIG).write_text(json.dumps(config))
+    assert catalog.runs_table(tmp_path / "runs")[0]["test_log_likelihood"] is None

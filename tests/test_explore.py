@@ -349,6 +349,7 @@ def test_other_data_are_encoded_and_checked(tiny_run, tmp_path):
     np.save(tmp_path / "some.npy", digits)
     other = explore.load_explorer(tiny_run, data=str(tmp_path / "some.npy"))
     assert (len(other.mu), other.split, other.labels) == (40, "all", None)
+    assert other.info()["splits"] == ["all"]  # the run's splits are not these data's
     np.save(tmp_path / "wrong.npy", np.zeros((5, 3), dtype=np.float32))
     with pytest.raises(VaekitError, match="shaped"):
         explore.load_explorer(tiny_run, data=str(tmp_path / "wrong.npy"))
@@ -376,3 +377,69 @@ def test_a_non_loopback_address_accepts_any_host():
     binding = explore.bind("0.0.0.0", 0)
     binding.sock.close()
     assert (binding.loopback, binding.hosts) == (False, ["*"])
+
+
+# ---------------------------------------------------------------------- the other splits, --threads, --device
+def test_the_page_offers_every_split_and_loads_each_on_first_use(vae, client):
+    info = client.get("/api/info").json()
+    assert (info["split"], info["splits"]) == ("validation", ["validation", "train", "all"])  # digits: no test
+    train = client.get("/api/info?split=train").json()
+    assert (train["split"], train["n"], train["total"]) == ("train", 1617, 1617)
+    assert "train" in vae.views  # loaded now, kept for the next request
+    # the same plane (a 2-D latent space: the posterior means themselves)
+    view = vae.view("train")
+    mu = vae.model.encode(view.x[:5]).mean.detach().numpy()
+    assert np.allclose(np.c_[train["u"][:5], train["v"][:5]], mu, atol=1e-4)
+    assert view.x.shape[0] == 1617 and not torch.equal(view.x[:180], vae.x)
+    # indices are the split's own: #1000 exists in train only
+    assert client.get("/api/example?i=1000").status_code == 400
+    expected = view.png(view.examples([1000]))
+    assert client.get("/api/example?i=1000&split=train").content == expected
+    assert client.get("/api/interpolate?a=0&b=1500&steps=3&split=train").status_code == 200
+    whole = client.get("/api/info?split=all").json()
+    assert whole["n"] == 1797
+    for bad, message in (("test", "split must be one of validation, train, all; got 'test'"),
+                         ("nope", "split must be one of")):
+        reply = client.get(f"/api/info?split={bad}")
+        assert reply.status_code == 400 and message in reply.json()["error"]
+
+
+def test_other_splits_keep_the_first_splits_principal_plane(deep):
+    train = deep.view("train")
+    assert np.array_equal(train.center, deep.center) and np.array_equal(train.basis, deep.basis)
+    assert np.allclose(train.plane, (train.mu - deep.center) @ deep.basis.T)
+    assert train.info()["axis_titles"] == deep.info()["axis_titles"]
+
+
+def test_explore_takes_threads_and_device(tiny_run, capsys, monkeypatch):
+    from data.helpers import cli
+
+    seen = {}
+
+    def serve(run_dir, **options):
+        seen.update(options, threads=torch.get_num_threads())
+
+    monkeypatch.setattr(explore, "serve", serve)
+    before = torch.get_num_threads()
+    status, _, err = cli(capsys, "explore", tiny_run, "--no-browser", "--threads", "2", "--device", "cpu")
+    assert status == 0, err
+    assert (seen["device"], seen["threads"]) == ("cpu", 2)  # set while serving, restored afterwards
+    assert torch.get_num_threads() == before
+    status, _, err = cli(capsys, "explore", tiny_run, "--threads", "-1")
+    assert status == 2 and "--threads must be 0 (auto) or more" in err
+
+
+def test_the_explorer_runs_the_model_on_the_device_asked_for(tiny_run, monkeypatch):
+    """--device reaches load_run, and inputs follow the model to its device."""
+    from vaekit.app import runs
+
+    asked = []
+    real = runs.load_run
+
+    def load_run(run_dir, weights="last", device="cpu"):
+        asked.append(device)
+        return real(run_dir, weights, device="cpu")
+
+    monkeypatch.setattr(runs, "load_run", load_run)
+    shown = explore.load_explorer(tiny_run, max_points=20, device="meta-device-name")
+    assert asked == ["meta-device-name"] and shown.device == torch.device("cpu")

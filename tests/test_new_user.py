@@ -257,7 +257,7 @@ def test_train_help_shows_the_defaults_and_version_exists(capsys):
     for flag, default in (("--epochs", "30"), ("--batch-size", "128"), ("--latent-dim", "2"),
                           ("--likelihood", "auto"), ("--hidden", "400"), ("--binarize", "auto")):
         text = " ".join(out.split(flag, 1)[1].split("--", 1)[0].split())
-        assert f"[default: ({default})]" in text, (flag, text)
+        assert f"[default: {default}]" in text, (flag, text)
     from vaekit import __version__
 
     status, out, _ = cli(capsys, "--version")

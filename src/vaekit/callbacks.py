@@ -336,7 +336,7 @@ class Figures(Callback):
         with evaluation_mode(loop.model):
             plots.draw_all(self.run.path, loop.model, train_x, train_labels, x, labels, self.run.read_metrics(),
                            class_names=self.labels.class_names, feature_names=self.labels.feature_names,
-                           data_units=self.labels.data_units)
+                           data_units=self.labels.data_units, train_total=len(self.source))
 
 
 def run_writers(run: RunDirectory | None, where: Path, strategy: SingleProcess, state: TrainState, settings: dict,

@@ -28,9 +28,11 @@ __all__ = ["FIGURES", "draw_all"]
 
 def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_labels,
              metrics: list[dict], class_names: list[str] | None = None,
-             feature_names: list[str] | None = None, data_units: Callable | None = None) -> list[Path]:
+             feature_names: list[str] | None = None, data_units: Callable | None = None,
+             train_total: int | None = None) -> list[Path]:
     """Draw every figure of a run into ``run_dir``: figure (a) from the training data
-    ``train_x`` (coloured by ``train_labels``, named by ``class_names``), the per-example
+    ``train_x`` (coloured by ``train_labels``, named by ``class_names``; ``train_total``: the
+    size of the training set where ``train_x`` is a subset of it), the per-example
     figures from ``shown_x`` (validation or test data); return the paths written. For rows
     of features (``[N, D]`` data, columns named by ``feature_names``) the pictures are plots
     of the features instead of images, their values mapped by ``data_units`` (e.g. undoing a
@@ -39,7 +41,7 @@ def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_l
     run_dir = Path(run_dir)
     if shown_x.dim() == 2:
         return _draw_all_tables(run_dir, model, train_x, train_labels, shown_x, shown_labels, metrics,
-                                class_names, feature_names, data_units)
+                                class_names, feature_names, data_units, train_total)
     given = _labels(model, shown_labels)
     # a conditional model decodes the path under one class: join two examples of that class
     second = min(1, len(shown_x) - 1)
@@ -47,7 +49,7 @@ def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_l
         same = (given[1:] == given[0]).nonzero()
         second = int(same[0]) + 1 if len(same) else second
     paths = [
-        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names),
+        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names, train_total),
         manifold_figure(model, run_dir / "manifold.png", class_names=class_names),
         reconstructions_figure(model, shown_x, run_dir / "reconstructions.png", labels=given),
         samples_figure(model, run_dir / "samples.png"),
@@ -99,11 +101,23 @@ def _figure(**kwargs):
 
 
 LEGEND_CLASSES = 20  # classes named in figure (a)'s legend; more get a colour bar
+_SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def _z(i: int) -> str:
+    """z with a subscript index in one style at any size: z₃, z₂₀."""
+    return "z" + str(i).translate(_SUBSCRIPTS)
+
+
+def _the_rest(d: int) -> str:
+    """The coordinates after z₁, z₂ of a d-dimensional latent space: z₃, or z₃…z₂₀."""
+    return _z(3) if d == 3 else f"{_z(3)}…{_z(d)}"
 
 
 def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Path,
-                  class_names: list[str] | None = None) -> Path:
-    """Figure (a): posterior means μ (not samples) of all of ``x``; for d > 2 the plane of
+                  class_names: list[str] | None = None, total: int | None = None) -> Path:
+    """Figure (a): posterior means μ (not samples) of all of ``x`` (``total``: the examples in
+    the training set where ``x`` is a subset of them, as the title then says); for d > 2 the plane of
     their first two principal components; for d = 1 the means against example index.
     Whenever ``labels`` are given (conditional model or not) the points are coloured by
     class, the classes named by ``class_names`` in the legend (a colour bar beyond
@@ -142,7 +156,9 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
             bar.set_label("class")
     else:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
-    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"{title}\n{len(mu)} training examples")
+    shown = (f"{len(mu):,} training examples" if total is None or total <= len(mu)
+             else f"{len(mu):,} of the {total:,} training examples")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"{title}\n{shown}")
     return _save(fig, path)
 
 
@@ -164,7 +180,7 @@ def manifold_figure(model, path: Path, n: int = 20, label: int | None = None,
     fig, ax = _figure(figsize=(8, 8 * rows / cols + 0.8))
     _show_tiles(ax, images, rows, cols, extent=(values[0], values[-1]))
     d = model.latent_dim
-    suffix = "" if d <= 2 else f" (z₃…z_{d} = 0)"
+    suffix = "" if d <= 2 else f" ({_the_rest(d)} = 0)"
     which = "" if not classes else f", class {_class_name(label, class_names)}"
     ax.set(title=f"decoded latent grid: E[x|z] over Φ⁻¹ of a unit-square grid{suffix}{which}",
            xlabel="z₁", ylabel="z₂" if d > 1 else "")
@@ -397,7 +413,7 @@ MAX_PANELS = 16  # features drawn one panel each (the title says how many more t
 
 
 def _draw_all_tables(run_dir: Path, model, train_x, train_labels, shown_x, shown_labels, metrics,
-                     class_names, feature_names, data_units) -> list[Path]:
+                     class_names, feature_names, data_units, train_total=None) -> list[Path]:
     given = _labels(model, shown_labels)
     second = min(1, len(shown_x) - 1)
     if given is not None:
@@ -406,7 +422,7 @@ def _draw_all_tables(run_dir: Path, model, train_x, train_labels, shown_x, shown
     pick = None if given is None else given[[0, second]]
     names = {"feature_names": feature_names, "data_units": data_units}
     paths = [
-        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names),
+        latent_figure(model, train_x, train_labels, run_dir / "latent.png", class_names, train_total),
         manifold_figure_features(model, run_dir / "manifold.png", class_names=class_names, **names),
         reconstructions_figure(model, shown_x, run_dir / "reconstructions.png", n=2000, labels=given, **names),
         # the model's draws against the data it was fitted to (the larger set, not the held-out one)
@@ -535,7 +551,7 @@ def manifold_figure_features(model, path: Path, feature_names: list[str] | None 
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
     panels[0][0].set(xlabel="z₁", ylabel="z₂")
     d = model.latent_dim
-    rest = "" if d <= 2 else f", z₃…z_{d} = 0"
+    rest = "" if d <= 2 else f", {_the_rest(d)} = 0"
     fig.suptitle(f"decoded E[x|z] of each feature over the (z₁, z₂) plane{rest}{under}{note}")
     return _save(fig, path)
 

@@ -131,7 +131,7 @@ def _summarise(run_dir: Path, row: dict[str, Any], config, data, model, metrics,
     elif row["epochs_seconds"] is not None:
         row["wall_seconds"], row["wall_time_source"] = row["epochs_seconds"], "epochs"
     problems: list[str] = []
-    test = test_evaluation(run_dir, problems)
+    test = test_evaluation(run_dir, problems, config)
     row["problem"] = "; ".join(problems) or None
     if test is not None:
         row["test_log_likelihood"] = test.get("log_likelihood")
@@ -311,9 +311,20 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def test_evaluation(run_dir: str | Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+def true_split(result: dict[str, Any], config: Any) -> str:
+    """The split an evaluation was made on: a run that validated on the test set
+    (``validation_split = "test"``) stored its final evaluation of the test set as
+    "validation". ``config``: the run's config, as a dict or as an object."""
+    split = result.get("split", "data")
+    chosen = config.get("validation_split") if isinstance(config, dict) else getattr(config, "validation_split", None)
+    return "test" if split == "validation" and chosen == "test" else split
+
+
+def test_evaluation(run_dir: str | Path, problems: list[str] | None = None, config: Any = None,
+                    ) -> dict[str, Any] | None:
     """The stored evaluation of the test split: ``evaluation-test.json`` (``vaekit evaluate``),
-    else ``evaluation.json`` where training evaluated the test split; None if neither. A file
+    else ``evaluation.json`` where training evaluated the test split (also as the validation
+    split of a run whose ``config`` says ``validation_split = "test"``); None if neither. A file
     that fails :func:`check_evaluation` is skipped, its reason added to ``problems``."""
     from vaekit import rundir
 
@@ -327,7 +338,7 @@ def test_evaluation(run_dir: str | Path, problems: list[str] | None = None) -> d
             if problems is not None:
                 problems.append(f"{path.name} skipped: {err}")
             continue
-        if result.get("split") == "test":
+        if true_split(result, config or {}) == "test":
             return result
     return None
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from vaekit.app.commands import browse, data, encode, evaluate, plot, presets, reconstruct, sample, train
+from vaekit.app.commands.options import Command
 from vaekit.errors import Interrupted, VaekitError
 
 app = typer.Typer(
@@ -39,17 +40,17 @@ def _main(
     """Variational Autoencoders on PyTorch: train, evaluate, sample, reconstruct, encode, plot."""
 
 
-app.command("train")(train.command)
-app.command("evaluate")(evaluate.command)
-app.command("sample")(sample.command)
-app.command("reconstruct")(reconstruct.command)
-app.command("encode")(encode.command)
-app.command("plot")(plot.command)
-app.command("presets")(presets.command)
+app.command("train", cls=Command)(train.command)
+app.command("evaluate", cls=Command)(evaluate.command)
+app.command("sample", cls=Command)(sample.command)
+app.command("reconstruct", cls=Command)(reconstruct.command)
+app.command("encode", cls=Command)(encode.command)
+app.command("plot", cls=Command)(plot.command)
+app.command("presets", cls=Command)(presets.command)
 app.add_typer(data.app, name="data")
-app.command("report")(browse.report)
-app.command("runs")(browse.runs_command)
-app.command("explore")(browse.explore)
+app.command("report", cls=Command)(browse.report)
+app.command("runs", cls=Command)(browse.runs_command)
+app.command("explore", cls=Command)(browse.explore)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,13 +186,15 @@ class ObjectiveSettings:
     """What training maximises."""
 
     objective: str = setting("elbo", "Training objective:", choices=registry.OBJECTIVES)
-    samples: int = setting(1, "Monte-Carlo samples M per data point.", minimum="positive")
+    samples: int = setting(1, "Monte-Carlo draws M of z per example in each training step's ELBO estimate "
+                                "(not the importance samples K of 'vaekit evaluate').", minimum="positive")
     # auto (since the learned priors and flows): the closed form where torch has one, the same numbers as
     # analytic there; stored configs without the key were trained with analytic (BEFORE_THE_KEY)
     kl: str = setting("auto", "KL estimator:", choices=registry.KL_ESTIMATORS)
     beta: float = setting(1.0, "Weight on the KL term while training (reported ELBO always uses 1).",
                           minimum="non-negative")
-    k: int = setting(50, "Objective iwae: importance samples per data point.", minimum="positive")
+    k: int = setting(50, "Objective iwae: importance samples k per example in each training step's bound.",
+                     minimum="positive")
     kl_warmup: int = setting(0, "Epochs of linear KL warm-up from 0 to beta (0: none).", minimum="non-negative")
     free_bits: float = setting(0.0, "Free bits: KL floor per latent dimension in nats (0: off).",
                                minimum="non-negative")
@@ -223,8 +225,8 @@ class OptimisationSettings:
     lr: float = setting(1e-3, "Learning rate (the initial one, under a schedule; a resumed run may set a new one, "
                         "applied from its next step and recorded).", minimum="positive", on_resume=True)
     lr_schedule: str = setting("constant", "", choices=registry.SCHEDULES, parse=lambda text: parse_lr_schedule(text))
-    adam_betas: list[float] = setting([0.9, 0.999], "Adam/AdamW beta1,beta2 (default 0.9,0.999).")
-    adam_eps: float = setting(1e-8, "Adam/AdamW epsilon (default 1e-8; Burda et al. use 1e-4).", minimum="positive")
+    adam_betas: list[float] = setting([0.9, 0.999], "Adam/AdamW beta1,beta2.")
+    adam_eps: float = setting(1e-8, "Adam/AdamW epsilon (Burda et al. use 1e-4).", minimum="positive")
     weight_decay: float = setting(0.0, "Weight decay (L2 for adam, adagrad and sgd; decoupled for adamw).",
                                   minimum="non-negative")
     grad_clip: float = setting(0.0, "Clip the gradient norm to this (0: off).", minimum="non-negative")

@@ -63,7 +63,11 @@ class ProgressLines(Callback):
 class Summary(Callback):
     """A few lines at the end of training (stdout): the final train and validation ELBO, the
     best validation epoch, the final evaluation's log-likelihood and active units, and the
-    wall time."""
+    wall time. ``bound = False`` (a Bernoulli likelihood on grey levels): the importance-sampled
+    figure is no log-likelihood and is not called one."""
+
+    def __init__(self, bound: bool = True):
+        self.bound = bound
 
     def on_fit_start(self, loop) -> None:
         self.started = time.monotonic()
@@ -84,7 +88,9 @@ class Summary(Callback):
         if evaluation and evaluation.get("log_likelihood") is not None:
             se = evaluation.get("log_likelihood_se")
             units = evaluation.get("active_units_per_dim") or []
-            print(f"{evaluation.get('split', 'data')}: log-likelihood {_nats(evaluation['log_likelihood'])}"
+            what = ("log-likelihood" if self.bound else
+                    "importance-sampled estimate (not a log-likelihood: the bernoulli likelihood of non-binary data)")
+            print(f"{evaluation.get('split', 'data')}: {what} {_nats(evaluation['log_likelihood'])}"
                   + ("" if se is None else f" ± {se:.2g}")
                   + f" nats (K = {evaluation.get('importance_samples')}), "
                   f"active units {evaluation.get('active_units')} of {len(units)}")

@@ -7,7 +7,9 @@ picked examples are interpolated, the decoded grid can be laid under the points 
 current zoom, and a conditional model gets a class selector.
 
 The server (Starlette under uvicorn) does the model's work: ``representative(model.encode(x))`` once
-at start, ``model.decode_mean(z)`` per request, every request's points decoded in one
+at start (and once for each other split the page switches to, when it first asks for it; every
+split is drawn in the plane of the first, so that switching keeps the axes),
+``model.decode_mean(z)`` per request, every request's points decoded in one
 batched call and the PNGs of single points kept in an LRU cache. It binds 127.0.0.1 unless
 told otherwise, accepts only the Host names it is served under on loopback (no DNS
 rebinding), validates every parameter (finite z of the right length and bounded size,
@@ -18,6 +20,7 @@ the installed plotly package.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import math
@@ -67,9 +70,21 @@ class Explorer:
     lo: Any = 0.0  # the range drawn from black to white: one for images, per feature for vectors
     hi: Any = 1.0
     total: int = 0  # examples in the split before subsampling
+    splits: list[str] = field(default_factory=list)  # the splits the page may switch to (this one first)
+    loader: Any = None  # split name -> Dataset, for the other splits
+    max_points: int = MAX_POINTS
+    seed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # the model, shared by threads
     cache: OrderedDict = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The other splits' views, loaded on first use and shared by every view (dataclasses.replace
+    # hands each view these same objects), like the model, its lock and the decoded cache.
+    views: dict = field(default_factory=dict)
+    views_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters(), torch.empty(0)).device
 
     @property
     def latent_dim(self) -> int:
@@ -83,10 +98,10 @@ class Explorer:
     @torch.no_grad()
     def decode(self, z: np.ndarray, label: int | None) -> torch.Tensor:
         """E[x|z] for the rows of ``z`` in one batched call, in display units."""
-        zt = torch.as_tensor(z, dtype=torch.float32).reshape(-1, self.latent_dim)
-        extra = () if label is None else (torch.full((len(zt),), label, dtype=torch.long),)
+        zt = torch.as_tensor(z, dtype=torch.float32).reshape(-1, self.latent_dim).to(self.device)
+        extra = () if label is None else (torch.full((len(zt),), label, dtype=torch.long, device=self.device),)
         with self.lock:
-            images = self.model.decode_mean(zt, *extra)
+            images = self.model.decode_mean(zt, *extra).cpu()
         return images if self.display is None else self.display(images)
 
     def decode_png(self, z: np.ndarray, label: int | None) -> bytes:
@@ -160,12 +175,37 @@ class Explorer:
             scaled = scaled.transpose(0, 2, 3, 1) if scaled.shape[1] == 3 else scaled[:, 0]
         return np.rint(scaled * 255).astype(np.uint8)
 
+    # -- the splits
+    def view(self, split: str | None) -> Explorer:
+        """The explorer of ``split`` (None: the one loaded at start), encoded on first use."""
+        if split is None:
+            return self
+        if split not in self.splits:
+            raise VaekitError(f"split must be one of {', '.join(self.splits)}; got '{split}'")
+        with self.views_lock:  # one load per split, however many requests ask at once
+            if split not in self.views:
+                self.views[split] = self._encode_split(split)
+            return self.views[split]
+
+    def _encode_split(self, split: str) -> Explorer:
+        dataset = self.loader(split)
+        from vaekit.app.runs import labels_for
+
+        dataset, x, names, total = _shown_examples(dataset, split, self.max_points, self.seed)
+        with self.lock:
+            mu = _posterior_means(self.model, x, labels_for(self.model, dataset))
+        # the first split's plane: switching splits keeps the axes
+        line = self.plane_kind == "line"
+        plane = np.c_[mu[:, 0], _jitter(len(mu))] if line else (mu - self.center) @ self.basis.T
+        return dataclasses.replace(self, split=split, x=x, labels=dataset.labels, class_names=names, mu=mu,
+                                   plane=plane, total=total)
+
     # -- what the page needs
     def info(self) -> dict[str, Any]:
         ranges = [[float(min(-3.0, self.mu[:, i].min())), float(max(3.0, self.mu[:, i].max()))]
                   for i in range(self.latent_dim)]
         return {
-            "run": self.name, "data": self.data_name, "split": self.split,
+            "run": self.name, "data": self.data_name, "split": self.split, "splits": self.splits or [self.split],
             "n": len(self.mu), "total": self.total, "latent_dim": self.latent_dim,
             "plane": self.plane_kind, "axis_titles": list(self.axis_titles),
             "u": np.round(self.plane[:, 0], 4).tolist(), "v": np.round(self.plane[:, 1], 4).tolist(),
@@ -189,30 +229,42 @@ def explorer_data(config, run_dir: Path, data: str | None, split: str | None):
     return split, select_split(config, split, data, run_dir=run_dir)
 
 
+def explorer_splits(config, data: str | None, split: str) -> list[str]:
+    """The splits the page offers, ``split`` (the one shown first) first: other data have only
+    "all"; the run's own data its training split, its validation split (unless that is the test
+    set, offered once, as test), the official test split where the dataset has one, and all."""
+    from vaekit.app.data import mnist, same_data
+
+    if not same_data(data, config):
+        return [split]
+    tested = getattr(config, "validation_split", "fraction") == "test"
+    offered = ["train"]
+    if not tested and config.validation_fraction > 0:
+        offered.append("validation")
+    if config.data in mnist.REMOTE:
+        offered.append("test")
+    offered.append("all")
+    return [split, *(name for name in offered if name != split)]
+
+
 def load_explorer(run_dir: str | Path, data: str | None = None, split: str | None = None,
-                  max_points: int = MAX_POINTS, seed: int = 0) -> Explorer:
-    """Load the run, its data (a seeded random subset of ``max_points`` where larger) and
-    encode them: the state the app serves."""
-    from vaekit.app.data import recorded_standardization
+                  max_points: int = MAX_POINTS, seed: int = 0, device: str = "cpu") -> Explorer:
+    """Load the run (onto ``device``), its data (a seeded random subset of ``max_points``
+    where larger) and encode them: the state the app serves. The page may switch to the
+    other splits of the run's data, loaded when first asked for."""
+    from vaekit.app.data import recorded_standardization, select_split
     from vaekit.app.runs import labels_for, load_run
 
     if max_points < 1:
         raise VaekitError(f"--points must be at least 1, got {max_points}")
     run_dir = Path(run_dir)
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, device=device)
     split, dataset = explorer_data(config, run_dir, data, split)
     if dataset.event_shape != model.event_shape:
         raise VaekitError(f"data shaped {list(dataset.event_shape)} per example, but the model in "
                           f"{run_dir} was trained on {list(model.event_shape)}")
-    total = len(dataset)
-    if total == 0:
-        raise VaekitError(f"no examples to show in the {split} split")
-    if total > max_points:
-        keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_points]
-        dataset = dataset.subset(keep.sort().values)
-    x = dataset.x[:] if not isinstance(dataset.x, torch.Tensor) else dataset.x
-    conditional = labels_for(model, dataset)
-    mu = _posterior_means(model, x, conditional)
+    dataset, x, names, total = _shown_examples(dataset, split, max_points, seed)
+    mu = _posterior_means(model, x, labels_for(model, dataset))
     center, basis, plane, kind, titles = _plane(mu)
     st = recorded_standardization(run_dir)
     display = None if st is None else st.invert
@@ -221,6 +273,26 @@ def load_explorer(run_dir: str | Path, data: str | None = None, split: str | Non
         lo, hi = shown.min(0), shown.max(0)
     else:  # images: one grey scale, [0, 1] unless the data reach beyond it
         lo, hi = min(0.0, float(shown.min())), max(1.0, float(shown.max()))
+    explorer = Explorer(model=model, name=run_dir.resolve().name, data_name=config.data if data is None else data,
+                        split=split, x=x, labels=dataset.labels, class_names=names, mu=mu, center=center,
+                        basis=basis, plane=plane, plane_kind=kind, axis_titles=titles, display=display, lo=lo, hi=hi,
+                        total=total, splits=explorer_splits(config, data, split),
+                        loader=lambda name: select_split(config, name, None, run_dir=run_dir),
+                        max_points=max_points, seed=seed)
+    explorer.views[split] = explorer
+    return explorer
+
+
+def _shown_examples(dataset, split: str, max_points: int, seed: int):
+    """(the examples shown, their x, class names, examples in the split): a seeded random subset
+    of ``max_points`` of a larger split, the same for the same seed."""
+    total = len(dataset)
+    if total == 0:
+        raise VaekitError(f"no examples to show in the {split} split")
+    if total > max_points:
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_points]
+        dataset = dataset.subset(keep.sort().values)
+    x = dataset.x[:] if not isinstance(dataset.x, torch.Tensor) else dataset.x
     labels = dataset.labels
     names = None
     if labels is not None:
@@ -228,18 +300,16 @@ def load_explorer(run_dir: str | Path, data: str | None = None, split: str | Non
         top = int(labels.max()) + 1
         if names is None or len(names) < top:
             names = [str(i) for i in range(top)]
-    return Explorer(model=model, name=run_dir.resolve().name, data_name=config.data if data is None else data,
-                    split=split, x=x, labels=labels, class_names=names, mu=mu, center=center, basis=basis,
-                    plane=plane, plane_kind=kind, axis_titles=titles, display=display, lo=lo, hi=hi,
-                    total=total)
+    return dataset, x, names, total
 
 
 @torch.no_grad()
 def _posterior_means(model, x: torch.Tensor, labels: torch.Tensor | None, batch: int = 2000) -> np.ndarray:
     parts = []
     for i in range(0, len(x), batch):
-        extra = () if labels is None else (labels[i : i + batch],)
-        parts.append(representative(model.encode(x[i : i + batch], *extra)))
+        device = next(model.parameters(), torch.empty(0)).device
+        extra = () if labels is None else (labels[i : i + batch].to(device),)
+        parts.append(representative(model.encode(x[i : i + batch].to(device), *extra)).cpu())
     return torch.cat(parts).double().numpy()
 
 
@@ -250,8 +320,7 @@ def _plane(mu: np.ndarray):
     with the points spread vertically by a seeded jitter that decodes to nothing."""
     d = mu.shape[1]
     if d == 1:
-        jitter = np.random.default_rng(0).uniform(-1, 1, len(mu))
-        return (np.zeros(1), np.array([[1.0], [0.0]]), np.c_[mu[:, 0], jitter], "line",
+        return (np.zeros(1), np.array([[1.0], [0.0]]), np.c_[mu[:, 0], _jitter(len(mu))], "line",
                 ("z₁", "(spread, not a coordinate)"))
     if d == 2:
         return np.zeros(2), np.eye(2), mu.copy(), "latent", ("z₁", "z₂")
@@ -265,6 +334,10 @@ def _plane(mu: np.ndarray):
     titles = (f"principal component 1 ({share[0]:.0%} of the variance)",
               f"principal component 2 ({share[1]:.0%})")
     return pca.mean_, pca.components_, pca.transform(mu), "pca", titles
+
+
+def _jitter(n: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, n)
 
 
 # ---------------------------------------------------------------------- HTTP
@@ -305,8 +378,8 @@ def create_app(explorer: Explorer, loopback: bool = True, hosts: list[str] | Non
         return FileResponse(STATIC / name, media_type=ASSETS[name])
 
     def info(request: Request) -> Response:
-        _only(request, ())
-        return JSONResponse(explorer.info())
+        q = _only(request, ("split",))
+        return JSONResponse(explorer.view(q.get("split")).info())
 
     def decode(request: Request) -> Response:
         q = _only(request, ("z", "label"))
@@ -322,20 +395,22 @@ def create_app(explorer: Explorer, loopback: bool = True, hosts: list[str] | Non
         return png(explorer.grid_png(x0, x1, y0, y1, cols, rows, _label(q, explorer)))
 
     def interpolation(request: Request) -> Response:
-        q = _only(request, ("a", "b", "steps", "method", "label"))
-        a, b = (_integer(q, k, 0, len(explorer.mu) - 1) for k in ("a", "b"))
+        q = _only(request, ("a", "b", "steps", "method", "label", "split"))
+        shown = explorer.view(q.get("split"))
+        a, b = (_integer(q, k, 0, len(shown.mu) - 1) for k in ("a", "b"))
         steps = _integer(q, "steps", 2, MAX_STEPS, default=10)
         method = q.get("method", "linear")
         if method not in ("linear", "spherical"):
             raise BadRequest("method must be linear or spherical")
         # a conditional path keeps the first example's class unless told another
-        label = _label(q, explorer, default=None if not explorer.classes else int(explorer.labels[a]))
-        return png(explorer.interpolation_png(a, b, steps, method, label))
+        label = _label(q, shown, default=None if not shown.classes else int(shown.labels[a]))
+        return png(shown.interpolation_png(a, b, steps, method, label))
 
     def example(request: Request) -> Response:
-        q = _only(request, ("i",))
-        i = _integer(q, "i", 0, len(explorer.mu) - 1)
-        return png(explorer.png(explorer.examples([i])))
+        q = _only(request, ("i", "split"))
+        shown = explorer.view(q.get("split"))
+        i = _integer(q, "i", 0, len(shown.mu) - 1)
+        return png(shown.png(shown.examples([i])))
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
@@ -527,8 +602,8 @@ def bind(host: str, port: int) -> Binding:
 
 
 def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = None, host: str = "127.0.0.1",
-          port: int = 0, open_browser: bool = True, max_points: int = MAX_POINTS) -> None:
-    """Load the run, print the URL and serve until Ctrl-C (or SIGTERM)."""
+          port: int = 0, open_browser: bool = True, max_points: int = MAX_POINTS, device: str = "cpu") -> None:
+    """Load the run (onto ``device``), print the URL and serve until Ctrl-C (or SIGTERM)."""
     from vaekit.app.report import require_app_packages
 
     require_app_packages("explore", ("plotly", "starlette", "uvicorn"))
@@ -536,7 +611,7 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
 
     if not 0 <= port <= 65535:
         raise VaekitError(f"--port must be from 0 (any free port) to 65535, got {port}")
-    explorer = load_explorer(run_dir, data, split, max_points)
+    explorer = load_explorer(run_dir, data, split, max_points, device=device)
     binding = bind(host, port)
     sock, url = binding.sock, binding.url
     if not binding.loopback:
@@ -545,7 +620,10 @@ def serve(run_dir: str | Path, *, data: str | None = None, split: str | None = N
     app = create_app(explorer, loopback=binding.loopback, hosts=binding.hosts)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"{len(explorer.mu)} of {explorer.total}" if explorer.total > len(explorer.mu) else str(explorer.total)
-    print(f"exploring {run_dir} ({shown} {explorer.split} examples, d = {explorer.latent_dim}) at {url}", flush=True)
+    others = [name for name in explorer.splits if name != explorer.split]
+    also = f"; the page also shows {', '.join(others)}" if others else ""
+    print(f"exploring {run_dir} ({shown} {explorer.split} examples, d = {explorer.latent_dim}{also}) at {url}",
+          flush=True)
     print("press Ctrl-C to stop", file=sys.stderr, flush=True)
     if open_browser:
         import webbrowser

@@ -141,6 +141,64 @@ def check_model_size(config: Config, event_shape: tuple[int, ...]) -> None:
         )
 
 
+# The checks below compare what a step or an evaluation batch surely holds with ALL of this
+# machine's physical memory, not a fraction of it: the step's estimate is a lower bound, so a
+# refused step could never have run, while one that might just fit (with swap, or memory other
+# processes free) is left to try. Their purpose is to turn a typo (samples = 100000000) into one
+# line naming the setting, before the run starts, instead of an allocator's traceback.
+def step_draws(config: Config) -> int:
+    """z drawn per example in one training step: ``k`` for the IWAE objective, else ``samples``."""
+    return config.k if config.objective == "iwae" else config.samples
+
+
+def step_memory(config: Config, event_shape: tuple[int, ...], examples: int | None = None) -> int:
+    """A lower bound on the bytes one training step holds at once: for each example of the
+    batch (no more than the ``examples`` of the training set) and each draw, the draw z and the
+    decoder's output (one value per data value at the least), with an MLP decoder's hidden
+    activations, in float32, all kept for the backward pass."""
+    batch = config.batch_size if examples is None else min(config.batch_size, examples)
+    per_draw = config.latent_dim + math.prod(event_shape)
+    if config.architecture == "mlp":
+        per_draw += sum(config.hidden)
+    return 4 * batch * step_draws(config) * per_draw
+
+
+def check_step_size(config: Config, event_shape: tuple[int, ...], examples: int | None = None) -> None:
+    """Refuse a training step that cannot fit in this machine's memory (``samples``, ``k`` or
+    ``batch_size`` absurdly large), with the setting to lower, before anything is allocated."""
+    memory = _physical_memory()
+    need = step_memory(config, event_shape, examples)
+    if not memory or need <= memory:
+        return
+    if not MODELS[config.model].trait("conditional") or config.classes >= 1:  # (classes: from the labels, later)
+        check_model_size(config, event_shape)  # a huge layer: its weights are the error to name
+    batch = config.batch_size if examples is None else min(config.batch_size, examples)
+    draws = step_draws(config)
+    name = ("k" if config.objective == "iwae" else "samples") if draws > 1 else "batch_size"
+    value = {"k": config.k, "samples": config.samples, "batch_size": config.batch_size}[name]
+    raise VaekitError(
+        f"{name} = {value:,}: one training step would hold at least {need / 1e9:,.1f} GB ({batch:,} examples × "
+        f"{draws:,} draws × {need // (4 * batch * draws):,} float32 values each), more than this machine's "
+        f"{memory / 1e9:,.1f} GB of memory; lower {name}"
+    )
+
+
+def check_evaluation_size(importance_samples: int, batch_size: int) -> None:
+    """Refuse an evaluation whose log-weights cannot fit in memory: it holds K of them per
+    example in float64 for two terms (:func:`vaekit.evaluation.score_batch`), for at least one
+    example at a time however large K is."""
+    from vaekit.evaluation import examples_per_batch
+
+    memory = _physical_memory()
+    need = 2 * 8 * importance_samples * examples_per_batch(batch_size, importance_samples)
+    if memory and need > memory:
+        raise VaekitError(
+            f"--importance-samples {importance_samples:,}: the evaluation would hold {need / 1e9:,.1f} GB of "
+            f"importance weights at once, more than this machine's {memory / 1e9:,.1f} GB of memory; lower "
+            f"--importance-samples"
+        )
+
+
 def _physical_memory() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -209,7 +267,7 @@ def step_flops(model: torch.nn.Module, config: Config) -> float | None:
     are reused across the image."""
     if config.architecture == "conv":
         return None
-    draws = config.k if config.objective == "iwae" else config.samples
+    draws = step_draws(config)
     linear = [(name, m.weight.numel()) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     weights = sum(n * (draws if "decoder" in name or ".made." in name else 1) for name, n in linear)
     flops = 6.0 * config.batch_size * weights

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaekit.app.catalog import finite
+from vaekit.app.catalog import finite, true_split
 from vaekit.errors import VaekitError
 
 # (file, heading, what it shows, the command that draws it)
@@ -251,14 +251,6 @@ def evaluation_tables(runs_: list[Run]) -> list[dict[str, Any]]:
         columns = [c for split in splits for c in _columns(runs_, split, by_split=True)]
         return [_table(None, columns)] if columns else []
     return [_table(split, _columns(runs_, split, by_split=False)) for split in splits]
-
-
-def true_split(result: dict[str, Any], config: dict[str, Any]) -> str:
-    """The split an evaluation was made on: a run that validated on the test set
-    (``validation_split = "test"``) stored its final evaluation of the test set as
-    "validation"."""
-    split = result.get("split", "data")
-    return "test" if split == "validation" and config.get("validation_split") == "test" else split
 
 
 def comparable(run: Run, result: dict[str, Any], split: str) -> tuple:

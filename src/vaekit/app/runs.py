@@ -233,7 +233,8 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     callbacks = [*units, ThreadCheck(policy), *callbacks, *mine]
     terminal = sys.stderr.isatty()
     if not quiet:
-        callbacks += [Summary()] if terminal else [ProgressLines(), Summary()]
+        summary = Summary(bound=not grey_bernoulli(splits["train"], config))
+        callbacks += [summary] if terminal else [ProgressLines(), summary]
     if not quiet and terminal and main:
         callbacks.insert(0, ProgressBar())
     train_set, val_set = splits["train"], splits["validation"]
@@ -329,11 +330,14 @@ def labels_for(model, dataset) -> torch.Tensor | None:
 
 
 def check_data(data, config: Config, quiet: bool = False) -> None:
-    """Refuse data the likelihood cannot model; warn when the number will not be a likelihood."""
+    """Refuse data the likelihood cannot model, and training steps on them that cannot fit in
+    memory; warn when the number will not be a likelihood."""
     from vaekit.app.data.lazy import is_lazy, value_range
+    from vaekit.app.factories import check_step_size
 
     if len(data) == 0:
         raise VaekitError("the training set is empty")
+    check_step_size(config, tuple(data.event_shape), len(data))
     name = config.likelihood
     if name in ("continuous-bernoulli", "logistic", "bernoulli"):
         lo, hi, binary = value_range(data.x)  # in chunks when the data are read on demand
@@ -357,6 +361,17 @@ def check_data(data, config: Config, quiet: bool = False) -> None:
             "on a log-likelihood (use --binarize dynamic|static|threshold, or a likelihood "
             "for grey levels)"
         )
+
+
+def grey_bernoulli(data, config: Config) -> bool:
+    """Whether the run fits a Bernoulli likelihood to grey levels as they are (no binarisation
+    per step): its ELBO bounds no log-likelihood, nor does the importance-sampled estimate
+    estimate one."""
+    from vaekit.app.data.lazy import value_range
+
+    if config.likelihood != "bernoulli" or config.binarization.dynamic or len(data) == 0:
+        return False
+    return not value_range(data.x)[2]
 
 
 # ---------------------------------------------------------------------- loading runs

@@ -9,13 +9,16 @@ from typing import Annotated
 import typer
 
 from vaekit.app.commands.options import (
+    Device,
     Opt,
     RunDir,
+    Threads,
+    check_threads,
 )
 
 
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: compared side by side).")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories (several: compared side by side).")],
     output: Annotated[Path, Opt("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
@@ -27,7 +30,7 @@ def report(
 
 
 def runs_command(
-    folder: Annotated[Path, typer.Argument(help="Folder to search for run directories (at any depth).")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to search for run directories (at any depth).")] = Path("runs"),
     as_json: Annotated[bool, Opt("--json", help="Print a JSON list, one object per run.")] = False,
 ) -> None:
     """List the runs under FOLDER: name, data, model, epochs done/planned, status, best
@@ -51,15 +54,21 @@ def runs_command(
 def explore(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Other data to encode and show (default: the run's own).")] = None,
-    split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
+    split: Annotated[str | None, Opt(help="train | validation | test | all: the split shown first (default: test if the data has one, else validation); the page switches to the others.")] = None,
     host: Annotated[str, Opt(help="Address to serve on. Anything but a loopback address lets other machines in (a warning says so).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="Port to serve on (0: any free port; the URL is printed).")] = 0,
     browser: Annotated[bool, Opt("--browser/--no-browser", help="Open the page in the default web browser.")] = True,
     points: Annotated[int, Opt(help="Examples shown at most (a seeded random subset of larger data).")] = 10_000,
+    device: Device = "auto",
+    threads: Threads = 0,
 ) -> None:
     """Serve a local web page to explore the latent space: the encoded data coloured by
-    class, a click decodes any point, sliders move z, two picked examples are interpolated,
+    class (any split of the run's data: a menu switches), a click decodes any point, sliders move z, two picked examples are interpolated,
     the decoded grid lies under the points at the current zoom. Ctrl-C stops it."""
+    from vaekit.app.commands.common import thread_policy
     from vaekit.app.explore import serve
 
-    serve(run_dir, data=data, split=split, host=host, port=port, open_browser=browser, max_points=points)
+    check_threads(threads)
+    with thread_policy(threads):  # the encoding at start and every request's decoding
+        serve(run_dir, data=data, split=split, host=host, port=port, open_browser=browser, max_points=points,
+              device=device)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vaekit.app.commands.options import (
+    Command,
     Opt,
 )
 from vaekit.errors import VaekitError
@@ -35,9 +36,9 @@ def data_list() -> None:
     print(f"cache: {download.cache_dir()} (set ${download.ENV_CACHE} to use another folder)")
 
 
-@app.command("fetch")
+@app.command("fetch", cls=Command)
 def data_fetch(
-    name: Annotated[str, typer.Argument(help="mnist | fashion-mnist | kmnist.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="mnist | fashion-mnist | kmnist.")],
     mirror: Annotated[str | None, Opt(help="Base URL(s), comma-separated, to download from as URL/<file name>.")] = None,
     data_dir: Annotated[Path | None, Opt(help="Download into this folder instead of the cache.")] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar or messages.")] = False,

@@ -26,7 +26,7 @@ def command(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Other data to score (default: the run's own). A table needs no label column unless the model is conditional.")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: test if the data has one, else validation).")] = None,
-    importance_samples: Annotated[int, Opt(help="Importance samples K per example for the log-likelihood (published MNIST numbers use 5000).")] = 1000,
+    importance_samples: Annotated[int, Opt(help="Importance samples K: draws of z per example behind the log-likelihood estimate and every other Monte-Carlo figure, the ELBO's included (published MNIST numbers use K = 5000; not train's --samples, the draws per training step).")] = 1000,
     iwae_k: Annotated[int | None, Opt(help="k of the reported IWAE bound L_k (default 50, or K if smaller).")] = None,
     batch_size: Annotated[int, Opt(help="Examples per evaluation batch (memory does not grow with K).")] = 1000,
     seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
@@ -40,7 +40,7 @@ def command(
     binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
     data_dir: Annotated[str | None, Opt(help="Folder holding the dataset's official files (default: the run's).")] = None,
     mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
-    samples: Annotated[int | None, Opt(help="Same as --importance-samples: the draws per example behind every Monte-Carlo figure, the ELBO's included.")] = None,
+    samples: Annotated[int | None, Opt(hidden=True, help="Same as --importance-samples (its older name, kept working).")] = None,
     threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
     weights: Weights = "last",
@@ -53,6 +53,7 @@ def command(
     are one process's (docs/distributed.md)."""
     from vaekit.app.console import progress
     from vaekit.app.data import same_data
+    from vaekit.app.factories import check_evaluation_size
     from vaekit.app.launch import process_group, rank
     from vaekit.app.outputs import output_path, source_columns
     from vaekit.app.threads import ThreadPolicy, tune_allocator
@@ -72,6 +73,7 @@ def command(
             positive("--samples", samples)
             importance_samples = samples
         k, iwae_k = check_samples(importance_samples, iwae_k)
+        check_evaluation_size(k, batch_size)
         if per_example is not None:
             output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
         check_threads(threads)

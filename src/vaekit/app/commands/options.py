@@ -4,6 +4,7 @@ settings' declarations (:mod:`vaekit.app.config`)."""
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,9 +15,19 @@ from vaekit.app.config import Config, help_text
 from vaekit.errors import VaekitError
 
 Opt = typer.Option
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose usage line names its arguments as click does, ``vaekit plot RUN``
+    (typer writes a required argument in braces, ``{RUN}``, which reads as a placeholder to fill in)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [re.sub(r"^\{(.*)\}(\.\.\.)?$", r"\1\2", p) for p in super().collect_usage_pieces(ctx)]
+
+
 DistBackend = Annotated[str, Opt(help="Under torchrun: the torch.distributed backend, auto (NCCL for GPUs, gloo for "
                                       "the CPU) | gloo | nccl.")]
-RunDir = Annotated[Path, typer.Argument(help="A run directory written by 'vaekit train'.")]
+RunDir = Annotated[Path, typer.Argument(metavar="RUN", help="A run directory written by 'vaekit train'.", show_default=False)]
 Weights = Annotated[str, Opt(help="last (model.safetensors) | best (best.safetensors, the best validation epoch's "
                                   "weights).")]
 Threads = Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free).")]
@@ -48,8 +59,10 @@ def setting_options() -> list[inspect.Parameter]:
         flag = "--" + f.name.replace("_", "-")
         kind = _TYPES.get(str(f.type), str)  # lists are given as text: 400,200
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        shown = default_text(f.name) if f.default is not None else False
-        option = Opt(*decls, help=help_text(f.name), show_default=shown)
+        # the default written into the help: click puts a default given as text in parentheses,
+        # "[default: (digits)]"
+        shown = f"  [default: {default_text(f.name)}]" if f.default is not None else ""
+        option = Opt(*decls, help=help_text(f.name) + shown, show_default=False)
         options.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                          annotation=Annotated[kind | None, option]))
     return options

@@ -21,7 +21,8 @@ from vaekit.errors import VaekitError
 
 def command(
     run_dir: RunDir,
-    output: Annotated[Path | None, Opt("--output", "-o", help="Folder for the figures (default: the run directory, whose figures are redrawn in place).")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", help="Folder for the figures, created if missing (default: "
+                                                              "the run directory, whose figures are redrawn in place).")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
     weights: Weights = "last",
     threads: Threads = 0,
@@ -36,8 +37,8 @@ def command(
     check_threads(threads)
     RunDirectory(run_dir).check_exists()
     folder = run_dir if output is None else output
-    if not folder.is_dir():
-        raise VaekitError(f"output folder {folder} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise VaekitError(f"--output {folder} is a file, not a folder")
     if folder.resolve() != run_dir.resolve() and not overwrite:
         there = [name for name in FIGURES if (folder / name).exists()]
         if there:
@@ -46,6 +47,7 @@ def command(
     splits = run_splits(config, run_dir=run_dir)
     remove_temporary_files(run_dir)  # what killed writers left in the run
     train, shown = splits["train"], splits.get("validation") or splits.get("test") or splits["train"]
+    folder.mkdir(parents=True, exist_ok=True)  # only now: a run that fails to load leaves no empty folder
     with thread_policy(threads):
         paths = plots.draw_all(folder, model, train.x, train.labels, shown.x, shown.labels, read_metrics(run_dir),
                                class_names=train.classes, feature_names=read_run_data(run_dir).get("features"),

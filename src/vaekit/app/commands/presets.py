@@ -14,7 +14,7 @@ from vaekit.app.commands.options import (
 
 
 def command(
-    name: Annotated[str | None, typer.Argument(help="A preset to show in full (its notes and settings).")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="A preset to show in full (its notes and settings).", show_default=False)] = None,
     records: Annotated[Path | None, Opt(help="Folder of reproduction records (NAME.json, from benchmarks/reproduce.py) to read the measured numbers from (default: the ones shipped with vaekit).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -32,6 +32,10 @@ async function fetchImage(url) {
   return { dataUrl, ms, network: entry ? entry.responseEnd - entry.startTime : ms };
 }
 
+function splitParam() {
+  return `&split=${encodeURIComponent(state.info.split)}`;
+}
+
 function labelParam() {
   return state.info.classes ? `&label=${state.label}` : "";
 }
@@ -133,8 +137,7 @@ function buildSliders() {
 }
 
 // ---------------------------------------------------------------- the plane
-function buildPlot() {
-  const info = state.info;
+function pointTraces(info) {
   const type = info.gl ? "scattergl" : "scatter";
   const traces = [];
   const groups = new Map();
@@ -153,6 +156,12 @@ function buildPlot() {
       hovertemplate: `#%{customdata} · ${key < 0 ? "" : "class "}${name}<extra></extra>`,
     });
   });
+  return traces;
+}
+
+function buildPlot() {
+  const info = state.info;
+  const traces = pointTraces(info);
   const layout = {
     // category10 without its grey, which vanishes on the grey of the decoded grid
     colorway: ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#111111",
@@ -211,7 +220,7 @@ function clickPlane(clientX, clientY) {
 
 async function showExample(i) {
   try {
-    const { dataUrl } = await fetchImage(`/api/example?i=${i}`);
+    const { dataUrl } = await fetchImage(`/api/example?i=${i}${splitParam()}`);
     $("hovered").src = dataUrl;
     $("hovered").hidden = false; // hidden until the first hover: no broken-image icon
     const info = state.info;
@@ -244,7 +253,8 @@ async function refreshInterpolation() {
   $("pair").textContent = `from A: ${describe(a)} to B: ${describe(b)}`;
   const method = $("spherical").checked ? "spherical" : "linear";
   try {
-    const { dataUrl } = await fetchImage(`/api/interpolate?a=${a}&b=${b}&steps=10&method=${method}${labelParam()}`);
+    const url = `/api/interpolate?a=${a}&b=${b}&steps=10&method=${method}${labelParam()}${splitParam()}`;
+    const { dataUrl } = await fetchImage(url);
     img.src = dataUrl;
     img.hidden = false;
   } catch (err) {
@@ -292,18 +302,62 @@ async function refreshGrid() {
   }
 }
 
-// ---------------------------------------------------------------- start
-async function start() {
-  const response = await fetch("/api/info");
-  const info = await response.json();
-  state.info = info;
-  window.vaekitExplorer = state; // for the browser tests and the curious
-  $("title").textContent = `vaekit explore: ${info.run}`;
+// ---------------------------------------------------------------- the split shown
+function describeShown(info) {
   const shown = info.n < info.total ? `${info.n} of ${info.total}` : `${info.n}`;
   const plane = { latent: "the latent plane", pca: "the means' first two principal components",
     line: "the latent line" }[info.plane];
   $("subtitle").textContent =
-    `${info.data}, ${info.split}: ${shown} examples; posterior means in ${plane}; d = ${info.latent_dim}`;
+    `${info.data}, ${info.split} split: ${shown} examples; posterior means in ${plane}; d = ${info.latent_dim}`;
+}
+
+async function fetchInfo(split) {
+  const response = await fetch(split ? `/api/info?split=${encodeURIComponent(split)}` : "/api/info");
+  const info = await response.json();
+  if (!response.ok) throw new Error(`${response.status}: ${info.error}`);
+  return info;
+}
+
+// Another split's points in the same plane (the axes, zoom, decoded point and grid stay);
+// the picked pair and the hovered example belonged to the old points and are cleared.
+async function switchSplit(split) {
+  const select = $("split");
+  select.disabled = true;
+  $("subtitle").textContent = `loading the ${split} split…`;
+  try {
+    const info = await fetchInfo(split);
+    state.info = info;
+    state.pair = [];
+    refreshInterpolation();
+    $("hovered").hidden = true;
+    $("hovered-caption").textContent = "hover a point";
+    const plane = $("plane");
+    await Plotly.react(plane, pointTraces(info), plane.layout);
+    describeShown(info);
+    showError("");
+  } catch (err) {
+    select.value = state.info.split;
+    describeShown(state.info);
+    showError(`could not show the ${split} split: ${err.message}`);
+  } finally {
+    select.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- start
+async function start() {
+  const info = await fetchInfo(null);
+  state.info = info;
+  window.vaekitExplorer = state; // for the browser tests and the curious
+  $("title").textContent = `vaekit explore: ${info.run}`;
+  describeShown(info);
+  if (info.splits.length > 1) {
+    const select = $("split");
+    info.splits.forEach((name) => select.add(new Option(name, name)));
+    select.value = info.split;
+    $("split-row").hidden = false;
+    select.addEventListener("change", () => switchSplit(select.value));
+  }
   if (info.classes) {
     const select = $("label");
     info.class_names.slice(0, info.classes).forEach((name, c) => select.add(new Option(name, c)));
