@@ -3,8 +3,9 @@
 Two layers (docs/architecture.md). The library: models whose ``encode``/``decode`` return
 ``torch.distributions`` (:class:`VAE`, :class:`AE`), objectives and estimators
 (:mod:`vaekit.objectives`, :func:`evaluate`), and the training loop :func:`fit`, for your
-own networks, data and device. The app on top (:mod:`vaekit.app`): :class:`Config`, named
-datasets (:func:`load_data`), :func:`train` from a config, :func:`load`, the CLI.
+own networks, data and device. The app on top (:mod:`vaekit.app`, whose names such as
+``Config``, ``train``, ``load`` and ``load_data`` are forwarded as ``vaekit.train`` and so on): configs,
+named datasets, runs from a config, the CLI.
 
 Attributes are imported lazily so that ``vaekit --help`` starts without importing torch.
 """
@@ -12,6 +13,7 @@ Attributes are imported lazily so that ``vaekit --help`` starts without importin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.2.0"
@@ -38,15 +40,6 @@ _EXPORTS = {
     "check_model": "vaekit.protocol",
     "RunDirectory": "vaekit.rundir",
     "VaekitError": "vaekit.errors",
-    # the app
-    "Config": "vaekit.app.config",
-    "build_model": "vaekit.app.runs",
-    "train": "vaekit.app.runs",
-    "resume": "vaekit.app.runs",
-    "load": "vaekit.app.runs",
-    "save": "vaekit.app.runs",
-    "load_data": "vaekit.app.data",
-    "Dataset": "vaekit.app.data",
 }
 _MODULES = ("objectives", "likelihoods", "nets", "model", "evaluation", "training", "sampling",
             "plots", "rundir", "checkpoint", "devices", "sources", "errors", "init", "schedules", "app",
@@ -59,6 +52,11 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in _MODULES:
-        return importlib.import_module(f"vaekit.{name}")
+    if name in _MODULES or importlib.util.find_spec(f"vaekit.{name}") is not None:
+        return importlib.import_module(f"vaekit.{name}")  # `from vaekit import registry` asks here first
+    # the app's names (vaekit.train, vaekit.Config, ...) are the app's to list (vaekit.app.__all__); the
+    # library names none of them and imports the app only when one is asked for
+    app = importlib.import_module("vaekit.app")
+    if name in app.__all__:
+        return getattr(app, name)
     raise AttributeError(f"module 'vaekit' has no attribute '{name}'")

@@ -69,14 +69,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 from torch.distributions import kl_divergence as _torch_kl
 
 from vaekit import distributed, sources
 from vaekit.devices import evaluation_mode, forked_rng, mixed_seed, model_device, seed_draws
 from vaekit.errors import VaekitError
 from vaekit.estimators import log_prob_at_own_sample
-from vaekit.model import PointMass, TwoStage, _factorises, labelled
+from vaekit.model import PointMass, TwoStage, _factorises, diagonal_normal, labelled
+from vaekit.objectives import weight_terms
 
 DEFAULT_K = 1000  # importance samples; published MNIST numbers use 5000
 DEFAULT_IWAE_K = 50
@@ -103,21 +104,6 @@ PER_EXAMPLE_COLUMNS = (
 
 
 # ---------------------------------------------------------------------- per example
-def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None,
-                 *, log_q: torch.Tensor | None = None, prior: Distribution | None = None):
-    """(log p(x|z), log p(z) − log q(z|x)) for draws ``z`` [k, B, ...]: each [k, B].
-
-    Their sum is :func:`vaekit.objectives.log_importance_weights`; only ``decode``, ``prior``
-    and ``q.log_prob`` are used, so models with stacked latents plug in unchanged. ``log_q``:
-    the draws' log q(z) when known (a flow's density is defined at its own draws only);
-    ``prior``: p(z) when already built (a VampPrior costs an encoder pass per call)."""
-    if log_q is None:
-        log_q = q.log_prob(z)
-    if prior is None:
-        prior = model.prior
-    return model.decode(z, *labelled(y)).log_prob(x), prior.log_prob(z) - log_q
-
-
 def chunk_size(batch: int) -> int:
     """Draws per chunk for ``batch`` examples: about ``ROWS`` decoder rows at a time."""
     return max(1, ROWS // max(1, batch))
@@ -380,13 +366,9 @@ def _local_family(model, x, q, y) -> tuple[Callable[[torch.Tensor], Distribution
     width = mean.shape[-1]
 
     def make(d: torch.Tensor) -> Distribution:
-        return diagonal_gaussian(mean + scale * d[..., :width], log_scale + d[..., width:])
+        return diagonal_normal(mean + scale * d[..., :width], 2 * (log_scale + d[..., width:]))
 
     return make, torch.zeros(*mean.shape[:-1], 2 * width, device=mean.device)
-
-
-def diagonal_gaussian(loc: torch.Tensor, log_scale: torch.Tensor) -> Distribution:
-    return Independent(Normal(loc, log_scale.exp(), validate_args=False), 1)
 
 
 def _decompose(model, x, q, scores, k_total, kl, steps, on_progress, buffer, y) -> dict[str, torch.Tensor]:

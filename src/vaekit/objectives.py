@@ -207,7 +207,8 @@ def iwae_objective(
     reported terms are the Monte-Carlo ELBO of the same k draws (``train_elbo`` stays the
     ELBO) and the bound itself, ``objective`` (``train_objective``)."""
     weight = kl_weight(beta, warmup, batch.epochs_done)
-    rec, log_ratio = _weight_parts(model, batch.x, k, batch.y)
+    rec, log_p_over_q = _drawn_weight_terms(model, batch.x, k, batch.y)
+    log_ratio = -log_p_over_q  # log q − log p: negating is exact, so the numbers are as before
     log_w = rec - weight * log_ratio
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     terms = {"elbo": (rec - log_ratio).mean(0), "reconstruction": rec.mean(0), "kl": log_ratio.mean(0),
@@ -215,12 +216,25 @@ def iwae_objective(
     return -bound.mean(), terms
 
 
-def _weight_parts(model, x, k, labels):
-    """(log p(x|z_k), log q(z_k|x) − log p(z_k)) for k draws z_k ~ q(z|x), each [k, B]."""
+def weight_terms(model, q: Distribution, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None,
+                 *, log_q: torch.Tensor | None = None, prior: Distribution | None = None):
+    """(log p(x|z), log p(z) − log q(z|x)) for draws ``z`` [k, B, ...]: each [k, B]; their
+    sum is the log importance weight. Only ``decode``, ``prior`` and ``q.log_prob`` are used,
+    so models with stacked latents plug in unchanged. ``log_q``: the draws' log q(z) when
+    known (a flow's density is defined at its own draws only); ``prior``: p(z) when already
+    built (a VampPrior costs an encoder pass per call)."""
+    if log_q is None:
+        log_q = q.log_prob(z)
+    if prior is None:
+        prior = model.prior
+    return model.decode(z, *labelled(y)).log_prob(x), prior.log_prob(z) - log_q
+
+
+def _drawn_weight_terms(model, x, k, labels):
+    """:func:`weight_terms` at k draws z_k ~ q(z|x), scored at q's own draws."""
     q = model.encode(x, *labelled(labels))
     z, log_q = log_prob_at_own_sample(q, (k,))
-    rec = model.decode(z, *labelled(labels)).log_prob(x)
-    return rec, log_q - model.prior.log_prob(z)
+    return weight_terms(model, q, x, z, labels, log_q=log_q)
 
 
 def log_importance_weights(
@@ -233,8 +247,8 @@ def log_importance_weights(
     joint distributions over their stacked latents. For a conditional model (given
     ``labels``) it is log p(x, z_k | y) − log q(z_k | x, y): the weights of log p(x|y).
     """
-    rec, log_ratio = _weight_parts(model, x, k, labels)
-    return rec - log_ratio
+    rec, log_p_over_q = _drawn_weight_terms(model, x, k, labels)
+    return rec + log_p_over_q
 
 
 def iwae_bound(

@@ -22,6 +22,7 @@ from vaekit.errors import VaekitError
 from vaekit.model import num_classes
 from vaekit.posteriors import representative, spread
 from vaekit.rundir import FIGURES
+from vaekit.sampling import posterior_means
 
 __all__ = ["FIGURES", "draw_all"]
 
@@ -62,14 +63,6 @@ def draw_all(run_dir: str | Path, model, train_x, train_labels, shown_x, shown_l
     if metrics:
         paths.append(curves_figure(metrics, run_dir / "curves.png"))
     return paths
-
-
-def posterior_means(
-    model, x: torch.Tensor, batch_size: int = 2000, labels: torch.Tensor | None = None
-) -> torch.Tensor:
-    from vaekit.sampling import posterior_means as means
-
-    return means(model, x, labels, batch_size)
 
 
 def _labels(model, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -122,7 +115,7 @@ def latent_figure(model, x: torch.Tensor, labels: torch.Tensor | None, path: Pat
     Whenever ``labels`` are given (conditional model or not) the points are coloured by
     class, the classes named by ``class_names`` in the legend (a colour bar beyond
     :data:`LEGEND_CLASSES` classes); the model sees the labels only if it is conditional."""
-    mu = posterior_means(model, x, labels=_labels(model, labels)).cpu().numpy()
+    mu = posterior_means(model, x, _labels(model, labels)).numpy()
     d = mu.shape[1]
     if d == 1:
         points, axes = np.c_[mu[:, 0], np.arange(len(mu))], ("z", "example index")

@@ -36,7 +36,7 @@ import torch
 
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
-from vaekit.posteriors import representative
+from vaekit.sampling import posterior_means
 
 Z_LIMIT = 50.0  # largest |z_i| accepted: 50 prior standard deviations, far outside the data
 MAX_GRID = 32  # grid columns and rows: 32² = 1024 decodes per request at most
@@ -193,7 +193,7 @@ class Explorer:
 
         dataset, x, names, total = _shown_examples(dataset, split, self.max_points, self.seed)
         with self.lock:
-            mu = _posterior_means(self.model, x, labels_for(self.model, dataset))
+            mu = posterior_means(self.model, x, labels_for(self.model, dataset)).double().numpy()
         # the first split's plane: switching splits keeps the axes
         line = self.plane_kind == "line"
         plane = np.c_[mu[:, 0], _jitter(len(mu))] if line else (mu - self.center) @ self.basis.T
@@ -264,7 +264,7 @@ def load_explorer(run_dir: str | Path, data: str | None = None, split: str | Non
         raise VaekitError(f"data shaped {list(dataset.event_shape)} per example, but the model in "
                           f"{run_dir} was trained on {list(model.event_shape)}")
     dataset, x, names, total = _shown_examples(dataset, split, max_points, seed)
-    mu = _posterior_means(model, x, labels_for(model, dataset))
+    mu = posterior_means(model, x, labels_for(model, dataset)).double().numpy()
     center, basis, plane, kind, titles = _plane(mu)
     st = recorded_standardization(run_dir)
     display = None if st is None else st.invert
@@ -301,16 +301,6 @@ def _shown_examples(dataset, split: str, max_points: int, seed: int):
         if names is None or len(names) < top:
             names = [str(i) for i in range(top)]
     return dataset, x, names, total
-
-
-@torch.no_grad()
-def _posterior_means(model, x: torch.Tensor, labels: torch.Tensor | None, batch: int = 2000) -> np.ndarray:
-    parts = []
-    for i in range(0, len(x), batch):
-        device = next(model.parameters(), torch.empty(0)).device
-        extra = () if labels is None else (labels[i : i + batch].to(device),)
-        parts.append(representative(model.encode(x[i : i + batch].to(device), *extra)).cpu())
-    return torch.cat(parts).double().numpy()
 
 
 def _plane(mu: np.ndarray):
