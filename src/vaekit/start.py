@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from vaekit import checkpoint, noise
+from vaekit.callbacks import SessionTime, earlier_sessions
 from vaekit.checkpoint import TrainState
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
@@ -96,15 +97,15 @@ def set_lr(optimizer, lr: float, schedule) -> None:
 
 
 def begin(run: RunDirectory | None, model, device: torch.device, settings: dict, world: dict, strategy,
-          seed: int, fingerprint: str) -> TrainState:
-    """A new run's state; its run.json and an empty metrics.jsonl, and the run committed (a
-    replaced old run is gone from here on)."""
+          seed: int, fingerprint: str, session: SessionTime) -> TrainState:
+    """A new run's state; its run.json (the session's clock started) and an empty
+    metrics.jsonl, and the run committed (a replaced old run is gone from here on)."""
     settings["noise"] = noise.KEYED
 
     def start() -> None:
         if run is not None:
-            run.write_info(model.event_shape, **run_record(model, device, settings, world,
-                                                           [{"epoch": 0, "step": 0, **world}]))
+            session.start(run, model.event_shape,
+                          run_record(model, device, settings, world, [{"epoch": 0, "step": 0, **world}]), [])
             run.write_metrics([])
             run.commit()
 
@@ -114,7 +115,7 @@ def begin(run: RunDirectory | None, model, device: torch.device, settings: dict,
 
 def restore(run: RunDirectory | None, where: Path, model, optimizer, device: torch.device, settings: dict,
             world: dict, strategy, fingerprint: str, sources: tuple[Source, Source | None], schedule,
-            budget, lr: float | None) -> TrainState:
+            budget, lr: float | None, session: SessionTime) -> TrainState:
     """The checkpoint's state, after checking that the settings and data are the run's (rank
     0 reads the file and sends it to the others); a changed ``lr`` is applied and recorded."""
     def check() -> bytes:
@@ -147,7 +148,9 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
     def resumed() -> None:
         run.remove_temporary_files()
         run.write_metrics(state.metrics)
-        run.write_info(model.event_shape, **run_record(model, device, settings, world, _stretches(run, state, world)))
+        info = _info(run)
+        record = run_record(model, device, settings, world, _stretches(info, state, world))
+        session.start(run, model.event_shape, record, earlier_sessions(info))
         run.commit()
 
     strategy.together(resumed, main_only=True)
@@ -162,13 +165,17 @@ def run_record(model, device: torch.device, settings: dict, world: dict, trained
             "checkpoint_minutes": settings["checkpoint_minutes"], **world, "trained_with": trained_with}
 
 
-def _stretches(run: RunDirectory, state: TrainState, world: dict) -> list:
+def _info(run: RunDirectory) -> dict:
+    """run.json as it was before this session ({} where it cannot be read)."""
+    try:
+        return run.read_info()
+    except VaekitError:
+        return {}
+
+
+def _stretches(info: dict, state: TrainState, world: dict) -> list:
     """run.json's ``trained_with`` on a resume: a stretch added when the world size or the
     backend changes (runs of earlier versions count as one process)."""
-    try:
-        info = run.read_info()
-    except VaekitError:
-        info = {}
     before = {"world_size": info.get("world_size", 1), "backend": info.get("backend")}
     history = info.get("trained_with")
     if not isinstance(history, list):
