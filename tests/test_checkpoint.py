@@ -100,3 +100,14 @@ def test_run_json_records_each_sessions_real_time(rows, tmp_path):
     assert second["sessions_seconds"][1] >= epochs[2] and sum(second["sessions_seconds"]) >= sum(epochs)
     assert {k: v for k, v in second.items() if k != "sessions_seconds"} == \
         {k: v for k, v in first.items() if k not in ("sessions_seconds", "epochs")} | {"epochs": 3}
+
+
+def test_resume_of_a_finished_run_with_its_budget_changes_nothing(rows, tmp_path):
+    # issue 24 item 9: fit(resume=True) with the budget the run spent returns its History
+    run = tmp_path / "run"
+    _fit(rows, run, epochs=2)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    history = fit(make_vae((12,), [16], 2), rows[:360], validation=rows[360:], epochs=2, batch_size=32, lr=3e-3,
+                  seed=3, dynamic_binarization=True, device="cpu", out=run, resume=True)
+    assert [r["epoch"] for r in history.epochs] == [1, 2] and history.best["epoch"] in (1, 2)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()} == before

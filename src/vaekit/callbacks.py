@@ -218,7 +218,9 @@ class SessionTime(Callback):
     forward pass and the run's start included) to its end (after the final evaluation and
     figures). The run record is written with the session's time so far when the session
     starts, at every epoch's end and mid-epoch checkpoint (a killed session keeps the time
-    it had reached) and at the very end. Rank 0 writes (the others hold no run)."""
+    it had reached) and at the very end, when ``ended`` becomes true: the session trained
+    until its budget was spent or it was asked to stop (:func:`vaekit.start.finished`). Rank 0
+    writes (the others hold no run)."""
 
     def __init__(self, started: float):
         self.started, self.strategy = started, None
@@ -229,7 +231,8 @@ class SessionTime(Callback):
 
     def start(self, run: RunDirectory, event_shape, info: dict[str, Any], before: list[float | None]) -> None:
         """run.json for this session (rank 0): ``info`` and the earlier sessions' seconds."""
-        self.run, self.event_shape, self.info, self.before = run, tuple(event_shape), info, list(before)
+        self.run, self.event_shape, self.before = run, tuple(event_shape), list(before)
+        self.info = {**info, "ended": False}
         self.write()
 
     def seconds(self) -> list[float | None]:
@@ -240,6 +243,7 @@ class SessionTime(Callback):
             self.run.write_info(self.event_shape, **self.info, sessions_seconds=self.seconds())
 
     def on_results(self, loop: Loop, evaluation: dict[str, Any] | None) -> None:
+        self.info["ended"] = True
         if self.strategy is not None:
             self.strategy.together(self.write, main_only=True)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from vaekit import checkpoint, noise
+from vaekit import checkpoint, noise, rundir
+from vaekit.arguments import Budget
 from vaekit.callbacks import SessionTime, earlier_sessions
 from vaekit.checkpoint import TrainState
 from vaekit.errors import VaekitError
@@ -115,9 +116,10 @@ def begin(run: RunDirectory | None, model, device: torch.device, settings: dict,
 
 def restore(run: RunDirectory | None, where: Path, model, optimizer, device: torch.device, settings: dict,
             world: dict, strategy, fingerprint: str, sources: tuple[Source, Source | None], schedule,
-            budget, lr: float | None, session: SessionTime) -> TrainState:
+            budget, lr: float | None, session: SessionTime, plan: Budget) -> tuple[TrainState, bool]:
     """The checkpoint's state, after checking that the settings and data are the run's (rank
-    0 reads the file and sends it to the others); a changed ``lr`` is applied and recorded."""
+    0 reads the file and sends it to the others); a changed ``lr`` is applied and recorded.
+    And whether the run is already :func:`finished` under ``plan``: then nothing is written."""
     def check() -> bytes:
         raw = checkpoint.read(run.path)
         ckpt = checkpoint.load(run.path, raw)
@@ -144,6 +146,14 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
         schedule.load_state_dict(ckpt.meta["schedule"])
     if budget is not None:
         budget.load_state_dict(ckpt.meta.get("plan"))
+    steps = state.steps
+    if steps is None:  # a checkpoint written before the step count was kept
+        steps = state.epoch * sources[0].steps(settings["batch_size"])
+    done = strategy.broadcast(strategy.together(
+        lambda: b"1" if finished(run.path, state.epoch, state.in_epoch, steps, state.seconds, state.plan, plan)
+        else b"0", main_only=True))
+    if done == b"1":
+        return state, True
 
     def resumed() -> None:
         run.remove_temporary_files()
@@ -154,7 +164,47 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
         run.commit()
 
     strategy.together(resumed, main_only=True)
-    return state
+    return state, False
+
+
+def finished(run_dir: str | Path, epoch: int, in_epoch, steps: int | None, seconds: float, plan: dict | None,
+             budget: Budget) -> bool:
+    """Whether the run at this checkpoint position (``epoch`` done, ``in_epoch`` the progress
+    inside the next, ``steps`` and training ``seconds`` in all, a time budget's ``plan``) has
+    nothing left to train under ``budget`` (as fit's loop decides) and its last session
+    ended (:func:`ended`: the final evaluation and figures were made after it). A resume of
+    a finished run changes nothing; a larger budget trains on."""
+    if in_epoch is not None:
+        return False
+    spent = ((budget.epochs is not None and epoch >= budget.epochs)
+             or (budget.steps is not None and steps is not None and steps >= budget.steps)
+             or (budget.time is not None and (seconds >= budget.time or (  # a plan made for this budget
+                 plan is not None and plan.get("budget") == budget.time and steps is not None
+                 and steps >= plan["total_steps"]))))
+    if not spent:
+        return False
+    recorded = ended(run_dir)
+    if recorded is not None:
+        return recorded
+    # a run from before run.json recorded it: the final evaluation no older than the checkpoint
+    folder = Path(run_dir)
+    try:
+        return (folder / rundir.EVALUATION).stat().st_mtime >= (folder / rundir.CHECKPOINT).stat().st_mtime
+    except OSError:
+        return False
+
+
+def ended(run_dir: str | Path) -> bool | None:
+    """Whether the run's last training session ended (budget spent or asked to stop, then
+    the final evaluation and figures made), rather than being stopped by a signal, killed or
+    still running: run.json's ``ended``. None where run.json does not say (runs from before
+    it was recorded, an unreadable run.json). The status `vaekit runs` shows follows it."""
+    try:
+        info = rundir.read_json(Path(run_dir) / rundir.INFO, "the run's description", rundir.RECORD_BYTES)
+    except (OSError, VaekitError):
+        return None
+    value = info.get("ended") if isinstance(info, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def run_record(model, device: torch.device, settings: dict, world: dict, trained_with: list) -> dict:

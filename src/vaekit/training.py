@@ -153,8 +153,11 @@ def fit(
             if where is not None:
                 strategy.check_same_data(training_fingerprint(source, val_source, sampled=True))
             if resume:
-                state = start.restore(run, where, model, optimizer, device, settings, world, strategy, fingerprint,
-                                      (source, val_source), schedule, planner, lr, session)
+                state, finished = start.restore(run, where, model, optimizer, device, settings, world, strategy,
+                                                fingerprint, (source, val_source), schedule, planner, lr, session,
+                                                budget)
+                if finished:  # nothing left to train: the run stays as it is
+                    return History(epochs=state.metrics, best=state.best, out=where)
             else:
                 if lr is not None:
                     start.set_lr(optimizer, lr, None)
