@@ -252,3 +252,15 @@ def test_a_run_that_validated_on_the_test_set_shows_its_test_log_likelihood(tmp_
     # a run that validated on a fraction of the training set has no test number in it
     (run / rundir.CONFIG).write_text(json.dumps(config))
     assert catalog.runs_table(tmp_path / "runs")[0]["test_log_likelihood"] is None
+
+
+def test_a_fit_run_shows_its_sessions_time(tmp_path):
+    # issue 24 item 4: fit records the sessions' real time, which `vaekit runs` shows
+    from conftest import make_vae
+    from vaekit.training import fit
+
+    x = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
+    fit(make_vae((6,), [8], 2), x, epochs=2, batch_size=32, device="cpu", out=tmp_path / "run")
+    row = catalog.summarise_run(tmp_path / "run")
+    assert row["wall_time_source"] == "sessions" and row["status"] == "finished"
+    assert row["wall_seconds"] == row["sessions_seconds"] >= row["epochs_seconds"]

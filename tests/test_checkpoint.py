@@ -4,6 +4,7 @@ app's runs, with real kills: test_resume.py; of a user's own modules: test_libra
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -74,5 +75,39 @@ def test_interrupt_in_process_writes_a_mid_epoch_checkpoint(rows, tmp_path, monk
     with pytest.raises(Interrupted, match="the checkpoint holds epoch 1, step 3") as stopped:
         _fit(rows, tmp_path / "run", epochs=2)
     assert stopped.value.exit_code == 130
-    assert checkpoint.load(tmp_path / "run").meta["in_epoch"]["step"] == 3
+    in_epoch = checkpoint.load(tmp_path / "run").meta["in_epoch"]
+    assert in_epoch["step"] == 3
+    # the stopped session's time reached its checkpoint (issue 24 item 4)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["sessions_seconds"][0] >= in_epoch["seconds"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_run_json_records_each_sessions_real_time(rows, tmp_path):
+    # issue 24 item 4: a session's time (start-up, validation, final evaluation included) is
+    # at least its epochs' seconds; a resume appends its own session
+    run = tmp_path / "run"
+    _fit(rows, run, epochs=2)
+    first = json.loads((run / "run.json").read_text())
+    epochs = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(first["sessions_seconds"]) == 1 and first["sessions_seconds"][0] >= sum(epochs)
+    assert first["trained_with"] == [{"epoch": 0, "step": 0, "world_size": 1, "backend": None}]
+    torch.manual_seed(3)
+    fit(make_vae((12,), [16], 2), rows[:360], validation=rows[360:], epochs=3, batch_size=32, lr=3e-3, seed=3,
+        dynamic_binarization=True, device="cpu", out=run, resume=True)
+    second = json.loads((run / "run.json").read_text())
+    epochs = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(second["sessions_seconds"]) == 2 and second["sessions_seconds"][0] == first["sessions_seconds"][0]
+    assert second["sessions_seconds"][1] >= epochs[2] and sum(second["sessions_seconds"]) >= sum(epochs)
+    assert {k: v for k, v in second.items() if k != "sessions_seconds"} == \
+        {k: v for k, v in first.items() if k not in ("sessions_seconds", "epochs")} | {"epochs": 3}
+
+
+def test_resume_of_a_finished_run_with_its_budget_changes_nothing(rows, tmp_path):
+    # issue 24 item 9: fit(resume=True) with the budget the run spent returns its History
+    run = tmp_path / "run"
+    _fit(rows, run, epochs=2)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    history = fit(make_vae((12,), [16], 2), rows[:360], validation=rows[360:], epochs=2, batch_size=32, lr=3e-3,
+                  seed=3, dynamic_binarization=True, device="cpu", out=run, resume=True)
+    assert [r["epoch"] for r in history.epochs] == [1, 2] and history.best["epoch"] in (1, 2)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()} == before

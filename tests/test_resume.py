@@ -276,3 +276,21 @@ def test_resume_refuses_changed_data(data_file, tmp_path):
     (run / rundir.CONFIG).write_text(json.dumps(config))
     with pytest.raises(VaekitError, match="data"):
         resume(run, {"data": str(other)}, quiet=True, figures=False)
+
+
+def _snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(data_file, tmp_path):
+    # issue 24 item 9
+    run = train(_config(data_file, epochs=2), tmp_path / "run", quiet=True, figures=False)
+    before = _snapshot(run)
+    result = run_cli("train", "--resume", str(run))
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    assert f"{run} is finished: it trained 2 of 2 epochs" in said
+    assert f"vaekit train --resume {run} --epochs 4" in said and "resuming" not in said
+    assert _snapshot(run) == before
+    resume(run, {"epochs": 3}, quiet=True, figures=False)  # a larger budget trains on
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]

@@ -212,14 +212,59 @@ class EarlyStopping(Callback):
 
 
 # ---------------------------------------------------------------------- the run's writers
+class SessionTime(Callback):
+    """run.json's ``sessions_seconds``: the real time of each training session, one entry per
+    fit call on the run (a resume appends one), from fit's start (data checks, the first
+    forward pass and the run's start included) to its end (after the final evaluation and
+    figures). The run record is written with the session's time so far when the session
+    starts, at every epoch's end and mid-epoch checkpoint (a killed session keeps the time
+    it had reached) and at the very end, when ``ended`` becomes true: the session trained
+    until its budget was spent or it was asked to stop (:func:`vaekit.start.finished`). Rank 0
+    writes (the others hold no run)."""
+
+    def __init__(self, started: float):
+        self.started, self.strategy = started, None
+        self.run: RunDirectory | None = None
+        self.event_shape: tuple[int, ...] = ()
+        self.info: dict[str, Any] = {}
+        self.before: list[float | None] = []
+
+    def start(self, run: RunDirectory, event_shape, info: dict[str, Any], before: list[float | None]) -> None:
+        """run.json for this session (rank 0): ``info`` and the earlier sessions' seconds."""
+        self.run, self.event_shape, self.before = run, tuple(event_shape), list(before)
+        self.info = {**info, "ended": False}
+        self.write()
+
+    def seconds(self) -> list[float | None]:
+        return [*self.before, time.perf_counter() - self.started]
+
+    def write(self) -> None:
+        if self.run is not None:
+            self.run.write_info(self.event_shape, **self.info, sessions_seconds=self.seconds())
+
+    def on_results(self, loop: Loop, evaluation: dict[str, Any] | None) -> None:
+        self.info["ended"] = True
+        if self.strategy is not None:
+            self.strategy.together(self.write, main_only=True)
+
+
+def earlier_sessions(info: dict[str, Any]) -> list[float | None]:
+    """run.json's ``sessions_seconds`` as a list (a number: one session); a run from before
+    they were recorded, or a damaged entry, counts as one session of unknown time (None)."""
+    value = info.get("sessions_seconds")
+    parts = value if isinstance(value, list) else [value]
+    return [v if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else None for v in parts]
+
+
 class EpochFiles(Callback):
     """After every epoch: its line in ``metrics.jsonl``, the weights, and the best epoch's
-    weights (``save_best``). The best weights come after the epoch's: a kill in between
-    re-does the epoch after resume and writes the same file again, whereas the other order
-    could lose them. Rank 0 writes."""
+    weights (``save_best``), then run.json with the session's time. The best weights come
+    after the epoch's: a kill in between re-does the epoch after resume and writes the same
+    file again, whereas the other order could lose them. Rank 0 writes."""
 
-    def __init__(self, run: RunDirectory | None, strategy: SingleProcess, save_best: bool):
-        self.run, self.strategy, self.save_best = run, strategy, save_best
+    def __init__(self, run: RunDirectory | None, strategy: SingleProcess, save_best: bool,
+                 session: SessionTime | None = None):
+        self.run, self.strategy, self.save_best, self.session = run, strategy, save_best, session
 
     def on_epoch_end(self, loop: Loop, record: dict) -> None:
         best = loop.history.best
@@ -229,6 +274,8 @@ class EpochFiles(Callback):
             self.run.save_weights(loop.model)
             if self.save_best and best is not None and best["epoch"] == record["epoch"]:
                 self.run.save_weights(loop.model, "best", epoch=record["epoch"], validation_elbo=best["value"])
+            if self.session is not None:
+                self.session.write()
 
         self.strategy.together(write, main_only=True)
 
@@ -241,8 +288,9 @@ class Checkpointer(Callback):
     app's config)."""
 
     def __init__(self, policy: Checkpointing, run: RunDirectory | None, where: Path, strategy: SingleProcess,
-                 state: TrainState, settings: dict, world: dict, schedule, mid_epoch: bool):
-        self.policy, self.run, self.where, self.strategy = policy, run, where, strategy
+                 state: TrainState, settings: dict, world: dict, schedule, mid_epoch: bool,
+                 session: SessionTime | None = None):
+        self.policy, self.run, self.where, self.strategy, self.session = policy, run, where, strategy, session
         self.state, self.settings, self.world, self.schedule = state, settings, world, schedule
         self.mid_epoch = mid_epoch
         self.holds = None if state.epoch == 0 and state.in_epoch is None else state.where()  # the last one's
@@ -278,6 +326,8 @@ class Checkpointer(Callback):
         def write() -> None:
             checkpoint.save(self.run, loop.model, loop.optimizer, state, self.settings, self.policy.metadata,
                             ranks, None if self.strategy.group is None else self.world)
+            if self.session is not None and state.in_epoch is not None:  # at an epoch's end EpochFiles did
+                self.session.write()
 
         self.strategy.together(write, main_only=True)
         self.last, self.holds = time.monotonic(), state.where()
@@ -341,18 +391,22 @@ class Figures(Callback):
 
 def run_writers(run: RunDirectory | None, where: Path, strategy: SingleProcess, state: TrainState, settings: dict,
                 world: dict, schedule, source: Source, validation: Source | None, checkpointing: Checkpointing,
-                figures: bool | FigureLabels) -> list[Callback]:
-    """The run directory's writers, in the order fit calls them after your callbacks."""
+                figures: bool | FigureLabels, session: SessionTime | None = None) -> list[Callback]:
+    """The run directory's writers, in the order fit calls them after your callbacks
+    (``session``: the session's clock, which begin/restore started, last)."""
     from vaekit.arguments import FigureLabels
 
     seed, binarized = settings["seed"], settings["dynamic_binarization"]
-    writers = [EpochFiles(run, strategy, checkpointing.save_best),
+    writers = [EpochFiles(run, strategy, checkpointing.save_best, session),
                Checkpointer(checkpointing, run, where, strategy, state, settings, world, schedule,
-                            mid_epoch=source.kind != "loader"),
+                            mid_epoch=source.kind != "loader", session=session),
                FinalEvaluation(run, strategy, source, validation, seed, binarized)]
     if figures:
         labels = figures if isinstance(figures, FigureLabels) else FigureLabels()
         writers.append(Figures(run, source, validation, seed, binarized, labels, whole=strategy.world > 1))
+    if session is not None:
+        session.strategy = strategy
+        writers.append(session)
     return writers
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from vaekit import checkpoint, noise
+from vaekit import checkpoint, noise, rundir
+from vaekit.arguments import Budget
+from vaekit.callbacks import SessionTime, earlier_sessions
 from vaekit.checkpoint import TrainState
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
@@ -96,15 +98,15 @@ def set_lr(optimizer, lr: float, schedule) -> None:
 
 
 def begin(run: RunDirectory | None, model, device: torch.device, settings: dict, world: dict, strategy,
-          seed: int, fingerprint: str) -> TrainState:
-    """A new run's state; its run.json and an empty metrics.jsonl, and the run committed (a
-    replaced old run is gone from here on)."""
+          seed: int, fingerprint: str, session: SessionTime) -> TrainState:
+    """A new run's state; its run.json (the session's clock started) and an empty
+    metrics.jsonl, and the run committed (a replaced old run is gone from here on)."""
     settings["noise"] = noise.KEYED
 
     def start() -> None:
         if run is not None:
-            run.write_info(model.event_shape, **run_record(model, device, settings, world,
-                                                           [{"epoch": 0, "step": 0, **world}]))
+            session.start(run, model.event_shape,
+                          run_record(model, device, settings, world, [{"epoch": 0, "step": 0, **world}]), [])
             run.write_metrics([])
             run.commit()
 
@@ -114,9 +116,10 @@ def begin(run: RunDirectory | None, model, device: torch.device, settings: dict,
 
 def restore(run: RunDirectory | None, where: Path, model, optimizer, device: torch.device, settings: dict,
             world: dict, strategy, fingerprint: str, sources: tuple[Source, Source | None], schedule,
-            budget, lr: float | None) -> TrainState:
+            budget, lr: float | None, session: SessionTime, plan: Budget) -> tuple[TrainState, bool]:
     """The checkpoint's state, after checking that the settings and data are the run's (rank
-    0 reads the file and sends it to the others); a changed ``lr`` is applied and recorded."""
+    0 reads the file and sends it to the others); a changed ``lr`` is applied and recorded.
+    And whether the run is already :func:`finished` under ``plan``: then nothing is written."""
     def check() -> bytes:
         raw = checkpoint.read(run.path)
         ckpt = checkpoint.load(run.path, raw)
@@ -143,15 +146,65 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
         schedule.load_state_dict(ckpt.meta["schedule"])
     if budget is not None:
         budget.load_state_dict(ckpt.meta.get("plan"))
+    steps = state.steps
+    if steps is None:  # a checkpoint written before the step count was kept
+        steps = state.epoch * sources[0].steps(settings["batch_size"])
+    done = strategy.broadcast(strategy.together(
+        lambda: b"1" if finished(run.path, state.epoch, state.in_epoch, steps, state.seconds, state.plan, plan)
+        else b"0", main_only=True))
+    if done == b"1":
+        return state, True
 
     def resumed() -> None:
         run.remove_temporary_files()
         run.write_metrics(state.metrics)
-        run.write_info(model.event_shape, **run_record(model, device, settings, world, _stretches(run, state, world)))
+        info = _info(run)
+        record = run_record(model, device, settings, world, _stretches(info, state, world))
+        session.start(run, model.event_shape, record, earlier_sessions(info))
         run.commit()
 
     strategy.together(resumed, main_only=True)
-    return state
+    return state, False
+
+
+def finished(run_dir: str | Path, epoch: int, in_epoch, steps: int | None, seconds: float, plan: dict | None,
+             budget: Budget) -> bool:
+    """Whether the run at this checkpoint position (``epoch`` done, ``in_epoch`` the progress
+    inside the next, ``steps`` and training ``seconds`` in all, a time budget's ``plan``) has
+    nothing left to train under ``budget`` (as fit's loop decides) and its last session
+    ended (:func:`ended`: the final evaluation and figures were made after it). A resume of
+    a finished run changes nothing; a larger budget trains on."""
+    if in_epoch is not None:
+        return False
+    spent = ((budget.epochs is not None and epoch >= budget.epochs)
+             or (budget.steps is not None and steps is not None and steps >= budget.steps)
+             or (budget.time is not None and (seconds >= budget.time or (  # a plan made for this budget
+                 plan is not None and plan.get("budget") == budget.time and steps is not None
+                 and steps >= plan["total_steps"]))))
+    if not spent:
+        return False
+    recorded = ended(run_dir)
+    if recorded is not None:
+        return recorded
+    # a run from before run.json recorded it: the final evaluation no older than the checkpoint
+    folder = Path(run_dir)
+    try:
+        return (folder / rundir.EVALUATION).stat().st_mtime >= (folder / rundir.CHECKPOINT).stat().st_mtime
+    except OSError:
+        return False
+
+
+def ended(run_dir: str | Path) -> bool | None:
+    """Whether the run's last training session ended (budget spent or asked to stop, then
+    the final evaluation and figures made), rather than being stopped by a signal, killed or
+    still running: run.json's ``ended``. None where run.json does not say (runs from before
+    it was recorded, an unreadable run.json). The status `vaekit runs` shows follows it."""
+    try:
+        info = rundir.read_json(Path(run_dir) / rundir.INFO, "the run's description", rundir.RECORD_BYTES)
+    except (OSError, VaekitError):
+        return None
+    value = info.get("ended") if isinstance(info, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def run_record(model, device: torch.device, settings: dict, world: dict, trained_with: list) -> dict:
@@ -162,13 +215,17 @@ def run_record(model, device: torch.device, settings: dict, world: dict, trained
             "checkpoint_minutes": settings["checkpoint_minutes"], **world, "trained_with": trained_with}
 
 
-def _stretches(run: RunDirectory, state: TrainState, world: dict) -> list:
+def _info(run: RunDirectory) -> dict:
+    """run.json as it was before this session ({} where it cannot be read)."""
+    try:
+        return run.read_info()
+    except VaekitError:
+        return {}
+
+
+def _stretches(info: dict, state: TrainState, world: dict) -> list:
     """run.json's ``trained_with`` on a resume: a stretch added when the world size or the
     backend changes (runs of earlier versions count as one process)."""
-    try:
-        info = run.read_info()
-    except VaekitError:
-        info = {}
     before = {"world_size": info.get("world_size", 1), "backend": info.get("backend")}
     history = info.get("trained_with")
     if not isinstance(history, list):

@@ -18,6 +18,7 @@ by (seed, step, example) (:mod:`vaekit.noise`), the same at any world size.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,7 +27,16 @@ import torch
 
 from vaekit import distributed, noise, start, strategies
 from vaekit.arguments import Budget, Checkpointing, FigureLabels, Guards
-from vaekit.callbacks import Callback, Checkpointer, EarlyStopping, History, Loop, ProgressBar, run_writers  # noqa: F401,E501
+from vaekit.callbacks import (  # noqa: F401
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    History,
+    Loop,
+    ProgressBar,
+    SessionTime,
+    run_writers,
+)
 from vaekit.checkpoint import EpochProgress, TrainState
 from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
 from vaekit.errors import VaekitError, WriteError
@@ -94,6 +104,7 @@ def fit(
     shard with a ``DistributedSampler`` (its batch size is per rank). Rank 0 alone writes
     ``out``. A time budget runs on rank 0's clock, so every rank plans and stops alike.
     """
+    session = SessionTime(time.perf_counter())  # run.json's sessions_seconds count from here
     budget = Budget.of(epochs, budget)
     if checkpointing.every < 0:
         raise VaekitError(f"checkpoint_every must be 0 or more, got {checkpointing.every}")
@@ -142,13 +153,16 @@ def fit(
             if where is not None:
                 strategy.check_same_data(training_fingerprint(source, val_source, sampled=True))
             if resume:
-                state = start.restore(run, where, model, optimizer, device, settings, world, strategy, fingerprint,
-                                      (source, val_source), schedule, planner, lr)
+                state, finished = start.restore(run, where, model, optimizer, device, settings, world, strategy,
+                                                fingerprint, (source, val_source), schedule, planner, lr, session,
+                                                budget)
+                if finished:  # nothing left to train: the run stays as it is
+                    return History(epochs=state.metrics, best=state.best, out=where)
             else:
                 if lr is not None:
                     start.set_lr(optimizer, lr, None)
                 settings["lr"] = lr
-                state = start.begin(run, model, device, settings, world, strategy, seed, fingerprint)
+                state = start.begin(run, model, device, settings, world, strategy, seed, fingerprint, session)
             if schedule is not None and not isinstance(schedule, TorchScheduler):
                 for group in optimizer.param_groups:  # what the multipliers multiply (kept in the checkpoint)
                     group.setdefault("initial_lr", group["lr"])
@@ -156,7 +170,7 @@ def fit(
                                schedule, planner, run, where, list(callbacks), guards)
             if where is not None:
                 trainer.writers = run_writers(run, where, strategy, state, settings, world, schedule, source,
-                                              val_source, checkpointing, figures)
+                                              val_source, checkpointing, figures, session)
                 trainer.checkpointer = next(w for w in trainer.writers if isinstance(w, Checkpointer))
             return trainer.train()
 

@@ -5,7 +5,10 @@ Everything comes from what a run directory holds, read through :mod:`vaekit.runs
 
 Status rule (a run keeps no record of its process, so this is read from its files):
 
-* **finished**: the metrics reach the planned epochs and ``evaluation.json`` exists
+* **finished**: run.json says its last session ended (``ended``, :func:`vaekit.start.ended`:
+  the budget was spent or the run asked to stop, then the final evaluation and figures were
+  made); ``vaekit train --resume`` leaves such a run as it is unless given a larger budget.
+  Runs from before run.json recorded it: the metrics reach the planned epochs and ``evaluation.json`` exists
   (training writes it only after its last epoch); for a run with a step or time budget or
   early stopping, which ends before ``epochs``: ``evaluation.json`` is newer than the metrics
   and the checkpoint.
@@ -346,11 +349,14 @@ def test_evaluation(run_dir: str | Path, problems: list[str] | None = None, conf
 def run_status(run_dir: str | Path, config, metrics: list[dict[str, Any]], now: float | None = None) -> str:
     """finished, running, stopped or killed, by the rule in this module's docstring."""
     from vaekit import rundir
+    from vaekit.start import ended
 
     run_dir = Path(run_dir)
     done = metrics[-1]["epoch"] if metrics else 0
     by_epochs = config.epochs is not None and done >= config.epochs
-    if (by_epochs or _ended_by_other_budget(run_dir, config)) and (run_dir / rundir.EVALUATION).is_file():
+    recorded = ended(run_dir)  # the rule `train --resume` follows too
+    if recorded or (recorded is None and (by_epochs or _ended_by_other_budget(run_dir, config))
+                    and (run_dir / rundir.EVALUATION).is_file()):
         return "finished"
     written = {}
     for name in (rundir.METRICS, rundir.WEIGHTS, rundir.CHECKPOINT, rundir.BEST, rundir.CONFIG):

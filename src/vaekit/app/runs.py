@@ -38,6 +38,7 @@ from vaekit.devices import forked_rng, resolve_device
 from vaekit.errors import NoCheckpoint, NotARunFolder, RunExists, VaekitError
 from vaekit.model import VAE, num_classes
 from vaekit.rundir import RunDirectory
+from vaekit.start import finished
 from vaekit.trackers import check_installed, trackers
 from vaekit.training import Budget, Callback, Checkpointing, EarlyStopping, FigureLabels, Guards, fit
 
@@ -172,7 +173,11 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
         if tuple(run.read_info()["event_shape"]) != ckpt.event_shape:
             raise VaekitError(f"{run.path}: run.json and the checkpoint disagree on the data's shape")
         shapes = {k[len("model."):]: list(v.shape) for k, v in ckpt.tensors.items() if k.startswith("model.")}
-        return {"config": config.to_dict(), "event_shape": list(ckpt.event_shape), "epoch": ckpt.meta["epoch"],
+        meta = ckpt.meta
+        done = finished(run.path, meta["epoch"], meta["in_epoch"], meta.get("steps"), checkpoint._seconds(meta),
+                        meta.get("plan"), run_budget(config))
+        return {"finished": done, "steps_done": meta.get("steps"), "config": config.to_dict(),
+                "event_shape": list(ckpt.event_shape), "epoch": ckpt.meta["epoch"],
                 "in_epoch": ckpt.meta["in_epoch"], "checkpoint": str(ckpt.path), "shapes": shapes}
 
     stored = distributed.broadcast_json(distributed.together(read, group, main_only=True), group)
@@ -185,6 +190,10 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
         what = f"has already trained {done} epochs"
     if config.epochs < done and not (config.steps or config.time_budget):
         raise VaekitError(f"{run.path} {what}; --epochs {config.epochs} would end before that")
+    if stored["finished"]:  # nothing to train: the run is left as it is
+        if not quiet and (group is None or group.main):
+            _say(finished_message(run.path, config, stored["epoch"], stored["steps_done"]))
+        return
     device = resolve_device(config.device)
 
     check_installed(config.trackers)
@@ -202,6 +211,27 @@ def _resume(run: RunDirectory, changes: dict[str, Any], quiet: bool, figures: bo
         started = _Started(run, config, None if quiet else message)
         _fit(model, config, splits, run, device, policy, quiet=quiet, figures=figures, resume=True,
              callbacks=[started, *callbacks])
+
+
+def run_budget(config: Config) -> Budget:
+    """The config's budget as fit takes it."""
+    if config.steps:
+        return Budget(steps=config.steps)
+    if config.time_budget is not None:
+        return Budget(time=config.time_budget_seconds)
+    return Budget(epochs=config.epochs)
+
+
+def finished_message(path: Path, config: Config, epochs: int, steps: int | None) -> str:
+    """What ``train --resume`` says of a finished run, and how to train it on."""
+    if config.steps:
+        trained, more = f"{steps} of {config.steps} steps", f"--steps {2 * config.steps}"
+    elif config.time_budget is not None:
+        trained, more = f"its {config.time_budget} of training time", "--time-budget LONGER"
+    else:
+        trained, more = f"{epochs} of {config.epochs} epochs", f"--epochs {2 * max(config.epochs, 1)}"
+    return (f"{path} is finished: it trained {trained}. To train on, give a larger budget: "
+            f"vaekit train --resume {path} {more}")
 
 
 class _Started(Callback):
@@ -239,11 +269,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         callbacks.insert(0, ProgressBar())
     train_set, val_set = splits["train"], splits["validation"]
     policy.tune(step_flops(model, config), quiet=quiet)
-    budget = Budget(epochs=config.epochs)
-    if config.steps:
-        budget = Budget(steps=config.steps)
-    elif config.time_budget is not None:
-        budget = Budget(time=config.time_budget_seconds)
+    budget = run_budget(config)
     stopping = [EarlyStopping(config.patience)] if config.patience else []
     fit(
         model,
