@@ -76,11 +76,13 @@ def test_every_estimator_runs_for_every_prior_and_posterior(prior, posterior):
     assert report["active_units"] is not None
 
 
-@pytest.mark.parametrize("posterior", [None, "full", "iaf", "sylvester"])
-@pytest.mark.parametrize("prior", ["mog", "vamp"])
+# a VampPrior with Sylvester components is refused (its components' density is needed everywhere)
+TWO_LAYER_PARTS = [(p, q) for p in ("mog", "vamp") for q in (None, "full", "iaf", "sylvester")
+                   if (p, q) != ("vamp", "sylvester")]
+
+
+@pytest.mark.parametrize("prior, posterior", TWO_LAYER_PARTS)
 def test_two_layer_model_takes_a_top_prior_and_a_posterior_head(prior, posterior):
-    if prior == "vamp" and posterior == "sylvester":
-        pytest.skip("refused: a VampPrior needs its components' density everywhere")
     torch.manual_seed(0)
     head = None if posterior is None else make_posterior(posterior, 3, features=FEATURES)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(16, FEATURES if head else 6), nn.Tanh())
