@@ -378,6 +378,17 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, m
     assert (run / rundir.WEIGHTS).read_bytes() == (straight / rundir.WEIGHTS).read_bytes()
 
 
+def test_full_disk_for_the_weights_says_how_to_continue(run, monkeypatch):
+    """Issue 24 item 19: the weights' write failing on a full disk says the old file is unchanged
+    and how to go on once there is room."""
+    full_disk_for(monkeypatch, rundir.WEIGHTS)
+    with pytest.raises(VaekitError) as failed:
+        resume(run, {"epochs": 3}, quiet=True, figures=False)
+    message = str(failed.value)
+    assert "No space left on device" in message and "model.safetensors" in message
+    assert f"vaekit train --resume {run}" in message
+
+
 # The files a run writes before its first step (the weights come at the end of an epoch).
 @pytest.mark.parametrize("name", [rundir.CONFIG, rundir.DATA, rundir.INFO, rundir.METRICS])
 def test_full_disk_when_training_starts_leaves_no_half_run(capsys, grey, tmp_path, monkeypatch, name):
