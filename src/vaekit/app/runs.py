@@ -33,7 +33,7 @@ from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... a
     step_flops,
 )
 from vaekit.app.threads import ThreadPolicy
-from vaekit.devices import forked_rng, resolve_device
+from vaekit.devices import auto_precision, forked_rng, resolve_device
 from vaekit.errors import VaekitError
 from vaekit.model import VAE, num_classes
 from vaekit.rundir import CONFIG, RunDirectory, atomic_write
@@ -240,13 +240,14 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     elif config.time_budget is not None:
         budget = {"time_budget": config.time_budget_seconds}
     stopping = [EarlyStopping(config.patience)] if config.patience else []
+    precision = resolve_precision(config.precision, device, quiet)
     fit(
         model,
         (train_set.x, train_set.labels if conditional else None),
         validation=None if val_set is None else (val_set.x, val_set.labels if conditional else None),
         **budget, batch_size=config.batch_size, objective=objective_for(config),
         optimizer=optimizer_for(config, device), schedule=schedule_from_spec(config.schedule),
-        lr=config.lr, weight_decay=config.weight_decay, device=device, precision=config.precision,
+        lr=config.lr, weight_decay=config.weight_decay, device=device, precision=precision,
         seed=config.seed, dynamic_binarization=config.binarization.dynamic,
         grad_clip=config.grad_clip, max_bad_steps=config.max_bad_steps, out=run, resume=resume,
         checkpoint_every=config.checkpoint_every, checkpoint_minutes=config.checkpoint_minutes,
@@ -256,6 +257,17 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     )
     if not quiet:
         print(f"run written to {run.path}")
+
+
+def resolve_precision(precision: str, device: str | torch.device, quiet: bool = True) -> str:
+    """The precision fit trains at: ``auto`` decided for this machine (said in one line; run.json's
+    ``precision`` records the outcome, config.json keeps ``auto``), fp32 and bf16 as given."""
+    if precision != "auto":
+        return precision
+    chosen, why = auto_precision(resolve_device(device))
+    if not quiet:
+        _say(f"precision auto: {chosen} ({why})")
+    return chosen
 
 
 def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
