@@ -9,6 +9,7 @@ took meanwhile (/proc/stat, benchmarks/common.py).
     python benchmarks/bench_levers.py speed --threads 1 --compile   # ... and torch.compile of the bare step
     python benchmarks/bench_levers.py threads                   # vaekit fp32 and bf16 at 1 and 2 threads, in turns
     python benchmarks/bench_levers.py quality --steps 4000 --seeds 0 1 2   # quality per step, fp32 against bf16
+    python benchmarks/bench_levers.py budget --budget 12m        # fp32 and bf16 side by side, 12 min each
     python benchmarks/bench_levers.py profile --steps 300       # where vaekit's step goes (cProfile, torch.profiler)
 
 `quality` trains the preset through the app (`vaekit.app.runs.train`: the preset's schedule over
@@ -23,6 +24,7 @@ import argparse
 import cProfile
 import dataclasses
 import io
+import json
 import pstats
 import statistics
 import sys
@@ -337,6 +339,52 @@ def cmd_quality(args) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- equal wall time
+def cmd_budget(args) -> dict:
+    """The preset under a time budget (`--budget`), fp32 and bf16 trained at the same time, each
+    on one thread in its own process: both see the same neighbours. Then K = --k on the first
+    --n-test test images. Others' CPU is what processes other than the two took meanwhile."""
+    import os
+    import subprocess
+
+    from vaekit.app.threads import cpu_jiffies
+
+    env = {**os.environ, "PYTHONPATH": str(common.ROOT / "src")}
+    out: dict = {"budget": args.budget, "runs": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        dirs = {p: Path(folder) / p for p in args.precisions}
+        before, children0, start = cpu_jiffies(), os.times(), time.perf_counter()
+        procs = {p: subprocess.Popen([sys.executable, "-m", "vaekit", "train", "--preset", PRESET, "--data-dir",
+                                      args.data_dir, "--time-budget", args.budget, "--threads", "1",
+                                      "--precision", p, "--out", str(d), "-q", "--no-figures"], env=env)
+                 for p, d in dirs.items()}
+        for proc in procs.values():
+            proc.wait()
+        after, children = cpu_jiffies(), os.times()
+        ticks = os.sysconf("SC_CLK_TCK")
+        own = ((children.children_user + children.children_system)
+               - (children0.children_user + children0.children_system)) * ticks
+        others = max(0.0, (after[0] - before[0] - own) / max(after[1] - before[1], 1))
+        out["wall_seconds"], out["others"] = time.perf_counter() - start, others
+        print(f"trained {list(dirs)} side by side for {args.budget} each; others took {100 * others:.0f} % of the CPU")
+        for p, d in dirs.items():
+            rows = read_metrics(d)
+            model, cfg = load_run(d)
+            test = select_split(cfg, "test", run_dir=d)
+            result = vaekit.evaluate(model, test.x[: args.n_test], importance_samples=args.k, seed=0)
+            steps = rows[-1].get("steps") or 0
+            row = {"steps": steps,
+                   "epochs": len(rows), "validation_elbo": rows[-1].get("validation_elbo"),
+                   "test_nll": -result["log_likelihood"], "test_nll_se": result["log_likelihood_se"],
+                   "active_units": result.get("active_units"), "precision": json.loads(
+                       (d / "run.json").read_text()).get("precision")}
+            out["runs"][p] = row
+            print(f"  {p}: {row['epochs']} epochs, steps {row['steps']}, val ELBO {row['validation_elbo']:.2f}, "
+                  f"NLL {row['test_nll']:.3f} ± {row['test_nll_se']:.3f}, AU {row['active_units']} "
+                  f"(run.json precision {row['precision']})", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------- profile
 def cmd_profile(args) -> dict:
     torch.set_num_threads(1)
@@ -366,7 +414,7 @@ def cmd_profile(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("gemm", "speed", "compile", "threads", "quality", "profile"))
+    parser.add_argument("what", choices=("gemm", "speed", "compile", "threads", "quality", "budget", "profile"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--preset", default=PRESET, help="another preset's network and batch (speed, threads)")
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
@@ -376,13 +424,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000, help="quality: training steps; profile: steps profiled")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--budget", default="10m", help="budget: the time budget of each run")
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--data-dir", default=str(MNIST_DIR))
     args = parser.parse_args()
     use_preset(args.preset)
     commands = {"gemm": cmd_gemm, "speed": cmd_speed, "compile": cmd_compile_vaekit, "threads": cmd_threads,
-                "quality": cmd_quality, "profile": cmd_profile}
+                "quality": cmd_quality, "budget": cmd_budget, "profile": cmd_profile}
     print(f"machine: {common.machine()}; CPU capability {torch.backends.cpu.get_cpu_capability()}")
     result = commands[args.what](args)
     suffix = "" if args.preset == "burda2016-vae-1l-cpu60" else f"-{args.preset}"
