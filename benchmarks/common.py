@@ -106,9 +106,9 @@ def interleave(contenders: dict[str, Callable[[], None]], repeats: int, warmup: 
     return results
 
 
-def gemm_peak(seconds: float = 2.0, n: int = 2048) -> float:
-    """Sustained float32 GEMM throughput in GFLOP/s with the current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_peak(seconds: float = 2.0, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """Sustained GEMM throughput (float32 unless ``dtype``) in GFLOP/s with the current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         torch.mm(a, b)
     count, start = 0, time.perf_counter()
@@ -127,8 +127,10 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    from vaekit.devices import cpu_bf16_features
+
     return {"cpu": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "bf16_features": cpu_bf16_features()}
 
 
 def write_json(path: str | Path, payload: dict) -> None:

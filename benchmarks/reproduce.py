@@ -124,6 +124,8 @@ def reproduce(name: str, args) -> dict:
 
     torch.set_num_threads(2)
     peak = record.get("gemm_peak_gflops") or common.gemm_peak()
+    if "gemm_peak_bf16_gflops" not in record:  # emulated (slower than fp32) where the CPU lacks bf16 units
+        record["gemm_peak_bf16_gflops"] = common.gemm_peak(dtype=torch.bfloat16)
     record.update(preset=name, published=preset.published, metric=preset.meta.get("metric"), measure=preset.measure,
                   quick=quick, config=config.to_dict(), machine=common.machine(), gemm_peak_gflops=peak,
                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
@@ -210,7 +212,16 @@ def _training_summary(run_dir: Path, config: Config) -> dict:
     return {"training_seconds": meta["seconds"], "steps": steps, "epochs": meta["epoch"],
             "epochs_done": rows[-1].get("steps", 0) / max(1, _steps_per_epoch(rows)) if rows else 0,
             "budget_reached": bool(reached), "reached": f"{meta['epoch']} epochs, {steps} steps",
-            "plan": meta.get("plan"), "final_lr": rows[-1].get("lr") if rows else None, "seed": config.seed}
+            "plan": meta.get("plan"), "final_lr": rows[-1].get("lr") if rows else None, "seed": config.seed,
+            "precision": _trained_precision(run_dir, config)}
+
+
+def _trained_precision(run_dir: Path, config: Config) -> str:
+    """What the run trained at: run.json's precision (``auto`` decided for this machine)."""
+    try:
+        return RunDirectory(run_dir).read_info().get("precision") or config.precision
+    except VaekitError:
+        return config.precision
 
 
 def _steps_per_epoch(rows: list[dict]) -> int:

@@ -99,3 +99,63 @@ def test_vaekit_train_colours_the_latent_figure_of_an_unconditional_model(monkey
     config = Config(data="digits", hidden=[16], latent_dim=2, epochs=1, batch_size=256, binarize="dynamic")
     colours, legend = latent_colours(monkeypatch, lambda: train(config, tmp_path / "run", quiet=True))
     assert len(colours) == 10 and legend == [str(c) for c in range(10)]
+
+
+# ---------------------------------------------------------------------- precision = "auto"
+@pytest.mark.parametrize(("capabilities", "expected"), [
+    ({"amx_bf16": True, "avx512_bf16": True, "avx512_f": True}, ("bf16", ["amx_bf16", "avx512_bf16"])),
+    ({"amx_bf16": False, "avx512_bf16": True}, ("bf16", ["avx512_bf16"])),
+    ({"amx_bf16": False, "avx512_bf16": False, "avx512_f": True, "avx2": True}, ("fp32", [])),  # AVX-512 alone
+])
+def test_auto_precision_follows_torchs_cpu_capabilities(monkeypatch, capabilities, expected):
+    from vaekit import devices
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    precision, why = devices.auto_precision(torch.device("cpu"))
+    assert (precision, devices.cpu_bf16_features()) == expected
+    assert all(name in why for name in expected[1])
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu avx2 avx512f avx512_bf16 amx_tile", "bf16"),
+    ("fpu avx2 avx512f avx512bw", "fp32"),
+])
+def test_auto_precision_falls_back_to_cpuinfo_flags(monkeypatch, tmp_path, flags, expected):
+    from vaekit import devices
+
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)  # an older torch
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(devices, "CPUINFO", str(cpuinfo))
+    assert devices.auto_precision(torch.device("cpu"))[0] == expected
+    monkeypatch.setattr(devices, "CPUINFO", str(tmp_path / "missing"))  # no /proc (macOS, Windows)
+    assert devices.auto_precision(torch.device("cpu"))[0] == "fp32"
+
+
+def test_auto_precision_keeps_fp32_off_the_cpu(monkeypatch):
+    from vaekit import devices
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True}, raising=False)
+    assert devices.auto_precision(torch.device("cuda"))[0] == "fp32"  # measured on CPUs only
+    assert devices.auto_precision(torch.device("mps"))[0] == "fp32"
+
+
+@pytest.mark.parametrize(("has_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_trains_at_what_the_cpu_supports_and_says_so(monkeypatch, tmp_path, capsys,
+                                                                     has_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": has_bf16}, raising=False)
+    config = vaekit.Config(data="digits", binarize="dynamic", hidden=[16], latent_dim=2, epochs=1,
+                           device="cpu", precision="auto")
+    run = vaekit.train(config, tmp_path / "run", figures=False)
+    assert json.loads((run / "config.json").read_text())["precision"] == "auto"  # decided again on a resume
+    assert json.loads((run / "run.json").read_text())["precision"] == expected
+    assert f"precision auto: {expected}" in capsys.readouterr().err
+
+
+def test_explicit_precisions_mean_what_they_meant(monkeypatch):
+    from vaekit.app.runs import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True}, raising=False)
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert vaekit.Config().precision == "fp32"

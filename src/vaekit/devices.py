@@ -55,6 +55,45 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+# CPU features that do bfloat16 matrix products in hardware (AVX512-BF16's dot products, AMX's
+# tiles). Without them torch's bf16 GEMMs are emulated and slower than fp32's.
+BF16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_bf16_features() -> list[str]:
+    """Which of :data:`BF16_CPU_FEATURES` this CPU has: torch's own detection (the one its
+    kernels dispatch on), or the flags in /proc/cpuinfo where torch does not say."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        try:
+            found = capabilities()
+        except RuntimeError:
+            found = None
+        if found:
+            return [name for name in BF16_CPU_FEATURES if found.get(name)]
+    try:
+        with open(CPUINFO, encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in BF16_CPU_FEATURES if name in flags]
+    except OSError:
+        pass
+    return []
+
+
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """(precision, why) for ``precision = "auto"``: bf16 autocast on a CPU that does bf16
+    matrix products in hardware, fp32 elsewhere (GPUs included: measured on CPUs only)."""
+    if device.type != "cpu":
+        return "fp32", f"auto precision uses bf16 on CPUs with {' or '.join(BF16_CPU_FEATURES)} only"
+    features = cpu_bf16_features()
+    if features:
+        return "bf16", f"this CPU has {', '.join(features)}"
+    return "fp32", f"this CPU has no {' or '.join(BF16_CPU_FEATURES)}"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for the forward pass (matrix products in bfloat16, weights and
     optimiser in float32; models bring the likelihood and KL back to float32), or nothing."""

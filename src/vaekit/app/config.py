@@ -39,7 +39,7 @@ ARCHITECTURES = Registry("architecture", [
 BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 OUTPUT_BIASES = ("zero", "data")
 SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")  # vaekit.posteriors.SYLVESTER_KINDS, torch-free
 SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
@@ -240,7 +240,8 @@ class HardwareSettings:
     threads: int = setting(0, "CPU threads for torch (0: auto, every core other processes leave free, re-checked "
                            "while training).", minimum="non-negative", on_resume=True)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", on_resume=True)
-    precision: str = setting("fp32", "fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32).",
+    precision: str = setting("fp32", "fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32) "
+                             "| auto (bf16 on a CPU with AMX or AVX512-BF16, else fp32; run.json says which).",
                              choices=PRECISIONS)
 
 

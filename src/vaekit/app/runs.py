@@ -34,7 +34,7 @@ from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... a
 )
 from vaekit.app.threads import ThreadPolicy
 from vaekit.callbacks import ProgressBar
-from vaekit.devices import forked_rng, resolve_device
+from vaekit.devices import auto_precision, forked_rng, resolve_device
 from vaekit.errors import NoCheckpoint, NotARunFolder, RunExists, VaekitError
 from vaekit.model import VAE, num_classes
 from vaekit.rundir import RunDirectory
@@ -271,6 +271,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     policy.tune(step_flops(model, config), quiet=quiet)
     budget = run_budget(config)
     stopping = [EarlyStopping(config.patience)] if config.patience else []
+    precision = resolve_precision(config.precision, device, quiet)
     fit(
         model,
         # labels reach a conditional model, and colour figure (a) by class for any model
@@ -278,7 +279,7 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
         validation=None if val_set is None else (val_set.x, val_set.labels),
         budget=budget, batch_size=config.batch_size, objective=objective_for(config),
         optimizer=optimizer_for(config, device), lr=config.lr, schedule=schedule_from_spec(config.schedule),
-        device=device, precision=config.precision, seed=config.seed,
+        device=device, precision=precision, seed=config.seed,
         dynamic_binarization=config.binarization.dynamic,
         guards=Guards(config.grad_clip, config.max_bad_steps), out=run, resume=resume,
         checkpointing=Checkpointing(config.checkpoint_every, config.checkpoint_minutes, config.save_best,
@@ -290,6 +291,17 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     )
     if not quiet:
         print(f"run written to {run.path}")
+
+
+def resolve_precision(precision: str, device: str | torch.device, quiet: bool = True) -> str:
+    """The precision fit trains at: ``auto`` decided for this machine (said in one line; run.json's
+    ``precision`` records the outcome, config.json keeps ``auto``), fp32 and bf16 as given."""
+    if precision != "auto":
+        return precision
+    chosen, why = auto_precision(resolve_device(device))
+    if not quiet:
+        _say(f"precision auto: {chosen} ({why})")
+    return chosen
 
 
 def resume_config(ckpt, stored: Config, changes: dict[str, Any]) -> Config:
