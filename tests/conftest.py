@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import io
+import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -244,3 +247,30 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return x, torch.tensor(bunch.target, dtype=torch.int64)
+
+
+def old_run_resumes_as_recorded(tmp_path: Path, name: str, expected_file: str, validation_rel: float = 1e-5) -> None:
+    """A run directory an earlier vaekit wrote (tests/fixtures/NAME) loads, evaluates and resumes
+    to the metrics it recorded (``expected_file``): bit for bit on the CPU that wrote them; rel
+    1e-5 allows another CPU's rounding (2e-7 on an AMD EPYC for 0.1's CVAE) while a wrong random,
+    optimiser or schedule state would move them by far more. ``validation_rel`` for validation
+    keys (vaekit 0.1 summed them in float32, now float64)."""
+    import vaekit
+
+    fixtures = Path(__file__).parent / "fixtures"
+    run = tmp_path / name
+    shutil.copytree(fixtures / name, run)
+    expected = json.loads((fixtures / expected_file).read_text())[name]
+    assert vaekit.load(run).event_shape == (1, 8, 8)
+    done = run_cli("evaluate", run, "--importance-samples", "5", "--json", "-q", "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert math.isfinite(json.loads(done.stdout)["log_likelihood"])
+    done = run_cli("train", "--resume", run, "--epochs", str(expected["resume_epochs"]), "--threads", "1",
+                   "-q", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len(expected["metrics_after_resume"])
+    for got, want in zip(rows, expected["metrics_after_resume"], strict=True):
+        for key, value in want.items():
+            rel = validation_rel if key.startswith("validation_") else 1e-5
+            assert got[key] == pytest.approx(value, rel=rel, abs=1e-9), key

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 import vaekit
-from conftest import make_vae, run_cli
+from conftest import make_vae, old_run_resumes_as_recorded, run_cli
 
 
 def test_device_cpu_and_bf16_train_and_evaluate_end_to_end(tmp_path):
@@ -56,27 +55,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.mark.parametrize("name", ["vae-v0.1", "cvae-v0.1"])
 def test_run_directories_of_vaekit_0_1_load_evaluate_and_resume(tmp_path, name):
-    run = tmp_path / name
-    shutil.copytree(FIXTURES / name, run)
-    expected = json.loads((FIXTURES / "expected.json").read_text())[name]
-    model = vaekit.load(run)
-    assert model.event_shape == (1, 8, 8)
-    done = run_cli("evaluate", run, "--importance-samples", "20", "--json", "-q", "--no-save")
-    assert done.returncode == 0, done.stderr
-    assert math.isfinite(json.loads(done.stdout)["log_likelihood"])
-    done = run_cli("train", "--resume", run, "--epochs", str(expected["resume_epochs"]), "--threads", "1",
-                   "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == len(expected["metrics_after_resume"])
-    for got, want in zip(rows, expected["metrics_after_resume"], strict=True):
-        for key, value in want.items():
-            if key.startswith("validation_"):  # now summed in float64, 0.1 summed in float32
-                assert got[key] == pytest.approx(value, rel=1e-6), key
-            else:  # the training steps are those vaekit 0.1 made: bit for bit on the CPU that wrote the
-                # fixtures (an Intel Xeon); another CPU's kernels round differently (2e-7 on an AMD EPYC),
-                # while a wrong random state or optimiser state would move these by far more than 1e-5
-                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    old_run_resumes_as_recorded(tmp_path, name, "expected.json", validation_rel=1e-6)
 
 
 def test_load_a_run_trained_from_python_into_ones_own_module(tmp_path, digits):

@@ -4,14 +4,11 @@ as 0.2 resumed them, and their config.json reads back into the same settings."""
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from pathlib import Path
 
 import pytest
 
-import vaekit
-from conftest import run_cli
+from conftest import old_run_resumes_as_recorded
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ["gauss-v0.2", "hvae-v0.2"]
@@ -34,21 +31,4 @@ def test_the_config_json_of_vaekit_0_2_reads_back_unchanged(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_run_directories_of_vaekit_0_2_load_evaluate_and_resume(tmp_path, name):
-    run = tmp_path / name
-    shutil.copytree(FIXTURES / name, run)
-    expected = json.loads((FIXTURES / "expected-v0.2.json").read_text())[name]
-    model = vaekit.load(run)
-    assert model.event_shape == (1, 8, 8)
-    done = run_cli("evaluate", run, "--importance-samples", "5", "--json", "-q", "--no-save")
-    assert done.returncode == 0, done.stderr
-    assert math.isfinite(json.loads(done.stdout)["log_likelihood"])
-    done = run_cli("train", "--resume", run, "--epochs", str(expected["resume_epochs"]), "--threads", "1",
-                   "-q", "--no-figures")
-    assert done.returncode == 0, done.stderr
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == len(expected["metrics_after_resume"])
-    for got, want in zip(rows, expected["metrics_after_resume"], strict=True):
-        for key, value in want.items():
-            # bit for bit on the CPU that wrote them; 1e-5 allows another CPU's rounding while a wrong
-            # random, optimiser or schedule state would move these by far more
-            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    old_run_resumes_as_recorded(tmp_path, name, "expected-v0.2.json")
