@@ -168,3 +168,29 @@ def test_vampprior_refuses_components_without_a_density_everywhere():
     z = torch.randn(5, 2)
     expected = iaf(prior.pseudo_inputs).log_prob(z.unsqueeze(-2)).logsumexp(-1) - math.log(3)
     torch.testing.assert_close(prior().log_prob(z), expected)  # IAF inverts: any z
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 7, 5)])
+def test_the_diagonal_mixtures_matrix_form_equals_torchs_broadcast_form(shape):
+    """DiagonalMixture.log_prob (two matrix products in float64) against torch's own
+    MixtureSameFamily at points near and far from the components, and their gradients."""
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    from vaekit.priors import DiagonalMixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(11, 5, generator=g, dtype=torch.float64).requires_grad_()
+    log_scale = (0.5 * torch.randn(11, 5, generator=g, dtype=torch.float64) - 1).requires_grad_()
+    logits = torch.randn(11, generator=g, dtype=torch.float64).requires_grad_()
+    z = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+    def density(cls):
+        parts = Independent(Normal(loc, log_scale.exp()), 1)
+        return cls(Categorical(logits=logits), parts).log_prob(z)
+
+    fast, slow = density(DiagonalMixture), density(MixtureSameFamily)
+    assert fast.shape == slow.shape == shape[:-1]
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-9)
+    for a, b in zip(torch.autograd.grad(fast.sum(), (z, loc, log_scale, logits)),
+                    torch.autograd.grad(slow.sum(), (z, loc, log_scale, logits)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
