@@ -1,10 +1,15 @@
 """A VampPrior's density, forward and backward: torch's MixtureSameFamily (broadcast [B, K, D])
 against vaekit.priors.DiagonalMixture (two matrix products in float64), side by side, one thread.
 Run: PYTHONPATH=src python benchmarks/bench_mixture.py"""
-import time, torch
+import time
+
+import torch
+
 torch.set_num_threads(1)
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
 from vaekit.priors import DiagonalMixture
+
 loc = torch.randn(500, 50, requires_grad=True); ls = torch.zeros(500, 50, requires_grad=True)
 z = torch.randn(250, 50, requires_grad=True); logits = torch.zeros(500)
 def run(cls):
