@@ -65,14 +65,7 @@ def use_preset(name: str) -> None:
 
 # ---------------------------------------------------------------------- GEMM peaks
 def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.5) -> float:
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(3):
-        torch.mm(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+    return common.gemm_peak(seconds, dtype=dtype, shape=(m, k, n))
 
 
 def cmd_gemm(args) -> dict:

@@ -106,16 +106,19 @@ def interleave(contenders: dict[str, Callable[[], None]], repeats: int, warmup: 
     return results
 
 
-def gemm_peak(seconds: float = 2.0, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
-    """Sustained GEMM throughput (float32 unless ``dtype``) in GFLOP/s with the current thread count."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def gemm_peak(seconds: float = 2.0, n: int = 2048, dtype: torch.dtype = torch.float32,
+              shape: tuple[int, int, int] | None = None) -> float:
+    """Sustained GEMM throughput (float32 unless ``dtype``) in GFLOP/s with the current thread
+    count: n×n·n×n, or m×k·k×n for ``shape`` (m, k, n)."""
+    m, k, n = shape or (n, n, n)
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     for _ in range(2):
         torch.mm(a, b)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
 
 
 def machine() -> dict:
