@@ -443,9 +443,9 @@ def _one_epoch(model, x, config: Config, optimizer=None):
 
 def _optimizer(model, config: Config):
     """The optimiser training builds for ``config`` (Adam, the config's lr and weight decay)."""
-    from vaekit.training import _make_optimizer
+    from vaekit.start import make_optimizer
 
-    return _make_optimizer(model, None, config.lr, config.weight_decay, torch.device("cpu"))
+    return make_optimizer(model, None, config.lr, config.weight_decay, torch.device("cpu"))
 
 
 def test_non_finite_steps_are_skipped_and_counted(grey, tmp_path, monkeypatch):

@@ -425,6 +425,3 @@ def _call_objective(objective, model, batch: Batch):
         return -out.mean(), {"elbo": out, "objective": out} if objective is elbo else {"objective": out}
     return out
 
-
-def _make_optimizer(model, optimizer, lr: float | None, weight_decay: float, device: torch.device):
-    return start.make_optimizer(model, optimizer, lr, weight_decay, device)
