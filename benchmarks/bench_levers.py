@@ -71,6 +71,8 @@ def gemm_rate(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.5) 
 def cmd_gemm(args) -> dict:
     shapes = {"250x784 . 784x200": (250, 784, 200), "250x200 . 200x784": (250, 200, 784),
               "2048^3": (2048, 2048, 2048)}
+    if args.small_only:  # a CPU without bf16 hardware emulates it at ~2 GFLOP/s: 2048^3 takes minutes
+        shapes.pop("2048^3")
     out: dict = {}
     for threads in args.thread_counts:
         torch.set_num_threads(threads)
@@ -195,20 +197,21 @@ def cmd_speed(args) -> dict:
     torch.set_num_threads(args.threads)
     config = preset_config(args.data_dir)
     x = training_images(args)
-    contenders = {"vaekit fp32": vaekit_epoch(config, x, "fp32"), "vaekit bf16": vaekit_epoch(config, x, "bf16")}
+    # --precisions fp32 on a CPU without bf16 hardware (emulated bf16 GEMMs run at ~2 GFLOP/s)
+    contenders = {f"vaekit {p}": vaekit_epoch(config, x, p) for p in args.precisions}
     bare = args.preset == "burda2016-vae-1l-cpu60"  # the bare loop is that preset's model and ELBO
     if bare:
-        contenders["bare fp32"] = epoch_of(bare_step_fn(config, "fp32", False)[1], x, config.batch_size)
-        contenders["bare bf16"] = epoch_of(bare_step_fn(config, "bf16", False)[1], x, config.batch_size)
+        for p in args.precisions:
+            contenders[f"bare {p}"] = epoch_of(bare_step_fn(config, p, False)[1], x, config.batch_size)
     if args.compile:
         compile_seconds = {}
-        for name, precision in (("bare fp32 compiled", "fp32"), ("bare bf16 compiled", "bf16")) if bare else ():
+        for name, precision in ((f"bare {p} compiled", p) for p in args.precisions) if bare else ():
             epoch = epoch_of(bare_step_fn(config, precision, True)[1], x[:500], config.batch_size)
             start = time.perf_counter()
             epoch()  # compiles
             compile_seconds[name] = time.perf_counter() - start
             contenders[name] = epoch_of(bare_step_fn(config, precision, True)[1], x, config.batch_size)
-        for precision in ("fp32", "bf16"):  # vaekit's own step, its objective compiled (no graph break)
+        for precision in args.precisions:  # vaekit's own step, its objective compiled (no graph break)
             name = f"vaekit {precision} compiled"
             epoch = vaekit_epoch(config, x[:500], precision, compiled=True)
             start = time.perf_counter()
@@ -276,7 +279,7 @@ def cmd_threads(args) -> dict:
     out = {}
     names = []
     for threads in (1, 2):
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             names.append((f"vaekit {precision}, {threads} thread(s)", threads, vaekit_epoch(config, x, precision)))
 
     def pinned(threads, fn):
@@ -287,7 +290,7 @@ def cmd_threads(args) -> dict:
 
     print(f"threads: {PRESET} network, batch {config.batch_size}, {args.batch_steps} steps a round")
     out = measure({n: pinned(t, fn) for n, t, fn in names}, args.batch_steps, args.rounds)
-    for p in ("fp32", "bf16"):
+    for p in args.precisions:
         print("  " + ratios(out, f"vaekit {p}, 1 thread(s)", f"vaekit {p}, 2 thread(s)"))
     return out
 
@@ -412,6 +415,7 @@ def main() -> None:
     parser.add_argument("--preset", default=PRESET, help="another preset's network and batch (speed, threads)")
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--small-only", action="store_true", help="gemm: the preset's shapes only, not 2048^3")
     parser.add_argument("--batch-steps", type=int, default=80, help="steps per timed round (speed, threads)")
     parser.add_argument("--compile", action="store_true", help="speed: add torch.compile'd bare steps")
     parser.add_argument("--steps", type=int, default=4000, help="quality: training steps; profile: steps profiled")
