@@ -90,7 +90,7 @@ def test_run_json_records_each_sessions_real_time(rows, tmp_path):
     first = json.loads((run / "run.json").read_text())
     epochs = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(first["sessions_seconds"]) == 1 and first["sessions_seconds"][0] >= sum(epochs)
-    assert first["trained_with"] == [{"epoch": 0, "step": 0, "world_size": 1, "backend": None}]
+    assert first["trained_with"] == [{"epoch": 0, "step": 0, "world_size": 1, "backend": None, "precision": "fp32"}]
     torch.manual_seed(3)
     fit(make_vae((12,), [16], 2), rows[:360], validation=rows[360:], epochs=3, batch_size=32, lr=3e-3, seed=3,
         dynamic_binarization=True, device="cpu", out=run, resume=True)

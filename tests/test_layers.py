@@ -23,7 +23,7 @@ LIBRARY_TESTS = (
     "test_checkpoint.py", "test_evaluate.py", "test_init.py", "test_library.py", "test_likelihoods.py",
     "test_model.py", "test_model_variants.py", "test_objectives.py", "test_objectives_variants.py",
     "test_plots_variants.py", "test_sampling.py", "test_schedules.py", "test_priors.py", "test_posteriors.py",
-    "test_gap_models.py", "test_protocol.py",
+    "test_gap_models.py", "test_protocol.py", "test_compile.py",
 )
 # What reaches the app from a test: the package's re-exports of app names, and conftest's
 # helpers and fixtures that run the CLI or train through the app.

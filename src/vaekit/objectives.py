@@ -166,12 +166,16 @@ def elbo(
     return elbo_terms(model, x, samples, kl, labels)["elbo"]
 
 
-def kl_weight(beta: float = 1.0, warmup: float = 0.0, epochs_done: float | None = None) -> float:
+def kl_weight(beta: float = 1.0, warmup: float = 0.0,
+              epochs_done: float | torch.Tensor | None = None) -> float | torch.Tensor:
     """The weight on the KL term while training: β times the linear warm-up factor
     min(1, t / warmup) after t = ``epochs_done`` epochs. Without warm-up (or without a
-    training position: evaluation) it is β."""
+    training position: evaluation) it is β. A 0-d tensor ``epochs_done`` (as a compiled
+    objective gets it, :class:`vaekit.devices.CompiledObjective`) gives a 0-d tensor."""
     if epochs_done is None or not warmup:
         return beta
+    if torch.is_tensor(epochs_done):
+        return beta * (epochs_done / warmup).clamp(max=1.0)
     return beta * min(1.0, epochs_done / warmup)
 
 

@@ -13,6 +13,7 @@ from vaekit import checkpoint, noise, rundir
 from vaekit.arguments import Budget
 from vaekit.callbacks import SessionTime, earlier_sessions
 from vaekit.checkpoint import TrainState
+from vaekit.devices import CompiledObjective
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
 from vaekit.rundir import RunDirectory
@@ -78,7 +79,9 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
 
 
 def describe(objective) -> str:
-    """A stable description of an objective (no memory addresses): what resume compares."""
+    """A stable description of an objective (no memory addresses): what resume compares.
+    A compiled objective is described as the objective it compiles (the same maths)."""
+    objective = getattr(objective, "eager", objective) if isinstance(objective, CompiledObjective) else objective
     if isinstance(objective, functools.partial):
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(objective.keywords.items()))
         return f"{describe(objective.func)}({args})"
@@ -106,7 +109,8 @@ def begin(run: RunDirectory | None, model, device: torch.device, settings: dict,
     def start() -> None:
         if run is not None:
             session.start(run, model.event_shape,
-                          run_record(model, device, settings, world, [{"epoch": 0, "step": 0, **world}]), [])
+                          run_record(model, device, settings, world,
+                                     [{"epoch": 0, "step": 0, **world, "precision": settings["precision"]}]), [])
             run.write_metrics([])
             run.commit()
 
@@ -159,7 +163,8 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
         run.remove_temporary_files()
         run.write_metrics(state.metrics)
         info = _info(run)
-        record = run_record(model, device, settings, world, _stretches(info, state, world))
+        record = run_record(model, device, settings, world,
+                            _stretches(info, state, {**world, "precision": settings["precision"]}))
         session.start(run, model.event_shape, record, earlier_sessions(info))
         run.commit()
 
@@ -224,9 +229,10 @@ def _info(run: RunDirectory) -> dict:
 
 
 def _stretches(info: dict, state: TrainState, world: dict) -> list:
-    """run.json's ``trained_with`` on a resume: a stretch added when the world size or the
-    backend changes (runs of earlier versions count as one process)."""
-    before = {"world_size": info.get("world_size", 1), "backend": info.get("backend")}
+    """run.json's ``trained_with`` on a resume: a stretch added when the world size, the
+    backend or the precision changes (runs of earlier versions count as one fp32 process)."""
+    before = {"world_size": info.get("world_size", 1), "backend": info.get("backend"),
+              "precision": info.get("precision", "fp32")}
     history = info.get("trained_with")
     if not isinstance(history, list):
         history = [{"epoch": 0, "step": 0, **before}]

@@ -38,7 +38,7 @@ from vaekit.callbacks import (  # noqa: F401
     run_writers,
 )
 from vaekit.checkpoint import EpochProgress, TrainState
-from vaekit.devices import autocast, check_precision, forked_rng, resolve_device
+from vaekit.devices import CompiledObjective, autocast, check_precision, forked_rng, resolve_device, warn_emulated_bf16
 from vaekit.errors import VaekitError, WriteError
 from vaekit.evaluation import validation_terms  # noqa: F401  (where it used to be)
 from vaekit.objectives import Batch, elbo, elbo_objective
@@ -118,6 +118,7 @@ def fit(
     schedule = as_schedule(schedule)
     strategy = strategies.strategy()
     device = distributed.local_device(resolve_device(device))
+    warn_emulated_bf16(device, precision)
     source = Source(train_data, what="the training data")
     if len(source) == 0:
         raise VaekitError("the training data is empty")
@@ -422,6 +423,7 @@ def _step_of(objective: Callable) -> Callable:
 def _call_objective(objective, model, batch: Batch):
     out = objective(model, batch)
     if torch.is_tensor(out):  # per-example values to maximise: the ELBO only if it is objectives.elbo
-        return -out.mean(), {"elbo": out, "objective": out} if objective is elbo else {"objective": out}
+        is_elbo = (objective.eager if isinstance(objective, CompiledObjective) else objective) is elbo
+        return -out.mean(), {"elbo": out, "objective": out} if is_elbo else {"objective": out}
     return out
 

@@ -40,6 +40,7 @@ BINARY_IMAGE_DATA = ("digits", "mnist", "fashion-mnist", "kmnist")
 IMAGE_MODES = ("auto", "grey", "rgb")
 VALIDATION_SPLITS = ("fraction", "test")
 PRECISIONS = ("fp32", "bf16", "auto")
+COMPILE = ("off", "on", "auto")
 OUTPUT_BIASES = ("zero", "data")
 SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")  # vaekit.posteriors.SYLVESTER_KINDS, torch-free
 SHORT_RUN_STEPS = 300  # --steps below this gets a warning: numbers that far from convergence mislead
@@ -242,7 +243,11 @@ class HardwareSettings:
     device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).", on_resume=True)
     precision: str = setting("fp32", "fp32 | bf16 (bf16 autocast while training; validation and evaluation in fp32) "
                              "| auto (bf16 on a CPU with AMX or AVX512-BF16, else fp32; run.json says which).",
-                             choices=PRECISIONS)
+                             choices=PRECISIONS, on_resume=True)
+    compile: str = setting("off", "off | on | auto: run the training objective through torch.compile (the same maths, "
+                           "elementwise work fused; about 15-30 s of compiling first; eager again if compiling "
+                           "fails). auto: on with bf16 on a CPU that has a C++ compiler, where it was measured to "
+                           "pay (docs/performance.md), else off.", choices=COMPILE, on_resume=True)
 
 
 @dataclass

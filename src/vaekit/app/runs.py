@@ -34,7 +34,7 @@ from vaekit.app.factories import (  # noqa: F401 (build_model, initialise, ... a
 )
 from vaekit.app.threads import ThreadPolicy
 from vaekit.callbacks import ProgressBar
-from vaekit.devices import auto_precision, forked_rng, resolve_device
+from vaekit.devices import CompiledObjective, auto_compile, auto_precision, forked_rng, resolve_device
 from vaekit.errors import NoCheckpoint, NotARunFolder, RunExists, VaekitError
 from vaekit.model import VAE, num_classes
 from vaekit.rundir import RunDirectory
@@ -272,12 +272,15 @@ def _fit(model, config: Config, splits: dict, run: RunDirectory, device, policy:
     budget = run_budget(config)
     stopping = [EarlyStopping(config.patience)] if config.patience else []
     precision = resolve_precision(config.precision, device, quiet)
+    objective = objective_for(config)
+    if resolve_compile(config.compile, device, precision, quiet):
+        objective = CompiledObjective(objective)
     fit(
         model,
         # labels reach a conditional model, and colour figure (a) by class for any model
         (train_set.x, train_set.labels),
         validation=None if val_set is None else (val_set.x, val_set.labels),
-        budget=budget, batch_size=config.batch_size, objective=objective_for(config),
+        budget=budget, batch_size=config.batch_size, objective=objective,
         optimizer=optimizer_for(config, device), lr=config.lr, schedule=schedule_from_spec(config.schedule),
         device=device, precision=precision, seed=config.seed,
         dynamic_binarization=config.binarization.dynamic,
@@ -301,6 +304,17 @@ def resolve_precision(precision: str, device: str | torch.device, quiet: bool = 
     chosen, why = auto_precision(resolve_device(device))
     if not quiet:
         _say(f"precision auto: {chosen} ({why})")
+    return chosen
+
+
+def resolve_compile(setting: str, device: str | torch.device, precision: str, quiet: bool = True) -> bool:
+    """Whether the objective runs through torch.compile: ``auto`` decided for this machine and
+    precision (said in one line), on and off as given."""
+    if setting != "auto":
+        return setting == "on"
+    chosen, why = auto_compile(resolve_device(device), precision)
+    if not quiet:
+        _say(f"compile auto: {'on' if chosen else 'off'} ({why})")
     return chosen
 
 
