@@ -203,6 +203,9 @@ def cmd_speed(args) -> dict:
     if bare:
         for p in args.precisions:
             contenders[f"bare {p}"] = epoch_of(bare_step_fn(config, p, False)[1], x, config.batch_size)
+    if args.old_gather:  # the minibatch gathered as x[index] (before index_select), side by side
+        for p in args.precisions:
+            contenders[f"vaekit {p}, x[index] gather"] = old_gather(vaekit_epoch(config, x, p))
     if args.compile:
         compile_seconds = {}
         for name, precision in ((f"bare {p} compiled", p) for p in args.precisions) if bare else ():
@@ -223,7 +226,8 @@ def cmd_speed(args) -> dict:
           f"{args.batch_steps} steps a round, {args.rounds} rounds in turns")
     out = measure(contenders, args.batch_steps, args.rounds)
     for a, b in (("vaekit fp32", "vaekit bf16"), ("bare fp32", "bare bf16"), ("bare fp32", "vaekit fp32"),
-                 ("bare bf16", "vaekit bf16")):
+                 ("bare bf16", "vaekit bf16"), ("vaekit fp32, x[index] gather", "vaekit fp32"),
+                 ("vaekit bf16, x[index] gather", "vaekit bf16")):
         if a in out and b in out:
             print("  " + ratios(out, a, b))
     if args.compile:
@@ -234,6 +238,26 @@ def cmd_speed(args) -> dict:
                 print("  " + ratios(out, a, b))
         out["compile_seconds"] = compile_seconds
     return out
+
+
+def old_gather(epoch):
+    """``epoch`` with sources.Source.batches gathering rows as ``x[index]`` (aten::index), as
+    vaekit did before it used ``index_select``."""
+    from vaekit import sources
+
+    def batches(self, batch_size, order, start_step=0, rank=0, world=1):
+        for s in range(start_step * batch_size, len(self), batch_size):
+            index = order[s: s + batch_size][rank::world]
+            yield self.x[index], None if self.labels is None else self.labels[index], len(order[s: s + batch_size])
+
+    def run():
+        saved = sources.Source.batches
+        sources.Source.batches = batches
+        try:
+            epoch()
+        finally:
+            sources.Source.batches = saved
+    return run
 
 
 def cmd_compile_vaekit(args) -> dict:
@@ -418,6 +442,7 @@ def main() -> None:
     parser.add_argument("--small-only", action="store_true", help="gemm: the preset's shapes only, not 2048^3")
     parser.add_argument("--batch-steps", type=int, default=80, help="steps per timed round (speed, threads)")
     parser.add_argument("--compile", action="store_true", help="speed: add torch.compile'd bare steps")
+    parser.add_argument("--old-gather", action="store_true", help="speed: add vaekit with the x[index] gather")
     parser.add_argument("--steps", type=int, default=4000, help="quality: training steps; profile: steps profiled")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])

@@ -82,7 +82,10 @@ class Source:
                 if not len(index):
                     yield None, None, len(rows)
                     continue
-                yield self.x[index], None if self.labels is None else self.labels[index], len(rows)
+                # index_select, not x[index]: the same rows, gathered 7-40x faster on a CPU (aten::index
+                # took 0.6 ms of a 19 ms step at batch 250 x 784; docs/performance.md)
+                yield (self.x.index_select(0, index),
+                       None if self.labels is None else self.labels.index_select(0, index), len(rows))
             return
         # an empty share can only be the last one (batch_size >= world): read the others
         sampler = [index.tolist() for index in parts if len(index)]
