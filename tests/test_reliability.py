@@ -361,12 +361,17 @@ def test_unwritable_output_directory(capsys, grey, tmp_path, monkeypatch):
     assert list((tmp_path / "locked").iterdir()) == []
 
 
-def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, monkeypatch):
-    before = (run / rundir.CHECKPOINT).read_bytes()
-    full_disk_for(monkeypatch, rundir.CHECKPOINT)
+def _resume_on_a_full_disk(run, monkeypatch, name: str) -> str:
+    """The one-line error of resuming ``run`` while writing ``name`` finds the disk full."""
+    full_disk_for(monkeypatch, name)
     with pytest.raises(VaekitError) as failed:
         resume(run, {"epochs": 3}, quiet=True, figures=False)
-    message = str(failed.value)
+    return str(failed.value)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, monkeypatch):
+    before = (run / rundir.CHECKPOINT).read_bytes()
+    message = _resume_on_a_full_disk(run, monkeypatch, rundir.CHECKPOINT)
     assert "No space left on device" in message and "is unchanged" in message
     assert f"vaekit train --resume {run}" in message
     assert (run / rundir.CHECKPOINT).read_bytes() == before
@@ -381,10 +386,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_one(run, grey, tmp_path, m
 def test_full_disk_for_the_weights_says_how_to_continue(run, monkeypatch):
     """Issue 24 item 19: the weights' write failing on a full disk says the old file is unchanged
     and how to go on once there is room."""
-    full_disk_for(monkeypatch, rundir.WEIGHTS)
-    with pytest.raises(VaekitError) as failed:
-        resume(run, {"epochs": 3}, quiet=True, figures=False)
-    message = str(failed.value)
+    message = _resume_on_a_full_disk(run, monkeypatch, rundir.WEIGHTS)
     assert "No space left on device" in message and "model.safetensors" in message
     assert f"vaekit train --resume {run}" in message
 

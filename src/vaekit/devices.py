@@ -159,6 +159,12 @@ class CompiledObjective:
         return self.eager(model, batch)
 
 
+def uncompiled(objective: Callable) -> Callable:
+    """The objective a :class:`CompiledObjective` compiles (any other objective as it is): what
+    the run record describes, resume compares and fit's ELBO test looks at."""
+    return objective.eager if isinstance(objective, CompiledObjective) else objective
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for the forward pass (matrix products in bfloat16, weights and
     optimiser in float32; models bring the likelihood and KL back to float32), or nothing."""

@@ -13,7 +13,7 @@ from vaekit import checkpoint, noise, rundir
 from vaekit.arguments import Budget
 from vaekit.callbacks import SessionTime, earlier_sessions
 from vaekit.checkpoint import TrainState
-from vaekit.devices import CompiledObjective
+from vaekit.devices import uncompiled
 from vaekit.errors import VaekitError
 from vaekit.model import num_classes
 from vaekit.rundir import RunDirectory
@@ -81,7 +81,7 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
 def describe(objective) -> str:
     """A stable description of an objective (no memory addresses): what resume compares.
     A compiled objective is described as the objective it compiles (the same maths)."""
-    objective = getattr(objective, "eager", objective) if isinstance(objective, CompiledObjective) else objective
+    objective = uncompiled(objective)
     if isinstance(objective, functools.partial):
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(objective.keywords.items()))
         return f"{describe(objective.func)}({args})"
@@ -110,7 +110,7 @@ def begin(run: RunDirectory | None, model, device: torch.device, settings: dict,
         if run is not None:
             session.start(run, model.event_shape,
                           run_record(model, device, settings, world,
-                                     [{"epoch": 0, "step": 0, **world, "precision": settings["precision"]}]), [])
+                                     [{"epoch": 0, "step": 0, **_stretch(world, settings)}]), [])
             run.write_metrics([])
             run.commit()
 
@@ -163,8 +163,7 @@ def restore(run: RunDirectory | None, where: Path, model, optimizer, device: tor
         run.remove_temporary_files()
         run.write_metrics(state.metrics)
         info = _info(run)
-        record = run_record(model, device, settings, world,
-                            _stretches(info, state, {**world, "precision": settings["precision"]}))
+        record = run_record(model, device, settings, world, _stretches(info, state, _stretch(world, settings)))
         session.start(run, model.event_shape, record, earlier_sessions(info))
         run.commit()
 
@@ -226,6 +225,12 @@ def _info(run: RunDirectory) -> dict:
         return run.read_info()
     except VaekitError:
         return {}
+
+
+def _stretch(world: dict, settings: dict) -> dict:
+    """What a stretch of run.json's ``trained_with`` is trained with: the world size, the
+    backend and the precision."""
+    return {**world, "precision": settings["precision"]}
 
 
 def _stretches(info: dict, state: TrainState, world: dict) -> list:

@@ -38,7 +38,7 @@ from vaekit.callbacks import (  # noqa: F401
     run_writers,
 )
 from vaekit.checkpoint import EpochProgress, TrainState
-from vaekit.devices import CompiledObjective, autocast, check_precision, forked_rng, resolve_device, warn_emulated_bf16
+from vaekit.devices import autocast, check_precision, forked_rng, resolve_device, uncompiled, warn_emulated_bf16
 from vaekit.errors import VaekitError, WriteError
 from vaekit.evaluation import validation_terms  # noqa: F401  (where it used to be)
 from vaekit.objectives import Batch, elbo, elbo_objective
@@ -423,7 +423,6 @@ def _step_of(objective: Callable) -> Callable:
 def _call_objective(objective, model, batch: Batch):
     out = objective(model, batch)
     if torch.is_tensor(out):  # per-example values to maximise: the ELBO only if it is objectives.elbo
-        is_elbo = (objective.eager if isinstance(objective, CompiledObjective) else objective) is elbo
-        return -out.mean(), {"elbo": out, "objective": out} if is_elbo else {"objective": out}
+        return -out.mean(), {"elbo": out, "objective": out} if uncompiled(objective) is elbo else {"objective": out}
     return out
 
