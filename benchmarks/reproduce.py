@@ -120,6 +120,8 @@ def reproduce(name: str, args) -> dict:
         config = dataclasses.replace(config, steps=args.steps or 300, time_budget=None).validate()
     if args.threads is not None:
         config = dataclasses.replace(config, threads=args.threads).validate()
+    levers = {key: value for key, value in (("precision", args.precision), ("compile", args.compile)) if value}
+    config = config.override(levers)
     k, n_test = (100, 1000) if quick else (args.k, args.n_test)
     curve_k, curve_n = (50, 500) if quick else (args.curve_k, args.curve_n)
 
@@ -142,8 +144,8 @@ def reproduce(name: str, args) -> dict:
         session = {"started": _now(), "commit": _commit()}
         with common.timed() as region:
             if (run_dir / "checkpoint.safetensors").is_file():
-                resume(run_dir, {"data_dir": args.data_dir, **({"threads": args.threads} if args.threads else {})},
-                       quiet=args.quiet, figures=False, callbacks=callbacks)
+                changes = {"data_dir": args.data_dir, **levers, **({"threads": args.threads} if args.threads else {})}
+                resume(run_dir, changes, quiet=args.quiet, figures=False, callbacks=callbacks)
             else:
                 train(config, run_dir, overwrite=True, quiet=args.quiet, figures=False, callbacks=callbacks)
         session.update(wall_seconds=region.seconds, others_cpu=region.others, ended=_now())
@@ -419,6 +421,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(common.MNIST_DIR))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for training (default: the preset's, auto)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                        help="train at this precision instead of the preset's (a lever measured side by side)")
+    parser.add_argument("--compile", choices=("off", "on", "auto"), default=None,
+                        help="torch.compile the objective or not, instead of the preset's")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the final evaluation")
     parser.add_argument("--n-test", type=int, default=0, help="test images of the final evaluation (0: all)")
     parser.add_argument("--curve-k", type=int, default=1000, help="importance samples per snapshot of the curve")

@@ -82,10 +82,15 @@ def test_a_users_error_inside_a_compiled_objective_is_not_hidden(rows):
         CompiledObjective(wrong)(make_vae((12,), [16], 2), Batch(rows[:8], None, 0.0))
 
 
-def test_auto_compile_is_on_for_bf16_on_a_cpu_with_a_compiler_only(monkeypatch):
+def test_auto_compile_is_on_for_bf16_on_an_amx_cpu_with_a_compiler_only(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(devices, "cpu_compiler", lambda: "g++")
+    monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["amx_bf16", "avx512_bf16"])
     assert auto_compile(cpu, "bf16")[0] is True
+    monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["avx512_bf16"])
+    on, why = auto_compile(cpu, "bf16")
+    assert on is False and "AMX" in why
+    monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["amx_bf16"])
     on, why = auto_compile(cpu, "fp32")
     assert on is False and "fp32" in why
     assert auto_compile(torch.device("cuda"), "bf16")[0] is False

@@ -44,7 +44,8 @@ def test_a_bad_compile_setting_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("setting,features,expected", [
-    ("auto", ["amx_bf16"], True), ("auto", [], False), ("on", [], True), ("off", ["amx_bf16"], False)])
+    ("auto", ["amx_bf16"], True), ("auto", ["avx512_bf16"], False), ("auto", [], False), ("on", [], True),
+    ("off", ["amx_bf16"], False)])
 def test_resolve_compile_follows_the_precision_it_resolved(setting, features, expected, monkeypatch):
     monkeypatch.setattr(devices, "cpu_bf16_features", lambda: features)
     monkeypatch.setattr(devices, "cpu_compiler", lambda: "g++")

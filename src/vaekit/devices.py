@@ -111,16 +111,19 @@ def cpu_compiler() -> str | None:
 
 
 def auto_compile(device: torch.device, precision: str) -> tuple[bool, str]:
-    """(compile?, why) for ``compile = "auto"``: on for bf16 on a CPU that has a C++ compiler,
-    the one case measured to pay (docs/performance.md: fp32 steps gained 0-8 %, within the
-    noise, bf16 steps 21 %); off elsewhere."""
+    """(compile?, why) for ``compile = "auto"``: on for bf16 on a CPU with AMX and a C++
+    compiler, the one case measured to pay (docs/performance.md: an AMX Xeon's bf16 steps
+    gained 23 %; fp32 steps 0-8 %, and an AVX512-BF16 EPYC's bf16 steps 0 %, within the
+    noise); off elsewhere."""
     if device.type != "cpu":
         return False, "auto compile is measured on CPUs only"
     if precision != "bf16":
         return False, f"it pays with bf16 only, this run is {precision}"
+    if "amx_bf16" not in cpu_bf16_features():
+        return False, "it pays with bf16 on AMX only (measured: none on AVX512-BF16)"
     found = cpu_compiler()
     if found:
-        return True, f"bf16 on a CPU with a C++ compiler ({found})"
+        return True, f"bf16 on an AMX CPU with a C++ compiler ({found})"
     return False, f"no C++ compiler ({', '.join(COMPILERS)}) on the PATH"
 
 
