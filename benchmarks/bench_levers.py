@@ -6,7 +6,7 @@ took meanwhile (/proc/stat, benchmarks/common.py).
 
     python benchmarks/bench_levers.py gemm                      # GEMM peaks, fp32 and bf16, 1 and 2 threads
     python benchmarks/bench_levers.py speed --threads 1         # steps/s: vaekit and a bare loop, fp32 and bf16
-    python benchmarks/bench_levers.py speed --threads 1 --compile   # ... and torch.compile of the bare step
+    python benchmarks/bench_levers.py speed --threads 1 --compile   # ... and torch.compile of both steps
     python benchmarks/bench_levers.py threads                   # vaekit fp32 and bf16 at 1 and 2 threads, in turns
     python benchmarks/bench_levers.py quality --steps 4000 --seeds 0 1 2   # quality per step, fp32 against bf16
     python benchmarks/bench_levers.py budget --budget 12m        # fp32 and bf16 side by side, 12 min each
@@ -222,6 +222,7 @@ def cmd_speed(args) -> dict:
             compile_seconds[name] = time.perf_counter() - start
             contenders[name] = vaekit_epoch(config, x, precision, compiled=True)
         print(f"compile (first 2 steps, incl. compilation): {compile_seconds}")
+        breaks = graph_breaks(config, x)
     print(f"speed: {PRESET} network, batch {config.batch_size}, {args.threads} thread(s), "
           f"{args.batch_steps} steps a round, {args.rounds} rounds in turns")
     out = measure(contenders, args.batch_steps, args.rounds)
@@ -236,7 +237,7 @@ def cmd_speed(args) -> dict:
                      ("vaekit fp32", "vaekit bf16 compiled")):
             if a in out and b in out:
                 print("  " + ratios(out, a, b))
-        out["compile_seconds"] = compile_seconds
+        out.update(compile_seconds=compile_seconds, graph_breaks=breaks)
     return out
 
 
@@ -260,41 +261,21 @@ def old_gather(epoch):
     return run
 
 
-def cmd_compile_vaekit(args) -> dict:
-    """torch.compile of vaekit's objective inside fit: does it work, what does it cost and gain."""
-    torch.set_num_threads(args.threads)
-    config = preset_config(args.data_dir)
-    x = training_images(args)
-    out = {}
-    contenders = {"vaekit fp32": vaekit_epoch(config, x, "fp32")}
-    for precision in ("fp32", "bf16"):
-        name = f"vaekit {precision} compiled objective"
-        epoch = vaekit_epoch(config, x[:1000], precision, compiled=True)
-        start = time.perf_counter()
-        try:
-            epoch()
-        except Exception as err:  # noqa: BLE001 - a benchmark reports what failed and goes on
-            print(f"{name}: failed: {type(err).__name__}: {str(err)[:300]}")
-            out[name] = {"error": f"{type(err).__name__}: {err}"[:1000]}
-            continue
-        print(f"{name}: first epoch (4 steps, incl. compilation) {time.perf_counter() - start:.1f} s", flush=True)
-        out[f"{name} compile_seconds"] = time.perf_counter() - start
-        contenders[name] = vaekit_epoch(config, x, precision, compiled=True)
-    contenders["vaekit bf16"] = vaekit_epoch(config, x, "bf16")
+def graph_breaks(config: Config, x: torch.Tensor) -> int | None:
+    """How many graph breaks torch.compile finds in vaekit's objective (printed with the first reasons)."""
     try:
         import torch._dynamo as dynamo
 
         model = build_model(config, tuple(x.shape[1:]))
         batch = vaekit.objectives.Batch(torch.bernoulli(x[:250]), None, 0.0)
         explained = dynamo.explain(objective_for(config))(model, batch)
-        print(f"dynamo: {explained.graph_count} graph(s), {explained.graph_break_count} graph break(s)")
-        for reason in explained.break_reasons[:5]:
-            print(f"  break: {str(reason.reason)[:200]}")
-        out["graph_breaks"] = explained.graph_break_count
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - a benchmark reports what failed and goes on
         print(f"dynamo.explain failed: {err}")
-    out.update(measure(contenders, args.batch_steps, args.rounds))
-    return out
+        return None
+    print(f"dynamo: {explained.graph_count} graph(s), {explained.graph_break_count} graph break(s)")
+    for reason in explained.break_reasons[:5]:
+        print(f"  break: {str(reason.reason)[:200]}")
+    return explained.graph_break_count
 
 
 def cmd_threads(args) -> dict:
@@ -434,7 +415,7 @@ def cmd_profile(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("gemm", "speed", "compile", "threads", "quality", "budget", "profile"))
+    parser.add_argument("what", choices=("gemm", "speed", "threads", "quality", "budget", "profile"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--preset", default=PRESET, help="another preset's network and batch (speed, threads)")
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
@@ -452,7 +433,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(MNIST_DIR))
     args = parser.parse_args()
     use_preset(args.preset)
-    commands = {"gemm": cmd_gemm, "speed": cmd_speed, "compile": cmd_compile_vaekit, "threads": cmd_threads,
+    commands = {"gemm": cmd_gemm, "speed": cmd_speed, "threads": cmd_threads,
                 "quality": cmd_quality, "budget": cmd_budget, "profile": cmd_profile}
     print(f"machine: {common.machine()}; CPU capability {torch.backends.cpu.get_cpu_capability()}")
     result = commands[args.what](args)

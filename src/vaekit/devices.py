@@ -119,8 +119,9 @@ def auto_compile(device: torch.device, precision: str) -> tuple[bool, str]:
         return False, "auto compile is measured on CPUs only"
     if precision != "bf16":
         return False, f"it pays with bf16 only, this run is {precision}"
-    if "amx_bf16" not in cpu_bf16_features():
-        return False, "it pays with bf16 on AMX only (measured: none on AVX512-BF16)"
+    features = cpu_bf16_features()
+    if "amx_bf16" not in features:
+        return False, f"it pays with bf16 on AMX only; this CPU has {', '.join(features) or 'no bf16 units'}"
     found = cpu_compiler()
     if found:
         return True, f"bf16 on an AMX CPU with a C++ compiler ({found})"
