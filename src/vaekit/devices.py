@@ -113,7 +113,7 @@ def cpu_compiler() -> str | None:
 def auto_compile(device: torch.device, precision: str) -> tuple[bool, str]:
     """(compile?, why) for ``compile = "auto"``: on for bf16 on a CPU with AMX and a C++
     compiler, the one case measured to pay (docs/performance.md: an AMX Xeon's bf16 steps
-    gained 23 %; fp32 steps 0-8 %, and an AVX512-BF16 EPYC's bf16 steps 0 %, within the
+    gained 21 %; fp32 steps 0-8 %, and an AVX512-BF16 EPYC's bf16 steps 0 %, within the
     noise); off elsewhere."""
     if device.type != "cpu":
         return False, "auto compile is measured on CPUs only"
