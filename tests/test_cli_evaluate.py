@@ -59,8 +59,32 @@ def test_cli_evaluate_table_curve_gaps_and_saving(tiny_run, tmp_path, capsys):
     assert len(table) == stored["n"]
 
 
+def test_cli_evaluate_limit_scores_the_first_examples_and_saves_apart(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    every, scores = tmp_path / "every.csv", tmp_path / "scores.csv"
+    assert main(["evaluate", str(run), "--importance-samples", "20", "--json", "-q", "--seed", "3",
+                 "--per-example", str(every)]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--importance-samples", "20", "--json", "-q", "--seed", "3",
+                 "--limit", "7", "--per-example", str(scores)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n"] == 7 < whole["n"]
+    rows = np.genfromtxt(scores, delimiter=",", names=True)["row"]
+    assert list(rows) == list(np.genfromtxt(every, delimiter=",", names=True)["row"][:7])
+    # The full split's stored result is untouched; the subset's is stored under its own name.
+    assert json.loads((run / "evaluation-validation.json").read_text())["n"] == whole["n"]
+    assert json.loads((run / "evaluation-validation-first7.json").read_text())["n"] == 7
+    # A limit beyond the split's size scores (and stores) the whole split.
+    assert main(["evaluate", str(run), "--importance-samples", "20", "--json", "-q", "--seed", "3",
+                 "--limit", "100000"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_likelihood"] == whole["log_likelihood"]
+    assert not list(run.glob("evaluation-validation-first1*"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--importance-samples", "0"], "at least 1"),
+    (["--limit", "0"], "--limit"),
     (["--importance-samples", "5", "--iwae-k", "10"], "between 1 and"),
     (["--per-example", "scores.txt"], ".csv or .npy"),
 ])

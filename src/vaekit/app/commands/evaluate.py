@@ -31,8 +31,9 @@ def command(
     batch_size: Annotated[int, Opt(help="Examples per evaluation batch (memory does not grow with K).")] = 1000,
     seed: Annotated[int, Opt(help="Seed for the Monte-Carlo draws.")] = 0,
     per_example: Annotated[Path | None, Opt(help="Write every example's ELBO and log-likelihood (anomaly scores) to FILE.csv or FILE.npy, with its row in the file (row), image file (file) and class name (label_name).")] = None,
-    gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by fitting a Gaussian to each example (slower).")] = False,
-    local_steps: Annotated[int, Opt(help="Adam steps per example's Gaussian for --gap-decomposition.")] = 200,
+    limit: Annotated[int | None, Opt(help="Score only the split's first N examples (default: all); the result says how many (n), and is saved as evaluation-SPLIT-firstN.json.")] = None,
+    gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by refitting the posterior's own family (its head's parameters, or a diagonal Gaussian) to each example (slower: about three full scorings).")] = False,
+    local_steps: Annotated[int, Opt(help="Adam steps per example's refitted posterior for --gap-decomposition.")] = 200,
     curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
     save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json (evaluation-SPLIT-best.json for --weights best) in the run directory (the run's own data only).")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
@@ -76,8 +77,16 @@ def command(
         check_evaluation_size(k, batch_size)
         if per_example is not None:
             output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
+        if limit is not None:
+            positive("--limit", limit)
         check_threads(threads)
         model, config, dataset, split, epoch = model_and_data(run_dir, data, split, overrides, device, weights)
+        if limit is not None and limit < len(dataset):
+            import torch
+
+            dataset = dataset.subset(torch.arange(limit))
+        else:
+            limit = None  # the whole split: stored under the usual name
         tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
         policy = ThreadPolicy(threads, quiet=quiet or as_json)
         labels = labels_of(model, dataset)
@@ -109,7 +118,9 @@ def command(
         if save and same_data(data, config):
             from vaekit.rundir import write_json
 
-            name = f"evaluation-{split}.json" if weights == "last" else f"evaluation-{split}-{weights}.json"
+            name = f"evaluation-{split}" + ("" if weights == "last" else f"-{weights}")
+            name += "" if limit is None else f"-first{limit}"
+            name += ".json"
             notes.append(store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
         if as_json:
             print(json.dumps(result))
