@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -111,11 +112,16 @@ class SessionLimit(vaekit.Callback):
 def reproduce(name: str, args) -> dict:
     preset = presets.load(name)
     quick = args.quick
-    out = args.out or RESULTS / (f"{name}-quick" if quick else name)
+    changed = dict(args.settings)
+    label = name + "".join(f" {key}={value}" for key, value in changed.items())
+    out = _out(name, args)
     run_dir, snaps, record_path = out / "run", out / "snapshots", out / "record.json"
+    config = preset.config().override(changed, source="--set").override({"data_dir": args.data_dir})
+    record = _read(record_path) or {"preset": name, "sessions": [], "settings_changed": changed}
+    if record.get("settings_changed", {}) != changed:
+        raise VaekitError(f"{out} holds a run of {name} with --set {_as_set(record.get('settings_changed', {}))}, "
+                          f"not {_as_set(changed)}: give another --out")
     out.mkdir(parents=True, exist_ok=True)
-    record = _read(record_path) or {"preset": name, "sessions": []}
-    config = preset.config().override({"data_dir": args.data_dir})
     if quick or args.steps:
         config = dataclasses.replace(config, steps=args.steps or 300, time_budget=None).validate()
     if args.threads is not None:
@@ -134,7 +140,10 @@ def reproduce(name: str, args) -> dict:
         record["gemm_peak_bf16_shape"] = list(shape)
     if args.threads:  # the evaluations too: two runs side by side, evaluating on 2 threads each, took 22 min each
         torch.set_num_threads(args.threads)
-    record.update(preset=name, published=preset.published, metric=preset.meta.get("metric"), measure=preset.measure,
+    # the published number is the preset's protocol's, not a changed one's
+    record.update(preset=name, settings_changed=changed, label=label,
+                  published=None if changed else preset.published,
+                  metric=preset.meta.get("metric"), measure=preset.measure,
                   quick=quick, config=config.to_dict(), machine=common.machine(), gemm_peak_gflops=peak,
                   command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     _write(record_path, record)
@@ -173,12 +182,12 @@ def reproduce(name: str, args) -> dict:
     record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
     _write(record_path, record)
     figure = figures(record, out)[0]
-    published = preset.published
+    published = record["published"]
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
     where = "" if record["budget_reached"] else f" (budget not reached: {record['reached']}; run it again to go on)"
-    print(f"{name}: {preset.measure} {value:.2f} ± {se:.2f}{gap}; training {record['training_seconds'] / 60:.1f} min, "
+    print(f"{label}: {preset.measure} {value:.2f} ± {se:.2f}{gap}; training {record['training_seconds'] / 60:.1f} min, "
           f"{record['steps']} steps{where}; record {record_path}; figure {figure}")
-    if not quick and not args.steps and not args.no_publish and record.get("budget_reached"):
+    if not quick and not args.steps and not changed and not args.no_publish and record.get("budget_reached"):
         atomic_write(presets.RECORDS / f"{name}.json", json.dumps(record, indent=2) + "\n")
         print(f"published the record to {presets.RECORDS / (name + '.json')} (vaekit presets shows it)")
     return record
@@ -187,8 +196,8 @@ def reproduce(name: str, args) -> dict:
 def redraw(name: str, args) -> list[Path]:
     """The figures again, from the record alone: the results folder's, or else the one the
     package holds (a published run whose folder is not on this machine)."""
-    out = args.out or RESULTS / name
-    record = _read(out / "record.json") or _read(presets.RECORDS / f"{name}.json")
+    out = _out(name, args)
+    record = _read(out / "record.json") or (None if args.settings else _read(presets.RECORDS / f"{name}.json"))
     if not record or "final" not in record:
         raise VaekitError(f"no finished record of {name!r} in {out} or in the package: run it first")
     out.mkdir(parents=True, exist_ok=True)
@@ -294,7 +303,7 @@ def nll_figure(record: dict, path: Path) -> Path:
         low = min([*ys, record.get("published") or math.inf]) - 1
         ax.set_ylim(low, top)
     others = max((s.get("others_cpu", 0.0) for s in record.get("sessions", [])), default=0.0)
-    ax.set_title(f"{record['preset']}{' (quick check)' if record.get('quick') else ''}\n"
+    ax.set_title(f"{record.get('label', record['preset'])}{' (quick check)' if record.get('quick') else ''}\n"
                  f"{record['machine']['cores']} cores, others took up to {100 * others:.0f} % of the CPU", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -330,7 +339,7 @@ def validation_figure(record: dict, run_dir: Path, path: Path) -> Path | None:
     ax.set_xscale("log")
     ax.set_xlabel("training examples seen")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{record['preset']}: {title}\n"
+    ax.set_title(f"{record.get('label', record['preset'])}: {title}\n"
                  f"last {points[-1][1]:.2f} after {points[-1][0]:.3g} examples", fontsize=9)
     values = [value for _, value in points]
     ax.set_ylim(max(min(values), max(values) - 50) - 1, max(values) + 1)  # the first epochs' bounds dwarf the rest
@@ -386,6 +395,28 @@ def estimate(names: list[str], args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- helpers
+def setting(text: str) -> tuple[str, object]:
+    """``--set KEY=VALUE``: the value as TOML reads it (numbers, booleans, lists), else as text."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def _out(name: str, args) -> Path:
+    """The run's folder: --out, or one under RESULTS named for the preset and its --set changes."""
+    folder = name + "".join(f"+{key}={value}" for key, value in args.settings)
+    return args.out or RESULTS / (f"{folder}-quick" if args.quick and not args.redraw else folder)
+
+
+def _as_set(changed: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in changed.items()) or "nothing"
+
+
 def _read(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -427,6 +458,9 @@ def main() -> None:
                         help="train at this precision instead of the preset's (a lever measured side by side)")
     parser.add_argument("--compile", choices=("off", "on", "auto"), default=None,
                         help="torch.compile the objective or not, instead of the preset's")
+    parser.add_argument("--set", dest="settings", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="change one of the preset's settings (repeatable), e.g. --set prior=standard: a row "
+                             "that compares with the preset's at the same budget; never published into the package")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the final evaluation")
     parser.add_argument("--n-test", type=int, default=0, help="test images of the final evaluation (0: all)")
     parser.add_argument("--curve-k", type=int, default=1000, help="importance samples per snapshot of the curve")

@@ -80,6 +80,26 @@ def test_a_session_cut_short_by_hours_resumes_and_is_evaluated_again(tmp_path):
     assert json.loads((out / "record.json").read_text()) == again  # redrawing reads, never writes
 
 
+@needs_mnist
+def test_set_changes_a_setting_records_it_and_keeps_its_own_folder(tmp_path):
+    before = published()
+    out = tmp_path / "small"
+    done = reproduce("pytorch-examples", "--steps", "20", "--set", "latent_dim=3", "--set", "hidden=[64]",
+                     "--out", out, "--data-dir", MNIST_DIR, *SMALL)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "record.json").read_text())
+    assert record["settings_changed"] == {"latent_dim": 3, "hidden": [64]}
+    assert record["config"]["latent_dim"] == 3 and record["config"]["hidden"] == [64]
+    assert json.loads((out / "run" / "config.json").read_text())["latent_dim"] == 3
+    assert record["published"] is None  # the preset's published number is not this variant's
+    assert "pytorch-examples latent_dim=3 hidden=[64]" in done.stdout
+    # the folder holds that variant: another --set (or none) there is refused in one line
+    other = reproduce("pytorch-examples", "--steps", "20", "--out", out, "--data-dir", MNIST_DIR, *SMALL)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "latent_dim=3" in other.stderr.strip().splitlines()[-1]
+    assert published() == before
+
+
 def test_redraw_uses_the_package_record_when_no_run_is_here(tmp_path):
     name = next(p.stem for p in sorted(RECORDS.glob("*.json")))
     result = reproduce(name, "--redraw", "--out", tmp_path / "figures")
@@ -91,6 +111,9 @@ def test_redraw_uses_the_package_record_when_no_run_is_here(tmp_path):
     (("no-such-preset", "--quick"), "no-such-preset"),
     (("burda2016-iwae-2l-k50", "--redraw", "--out", "{tmp}/none"), "no finished record"),
     (("pytorch-examples", "--hours", "0"), "--hours must be positive"),
+    (("pytorch-examples", "--set", "latent_dim"), "KEY=VALUE"),
+    (("pytorch-examples", "--set", "no_such_setting=1", "--out", "{tmp}/x"), "unknown setting 'no_such_setting'"),
+    (("pytorch-examples", "--set", "latent_dim=-1", "--out", "{tmp}/x"), "latent_dim"),
 ])
 def test_bad_input_is_one_line_without_a_traceback(tmp_path, args, words):
     result = reproduce(*(a.replace("{tmp}", str(tmp_path)) for a in args))
