@@ -24,6 +24,7 @@ import reference  # noqa: E402
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import load_data  # noqa: E402
 from vaekit.app.runs import build_model, objective_for  # noqa: E402
+from vaekit.devices import cpu_bf16_features  # noqa: E402
 from vaekit.objectives import elbo  # noqa: E402
 from vaekit.training import fit  # noqa: E402
 
@@ -33,7 +34,7 @@ def step_flops(batch: int, sizes: list[tuple[int, int]]) -> float:
     return 3 * sum(2 * batch * a * b for a, b in sizes)
 
 
-def vaekit_setup(config: Config, x: torch.Tensor):
+def vaekit_setup(config: Config, x: torch.Tensor, precision: str = "fp32"):
     """(model, one epoch of vaekit.fit): each call is a public fit(epochs=1) on the same model
     and optimiser, so its set-up cost is part of what is timed."""
     torch.manual_seed(config.seed)
@@ -41,7 +42,7 @@ def vaekit_setup(config: Config, x: torch.Tensor):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     objective = objective_for(config)
     return model, lambda: fit(model, x, epochs=1, batch_size=config.batch_size, objective=objective,
-                              optimizer=optimizer, device="cpu", seed=config.seed,
+                              optimizer=optimizer, device="cpu", seed=config.seed, precision=precision,
                               dynamic_binarization=config.binarization.dynamic)
 
 
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=str(common.MNIST_DIR))
     parser.add_argument("--skip-small-batch", action="store_true")
+    parser.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                        help="also time vaekit with bf16 autocast (auto: where the CPU does bf16 in hardware)")
     parser.add_argument("--out", default=str(common.ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,6 +75,9 @@ def main() -> None:
     config = Config(hidden=[400], latent_dim=20, likelihood="bernoulli", binarize="none",
                     batch_size=128, lr=1e-3, seed=0)
     contenders = {"vaekit": vaekit_setup(config, x)[1]}
+    with_bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and bool(cpu_bf16_features()))
+    if with_bf16:
+        contenders["vaekit, bf16 autocast"] = vaekit_setup(config, x, "bf16")[1]
     for name, per_item in (("examples: DataLoader(TensorDataset)", False),
                            ("examples: per-item Dataset", True)):
         torch.manual_seed(0)
@@ -94,10 +100,14 @@ def main() -> None:
           f"(floor {flops_epoch / 1e9 / peak:.2f} s)\n")
     print(common.table(rows, ["784-400-20, batch 128", "s/epoch", "vs vaekit", "% of peak", "others' CPU"]))
 
-    curves = elbo_curves(x, x_test, config, epochs=2 if args.quick else 5)
+    curves = elbo_curves(x, x_test, config, epochs=2 if args.quick else 5, bf16=with_bf16)
     print("\nELBO per epoch on test data (nats), same objective:")
     for epoch, (a, b) in enumerate(zip(curves["vaekit"], curves["examples"], strict=True), 1):
-        print(f"  epoch {epoch}: vaekit {a:8.2f}   examples {b:8.2f}   difference {a - b:+.2f}")
+        line = f"  epoch {epoch}: vaekit {a:8.2f}   examples {b:8.2f}   difference {a - b:+.2f}"
+        if with_bf16:
+            c = curves["vaekit_bf16"][epoch - 1]
+            line += f"   vaekit bf16 {c:8.2f} ({c - b:+.2f})"
+        print(line)
 
     small = None if args.skip_small_batch else small_batch(x, 300 if args.quick else 3000, args.threads)
     common.write_json(args.out, {
@@ -107,17 +117,20 @@ def main() -> None:
     })
 
 
-def elbo_curves(x, x_test, config, epochs: int) -> dict[str, list[float]]:
-    """Test ELBO after each epoch for vaekit and the recipe: they optimise the same objective."""
-    model, epoch = vaekit_setup(config, x)
-    torch.manual_seed(1)
-    ours = []
-    for _ in range(epochs):
-        epoch()
-        with torch.no_grad():
-            model.eval()
-            ours.append(float(torch.cat([elbo(model, x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]).mean()))
-            model.train()
+def elbo_curves(x, x_test, config, epochs: int, bf16: bool = False) -> dict[str, list[float]]:
+    """Test ELBO (fp32) after each epoch for vaekit and the recipe: they optimise the same objective."""
+    curves = {}
+    for key, precision in (("vaekit", "fp32"), ("vaekit_bf16", "bf16"))[: 1 + bf16]:
+        model, epoch = vaekit_setup(config, x, precision)
+        torch.manual_seed(1)
+        curves[key] = []
+        for _ in range(epochs):
+            epoch()
+            with torch.no_grad():
+                model.eval()
+                curves[key].append(float(torch.cat([elbo(model, x_test[i:i + 1000])
+                                                    for i in range(0, len(x_test), 1000)]).mean()))
+                model.train()
     torch.manual_seed(0)
     ref = reference.ExamplesVAE()
     opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
@@ -126,7 +139,7 @@ def elbo_curves(x, x_test, config, epochs: int) -> dict[str, list[float]]:
     for _ in range(epochs):
         reference.examples_epoch(ref, opt, loader)
         theirs.append(reference.examples_elbo(ref, x_test))
-    return {"vaekit": ours, "examples": theirs}
+    return {**curves, "examples": theirs}
 
 
 def small_batch(x: torch.Tensor, steps: int, threads: int) -> dict:
