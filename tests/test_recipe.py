@@ -131,6 +131,25 @@ def test_burda_presets_are_the_published_protocol():
                          "burda2016-vae-2l": 85.33, "burda2016-iwae-2l-k50": 82.90}
 
 
+def test_a_budget_named_on_top_replaces_the_other_budget_from_below():
+    hour = presets.load("burda2016-vae-1l-cpu60").config()
+    trial = hour.override({"steps": 300})
+    assert (trial.steps, trial.time_budget) == (300, None)
+    again = trial.override({"time_budget": "30m"})
+    assert (again.steps, again.time_budget_seconds) == (0, 1800)
+    assert hour.override({"lr": 1e-3}).time_budget_seconds == 3600  # other settings leave the budget alone
+    with pytest.raises(VaekitError, match="give one of them"):
+        hour.override({"steps": 300, "time_budget": "5m"})
+
+
+def test_steps_on_the_command_line_replace_a_presets_time_budget(tmp_path):
+    done = run_cli("train", "--preset", "burda2016-vae-1l-cpu60", "--data", "digits", "--hidden", "8",
+                   "--latent-dim", "2", "--steps", "3", "--threads", "1", "-q", "--no-figures", "--out", tmp_path / "r")
+    assert done.returncode == 0, done.stderr
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (stored["steps"], stored["time_budget"]) == (3, None)
+
+
 def test_unknown_preset_is_one_clear_line():
     with pytest.raises(VaekitError, match="did you mean 'pytorch-examples'"):
         presets.load("pytorch-example")

@@ -482,6 +482,12 @@ class Config(RecordSettings, CheckpointSettings, HardwareSettings, OptimisationS
                 extra = f"; did you mean '{hint[0]}'?" if hint else ""
                 raise VaekitError(f"{source}: unknown setting '{key}'{extra}")
             updates[name] = _coerce(name, value, _FIELDS[name].type, source)
+        # steps and time_budget exclude each other: one named here replaces the other from below
+        # (a preset's 60m gives way to --steps 300 for a trial; both here is still refused)
+        if updates.get("steps") and "time_budget" not in updates:
+            updates["time_budget"] = None
+        if updates.get("time_budget") is not None and "steps" not in updates:
+            updates["steps"] = 0
         return dataclasses.replace(self, **updates).validate()
 
     def diff(self, other: Config) -> list[str]:
