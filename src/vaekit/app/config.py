@@ -206,12 +206,14 @@ class BudgetSettings:
     """How long to train."""
 
     epochs: int = setting(30, "Passes over the training data.", minimum="non-negative", on_resume=True)
-    steps: int = setting(0, "Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short).",
+    steps: int = setting(0, "Budget in optimisation steps instead of --epochs (0: off; the last epoch is cut short); "
+                         "replaces a preset's or config file's --time-budget.",
                          minimum="non-negative", on_resume=True)
     # "60m": the budget in training time instead of epochs (vaekit.schedules)
     time_budget: str | None = setting(None, "Budget in training time instead of --epochs, e.g. 60m, 1.5h, 90s: the "
                                       "number of steps is planned from the measured time per step (and re-planned if "
-                                      "the pace changes); schedules follow the plan.",
+                                      "the pace changes); schedules follow the plan. Replaces a preset's or config "
+                                      "file's --steps.",
                                       parse=lambda text: _parse_duration(text), on_resume=True)
     patience: int = setting(0, "Stop when the validation ELBO has not improved for N epochs, keeping the best "
                             "epoch's weights (0: off).", minimum="non-negative", on_resume=True)
