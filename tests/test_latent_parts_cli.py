@@ -97,6 +97,14 @@ def test_a_flow_run_evaluates_and_encodes_one_point_per_example(runs, capsys, tm
             q.mean  # noqa: B018 - what encode and the figures no longer read
 
 
+@pytest.mark.parametrize("name", ["iaf-vamp", "planar", "householder", "full", "hvae-vamp"])
+def test_every_posterior_encodes_to_a_file(runs, capsys, tmp_path, name):
+    # an IAF's MADE runs when the point is asked for, after encode: it once leaked gradients into numpy
+    _run(capsys, "encode", runs[name], "--out", tmp_path / "z.csv", "--threads", "1")
+    table = np.genfromtxt(tmp_path / "z.csv", delimiter=",", names=True)
+    assert len(table) == 1797 and all(np.isfinite(table[c]).all() for c in table.dtype.names if c != "label_name")
+
+
 def test_figures_are_drawn_for_a_flow_posterior_and_a_two_layer_vampprior(tmp_path, capsys):
     out = tmp_path / "fig"
     args = [a for a in TINY if a != "--no-figures"]

@@ -64,10 +64,12 @@ def posterior_parameters(
     ``representative(q)``), in batches, on the CPU ([N, L] each); ``labels`` for a
     conditional model."""
     means, logvars = [], []
-    for i in range(0, len(x), batch_size):
-        q = encode_posterior(model, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-        means.append(representative(q).cpu())  # a flow's: the base mean through the flow
-        logvars.append(torch.log(spread(q)).cpu())  # a flow's variance: estimated from its draws
+    # a flow's transforms run when the point is asked for (an IAF's MADE): inside, not only in encode
+    with evaluation_mode(model, gradients=False):
+        for i in range(0, len(x), batch_size):
+            q = encode_posterior(model, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            means.append(representative(q).cpu())  # a flow's: the base mean through the flow
+            logvars.append(torch.log(spread(q)).cpu())  # a flow's variance: estimated from its draws
     return torch.cat(means), torch.cat(logvars)
 
 

@@ -19,7 +19,7 @@ from vaekit.app.commands.options import (
 
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories (several: compared side by side).")],
-    output: Annotated[Path, Opt("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    output: Annotated[Path, Opt("--output", "-o", "--out", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
     table, interactive training curves, log-likelihood-vs-K curve and figures; several runs

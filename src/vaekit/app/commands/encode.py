@@ -25,7 +25,7 @@ def command(
     run_dir: RunDir,
     data: Annotated[str | None, Opt(help="Data to encode (default: the run's own).")] = None,
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: all).")] = None,
-    output: Annotated[Path | None, Opt("--output", "-o", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv (with each example's row in its file, image file and class name). Default: latents-SPLIT.npy in the run directory.")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", "--out", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv (with each example's row in its file, image file and class name). Default: latents-SPLIT.npy in the run directory.")] = None,
     batch_size: Annotated[int, Opt(help="Examples per batch.")] = 1000,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
     weights: Weights = "last",

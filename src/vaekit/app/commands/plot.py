@@ -21,7 +21,7 @@ from vaekit.errors import VaekitError
 
 def command(
     run_dir: RunDir,
-    output: Annotated[Path | None, Opt("--output", "-o", help="Folder for the figures, created if missing (default: "
+    output: Annotated[Path | None, Opt("--output", "-o", "--out", help="Folder for the figures, created if missing (default: "
                                                               "the run directory, whose figures are redrawn in place).")] = None,
     device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
     weights: Weights = "last",

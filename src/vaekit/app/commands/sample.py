@@ -28,7 +28,7 @@ from vaekit.errors import VaekitError
 def command(
     run_dir: RunDir,
     n: Annotated[int, Opt("-n", "--n", help="How many samples.")] = 64,
-    output: Annotated[Path | None, Opt("--output", "-o", help="FILE.png (a grid of images; for rows of features, each feature's histogram), FILE.npy (the array) or FILE.csv (rows of features, in the data's units, headed by the column names). Default: samples-SAMPLER.png in the run directory.")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", "--out", help="FILE.png (a grid of images; for rows of features, each feature's histogram), FILE.npy (the array) or FILE.csv (rows of features, in the data's units, headed by the column names). Default: samples-SAMPLER.png in the run directory.")] = None,
     seed: Annotated[int, Opt(help="Seed for the prior draws.")] = 0,
     draw: Annotated[bool, Opt(help="Draw x ~ p(x|z) instead of showing the mean E[x|z] (for synthetic table rows you usually want draws).")] = False,
     label: Annotated[str | None, Opt(help="Conditional model: the class to draw, by index or by name (default: all classes in turn).")] = None,
