@@ -264,3 +264,16 @@ def test_a_fit_run_shows_its_sessions_time(tmp_path):
     row = catalog.summarise_run(tmp_path / "run")
     assert row["wall_time_source"] == "sessions" and row["status"] == "finished"
     assert row["wall_seconds"] == row["sessions_seconds"] >= row["epochs_seconds"]
+
+
+def test_the_model_column_names_a_learned_prior_and_a_richer_posterior():
+    from vaekit.app.catalog import describe_model
+    from vaekit.app.config import Config
+
+    plain = Config(data="digits", hidden=[16], latent_dim=2, likelihood="bernoulli").validate()
+    assert describe_model(plain) == "vae mlp 16 d=2 bernoulli"
+    closed = Config(data="digits", hidden=[16], latent_dim=2, likelihood="bernoulli", prior="vamp", prior_components=50,
+                    posterior="iaf", flow_steps=3).validate()
+    assert describe_model(closed) == "vae mlp 16 d=2 bernoulli vamp prior K=50 iaf q 3 steps"
+    full = Config(data="digits", hidden=[16], latent_dim=2, likelihood="bernoulli", posterior="full").validate()
+    assert describe_model(full).endswith("bernoulli full q")
