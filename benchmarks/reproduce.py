@@ -8,6 +8,8 @@ the test NLL against training time, next to the published number.
     python benchmarks/reproduce.py --estimate pytorch-examples burda2016-vae-1l   # steps/s here, projected durations
     python benchmarks/reproduce.py burda2016-vae-1l --hours 2   # two hours of a 5-7 h protocol, then evaluate
                                                                # where it reached; run it again to go on
+    python benchmarks/reproduce.py tomczak2018-vampprior-vae-1l-cpu60 --set prior=standard
+                                     # the preset with one setting changed: a row at the same budget and networks
 
 ``--hours H`` ends this session's training after the epoch in which H hours have passed and
 evaluates the model where it reached (the record says which pass: ``reached``,
