@@ -319,7 +319,8 @@ def optimise_local(
     own gradient and Adam's update is elementwise, so the optimisations are independent.
 
     The family: with a posterior head (``model.posterior_parameters``), the head's parameter
-    vector per example; otherwise N(μ, diag σ²) from q's moments. The base Gaussian is
+    vector per example; otherwise N(μ, diag σ²) from q's moments; for the two-layer model,
+    q(z1|x) so and q(z2|z1) with a per-example shift and scale (:func:`_two_stage_family`). The base Gaussian is
     measured in the encoder's units, μ = μ₀ + σ₀ ⊙ δ and log σ = log σ₀ + η, so ``lr`` is a
     fraction of a posterior standard deviation whatever the latent scale (a flow's other
     parameters move in their own units); it decays linearly to 0 so the stochastic
@@ -348,6 +349,8 @@ def optimise_local(
 def _local_family(model, x, q, y) -> tuple[Callable[[torch.Tensor], Distribution], torch.Tensor]:
     """(δ ↦ q_δ, a zero-shaped start for δ): the family the gap decomposition refits per
     example, with δ = 0 the encoder's own q."""
+    if isinstance(q, TwoStage):
+        return _two_stage_family(model, x, q, y)
     params = getattr(model, "posterior_parameters", None)
     params = None if params is None else params(x, y)
     if params is not None:
@@ -356,7 +359,7 @@ def _local_family(model, x, q, y) -> tuple[Callable[[torch.Tensor], Distribution
         base_sd = torch.exp(0.5 * start[..., L:2 * L].clamp(-20.0, 20.0))
         unit = torch.cat([base_sd, torch.full_like(base_sd, 2.0), torch.ones_like(start[..., 2 * L:])], -1)
         return (lambda d: head.from_parameters(start + unit * d)), torch.zeros_like(start)
-    if not (_factorises(q) or isinstance(q, TwoStage)):
+    if not _factorises(q):
         raise VaekitError(
             f"the gap decomposition refits the posterior's own family per example, and vaekit does "
             f"not know the family of this {type(q).__name__}: give the model a posterior head "
@@ -369,6 +372,28 @@ def _local_family(model, x, q, y) -> tuple[Callable[[torch.Tensor], Distribution
         return diagonal_normal(mean + scale * d[..., :width], 2 * (log_scale + d[..., width:]))
 
     return make, torch.zeros(*mean.shape[:-1], 2 * width, device=mean.device)
+
+
+def _two_stage_family(model, x, q: TwoStage, y) -> tuple[Callable[[torch.Tensor], Distribution], torch.Tensor]:
+    """The two-layer posterior's own family, q(z1|x) q(z2|z1): q(z1|x) refitted by the
+    one-layer rule (its head's parameters, or a diagonal Gaussian), and q(z2|z1) the network's
+    conditional with a per-example shift and scale of its mean and standard deviation, so the
+    dependence of z2 on z1 stays (a diagonal Gaussian over [z1, z2] would drop it, and could
+    fit worse than the encoder: a negative amortisation gap)."""
+    make_first, start = _local_family(model, x, q.first, y)
+    first_width, b_dim = start.shape[-1], q.event_shape[-1] - q.first.event_shape[-1]
+
+    def make(d: torch.Tensor) -> Distribution:
+        shift, log_scale = d[..., first_width:first_width + b_dim], d[..., first_width + b_dim:]
+
+        def then(a: torch.Tensor) -> Distribution:
+            conditional = q.then(a).base_dist
+            return diagonal_normal(conditional.loc + conditional.scale * shift,
+                                   2 * (conditional.scale.log() + log_scale))
+
+        return TwoStage(make_first(d[..., :first_width]), then, b_dim, q.first_goes_last)
+
+    return make, torch.cat([start, start.new_zeros(*start.shape[:-1], 2 * b_dim)], -1)
 
 
 def _decompose(model, x, q, scores, k_total, kl, steps, on_progress, buffer, y) -> dict[str, torch.Tensor]:

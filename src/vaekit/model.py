@@ -399,10 +399,6 @@ class TwoLayerVAE(VAE):
         q1, clamped = self._posterior(h if isinstance(h, Distribution) else _full_precision(h), self.z1_dim)
         return TwoStage(q1, self._q2, self.z2_dim), clamped
 
-    def posterior_parameters(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """None: the gap decomposition refits a diagonal Gaussian over [z1, z2] here."""
-        return None
-
     def _q2(self, z1: torch.Tensor) -> Distribution:
         return diagonal_normal(*_per_point(self.up, z1).chunk(2, -1))
 
