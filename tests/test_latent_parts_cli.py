@@ -223,7 +223,11 @@ def test_presets_list_the_new_protocols_with_their_status(capsys):
     assert presets.load("kingma2016-iaf-vae-1l").config().posterior == "iaf"
     assert main(["presets"]) == 0
     listing = capsys.readouterr().out
-    line = next(row for row in listing.splitlines() if row.startswith("tomczak2018-vampprior-hvae-cpu60"))
-    assert "unconfirmed" in line and "not yet run" in line
+    rows = {row.split()[0]: row for row in listing.splitlines() if row.strip()}
+    measured = json.loads((presets.RECORDS / "tomczak2018-vampprior-hvae-cpu60.json").read_text())["measured"]
+    # the package's record of the hour: its number shown next to the unconfirmed published one
+    assert "unconfirmed" in rows["tomczak2018-vampprior-hvae-cpu60"]
+    assert f"{measured:.2f}" in rows["tomczak2018-vampprior-hvae-cpu60"]
+    assert "unconfirmed" in rows["tomczak2018-vampprior-hvae"] and "not yet run" in rows["tomczak2018-vampprior-hvae"]
     assert main(["presets", "kingma2016-iaf-vae-1l"]) == 0
     assert "published: not confirmed (" in capsys.readouterr().out
