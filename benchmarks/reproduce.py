@@ -115,14 +115,15 @@ def reproduce(name: str, args) -> dict:
     preset = presets.load(name)
     quick = args.quick
     changed = dict(args.settings)
-    label = name + "".join(f" {key}={value}" for key, value in changed.items())
+    label = " ".join([name, *_spelled(changed)])
     out = _out(name, args)
     run_dir, snaps, record_path = out / "run", out / "snapshots", out / "record.json"
     config = preset.config().override(changed, source="--set").override({"data_dir": args.data_dir})
     record = _read(record_path) or {"preset": name, "sessions": [], "settings_changed": changed}
     if record.get("settings_changed", {}) != changed:
-        raise VaekitError(f"{out} holds a run of {name} with --set {_as_set(record.get('settings_changed', {}))}, "
-                          f"not {_as_set(changed)}: give another --out")
+        held = " ".join(_spelled(record.get("settings_changed", {}))) or "nothing"
+        raise VaekitError(f"{out} holds a run of {name} with --set {held}, "
+                          f"not {' '.join(_spelled(changed)) or 'nothing'}: give another --out")
     out.mkdir(parents=True, exist_ok=True)
     if quick or args.steps:
         config = dataclasses.replace(config, steps=args.steps or 300, time_budget=None).validate()
@@ -411,12 +412,13 @@ def setting(text: str) -> tuple[str, object]:
 
 def _out(name: str, args) -> Path:
     """The run's folder: --out, or one under RESULTS named for the preset and its --set changes."""
-    folder = name + "".join(f"+{key}={value}" for key, value in args.settings)
+    folder = "+".join([name, *_spelled(dict(args.settings))])
     return args.out or RESULTS / (f"{folder}-quick" if args.quick and not args.redraw else folder)
 
 
-def _as_set(changed: dict) -> str:
-    return " ".join(f"{key}={value}" for key, value in changed.items()) or "nothing"
+def _spelled(changed: dict) -> list[str]:
+    """``KEY=VALUE`` for each --set change: the record's label, its folder's name, the messages."""
+    return [f"{key}={value}" for key, value in changed.items()]
 
 
 def _read(path: Path) -> dict | None:

@@ -164,11 +164,12 @@ def describe_model(config) -> str:
         latent += f"+{config.latent_dim2 or config.latent_dim // 2}"
     parts += [latent, config.likelihood]
     # what closes the gap tells runs apart: named where it is not N(0, I) and a diagonal Gaussian
-    if config.model != "ae" and config.prior != "standard":
-        parts.append(f"{config.prior} prior K={config.prior_components}")
-    if config.model != "ae" and config.posterior != "diagonal":
-        flow = config.posterior not in ("full",)
-        parts.append(f"{config.posterior} q" + (f" {config.flow_steps} steps" if flow else ""))
+    if config.model != "ae":
+        if config.prior != "standard":
+            parts.append(f"{config.prior} prior K={config.prior_components}")
+        if config.posterior != "diagonal":  # every posterior but the full Gaussian is a flow of flow_steps
+            steps = "" if config.posterior == "full" else f" {config.flow_steps} steps"
+            parts.append(f"{config.posterior} q{steps}")
     if config.objective != "elbo":
         parts.append(f"{config.objective} k={config.k}")
     return " ".join(parts)

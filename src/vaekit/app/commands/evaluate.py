@@ -81,12 +81,11 @@ def command(
             positive("--limit", limit)
         check_threads(threads)
         model, config, dataset, split, epoch = model_and_data(run_dir, data, split, overrides, device, weights)
-        if limit is not None and limit < len(dataset):
+        first = limit if limit is not None and limit < len(dataset) else None  # None: the whole split
+        if first is not None:
             import torch
 
-            dataset = dataset.subset(torch.arange(limit))
-        else:
-            limit = None  # the whole split: stored under the usual name
+            dataset = dataset.subset(torch.arange(first))
         tune_allocator()  # chunks free and re-allocate tens of MB: keep those pages (vaekit.app.threads)
         policy = ThreadPolicy(threads, quiet=quiet or as_json)
         labels = labels_of(model, dataset)
@@ -118,9 +117,8 @@ def command(
         if save and same_data(data, config):
             from vaekit.rundir import write_json
 
-            name = f"evaluation-{split}" + ("" if weights == "last" else f"-{weights}")
-            name += "" if limit is None else f"-first{limit}"
-            name += ".json"
+            parts = [split, *([] if weights == "last" else [weights]), *([] if first is None else [f"first{first}"])]
+            name = f"evaluation-{'-'.join(parts)}.json"
             notes.append(store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
         if as_json:
             print(json.dumps(result))
