@@ -11,6 +11,7 @@ from vaekit.app.commands.common import (
     thread_policy,
 )
 from vaekit.app.commands.options import (
+    Device,
     Opt,
     Overwrite,
     RunDir,
@@ -27,7 +28,7 @@ def command(
     split: Annotated[str | None, Opt(help="train | validation | test | all (default: all).")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", "--out", help="FILE.npy (means; log-variances in FILE.logvar.npy), FILE.npz or FILE.csv (with each example's row in its file, image file and class name). Default: latents-SPLIT.npy in the run directory.")] = None,
     batch_size: Annotated[int, Opt(help="Examples per batch.")] = 1000,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    device: Device = "auto",
     weights: Weights = "last",
     threads: Threads = 0,
     overwrite: Overwrite = False,

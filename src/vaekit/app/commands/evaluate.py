@@ -12,6 +12,7 @@ from vaekit.app.commands.common import (
     model_and_data,
 )
 from vaekit.app.commands.options import (
+    Device,
     DistBackend,
     Opt,
     RunDir,
@@ -43,7 +44,7 @@ def command(
     mirror: Annotated[str | None, Opt(help="Base URL(s) to download a published dataset from.")] = None,
     samples: Annotated[int | None, Opt(hidden=True, help="Same as --importance-samples (its older name, kept working).")] = None,
     threads: Annotated[int, Opt(help="CPU threads for torch (0: auto, every core other processes leave free, re-checked while scoring).")] = 0,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    device: Device = "auto",
     weights: Weights = "last",
     overwrite: Annotated[bool, Opt(help="Replace an existing --per-example file.")] = False,
     dist_backend: DistBackend = "auto",

@@ -10,6 +10,7 @@ from vaekit.app.commands.common import (
     thread_policy,
 )
 from vaekit.app.commands.options import (
+    Device,
     Opt,
     RunDir,
     Threads,
@@ -23,7 +24,7 @@ def command(
     run_dir: RunDir,
     output: Annotated[Path | None, Opt("--output", "-o", "--out", help="Folder for the figures, created if missing (default: "
                                                               "the run directory, whose figures are redrawn in place).")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    device: Device = "auto",
     weights: Weights = "last",
     threads: Threads = 0,
     overwrite: Annotated[bool, Opt(help="Replace figures already in another --output folder.")] = False,

@@ -13,6 +13,7 @@ from vaekit.app.commands.common import (
     thread_policy,
 )
 from vaekit.app.commands.options import (
+    Device,
     Opt,
     Overwrite,
     RunDir,
@@ -30,7 +31,7 @@ def command(
     split: Annotated[str | None, Opt(help="train | validation | test | all.")] = None,
     n: Annotated[int | None, Opt("-n", "--n", help="How many examples, the first n of the split (default: 10 images, or every row of a table).")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", "--out", help="FILE.png (originals above reconstructions; for rows of features, each feature's reconstruction against its original), FILE.npy or FILE.csv (rows of features in the data's units, with each row's place in its file). Default: reconstructions-SPLIT.png in the run directory.")] = None,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    device: Device = "auto",
     weights: Weights = "last",
     threads: Threads = 0,
     overwrite: Overwrite = False,

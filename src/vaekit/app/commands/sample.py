@@ -13,6 +13,7 @@ from vaekit.app.commands.common import (
     training_rows,
 )
 from vaekit.app.commands.options import (
+    Device,
     Opt,
     Overwrite,
     RunDir,
@@ -34,7 +35,7 @@ def command(
     label: Annotated[str | None, Opt(help="Conditional model: the class to draw, by index or by name (default: all classes in turn).")] = None,
     sampler: Annotated[str, Opt(help="prior (z ~ p(z)) | gmm (z ~ a Gaussian mixture fitted to the training posterior means).")] = "prior",
     components: Annotated[int, Opt(help="Sampler gmm: mixture components.")] = 10,
-    device: Annotated[str, Opt(help="auto | cpu | cuda | cuda:N | mps (auto: a GPU if there is one).")] = "auto",
+    device: Device = "auto",
     weights: Weights = "last",
     threads: Threads = 0,
     overwrite: Overwrite = False,
