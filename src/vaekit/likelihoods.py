@@ -55,8 +55,8 @@ class BernoulliLikelihood(nn.Module):
 class SummedBernoulli(Independent):
     """``Independent(LogitBernoulli)`` whose ``log_prob`` forms Σ_d x_d l_d and Σ_d softplus(l_d)
     as two reductions instead of summing the elementwise x·l − softplus(l): one image-sized
-    temporary fewer, 7.2 against 9.5 ms on [20, 400, 784] logits with 2 threads (torch 2.13,
-    CPU), which is most of importance-sampled evaluation's time outside the decoder."""
+    temporary fewer, in what is most of importance-sampled evaluation's time outside the
+    decoder (timings: docs/performance.md)."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.base_dist.logits
@@ -69,9 +69,9 @@ class SummedBernoulli(Independent):
 
 class LogitBernoulli(Bernoulli):
     """``torch.distributions.Bernoulli`` with log p(x) = x·l − softplus(l), the same formula
-    as its binary_cross_entropy_with_logits path but measured 1.8× faster forward and 1.3×
-    faster forward+backward on [2000, 784] / [128, 784] logits with torch 2.13 on CPU; the
-    likelihood is the hot spot of importance-sampled evaluation (K × pixels per example)."""
+    as its binary_cross_entropy_with_logits path, written out because torch's path measured
+    slower on CPU (docs/performance.md) and the likelihood is the hot spot of
+    importance-sampled evaluation (K × pixels per example)."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return value * self.logits - nn.functional.softplus(self.logits)

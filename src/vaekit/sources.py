@@ -82,8 +82,8 @@ class Source:
                 if not len(index):
                     yield None, None, len(rows)
                     continue
-                # index_select, not x[index]: the same rows, gathered 3-4x faster on a CPU (250 of 60k
-                # MNIST rows: 0.05 against 0.16-0.21 ms, one thread, AVX2 EPYC; docs/performance.md)
+                # index_select, not x[index]: the same rows, gathered several times faster on a CPU
+                # (docs/performance.md)
                 x = self.x.index_select(0, index) if torch.is_tensor(self.x) else self.x[index]  # or read on demand
                 yield x, None if self.labels is None else self.labels[index], len(rows)
             return

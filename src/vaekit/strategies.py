@@ -361,9 +361,9 @@ def _leaves_parameters_out(model, step, source: Source, batch_size: int, device:
 
 def gradient_check(params: list[torch.Tensor], grad_clip: float) -> torch.Tensor:
     """A number that is finite exactly when every gradient is: the clipped norm when clipping,
-    else the sum of the per-tensor sums (a sum, not a norm: one pass without squares, 55
-    against 99 µs for Burda's 424k gradients on one thread). A sum can overflow only for
-    gradients near 1e38, and those are no more usable than infinite ones."""
+    else the sum of the per-tensor sums (a sum, not a norm: one pass without squares, it runs
+    at every step; docs/performance.md). A sum can overflow only for gradients near 1e38, and
+    those are no more usable than infinite ones."""
     if grad_clip:
         return torch.nn.utils.clip_grad_norm_(params, grad_clip)
     sums = [p.grad.sum() for p in params if p.grad is not None]

@@ -549,7 +549,7 @@ def listening_socket(host: str, port: int):
 
     Made with the protocol named (IPPROTO_TCP), not 0 as ``socket.create_server`` does:
     asyncio sets TCP_NODELAY only on connections whose socket says TCP, and without it every
-    small response waited on the client's delayed ACK, 40 ms per decode."""
+    small response waited on the client's delayed ACK."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -3,10 +3,9 @@ threads torch uses, and how the C allocator returns memory to the system.
 
 With 2 threads on 2 cores, a step is a chain of parallel regions whose threads meet at a
 barrier after each one. When another process holds a core, one of our threads waits for
-the scheduler at every barrier, and a step becomes many times slower rather than twice
-(measured on the 2-core development machine: 784-400-20 at batch 20, 91 steps/s with 2
-threads against 482 with 1 while one core ran `yes`). Passive OpenMP waiting does not cure
-it: 2 passive threads were never faster than 1 thread, busy or idle (docs/performance.md).
+the scheduler at every barrier, and a step becomes many times slower rather than twice.
+Passive OpenMP waiting does not cure it: 2 passive threads were never faster than 1 thread,
+busy or idle (both measured: docs/performance.md, "What made the difference").
 
 So ``threads = 0`` ("auto") uses every core while the machine is otherwise idle and steps
 down to the cores left free when other processes are busy, re-checking every few seconds
@@ -18,8 +17,8 @@ epoch, so a run that must be reproduced bit for bit should fix ``--threads``.
 
 The allocator: glibc hands large blocks back to the kernel as soon as they are freed and
 the next step faults the same pages in again. Importance-sampled evaluation frees and
-re-allocates tens of MB per chunk; on the development VM that page traffic made it 2.4×
-the decoder-GEMM floor instead of 1.5× (docs/performance.md). :func:`tune_allocator`
+re-allocates tens of MB per chunk, and that page traffic made it far slower than its
+decoder-GEMM floor (docs/performance.md, "What made the difference"). :func:`tune_allocator`
 keeps freed memory in the process (blocks under 32 MiB come from the heap, which is not
 trimmed), so peak memory is unchanged and the pages are reused.
 """
