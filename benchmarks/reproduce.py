@@ -51,9 +51,11 @@ import vaekit  # noqa: E402
 from vaekit.app import presets  # noqa: E402
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import select_split  # noqa: E402
+from vaekit.app.partial import PartialScores, fingerprint  # noqa: E402
 from vaekit.app.runs import build_model, load_config, load_run, resume, train  # noqa: E402
 from vaekit.devices import cpu_bf16_features  # noqa: E402
 from vaekit.errors import Interrupted, VaekitError  # noqa: E402
+from vaekit.evaluation import examples_per_batch  # noqa: E402
 from vaekit.rundir import RunDirectory, atomic_write, read_metrics, save_weights  # noqa: E402
 
 RESULTS = common.ROOT / "benchmarks" / "results" / "reproduce"
@@ -177,13 +179,14 @@ def reproduce(name: str, args) -> dict:
             _write(record_path, record)
     final = record.get("final") or {}
     if final.get("importance_samples") != k or final.get("steps", record["steps"]) != record["steps"]:
-        with common.timed() as region:
-            final = _evaluate(*load_run(run_dir), run_dir, k, n_test)
+        with common.timed() as region:  # its finished batches are kept: an interruption costs one
+            final = _evaluate(*load_run(run_dir), run_dir, k, n_test, keep=out / "final.partial.safetensors")
         record["final"] = {**final, "steps": record["steps"], "seconds": region.seconds, "others_cpu": region.others}
     final = record["final"]
     value, se = _measured(final, preset.measure)
     record.update(measured=value, measured_se=se, date=datetime.date.today().isoformat(), vaekit=vaekit.__version__)
     _write(record_path, record)
+    (out / "final.partial.safetensors").unlink(missing_ok=True)  # the record holds what it kept
     figure = figures(record, out)[0]
     published = record["published"]
     gap = "" if published is None else f" (published {published:.2f}, difference {value - published:+.2f})"
@@ -261,12 +264,29 @@ def _evaluate_snapshot(run_dir: Path, path: Path, k: int, n: int) -> dict:
     return {"seconds": float(meta["seconds"]), "steps": int(meta["steps"]), "epochs": float(meta["epochs"]), **result}
 
 
-def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None) -> dict:
+def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None, keep: Path | None = None) -> dict:
+    """The test set's (first ``n``) scores with K = ``k``; with ``keep``, finished batches are
+    kept in that file and an interrupted evaluation goes on from them (vaekit.app.partial)."""
     test = select_split(config, "test", run_dir=run_dir)
     x = test.x if not n else test.x[:n]
-    result = vaekit.evaluate(model, x, importance_samples=k, seed=0)
+    partial = scored = None
+    if keep is not None:
+        settings = {"importance_samples": k, "seed": 0, "batch_size": examples_per_batch(1000, k),
+                    "vaekit": vaekit.__version__, **fingerprint(model, x)}
+        partial = PartialScores(keep, settings, len(x))
+        scored = partial.load()
+        if partial.note:
+            print(partial.note, file=sys.stderr)
+    try:
+        result = vaekit.evaluate(model, x, importance_samples=k, seed=0, scored=scored,
+                                 on_batch=None if partial is None else partial.on_batch)
+    except KeyboardInterrupt:
+        if partial is None:
+            raise
+        raise VaekitError(f"evaluation interrupted: {partial.interrupted()}") from None
     keep = ("n", "elbo", "elbo_se", "log_likelihood", "log_likelihood_se", "kl", "reconstruction", "active_units")
-    return {"importance_samples": k, **{key: result.get(key) for key in keep}}
+    resumed = {} if scored is None else {"resumed_after": partial.saved}  # its seconds are this session's
+    return {"importance_samples": k, **{key: result.get(key) for key in keep}, **resumed}
 
 
 def _measured(result: dict, measure: str) -> tuple[float, float]:

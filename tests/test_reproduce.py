@@ -81,6 +81,45 @@ def test_a_session_cut_short_by_hours_resumes_and_is_evaluated_again(tmp_path):
 
 
 @needs_mnist
+def test_an_interrupted_final_evaluation_goes_on_from_its_finished_batches(tmp_path, monkeypatch):
+    from vaekit import evaluation
+    from vaekit.app import partial
+
+    monkeypatch.setattr(evaluation, "VALUES", 2000)  # K = 20: batches of 100 of the 200 test images
+    monkeypatch.setattr(partial, "SAVE_SECONDS", 0.0)
+    keep = partial.PartialScores.on_batch
+
+    def interrupted(self, rows, scores):
+        keep(self, rows, scores)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(partial.PartialScores, "on_batch", interrupted)
+    out = tmp_path / "pe"
+    args = ("pytorch-examples", "--steps", "20", "--out", out, "--data-dir", MNIST_DIR, *SMALL)
+    first = reproduce(*args)
+    assert first.returncode != 0 and "Traceback" not in first.stderr
+    assert "evaluation interrupted: the scores of 100 of 200 examples are kept" in first.stderr
+    assert (out / "final.partial.safetensors").is_file()
+    assert "final" not in json.loads((out / "record.json").read_text())
+
+    monkeypatch.setattr(partial.PartialScores, "on_batch", keep)
+    second = reproduce(*args)
+    assert second.returncode == 0, second.stderr
+    assert "resuming the evaluation after 100 of 200 examples" in second.stderr
+    assert not (out / "final.partial.safetensors").exists()
+    record = json.loads((out / "record.json").read_text())
+    resumed = record.pop("final")
+    assert resumed["resumed_after"] == 100 and resumed["n"] == 200
+    # the same numbers as an evaluation that was never interrupted
+    (out / "record.json").write_text(json.dumps(record))
+    assert reproduce(*args).returncode == 0
+    fresh = json.loads((out / "record.json").read_text())["final"]
+    assert "resumed_after" not in fresh
+    timing = ("seconds", "others_cpu", "resumed_after")
+    assert {k: v for k, v in fresh.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+
+
+@needs_mnist
 def test_set_changes_a_setting_records_it_and_keeps_its_own_folder(tmp_path):
     before = published()
     out = tmp_path / "small"

@@ -64,7 +64,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,8 @@ def per_example(
     local_steps: int = LOCAL_STEPS,
     on_progress: Callable[[int], None] | None = None,
     labels: torch.Tensor | None = None,
+    scored: Mapping[str, torch.Tensor] | None = None,
+    on_batch: Callable[[int, Mapping[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Scores of every row of ``x``, each a float64 tensor [N]; Monte-Carlo figures come with
     their per-example variance as ``<key>_var`` (see the module docstring).
@@ -153,17 +155,40 @@ def per_example(
     this process scores its share of the batches and returns every row. ``labels``: every
     row's class, for a conditional model (its numbers are then log p(x | y)). Batches go to
     the model's device; results are on the CPU.
+
+    Resuming (one process): ``on_batch(rows, scores)`` is called after each batch with the
+    number of leading rows scored so far and the scores (their first ``rows`` entries are
+    final); ``scored``, such a prefix of every key from an interrupted call with the same
+    model, data, generator state and settings, is taken as it is and its batches are not drawn
+    again. Each batch's stream depends only on the entry state and its index, so the result
+    is the one an uninterrupted call gives, bit for bit.
     """
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     if batch_size < 1:
         raise VaekitError(f"batch size must be at least 1, got {batch_size}")
     with evaluation_mode(model):
         return _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposition,
-                            local_steps, on_progress, labels)
+                            local_steps, on_progress, labels, scored, on_batch)
+
+
+def _scored_rows(scored: Mapping[str, torch.Tensor] | None, n: int, batch_size: int) -> int:
+    """How many leading rows ``scored`` holds: whole batches (or all ``n``), every key alike."""
+    if not scored:
+        return 0
+    lengths = {key: tuple(value.shape) for key, value in scored.items()}
+    if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
+        raise VaekitError(f"scores to resume from must be 1-D and of one length; got shapes {lengths}")
+    rows = len(next(iter(scored.values())))
+    if rows > n or (rows % batch_size and rows != n):
+        raise VaekitError(f"scores to resume from cover {rows} rows: not whole batches of {batch_size} "
+                          f"out of {n} examples")
+    if distributed.current() is not None:
+        raise VaekitError("resuming a partial evaluation runs in one process, not under torch.distributed")
+    return rows
 
 
 def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposition, local_steps,
-                 on_progress, labels) -> dict[str, torch.Tensor]:
+                 on_progress, labels, scored=None, on_batch=None) -> dict[str, torch.Tensor]:
     ks = curve_points(k_total) if curve else []
     device = model_device(model)
     group = distributed.current()
@@ -171,6 +196,7 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
     result: dict[str, torch.Tensor] = {}
     batch_size = examples_per_batch(batch_size, k_total)
     starts = range(0, len(x), batch_size)
+    done = _scored_rows(scored, len(x), batch_size)
     # Each batch draws from a stream of its own: the first from the generator as the caller
     # left it, batch b from one seeded by (that state, b). A batch's numbers then do not
     # depend on which process scores it, so a sharded evaluation equals one process's.
@@ -180,6 +206,13 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
     buffer = None
     for b, start in enumerate(starts):
         if b % world != rank:
+            continue
+        if start < done:  # scored before an interruption: taken as it was, not drawn again
+            for key, value in scored.items():
+                result.setdefault(key, torch.zeros(len(x), dtype=value.dtype))[start : start + batch_size] = (
+                    value[start : start + batch_size])
+            if on_progress is not None:
+                on_progress(len(range(start, min(start + batch_size, len(x)))) * (1 + gap_decomposition))
             continue
         if b:
             seed_draws(device, mixed_seed(base, b))
@@ -198,10 +231,15 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
             if gap_decomposition:
                 scores.update(
                     _decompose(model, xb, q, scores, k_total, kl, local_steps, on_progress, buffer, yb))
+        if done and set(scores) != set(scored):
+            raise VaekitError(f"the scores to resume from have {sorted(scored)}; this evaluation makes "
+                              f"{sorted(scores)}: not the same settings")
         for key, value in scores.items():
             if key not in result:  # filled in place: many small tensors would pin the heap
                 result[key] = torch.zeros(len(x), dtype=value.dtype)
             result[key][start : start + len(xb)] = value.cpu()
+        if on_batch is not None and group is None:
+            on_batch(start + len(xb), result)
     seed_draws(device, mixed_seed(base, len(starts)))  # what follows draws alike on every rank
     return result if group is None else _gather(result, len(x), group)
 
@@ -530,6 +568,8 @@ def evaluate(
     gap_decomposition: bool = False, local_steps: int = LOCAL_STEPS,
     mi_examples: int = MI_EXAMPLES, on_progress: Callable[[int], None] | None = None,
     labels: torch.Tensor | None = None, seed: int = 0,
+    scored: Mapping[str, torch.Tensor] | None = None,
+    on_batch: Callable[[int, Mapping[str, torch.Tensor]], None] | None = None,
 ) -> dict:
     """The full report on ``data`` (what ``vaekit evaluate --json`` prints, less ``split``
     and ``seed``): :func:`per_example` followed by :func:`summarise`, as plain values.
@@ -538,14 +578,15 @@ def evaluate(
     ``DataLoader`` (read once, in order). ``labels`` (or the data's own) go to a conditional
     model. Monte-Carlo draws come from a generator seeded with ``seed`` inside a forked RNG
     state, so the numbers are reproducible and torch's global generators are left as they
-    were. Batches run on the model's device; the model's training mode is restored after."""
+    were. Batches run on the model's device; the model's training mode is restored after.
+    ``scored`` and ``on_batch`` resume an interrupted evaluation (see :func:`per_example`)."""
     x, labels = sources.as_tensors(data, labels)
     k_total, iwae_k = check_samples(importance_samples, iwae_k)
     with forked_rng(model_device(model), seed):
         scores = per_example(
             model, x, importance_samples=k_total, iwae_k=iwae_k, batch_size=batch_size, kl=kl,
             curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
-            on_progress=on_progress, labels=labels,
+            on_progress=on_progress, labels=labels, scored=scored, on_batch=on_batch,
         )
         return summarise(model, x, scores, importance_samples=k_total, iwae_k=iwae_k,
                          batch_size=batch_size, mi_examples=mi_examples, labels=labels)

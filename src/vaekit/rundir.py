@@ -75,7 +75,8 @@ LIKELIHOOD_CURVE = "likelihood_curve.png"
 # an --overwrite that kept them would mix the replaced run's curves and settings into the new one's.
 TRACKER_LOGS = ("tensorboard", "mlruns")
 # Everything of a run's that --overwrite drops (the rest of the folder is the user's and stays).
-OWN_PATTERNS = (*RUN_FILES, *FIGURES, LIKELIHOOD_CURVE, "evaluation-*.json", LOCK, *TRACKER_LOGS)
+OWN_PATTERNS = (*RUN_FILES, *FIGURES, LIKELIHOOD_CURVE, "evaluation-*.json", "evaluation-*.partial.safetensors",
+                LOCK, *TRACKER_LOGS)
 
 # Size caps of what vaekit reads from a run directory (someone else's run may hold anything).
 RECORD_BYTES = 1024**2  # config.json, run.json

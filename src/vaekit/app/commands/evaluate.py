@@ -37,6 +37,7 @@ def command(
     local_steps: Annotated[int, Opt(help="Adam steps per example's refitted posterior for --gap-decomposition.")] = 200,
     curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
     save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json (evaluation-SPLIT-best.json for --weights best) in the run directory (the run's own data only).")] = True,
+    resume: Annotated[bool, Opt(help="Keep the scores of finished batches while a stored evaluation runs (evaluation-SPLIT.partial.safetensors), and go on from them after an interruption when the weights, data and settings are the same: the result is the uninterrupted one. --no-resume starts over.")] = True,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     binarize: Annotated[str | None, Opt(help="Binarisation protocol for the data (default: the run's own, from its config).")] = None,
@@ -53,15 +54,24 @@ def command(
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error.
     Under torchrun the batches are shared out and the results gathered exactly: the numbers
     are one process's (docs/distributed.md)."""
+    from vaekit import __version__, distributed
     from vaekit.app.console import progress
     from vaekit.app.data import same_data
     from vaekit.app.factories import check_evaluation_size
     from vaekit.app.launch import process_group, rank
     from vaekit.app.outputs import output_path, source_columns
+    from vaekit.app.partial import PartialScores, fingerprint, partial_path
     from vaekit.app.threads import ThreadPolicy, tune_allocator
     from vaekit.devices import forked_rng, model_device, resolve_device
     from vaekit.distributed import local_device
-    from vaekit.evaluation import check_samples, format_table, share, summarise, write_per_example
+    from vaekit.evaluation import (
+        check_samples,
+        examples_per_batch,
+        format_table,
+        share,
+        summarise,
+        write_per_example,
+    )
     from vaekit.evaluation import per_example as score_examples
 
     with process_group(dist_backend):  # under torchrun the batches are shared out
@@ -91,12 +101,30 @@ def command(
         policy = ThreadPolicy(threads, quiet=quiet or as_json)
         labels = labels_of(model, dataset)
         total = share(len(dataset), batch_size, k) * (2 if gap_decomposition else 1)
+        parts = [split, *([] if weights == "last" else [weights]), *([] if first is None else [f"first{first}"])]
+        stored = run_dir / f"evaluation-{'-'.join(parts)}.json" if save and same_data(data, config) else None
+        partial, scored = None, None
+        if stored is not None and resume and distributed.current() is None:
+            partial = PartialScores(partial_path(stored), {
+                "split": split, "weights": weights, "importance_samples": k, "iwae_k": iwae_k, "seed": seed,
+                "batch_size": examples_per_batch(batch_size, k), "curve": curve,
+                "gap_decomposition": gap_decomposition, "local_steps": local_steps, "vaekit": __version__,
+                **fingerprint(model, dataset.x, labels)}, len(dataset))
+            scored = partial.load()
+            if partial.note and not quiet:
+                print(partial.note, file=sys.stderr)
         with forked_rng(model_device(model), seed), progress(quiet, f"evaluating (K = {k})", total) as advance:
-            scores = score_examples(
-                model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
-                curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
-                labels=labels, on_progress=lambda n: (advance(n), policy.check()),
-            )
+            try:
+                scores = score_examples(
+                    model, dataset.x, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
+                    curve=curve, gap_decomposition=gap_decomposition, local_steps=local_steps,
+                    labels=labels, on_progress=lambda n: (advance(n), policy.check()),
+                    scored=scored, on_batch=None if partial is None else partial.on_batch,
+                )
+            except KeyboardInterrupt:
+                if partial is None:
+                    raise
+                raise KeyboardInterrupt(f"interrupted: {partial.interrupted()}") from None
             result = {"split": split, "seed": seed, **summarise(
                 model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
                 labels=labels)}
@@ -115,12 +143,11 @@ def command(
 
             notes.append(store_in_run(run_dir / "likelihood_curve.png",
                                        lambda path: plots.likelihood_curve_figure(result, path), "the curve"))
-        if save and same_data(data, config):
+        if stored is not None:
             from vaekit.rundir import write_json
 
-            parts = [split, *([] if weights == "last" else [weights]), *([] if first is None else [f"first{first}"])]
-            name = f"evaluation-{'-'.join(parts)}.json"
-            notes.append(store_in_run(run_dir / name, lambda path: write_json(path, result), "the result"))
+            notes.append(store_in_run(stored, lambda path: write_json(path, result), "the result"))
+            partial_path(stored).unlink(missing_ok=True)  # the result holds what it kept (or replaces it)
         if as_json:
             print(json.dumps(result))
         else:
