@@ -295,3 +295,31 @@ def test_flows_compute_in_float32_under_bf16_autocast(name):
     z, log_q = log_prob_at_own_sample(head.distribution(params.float()), (3,))
     torch.testing.assert_close(z16, z, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(log_q16, log_q, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (3, 2)])
+def test_per_example_matmul_is_the_broadcast_product_for_any_draw_shape(lead):
+    from vaekit.posteriors import per_example_matmul
+
+    torch.manual_seed(0)
+    m = torch.randn(7, 4, 3, dtype=torch.float64)
+    x = torch.randn(*lead, 7, 4, dtype=torch.float64)
+    assert torch.allclose(per_example_matmul(x, m), (x.unsqueeze(-2) @ m).squeeze(-2), atol=1e-12)
+    strided = torch.randn(7, 3, 4, dtype=torch.float64).transpose(-1, -2)  # as R's transpose is passed
+    assert torch.allclose(per_example_matmul(x, strided), (x.unsqueeze(-2) @ strided).squeeze(-2), atol=1e-12)
+
+
+def test_full_covariance_draws_are_torchs_multivariate_normal_draws():
+    from torch.distributions import MultivariateNormal
+
+    from vaekit.posteriors import FullCovarianceNormal
+
+    torch.manual_seed(1)
+    loc = torch.randn(6, 3, dtype=torch.float64)
+    tril = torch.tril(torch.randn(6, 3, 3, dtype=torch.float64), -1) + torch.diag_embed(torch.rand(6, 3) + 0.5).double()
+    torch.manual_seed(2)
+    ours = FullCovarianceNormal(loc, scale_tril=tril).rsample((4, 2))
+    torch.manual_seed(2)
+    theirs = MultivariateNormal(loc, scale_tril=tril).rsample((4, 2))
+    assert ours.shape == (4, 2, 6, 3)
+    assert torch.allclose(ours, theirs, atol=1e-12)

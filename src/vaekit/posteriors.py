@@ -46,6 +46,7 @@ from torch.distributions import (
     register_kl,
 )
 from torch.distributions.transforms import Transform
+from torch.distributions.utils import _standard_normal
 
 from vaekit import registry as _registry
 from vaekit.errors import VaekitError
@@ -173,7 +174,24 @@ class DiagonalGaussian(PosteriorHead):
 class FullCovarianceNormal(MultivariateNormal):
     """N(μ, LLᵀ): vaekit's own subclass, so that its closed-form KL against a diagonal
     Normal (the standard prior) can be registered without changing torch's rules for
-    torch's classes."""
+    torch's classes; its draws multiply each example's L once for all of them
+    (:func:`per_example_matmul`)."""
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+        eps = _standard_normal(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + per_example_matmul(eps, self._unbroadcasted_scale_tril.transpose(-1, -2))
+
+
+def per_example_matmul(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x [..., B, L] times each example's own matrix m [B, L, M]: [..., B, M]. One bmm over
+    the B examples with every draw as a row: a broadcast ``x.unsqueeze(-2) @ m`` copies m
+    once per draw, which made K-draw evaluation of per-example flows (Sylvester's Q and R,
+    a full covariance's L) many times slower (docs/performance.md)."""
+    if m.dim() != 3 or x.dim() < 2 or x.shape[-2] != m.shape[0]:
+        return (x.unsqueeze(-2) @ m).squeeze(-2)
+    lead, (b, width) = x.shape[:-2], x.shape[-2:]
+    rows = x.reshape(-1, b, width).transpose(0, 1)  # [B, draws, L]
+    return torch.bmm(rows, m).transpose(0, 1).reshape(*lead, b, m.shape[-1])
 
 
 class FullCovarianceGaussian(PosteriorHead):
@@ -570,17 +588,17 @@ class SylvesterStep(FlowStep):
 
     def _pre(self, x: torch.Tensor) -> torch.Tensor:
         if self.q is not None:
-            x = (x.unsqueeze(-2) @ self.q).squeeze(-2)
+            x = per_example_matmul(x, self.q)
         elif self.flip:
             x = x.flip(-1)
-        return (x.unsqueeze(-2) @ self.r2.transpose(-1, -2)).squeeze(-2) + self.b
+        return per_example_matmul(x, self.r2.transpose(-1, -2)) + self.b
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         pre = self._pre(x)
         self._keep(x, pre)
-        v = (torch.tanh(pre).unsqueeze(-2) @ self.r1.transpose(-1, -2)).squeeze(-2)
+        v = per_example_matmul(torch.tanh(pre), self.r1.transpose(-1, -2))
         if self.q is not None:
-            v = (v.unsqueeze(-2) @ self.q.transpose(-1, -2)).squeeze(-2)
+            v = per_example_matmul(v, self.q.transpose(-1, -2))
         elif self.flip:
             v = v.flip(-1)
         return x + v
