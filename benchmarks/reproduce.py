@@ -278,7 +278,8 @@ def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None, keep:
         if partial.note:
             print(partial.note, file=sys.stderr)
     try:
-        result = vaekit.evaluate(model, x, importance_samples=k, seed=0, scored=scored,
+        # no mutual information: the record does not keep it, and for an IAF posterior it is hours
+        result = vaekit.evaluate(model, x, importance_samples=k, seed=0, mi_examples=0, scored=scored,
                                  on_batch=None if partial is None else partial.on_batch)
     except KeyboardInterrupt:
         if partial is None:

@@ -87,6 +87,7 @@ def test_cli_evaluate_limit_scores_the_first_examples_and_saves_apart(tiny_run, 
     (["--limit", "0"], "--limit"),
     (["--importance-samples", "5", "--iwae-k", "10"], "between 1 and"),
     (["--per-example", "scores.txt"], ".csv or .npy"),
+    (["--mi-examples", "-1"], "--mi-examples must be 0"),
 ])
 def test_cli_evaluate_bad_options(tiny_run, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -111,3 +112,16 @@ def test_data_read_on_demand_gives_the_same_report_as_a_tensor(tiny_run):
     lazy = LazyArray(memmap_reader(x.numpy()), len(x), (1, 8, 8))
     assert ev.evaluate(model, lazy, importance_samples=20, batch_size=16) == \
         ev.evaluate(model, x, importance_samples=20, batch_size=16)
+
+
+def test_cli_evaluate_mi_examples_zero_skips_the_mutual_information_only(tiny_run, capsys):
+    base = ["evaluate", str(tiny_run), "--importance-samples", "20", "--json", "-q", "--no-save"]
+    assert main(base) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*base, "--mi-examples", "0"]) == 0
+    skipped = json.loads(capsys.readouterr().out)
+    assert full["mutual_information"] is not None and full["marginal_kl"] is not None
+    assert skipped["mutual_information"] is None and skipped["marginal_kl"] is None
+    assert skipped["mutual_information_se"] is None
+    same = ("elbo", "log_likelihood", "gap", "active_units")
+    assert {k: skipped[k] for k in same} == {k: full[k] for k in same}

@@ -190,6 +190,31 @@ def test_invertible_flows_score_any_point(name):
     torch.testing.assert_close(q.log_prob(z.clone()), own)  # through the exact inverse
 
 
+@pytest.mark.parametrize("name", ["iaf", "householder"])
+def test_points_far_out_in_another_posterior_have_log_density_minus_infinity_not_nan(name):
+    from torch.distributions import TransformedDistribution
+
+    _, q = _posterior(name, latent=6, dtype=torch.float32, spread=4.0)
+    near = q.rsample((5,)).clone()
+    far = torch.full((2, 4, 6), 1e30)
+    far[1, :, ::2] = -3e38  # beyond float32 in the base space after the inverse steps
+    scores = q.log_prob(torch.cat([near, far]))
+    assert not scores.isnan().any()
+    assert torch.isfinite(scores[:5]).all()
+    assert (scores[5:] < -1e30).all()  # -inf where a preimage overflowed, else astronomically small
+    # where torch's own path is finite, the same number
+    plain = TransformedDistribution(q.base_dist, q.transforms).log_prob(near)
+    torch.testing.assert_close(scores[:5], plain)
+
+
+def test_iaf_inverse_keeps_exact_coordinates_when_the_others_overflow_midway():
+    _, q = _posterior("iaf", latent=8, dtype=torch.float32, spread=6.0)
+    step = q.transforms[0]
+    x = q.base_dist.rsample((50,))
+    y = step(x)
+    torch.testing.assert_close(step._inverse(y.clone()), x, rtol=1e-3, atol=1e-3)
+
+
 def test_the_representative_point_is_the_base_mean_pushed_through_the_flow():
     _, q = _posterior("planar")
     z = q.rsample()

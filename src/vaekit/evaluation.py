@@ -479,8 +479,14 @@ def mutual_information(
     (all of them when N ≤ examples; the SE then also counts the spread between examples, so
     it errs on the large side). The estimate cannot exceed log N. The average KL splits as
     KL = I_q + KL(q(z) ‖ p(z)), which gives the marginal KL. (None, None) where q(z|x_n) is
-    a flow without an inverse: its density at other examples' draws is not defined.
+    a flow without an inverse (its density at other examples' draws is not defined), and for
+    ``examples`` = 0 (not computed: it scores ``examples`` × N pairs, and an IAF posterior's
+    density away from its own draws takes latent_dim sequential passes each).
     """
+    if examples < 0:
+        raise VaekitError(f"the mutual information's examples must be 0 (skip it) or more, got {examples}")
+    if examples == 0:
+        return None, None
     with evaluation_mode(model):
         terms = _mutual_information_terms(model, x, examples, batch_size, labels)
     if terms is None:

@@ -257,8 +257,19 @@ class FlowPosterior(TransformedDistribution):
             return super().rsample(torch.Size(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log q(value): at the last draw from the transforms' caches, elsewhere through each
+        step's inverse. A point whose preimage overflows float (far out in another example's
+        posterior, as a mixture over examples or the VampPrior asks) has density 0 in any float
+        type, so log q = −inf there, not the NaN that inf − inf would give."""
         with _full_precision(self._device):
-            return super().log_prob(value)
+            y, log_det, far = value, 0.0, torch.zeros(value.shape[:-1], dtype=torch.bool, device=value.device)
+            for step in reversed(self.transforms):
+                x = step.inv(y)
+                log_det = log_det + step.log_abs_det_jacobian(x, y)
+                far = far | ~torch.isfinite(x).all(-1)
+                y = x
+            log_q = self.base_dist.log_prob(y) - log_det
+            return log_q.masked_fill(far, -torch.inf) if far.any() else log_q
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = torch.Size()
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -527,9 +538,13 @@ class IAFStep(FlowStep):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         x = y
-        for _ in range(y.shape[-1]):  # after pass i the first i coordinates (in order) are exact
+        for i in range(y.shape[-1]):  # after pass i the first i coordinates (in order) are exact
             m, s = self._net(x)
             x = (y - torch.sigmoid(-s) * m) / torch.sigmoid(s)
+            if i < y.shape[-1] - 1:
+                # the coordinates not yet exact may overflow; a masked weight (0) times inf would
+                # then turn the next pass's exact ones into NaN: they are recomputed anyway
+                x = torch.where(torch.isfinite(x), x, 0.0)
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

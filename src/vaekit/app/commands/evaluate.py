@@ -35,6 +35,7 @@ def command(
     limit: Annotated[int | None, Opt(help="Score only the split's first N examples (default: all); the result says how many (n), and is saved as evaluation-SPLIT-firstN.json.")] = None,
     gap_decomposition: Annotated[bool, Opt(help="Split the gap into amortisation and approximation gaps by refitting the posterior's own family (its head's parameters, or a diagonal Gaussian) to each example (slower: about three full scorings).")] = False,
     local_steps: Annotated[int, Opt(help="Adam steps per example's refitted posterior for --gap-decomposition.")] = 200,
+    mi_examples: Annotated[int, Opt(help="Draws (one per example) behind the mutual information I_q(x; z), each scored under every example's posterior; 0 skips it (its cost grows as this × the examples scored, and an IAF posterior's density at other examples' draws takes one pass per latent dimension).")] = 1000,
     curve: Annotated[bool, Opt(help="Draw the log-likelihood estimate against K, with the ELBO, into likelihood_curve.png in the run directory.")] = False,
     save: Annotated[bool, Opt(help="Store the result as evaluation-SPLIT.json (evaluation-SPLIT-best.json for --weights best) in the run directory (the run's own data only).")] = True,
     resume: Annotated[bool, Opt(help="Keep the scores of finished batches while a stored evaluation runs (evaluation-SPLIT.partial.safetensors), and go on from them after an interruption when the weights, data and settings are the same: the result is the uninterrupted one. --no-resume starts over.")] = True,
@@ -90,6 +91,10 @@ def command(
             output_path(per_example, run_dir, "", (".csv", ".npy"), overwrite)
         if limit is not None:
             positive("--limit", limit)
+        if mi_examples < 0:
+            from vaekit.errors import VaekitError
+
+            raise VaekitError(f"--mi-examples must be 0 (skip the mutual information) or more, got {mi_examples}")
         check_threads(threads)
         model, config, dataset, split, epoch = model_and_data(run_dir, data, split, overrides, device, weights)
         first = limit if limit is not None and limit < len(dataset) else None  # None: the whole split
@@ -127,7 +132,7 @@ def command(
                 raise KeyboardInterrupt(f"interrupted: {partial.interrupted()}") from None
             result = {"split": split, "seed": seed, **summarise(
                 model, dataset.x, scores, importance_samples=k, iwae_k=iwae_k, batch_size=batch_size,
-                labels=labels)}
+                mi_examples=mi_examples, labels=labels)}
         result.update(weights=weights, epoch=epoch)
         if not main:
             return  # rank 0 writes and prints
