@@ -51,7 +51,7 @@ import vaekit  # noqa: E402
 from vaekit.app import presets  # noqa: E402
 from vaekit.app.config import Config  # noqa: E402
 from vaekit.app.data import select_split  # noqa: E402
-from vaekit.app.partial import PartialScores, fingerprint  # noqa: E402
+from vaekit.app.partial import begin  # noqa: E402
 from vaekit.app.runs import build_model, load_config, load_run, resume, train  # noqa: E402
 from vaekit.devices import cpu_bf16_features  # noqa: E402
 from vaekit.errors import Interrupted, VaekitError  # noqa: E402
@@ -271,10 +271,8 @@ def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None, keep:
     x = test.x if not n else test.x[:n]
     partial = scored = None
     if keep is not None:
-        settings = {"importance_samples": k, "seed": 0, "batch_size": examples_per_batch(1000, k),
-                    "vaekit": vaekit.__version__, **fingerprint(model, x)}
-        partial = PartialScores(keep, settings, len(x))
-        scored = partial.load()
+        settings = {"importance_samples": k, "seed": 0, "batch_size": examples_per_batch(1000, k)}
+        partial, scored = begin(keep, settings, model, x)
         if partial.note:
             print(partial.note, file=sys.stderr)
     try:
@@ -286,7 +284,7 @@ def _evaluate(model, config: Config, run_dir: Path, k: int, n: int | None, keep:
             raise
         raise VaekitError(f"evaluation interrupted: {partial.interrupted()}") from None
     keep = ("n", "elbo", "elbo_se", "log_likelihood", "log_likelihood_se", "kl", "reconstruction", "active_units")
-    resumed = {} if scored is None else {"resumed_after": partial.saved}  # its seconds are this session's
+    resumed = {} if scored is None else {"resumed_after": partial.resumed}  # its seconds are this session's
     return {"importance_samples": k, **{key: result.get(key) for key in keep}, **resumed}
 
 

@@ -212,7 +212,7 @@ def _per_example(model, x, k_total, iwae_k, batch_size, kl, curve, gap_decomposi
                 result.setdefault(key, torch.zeros(len(x), dtype=value.dtype))[start : start + batch_size] = (
                     value[start : start + batch_size])
             if on_progress is not None:
-                on_progress(len(range(start, min(start + batch_size, len(x)))) * (1 + gap_decomposition))
+                on_progress(min(batch_size, len(x) - start) * (1 + gap_decomposition))
             continue
         if b:
             seed_draws(device, mixed_seed(base, b))

@@ -268,8 +268,7 @@ class FlowPosterior(TransformedDistribution):
                 log_det = log_det + step.log_abs_det_jacobian(x, y)
                 far = far | ~torch.isfinite(x).all(-1)
                 y = x
-            log_q = self.base_dist.log_prob(y) - log_det
-            return log_q.masked_fill(far, -torch.inf) if far.any() else log_q
+            return (self.base_dist.log_prob(y) - log_det).masked_fill(far, -torch.inf)
 
     def rsample_and_log_prob(self, sample_shape: torch.Size | tuple = torch.Size()
                              ) -> tuple[torch.Tensor, torch.Tensor]:

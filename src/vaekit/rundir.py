@@ -862,7 +862,7 @@ def encode_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     meta = dict(meta or {})
-    meta["sha256"] = _digest(tensors, meta)
+    meta["sha256"] = tensors_digest(tensors, meta)
     return save(tensors, metadata={"vaekit": json.dumps(meta, sort_keys=True)})
 
 
@@ -900,7 +900,7 @@ def decode_tensors(data: bytes, path: Path, what: str) -> tuple[dict[str, torch.
     except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, RecursionError) as err:
         raise _unreadable(path, what, err) from None
     digest = meta.pop("sha256", None)
-    if digest is not None and digest != _digest(tensors, meta):
+    if digest is not None and digest != tensors_digest(tensors, meta):
         raise VaekitError(
             f"{path}: {what} does not match its checksum: the file was damaged or edited"
         )
@@ -939,7 +939,8 @@ def read_header(path: Path, what: str) -> tuple[dict[str, tuple[int, ...]], dict
     return shapes, meta
 
 
-def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+def tensors_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """SHA-256 over ``meta`` and each tensor's name, dtype, shape and values (CPU tensors)."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name]

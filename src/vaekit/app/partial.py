@@ -12,7 +12,6 @@ cannot be read, is set aside with a one-line note and the evaluation starts over
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,22 +31,27 @@ def partial_path(result: Path) -> Path:
 
 
 def fingerprint(model: torch.nn.Module, x: Any, labels: torch.Tensor | None = None) -> dict[str, str]:
-    """Digests of the weights (every tensor of the state) and of the data (a tensor's bytes,
-    else its length; and the labels a conditional model reads), which the scores depend on
-    besides the settings."""
-    weights = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        weights.update(name.encode())
-        weights.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    data = hashlib.sha256()
-    if torch.is_tensor(x):
-        data.update(str((x.dtype, tuple(x.shape))).encode())
-        data.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    else:
-        data.update(f"rows {len(x)}".encode())
+    """Digests of the weights (every tensor of the state) and of the data (a tensor's values, a
+    lazily read array's ``content_fingerprint``; and the labels a conditional model reads),
+    which the scores depend on besides the settings."""
+    from vaekit.rundir import tensors_digest
+
+    weights = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+    data = {"x": x.detach().cpu()} if torch.is_tensor(x) else {}
     if labels is not None:
-        data.update(labels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return {"weights_sha256": weights.hexdigest(), "data_sha256": data.hexdigest()}
+        data["labels"] = labels.detach().cpu()
+    lazy = {} if "x" in data else {"rows": len(x), "source": getattr(x, "content_fingerprint", lambda: None)()}
+    return {"weights_sha256": tensors_digest(weights, {}), "data_sha256": tensors_digest(data, lazy)}
+
+
+def begin(path: Path, settings: dict[str, Any], model: torch.nn.Module, x: Any,
+          labels: torch.Tensor | None = None) -> tuple[PartialScores, dict[str, torch.Tensor] | None]:
+    """(the evaluation's kept scores, what to resume from or None): ``settings`` completed with
+    vaekit's version and the weights' and data's digests."""
+    from vaekit import __version__
+
+    partial = PartialScores(path, {**settings, "vaekit": __version__, **fingerprint(model, x, labels)}, len(x))
+    return partial, partial.load()
 
 
 class PartialScores:
@@ -58,6 +62,7 @@ class PartialScores:
     def __init__(self, path: Path, settings: dict[str, Any], total: int):
         self.path, self.settings, self.total = path, settings, total
         self.rows, self.saved, self.scores = 0, 0, None
+        self.resumed = 0  # rows taken from the file by :meth:`load`
         self.last = time.monotonic()
         self.note: str | None = None
 
@@ -87,7 +92,7 @@ class PartialScores:
                 or any(t.dtype != torch.float64 for t in tensors.values())):
             self.note = f"starting over: {self.path.name} does not hold whole scores of {rows} rows"
             return None
-        self.rows = self.saved = rows
+        self.rows = self.saved = self.resumed = rows
         self.note = f"resuming the evaluation after {rows} of {self.total} examples (scores kept in {self.path})"
         return tensors
 

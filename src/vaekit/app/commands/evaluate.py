@@ -55,13 +55,13 @@ def command(
     and mutual information; per-example means in nats, each with its Monte-Carlo standard error.
     Under torchrun the batches are shared out and the results gathered exactly: the numbers
     are one process's (docs/distributed.md)."""
-    from vaekit import __version__, distributed
+    from vaekit import distributed
     from vaekit.app.console import progress
     from vaekit.app.data import same_data
     from vaekit.app.factories import check_evaluation_size
     from vaekit.app.launch import process_group, rank
     from vaekit.app.outputs import output_path, source_columns
-    from vaekit.app.partial import PartialScores, fingerprint, partial_path
+    from vaekit.app.partial import begin, partial_path
     from vaekit.app.threads import ThreadPolicy, tune_allocator
     from vaekit.devices import forked_rng, model_device, resolve_device
     from vaekit.distributed import local_device
@@ -110,12 +110,10 @@ def command(
         stored = run_dir / f"evaluation-{'-'.join(parts)}.json" if save and same_data(data, config) else None
         partial, scored = None, None
         if stored is not None and resume and distributed.current() is None:
-            partial = PartialScores(partial_path(stored), {
+            partial, scored = begin(partial_path(stored), {
                 "split": split, "weights": weights, "importance_samples": k, "iwae_k": iwae_k, "seed": seed,
                 "batch_size": examples_per_batch(batch_size, k), "curve": curve,
-                "gap_decomposition": gap_decomposition, "local_steps": local_steps, "vaekit": __version__,
-                **fingerprint(model, dataset.x, labels)}, len(dataset))
-            scored = partial.load()
+                "gap_decomposition": gap_decomposition, "local_steps": local_steps}, model, dataset.x, labels)
             if partial.note and not quiet:
                 print(partial.note, file=sys.stderr)
         with forked_rng(model_device(model), seed), progress(quiet, f"evaluating (K = {k})", total) as advance:
