@@ -699,7 +699,7 @@ _ROWS = (
     ("iwae_bound", "", "L_k, k = {k}"),
     ("nll", "", "−log_likelihood"),
     ("bits_per_dim", "", "nll / (D ln 2)"),
-    ("elbo_local", "", "ELBO of a Gaussian fitted to each example"),
+    ("elbo_local", "", "ELBO of q's own family refitted to each example"),
     ("amortisation_gap", "  ", "elbo_local − elbo"),
     ("approximation_gap", "  ", "log_likelihood − elbo_local"),
 )

@@ -11,6 +11,7 @@ import typer
 from vaekit.app.commands.options import (
     Device,
     Opt,
+    Overwrite,
     RunDir,
     Threads,
     check_threads,
@@ -19,14 +20,15 @@ from vaekit.app.commands.options import (
 
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories (several: compared side by side).")],
-    output: Annotated[Path, Opt("--output", "-o", "--out", help="The HTML file to write.")] = Path("report.html"),
+    output: Annotated[Path, Opt("--output", "-o", "--out", help="The HTML file to write (an earlier vaekit report there is replaced).")] = Path("report.html"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
     table, interactive training curves, log-likelihood-vs-K curve and figures; several runs
     side by side, with the settings that differ."""
     from vaekit.app.report import write_report
 
-    print(f"wrote {write_report(run_dirs, output)}")
+    print(f"wrote {write_report(run_dirs, output, overwrite=overwrite)}")
 
 
 def runs_command(
