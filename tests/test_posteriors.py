@@ -294,6 +294,32 @@ def test_sylvester_q_matrices_are_orthonormal():
             assert step.q.shape[-2:] == (4, 3 if kind == "orthogonal" else size)
 
 
+@pytest.mark.parametrize("shape", [(5, 16, 4), (2, 3, 6, 6), (4, 9, 1)])
+def test_bjorck_reaches_the_polar_factor_with_its_gradient(shape):
+    """Björck's iteration converges to the orthonormal matrix nearest A, U Vᵀ of A's SVD,
+    whatever the layout it runs in; and it is differentiable through its rounds."""
+    from vaekit.posteriors import _orthonormal_columns
+
+    torch.manual_seed(1)
+    a = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    q = _orthonormal_columns(a)
+    u, _, vh = torch.linalg.svd(a.detach(), full_matrices=False)
+    torch.testing.assert_close(q.detach(), u @ vh, atol=1e-9, rtol=0)
+    weights = torch.randn(shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((q * weights).sum(), a)
+    polar = lambda m: torch.einsum("...ik,...kj->...ij", *torch.linalg.svd(m, full_matrices=False)[::2])  # noqa: E731
+    (expected,) = torch.autograd.grad((polar(a) * weights).sum(), a)
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_bjorck_says_when_it_stops_short():
+    from vaekit.posteriors import _orthonormal_columns
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1e-3], [0.0, 0.0]])  # a tiny singular value: slow to grow
+    with pytest.warns(RuntimeWarning, match=r"stopped after 3 rounds"):
+        _orthonormal_columns(a, rounds=3)
+
+
 def test_made_is_autoregressive_and_its_first_output_sees_the_context():
     from vaekit.posteriors import MADE
 
