@@ -285,6 +285,25 @@ def test_planar_is_invertible_even_when_the_raw_u_points_against_w():
     assert (y.diff() > 0).all()  # monotone along w: one-to-one
 
 
+@pytest.mark.parametrize("wu", [-5.0, -15.0, -30.0])
+def test_planar_log_det_stays_exact_in_float32_when_w_u_is_very_negative(wu):
+    """wᵀû = −1 + softplus(wᵀu) is within float32's rounding of −1 here: the log-det must come
+    from that formula, not from a dot product that rounds to −1 or below (NaN, −inf)."""
+    from vaekit.posteriors import PlanarStep
+
+    torch.manual_seed(0)
+    w = torch.randn(50, 5)
+    u = w * wu / (w * w).sum(-1, keepdim=True)
+    x = 1e-3 * torch.randn(50, 5)  # wᵀx + b near 0, where 1 + tanh'·wᵀû is smallest
+    step = PlanarStep(u, w, torch.zeros(50))
+    log_det = step.log_abs_det_jacobian(x, step(x))
+    assert torch.isfinite(log_det).all()
+    for i in range(50):
+        exact = PlanarStep(u[i:i + 1].double(), w[i:i + 1].double(), torch.zeros(1, dtype=torch.float64))
+        jac = jacobian(lambda v: exact(v[None])[0], x[i].double())  # noqa: B023
+        assert abs(float(log_det[i]) - float(torch.linalg.slogdet(jac)[1])) < 1e-3
+
+
 def test_sylvester_q_matrices_are_orthonormal():
     for kind, size in (("orthogonal", 2), ("householder", 4)):
         _, q = _posterior(f"sylvester-{kind}", latent=4, dtype=torch.float32)

@@ -372,7 +372,11 @@ class PlanarStep(FlowStep):
     """f(z) = z + û tanh(wᵀz + b) (Rezende & Mohamed 2015, eq. 10), with
     log |det ∂f/∂z| = log |1 + tanh'(wᵀz + b) wᵀû| (eq. 12). û = u + (m(wᵀu) − wᵀu) w / ‖w‖²,
     m(a) = −1 + softplus(a), makes wᵀû > −1, the condition for f to be invertible (their
-    appendix A.1); the log-det's argument is then positive."""
+    appendix A.1).
+
+    The log-det uses wᵀû = m(wᵀu) exactly, written as log(tanh² + (1 − tanh²) softplus(wᵀu)):
+    a sum of two non-negative terms. Formed as 1 + tanh'·(w·û), the dot product rounds to
+    −1 or below once wᵀu < −15 or so in float32, and the log-det became NaN or −inf."""
 
     name = "planar"
 
@@ -382,7 +386,7 @@ class PlanarStep(FlowStep):
         norm2 = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
         self.u = u + (F.softplus(wu) - 1 - wu) * w / norm2
         self.w, self.b = w, b
-        self.wu = (self.w * self.u).sum(-1)  # wᵀû > −1
+        self.softplus_wu = F.softplus(wu).squeeze(-1)  # 1 + wᵀû, > 0
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         a = (x * self.w).sum(-1) + self.b
@@ -393,7 +397,8 @@ class PlanarStep(FlowStep):
         a = self._kept_for(x)
         if a is None:
             a = (x * self.w).sum(-1) + self.b
-        return torch.log1p((1 - torch.tanh(a).pow(2)) * self.wu)
+        t2 = torch.tanh(a).pow(2)
+        return torch.log(t2 + (1 - t2) * self.softplus_wu)
 
 
 class Planar(PosteriorHead):
