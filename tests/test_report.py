@@ -151,23 +151,6 @@ def test_cli_report(fixture_runs, tmp_path):
     assert (tmp_path / "both.html").stat().st_size > 3_000_000
 
 
-def test_an_earlier_report_is_replaced_but_another_file_only_with_overwrite(tiny_run, tmp_path):
-    out = tmp_path / "report.html"
-    assert run_cli("report", tiny_run, cwd=tmp_path).returncode == 0
-    first = out.read_bytes()
-    assert run_cli("report", tiny_run, cwd=tmp_path).returncode == 0  # regenerating needs no flag
-    assert b'<meta name="generator" content="vaekit ' in out.read_bytes()[:4096]
-
-    mine = tmp_path / "mine.html"
-    mine.write_text("<html>my notes</html>")
-    done = run_cli("report", tiny_run, "-o", mine)
-    assert done.returncode == 2 and "already exists and is not a vaekit report" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert mine.read_text() == "<html>my notes</html>"
-    assert run_cli("report", tiny_run, "-o", mine, "--overwrite").returncode == 0
-    assert mine.read_bytes()[:200] == first[:200]
-
-
 def test_a_missing_app_package_is_named(monkeypatch):
     import importlib.util
 

@@ -158,9 +158,8 @@ def read_run(run_dir: str | Path, name: str | None = None, budget: list[int] | N
     return run
 
 
-def write_report(run_dirs: list[str | Path], output: str | Path, overwrite: bool = False) -> Path:
-    """Write the report of ``run_dirs`` to ``output`` (an .html file); return its path. An
-    earlier vaekit report there is replaced; any other file only with ``overwrite``."""
+def write_report(run_dirs: list[str | Path], output: str | Path) -> Path:
+    """Write the report of ``run_dirs`` to ``output`` (an .html file); return its path."""
     output = Path(output)
     if output.suffix.lower() not in (".html", ".htm"):
         raise VaekitError(f"output {output} must end in .html")
@@ -169,9 +168,6 @@ def write_report(run_dirs: list[str | Path], output: str | Path, overwrite: bool
         raise VaekitError(f"output folder {parent} does not exist")
     if not run_dirs:
         raise VaekitError("give at least one run directory")
-    if not overwrite and output.exists() and not _is_report(output):
-        raise VaekitError(f"{output} already exists and is not a vaekit report; pass --overwrite to replace it, "
-                          "or -o another file")
     require_app_packages("report", ("plotly", "jinja2"))
     from vaekit import rundir
 
@@ -180,15 +176,6 @@ def write_report(run_dirs: list[str | Path], output: str | Path, overwrite: bool
     html = render([read_run(r, n, budget) for r, n in zip(run_dirs, names, strict=True)])
     rundir.atomic_write(output, html)
     return output
-
-
-def _is_report(path: Path) -> bool:
-    """Whether ``path`` is a report vaekit wrote (its generator tag, in the head)."""
-    try:
-        with open(path, "rb") as f:
-            return b'<meta name="generator" content="vaekit ' in f.read(4096)
-    except OSError:
-        return False
 
 
 def render(runs_: list[Run]) -> str:

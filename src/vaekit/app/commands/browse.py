@@ -11,7 +11,6 @@ import typer
 from vaekit.app.commands.options import (
     Device,
     Opt,
-    Overwrite,
     RunDir,
     Threads,
     check_threads,
@@ -20,15 +19,14 @@ from vaekit.app.commands.options import (
 
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN", help="One or more run directories (several: compared side by side).")],
-    output: Annotated[Path, Opt("--output", "-o", "--out", help="The HTML file to write (an earlier vaekit report there is replaced).")] = Path("report.html"),
-    overwrite: Overwrite = False,
+    output: Annotated[Path, Opt("--output", "-o", "--out", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """Write one self-contained HTML file (opens offline) with each run's config, evaluation
     table, interactive training curves, log-likelihood-vs-K curve and figures; several runs
     side by side, with the settings that differ."""
     from vaekit.app.report import write_report
 
-    print(f"wrote {write_report(run_dirs, output, overwrite=overwrite)}")
+    print(f"wrote {write_report(run_dirs, output)}")
 
 
 def runs_command(
