@@ -31,7 +31,6 @@ vaekit's figures and ``sampling`` follow.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -384,9 +383,10 @@ class PlanarStep(FlowStep):
         super().__init__()
         wu = (w * u).sum(-1, keepdim=True)
         norm2 = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        self.u = u + (F.softplus(wu) - 1 - wu) * w / norm2
+        softplus_wu = F.softplus(wu)
+        self.u = u + (softplus_wu - 1 - wu) * w / norm2
         self.w, self.b = w, b
-        self.softplus_wu = F.softplus(wu).squeeze(-1)  # 1 + wᵀû, > 0
+        self.softplus_wu = softplus_wu.squeeze(-1)  # 1 + wᵀû, > 0
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         a = (x * self.w).sum(-1) + self.b
@@ -718,7 +718,6 @@ def _orthonormal_columns(a: torch.Tensor, rounds: int = 100) -> torch.Tensor:
     rows = a.transpose(-1, -2)
     rows = rows / rows.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(a.dtype).tiny)[..., None, None]
     eye = torch.eye(M, dtype=a.dtype, device=a.device)
-    error = math.inf
     for step in range(rounds + 1):
         gram = rows @ rows.transpose(-1, -2)
         with torch.no_grad():
