@@ -389,7 +389,7 @@ def cmd_budget(args) -> dict:
 
 # ---------------------------------------------------------------------- profile
 def cmd_profile(args) -> dict:
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     config = preset_config(args.data_dir)
     x = load_data("mnist", args.data_dir).train.x[: args.steps * 250]
     out = {}
@@ -402,7 +402,7 @@ def cmd_profile(args) -> dict:
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
-        print(f"cProfile, vaekit {precision}, {args.steps} steps, sorted by own time:\n"
+        print(f"cProfile, vaekit {precision}, {args.steps} steps, {args.threads} thread(s), sorted by own time:\n"
               + "\n".join(text.getvalue().splitlines()[:45]))
         from torch.profiler import ProfilerActivity, profile
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import make_vae
-from vaekit import devices
+from vaekit import devices, noise
 from vaekit.devices import CompiledObjective, auto_compile, warn_emulated_bf16
+from vaekit.model import KeyedNormal
 from vaekit.objectives import Batch, elbo_objective, kl_weight
 from vaekit.start import describe
 from vaekit.training import fit
@@ -52,8 +53,40 @@ def test_a_compiled_objective_computes_the_eager_one_and_compiles_once_under_war
             assert torch.allclose(terms_c[key], terms_e[key], rtol=1e-5, atol=1e-4)
     assert compiled.failed is None
     assert counters["stats"]["unique_graphs"] - before == 1
+    assert not counters["graph_break"]
     # the run record and a resume see the objective it compiles
     assert describe(compiled) == describe(eager)
+
+
+def test_the_elbo_compiles_to_one_graph_inside_a_training_steps_keyed_noise(rows):
+    """Fresh KL types and the keyed stream active, as in the training loop: each of them broke
+    the graph (torch.distributions' KL lookup; the keyed draw from a torch.Generator), and a
+    split graph ran no faster than the eager objective."""
+    from torch._dynamo.utils import counters
+
+    class Dim12Normal(KeyedNormal):  # a KL pair torch has not looked up yet, drawing keyed noise
+        pass
+
+    model = make_vae((12,), [16], 3)
+    encode = model.encode
+
+    def fresh_encode(x, *args):
+        q = encode(x, *args)
+        return torch.distributions.Independent(Dim12Normal(q.base_dist.loc, q.base_dist.scale), 1)
+
+    model.encode = fresh_encode
+    compiled = CompiledObjective(elbo_objective)
+    x = rows[:40].round()
+    stream = noise.Stream(0, torch.device("cpu"))
+    counters.clear()
+    losses = []
+    for step in range(4):
+        with stream.step(step, 40, slice(None)):
+            loss, _ = compiled(model, Batch(x, None, float(step)))
+        losses.append(float(loss))
+    assert compiled.failed is None and all(np.isfinite(losses))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_a_failing_compile_warns_once_and_trains_on_eagerly(rows, monkeypatch):
@@ -66,6 +99,7 @@ def test_a_failing_compile_warns_once_and_trains_on_eagerly(rows, monkeypatch):
     objective = CompiledObjective(elbo_objective)
     model = make_vae((12,), [16], 2)
     batch = Batch(rows[:20].round(), None, 0.0)
+    objective(model, batch)  # the first call runs eagerly
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         loss, _ = objective(model, batch)
     assert torch.isfinite(loss) and objective.failed.startswith("BackendCompilerFailed")
@@ -82,14 +116,17 @@ def test_a_users_error_inside_a_compiled_objective_is_not_hidden(rows):
         CompiledObjective(wrong)(make_vae((12,), [16], 2), Batch(rows[:8], None, 0.0))
 
 
-def test_auto_compile_is_on_for_bf16_on_an_amx_cpu_with_a_compiler_only(monkeypatch):
+def test_auto_compile_is_on_for_bf16_on_a_cpu_with_bf16_units_and_a_compiler_only(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(devices, "cpu_compiler", lambda: "g++")
     monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["amx_bf16", "avx512_bf16"])
     assert auto_compile(cpu, "bf16")[0] is True
     monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["avx512_bf16"])
     on, why = auto_compile(cpu, "bf16")
-    assert on is False and "AMX" in why
+    assert on is True and "avx512_bf16" in why
+    monkeypatch.setattr(devices, "cpu_bf16_features", lambda: [])  # bf16 asked for on a CPU that emulates it
+    on, why = auto_compile(cpu, "bf16")
+    assert on is False and "bf16 units" in why
     monkeypatch.setattr(devices, "cpu_bf16_features", lambda: ["amx_bf16"])
     on, why = auto_compile(cpu, "fp32")
     assert on is False and "fp32" in why

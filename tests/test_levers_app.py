@@ -26,7 +26,7 @@ def test_compile_on_wraps_the_objective_and_off_does_not(tmp_path, monkeypatch):
     class Recording(devices.CompiledObjective):
         def __init__(self, objective):  # no real compile: the library's tests cover it
             wrapped.append(objective)
-            self.eager, self.compiled, self.failed = objective, objective, None
+            self.eager, self.compiled, self.failed, self.warm = objective, objective, None, True
 
     monkeypatch.setattr(runs, "CompiledObjective", Recording)
     for setting, expected in (("off", 0), ("on", 1)):
@@ -44,7 +44,7 @@ def test_a_bad_compile_setting_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("setting,features,expected", [
-    ("auto", ["amx_bf16"], True), ("auto", ["avx512_bf16"], False), ("auto", [], False), ("on", [], True),
+    ("auto", ["amx_bf16"], True), ("auto", ["avx512_bf16"], True), ("auto", [], False), ("on", [], True),
     ("off", ["amx_bf16"], False)])
 def test_resolve_compile_follows_the_precision_it_resolved(setting, features, expected, monkeypatch):
     monkeypatch.setattr(devices, "cpu_bf16_features", lambda: features)

@@ -111,20 +111,20 @@ def cpu_compiler() -> str | None:
 
 
 def auto_compile(device: torch.device, precision: str) -> tuple[bool, str]:
-    """(compile?, why) for ``compile = "auto"``: on for bf16 on a CPU with AMX and a C++
-    compiler, the one case measured to pay (docs/performance.md: an AMX Xeon's bf16 steps
-    gained 21 %; fp32 steps 0-8 %, and an AVX512-BF16 EPYC's bf16 steps 0 %, within the
-    noise); off elsewhere."""
+    """(compile?, why) for ``compile = "auto"``: on for bf16 on a CPU with bf16 units (AMX or
+    AVX512-BF16) and a C++ compiler, where it was measured to pay (docs/performance.md: 1.21x
+    on an AMX Xeon, 1.13-1.14x on an AVX512-BF16 EPYC); off elsewhere (fp32 gained 0-8 % on
+    the Xeon and an AVX2 EPYC, measured while the objective's graph still broke in two)."""
     if device.type != "cpu":
         return False, "auto compile is measured on CPUs only"
     if precision != "bf16":
         return False, f"it pays with bf16 only, this run is {precision}"
     features = cpu_bf16_features()
-    if "amx_bf16" not in features:
-        return False, f"it pays with bf16 on AMX only; this CPU has {', '.join(features) or 'no bf16 units'}"
+    if not features:
+        return False, "it pays with bf16 on CPUs with bf16 units only; this CPU has none"
     found = cpu_compiler()
     if found:
-        return True, f"bf16 on an AMX CPU with a C++ compiler ({found})"
+        return True, f"bf16 on a CPU with {', '.join(features)}, C++ compiler {found}"
     return False, f"no C++ compiler ({', '.join(COMPILERS)}) on the PATH"
 
 
@@ -144,14 +144,22 @@ class CompiledObjective:
 
     The batch's ``epochs_done`` reaches the compiled objective as a 0-d tensor: a Python
     float would be baked into the graph and, under KL warm-up, recompile it every step.
+    The first call runs eagerly: there torch.distributions' KL lookup fills its memo (tracing
+    the lookup itself breaks the graph). Inside the compiled graph the reparameterised noise
+    comes from torch's generator, not the step's keyed stream (:mod:`vaekit.noise`), whose
+    draw from a ``torch.Generator`` cannot be traced: a graph split there cost the whole gain.
     Resume and the run record see the objective itself (``eager``)."""
 
     def __init__(self, objective: Callable):
         self.eager = objective
         self.compiled = torch.compile(objective, dynamic=False)
         self.failed: str | None = None
+        self.warm = False
 
     def __call__(self, model, batch):
+        if not self.warm:
+            self.warm = True
+            return self.eager(model, batch)
         if self.failed is None:
             try:
                 return self.compiled(model, dataclasses.replace(

@@ -10,7 +10,9 @@ holds it: a stochastic VAE trained on 2 ranks takes the steps one process takes.
 
 What this does not cover draws from torch's global generator as before, each rank its own
 stream (seeded from the run's seed and the rank, checkpointed): a user's objective or
-distribution that draws on its own, and any draw not shaped ``[..., examples, L]``.
+distribution that draws on its own, any draw not shaped ``[..., examples, L]``, and every draw
+of an objective run through ``torch.compile`` (``compile = "on"``; a generator's draw cannot be
+traced, and splitting the graph there cost the whole of compile's gain).
 
 Runs started before keyed noise existed (their checkpoints record no ``noise`` setting) keep
 drawing from torch's global generator, so they resume bit for bit.
@@ -65,6 +67,8 @@ def standard_normal(shape: torch.Size, dtype: torch.dtype, device: torch.device)
     """N(0, 1) noise of ``shape`` ``[..., examples, L]`` from the active keyed stream (drawn
     for the global minibatch, this process's rows kept); None outside one, or for a draw of
     another shape (the caller then draws from torch's generator)."""
+    if torch.compiler.is_compiling():  # torch's generator, which the compiled graph draws from itself
+        return None
     draw = getattr(_active, "draw", None)
     if draw is None or len(shape) < 2:
         return None

@@ -248,8 +248,8 @@ class HardwareSettings:
                              choices=PRECISIONS, on_resume=True)
     compile: str = setting("off", "off | on | auto: run the training objective through torch.compile (the same maths, "
                            "elementwise work fused; about 15-30 s of compiling first; eager again if compiling "
-                           "fails). auto: on with bf16 on a CPU with AMX and a C++ compiler, where it was measured "
-                           "to pay (docs/performance.md), else off.", choices=COMPILE, on_resume=True)
+                           "fails). auto: on with bf16 on a CPU with AMX or AVX512-BF16 and a C++ compiler, where it "
+                           "was measured to pay (docs/performance.md), else off.", choices=COMPILE, on_resume=True)
 
 
 @dataclass
